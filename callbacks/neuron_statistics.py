@@ -1,0 +1,358 @@
+"""
+Skill-neuron statistics as plain tensor code (no Lightning, no file I/O).
+
+Definitions (Wang et al. 2022 and Ackermann & Ohmer 2024 agree; see METHOD.md, "Skill neurons"):
+
+    activation    a[l,t,i](x)  FFN hidden value, i.e. the input of the FFN down-projection, of layer l,
+                               prompt position t, unit i, for example x.
+    threshold     b[l,t,i]     mean of a[l,t,i] over the TRAIN split.
+    accuracy      acc[l,t,i]   fraction of evaluation examples with 1[a > b] == y
+                               (strict >, binary y in {0, 1}).
+    predictivity  pred         max(acc, 1 - acc).
+    score         s[l,i]       max over prompt positions t of pred. Across several prompts (seeds) the
+                               scores are averaged afterwards (max first, then mean): mean_over_prompts().
+    skill neurons              top n% of units PER LAYER by score: top_percent_mask().
+    overlap@n%                 |topn(A) ∩ topn(B)| / |topn| per layer, mean over layers: overlap_at().
+
+Shapes: B batch, L layers, P prompt positions, N FFN units per layer, C classes.
+
+Both accumulators are streaming: memory is O(L·P·N) (thresholds) and O(C·L·P·N) (predictivity),
+independent of the dataset size, and no per-example activation is kept. Under DDP each rank accumulates
+its own shard, then `all_reduce(torch.distributed.all_reduce)` sums the integer / float64 state exactly;
+rows duplicated by a DistributedSampler for padding are dropped with `keep=`.
+
+Multi-class (C > 2) uses one-vs-rest: for class c, acc_c = fraction of examples with 1[a > b] == 1[y == c].
+The score of a unit is then the max over classes (and positions) of pred_c. For C == 2 the one-vs-rest
+accuracy of class 1 is exactly the binary accuracy, and class 0's predictivity equals class 1's.
+"""
+
+import math
+
+import torch
+
+
+def _as_bool_keep(keep, batch_size, device):
+    """(B,) bool mask of rows to count; None means all rows."""
+    if keep is None:
+        return torch.ones(batch_size, dtype=torch.bool, device=device)
+    keep = torch.as_tensor(keep, device=device)
+    if keep.shape != (batch_size,):
+        raise ValueError(f"keep must have shape ({batch_size},), got {tuple(keep.shape)}")
+    return keep.to(torch.bool)
+
+
+def _check_acts(acts, shape):
+    if acts.ndim != 4 or tuple(acts.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"activations must have shape (B, L, P, N) = (B, {', '.join(map(str, shape))}), "
+            f"got {tuple(acts.shape)}"
+        )
+    if not acts.is_floating_point():
+        raise ValueError(f"activations must be a floating point tensor, got {acts.dtype}")
+
+
+def _reduce_in_place(tensor, reduce_fn):
+    """Sum `tensor` across processes with reduce_fn, in place.
+
+    reduce_fn may work in place and return None / a work handle (torch.distributed.all_reduce), or return
+    the summed tensor (handy for tests and custom gathers).
+    """
+    out = reduce_fn(tensor)
+    if isinstance(out, torch.Tensor) and out is not tensor:
+        tensor.copy_(out)
+
+
+# -----------------------------------------------------------------------------
+# thresholds
+
+
+class ThresholdAccumulator:
+    """Running mean of activations over the train split: b[l,t,i] = mean_x a[l,t,i](x).
+
+    The sum is kept in float64 and the count in int64, so the result does not depend on batching
+    (up to float64 rounding) and DDP shards merge exactly.
+    """
+
+    def __init__(self, num_layers, num_positions, num_units, device=None):
+        self.shape = (num_layers, num_positions, num_units)
+        self.sum = torch.zeros(self.shape, dtype=torch.float64, device=device)  # (L, P, N)
+        self.count = torch.zeros((), dtype=torch.int64, device=device)  # () examples counted
+
+    @torch.no_grad()
+    def update(self, acts, keep=None):
+        """acts: (B, L, P, N) any float dtype (bf16/fp16 are upcast); keep: optional (B,) bool rows to count."""
+        _check_acts(acts, self.shape)
+        keep = _as_bool_keep(keep, acts.shape[0], acts.device)  # (B,)
+        kept = acts if bool(keep.all()) else acts[keep]  # (B', L, P, N)
+        self.sum += kept.sum(dim=0, dtype=torch.float64).to(self.sum.device)  # (L, P, N)
+        self.count += int(kept.shape[0])
+
+    def threshold(self):
+        """(L, P, N) float32 mean over all counted examples."""
+        if int(self.count) == 0:
+            raise ValueError(
+                "ThresholdAccumulator.threshold(): no examples were counted; feed the train split "
+                "activations with update() before asking for thresholds"
+            )
+        return (self.sum / self.count).to(torch.float32)  # (L, P, N)
+
+    # --- state / distributed -------------------------------------------------
+
+    def state(self):
+        """Dict of the tensors that sum across shards: {'sum': (L,P,N) float64, 'count': () int64}."""
+        return {"sum": self.sum, "count": self.count}
+
+    def load_state(self, state):
+        """Replace the running state by `state` (as returned by state())."""
+        self.sum = state["sum"].to(device=self.sum.device, dtype=torch.float64).clone()
+        self.count = state["count"].to(device=self.count.device, dtype=torch.int64).clone()
+        return self
+
+    def merge(self, other):
+        """Add another accumulator's (or state dict's) sums and counts to this one."""
+        state = other.state() if isinstance(other, ThresholdAccumulator) else other
+        if tuple(state["sum"].shape) != self.shape:
+            raise ValueError(f"cannot merge state of shape {tuple(state['sum'].shape)} into {self.shape}")
+        self.sum += state["sum"].to(self.sum)
+        self.count += state["count"].to(self.count)
+        return self
+
+    def all_reduce(self, reduce_fn):
+        """Sum the state across processes: reduce_fn(tensor) must sum `tensor` over all ranks, in place
+        (e.g. torch.distributed.all_reduce) or by returning the summed tensor. Call it exactly once."""
+        for key in ("sum", "count"):
+            _reduce_in_place(self.state()[key], reduce_fn)
+        return self
+
+
+# -----------------------------------------------------------------------------
+# accuracy / predictivity
+
+
+class PredictivityAccumulator:
+    """Counts, per class, how often each neuron fires (a > b) on the evaluation split.
+
+    State: fire_count (C, L*P*N) int64 = onehot(labels)^T @ fire, class_count (C,) int64.
+    From it every accuracy follows exactly, for any threshold-vs-label rule in one-vs-rest form.
+    """
+
+    def __init__(self, threshold, num_classes=2):
+        if threshold.ndim != 3:
+            raise ValueError(f"threshold must have shape (L, P, N), got {tuple(threshold.shape)}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.threshold = threshold.detach().to(torch.float32)  # (L, P, N)
+        self.shape = tuple(threshold.shape)
+        self.num_classes = num_classes
+        device = threshold.device
+        self.fire_count = torch.zeros(num_classes, threshold.numel(), dtype=torch.int64, device=device)  # (C, L*P*N)
+        self.class_count = torch.zeros(num_classes, dtype=torch.int64, device=device)  # (C,)
+
+    @torch.no_grad()
+    def update(self, acts, labels, keep=None):
+        """acts: (B, L, P, N) any float dtype; labels: (B,) ints in [0, C); keep: optional (B,) bool.
+
+        Only kept rows are validated and counted (dropped rows may carry any label, e.g. -100).
+        """
+        _check_acts(acts, self.shape)
+        device = self.threshold.device
+        B = acts.shape[0]
+        labels = torch.as_tensor(labels, device=device).reshape(-1)  # (B,)
+        if labels.shape[0] != B:
+            raise ValueError(f"got {labels.shape[0]} labels for a batch of {B} activations")
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+        labels = labels.to(torch.int64)
+        keep = _as_bool_keep(keep, B, device)  # (B,)
+        kept_labels = labels[keep]
+        if kept_labels.numel() and (kept_labels.min() < 0 or kept_labels.max() >= self.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got values in "
+                f"[{int(kept_labels.min())}, {int(kept_labels.max())}]"
+            )
+        # bf16/fp16 are promoted to fp32 for the comparison (exact); fp64 is compared in fp64 (exact)
+        fire = acts.to(device) > self.threshold  # (B, L, P, N) bool
+        classes = torch.arange(self.num_classes, device=device)  # (C,)
+        onehot = (labels[:, None] == classes[None, :]) & keep[:, None]  # (B, C), dropped rows all False
+        # 0/1 products summed in fp32: exact for B < 2**24, also under TF32 matmuls
+        counts = onehot.T.to(torch.float32) @ fire.reshape(B, -1).to(torch.float32)  # (C, L*P*N)
+        self.fire_count += counts.round().to(torch.int64)
+        self.class_count += onehot.sum(dim=0)  # (C,)
+
+    # --- results ---------------------------------------------------------------
+
+    def _check_classes(self):
+        n = int(self.class_count.sum())
+        if n == 0:
+            raise ValueError("PredictivityAccumulator: no evaluation examples were counted; call update() first")
+        present = int((self.class_count > 0).sum())
+        counts = self.class_count.tolist()
+        if present < 2:
+            raise ValueError(
+                f"evaluation set has a single class (examples per class: {counts}); a neuron's accuracy "
+                "1[a > b] == y is then only the firing rate, not predictivity. Fix: evaluate on a split "
+                "that contains both labels (e.g. the full validation split, not a label-filtered or "
+                "too small subset)"
+            )
+        if self.num_classes > 2 and present < self.num_classes:
+            raise ValueError(
+                f"evaluation set lacks some classes (examples per class: {counts}); one-vs-rest "
+                "predictivity of an absent class is meaningless and would dominate the max over classes. "
+                "Fix: evaluate on a split with every class, or set num_classes / relabel to the classes present"
+            )
+        return n
+
+    def _correct_counts(self):
+        """(C, L, P, N) int64: number of examples with 1[a > b] == 1[y == c] (one-vs-rest), and n."""
+        n = self._check_classes()
+        fire_total = self.fire_count.sum(dim=0, keepdim=True)  # (1, L*P*N)
+        rest = (n - self.class_count)[:, None]  # (C, 1) examples not of class c
+        # fire & y==c  +  no-fire & y!=c  =  f_c + (n - n_c) - (f_total - f_c)
+        correct = 2 * self.fire_count + rest - fire_total  # (C, L*P*N)
+        return correct.reshape(self.num_classes, *self.shape), n  # (C, L, P, N)
+
+    def accuracy_per_class(self):
+        """(C, L, P, N) float32 one-vs-rest accuracy of 1[a > b] == 1[y == c]."""
+        correct, n = self._correct_counts()
+        return (correct.to(torch.float64) / n).to(torch.float32)
+
+    def predictivity_per_class(self):
+        """(C, L, P, N) float32 max(acc_c, 1 - acc_c), computed from integer counts (exactly symmetric)."""
+        correct, n = self._correct_counts()
+        return (torch.maximum(correct, n - correct).to(torch.float64) / n).to(torch.float32)
+
+    def score_per_class(self):
+        """(C, L, N) float32 max over prompt positions of predictivity_per_class()."""
+        return self.predictivity_per_class().amax(dim=2)
+
+    def accuracy(self):
+        """Binary: (L, P, N) fraction with 1[a > b] == y. Multi-class: (C, L, P, N) one-vs-rest."""
+        acc = self.accuracy_per_class()  # (C, L, P, N)
+        return acc[1] if self.num_classes == 2 else acc
+
+    def predictivity(self):
+        """Binary: (L, P, N) max(acc, 1 - acc). Multi-class: (C, L, P, N) per class."""
+        pred = self.predictivity_per_class()  # (C, L, P, N)
+        return pred[1] if self.num_classes == 2 else pred
+
+    def score(self):
+        """(L, N) float32 per-neuron score: max over prompt positions (and, multi-class, over classes)."""
+        return self.score_per_class().amax(dim=0)  # (L, N)
+
+    # --- state / distributed -------------------------------------------------
+
+    def state(self):
+        """Dict of the tensors that sum across shards: fire_count (C, L*P*N), class_count (C,), int64.
+        The threshold is not part of it (it is the same on every rank)."""
+        return {"fire_count": self.fire_count, "class_count": self.class_count}
+
+    def load_state(self, state):
+        """Replace the running counts by `state` (as returned by state())."""
+        self.fire_count = state["fire_count"].to(self.fire_count).clone()
+        self.class_count = state["class_count"].to(self.class_count).clone()
+        return self
+
+    def merge(self, other):
+        """Add another accumulator's (same threshold) or a state dict's counts to this one."""
+        if isinstance(other, PredictivityAccumulator):
+            if not torch.equal(other.threshold.to(self.threshold.device), self.threshold):
+                raise ValueError("cannot merge PredictivityAccumulators built on different thresholds")
+            other = other.state()
+        if other["fire_count"].shape != self.fire_count.shape:
+            raise ValueError(
+                f"cannot merge fire_count of shape {tuple(other['fire_count'].shape)} "
+                f"into {tuple(self.fire_count.shape)}"
+            )
+        self.fire_count += other["fire_count"].to(self.fire_count)
+        self.class_count += other["class_count"].to(self.class_count)
+        return self
+
+    def all_reduce(self, reduce_fn):
+        """Sum the counts across processes: reduce_fn(tensor) must sum `tensor` over all ranks, in place
+        (e.g. torch.distributed.all_reduce) or by returning the summed tensor. Call it exactly once."""
+        for key in ("fire_count", "class_count"):
+            _reduce_in_place(self.state()[key], reduce_fn)
+        return self
+
+
+# -----------------------------------------------------------------------------
+# selections and comparisons of (L, N) scores
+
+
+def num_selected(num_units, percent):
+    """Units per layer picked by top_percent_mask: ceil(percent/100 · N), at least 1 if percent > 0.
+
+    E.g. N = 3072: 1% -> 31, 3% -> 93, 15% -> 461. A tiny tolerance absorbs float noise, so
+    15% of 100 units is 15, not 16.
+    """
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must be in [0, 100], got {percent}")
+    if percent == 0:
+        return 0
+    k = math.ceil(percent * num_units / 100 - 1e-9)
+    return min(num_units, max(1, k))
+
+
+def _top_indices(score, k):
+    """(L, k) unit indices of the k highest scores per layer; ties -> lower unit index first."""
+    return torch.argsort(-score, dim=-1, stable=True)[:, :k]  # (L, k)
+
+
+def top_percent_mask(score, percent):
+    """(L, N) bool mask of the top percent% units per layer by score (see num_selected for the count)."""
+    if score.ndim != 2:
+        raise ValueError(f"score must have shape (L, N), got {tuple(score.shape)}")
+    k = num_selected(score.shape[1], percent)
+    mask = torch.zeros(score.shape, dtype=torch.bool, device=score.device)  # (L, N)
+    if k:
+        mask.scatter_(1, _top_indices(score, k), True)
+    return mask
+
+
+def overlap_at(score_a, score_b, percent):
+    """overlap@percent%: per layer |top(A) ∩ top(B)| / |top|, mean over layers (a float in [0, 1])."""
+    if score_a.shape != score_b.shape:
+        raise ValueError(f"score shapes differ: {tuple(score_a.shape)} vs {tuple(score_b.shape)}")
+    k = num_selected(score_a.shape[1], percent)
+    if k == 0:
+        raise ValueError("overlap_at needs percent > 0 (the top-0% set is empty)")
+    both = top_percent_mask(score_a, percent) & top_percent_mask(score_b.to(score_a.device), percent)  # (L, N)
+    per_layer = both.sum(dim=1).to(torch.float64) / k  # (L,)
+    return per_layer.mean().item()
+
+
+def mean_predictivity_of(mask, score):
+    """Mean of score (L, N) over the units selected by mask (L, N), e.g. adversarial predictivity of the
+    clean skill neurons: mean_predictivity_of(top_percent_mask(clean, n), adv_score)."""
+    if mask.shape != score.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} and score {tuple(score.shape)} shapes differ")
+    if not bool(mask.any()):
+        raise ValueError("mask selects no unit")
+    return score[mask.to(score.device)].to(torch.float64).mean().item()
+
+
+def top_neurons(score_clean, predictivity_clean, k):
+    """The k best neurons over all layers: list of (layer, unit, best_position, score), best first.
+
+    score_clean (L, N); predictivity_clean (L, P, N), or (C, L, P, N) which is reduced by max over classes.
+    best_position = first prompt position reaching the max predictivity; ties in score -> lower
+    (layer, unit) first.
+    """
+    if predictivity_clean.ndim == 4:
+        predictivity_clean = predictivity_clean.amax(dim=0)  # (L, P, N)
+    L, N = score_clean.shape
+    if predictivity_clean.shape[0] != L or predictivity_clean.shape[2] != N:
+        raise ValueError(
+            f"predictivity {tuple(predictivity_clean.shape)} does not match score {tuple(score_clean.shape)}"
+        )
+    k = min(int(k), L * N)
+    flat = torch.argsort(-score_clean.reshape(-1), stable=True)[:k]  # (k,) indices into L*N
+    best_pos = predictivity_clean.argmax(dim=1).reshape(-1)  # (L*N,) first max over positions
+    values = score_clean.reshape(-1)[flat].tolist()
+    positions = best_pos.to(flat.device)[flat].tolist()
+    return [(i // N, i % N, p, v) for i, p, v in zip(flat.tolist(), positions, values)]
+
+
+def mean_over_prompts(scores):
+    """(L, N) mean of several prompts' (seeds') scores: the max over positions comes first, then this mean."""
+    return torch.stack([s.to(torch.float32) for s in scores]).mean(dim=0)  # (S, L, N) -> (L, N)

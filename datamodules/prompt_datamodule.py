@@ -1,0 +1,316 @@
+"""One DataModule for every task: train / validation (/ test) loaders plus one loader per adversarial set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from datamodules.sources import prepare_split
+from datamodules.tasks import Source, TaskError, TaskSpec, get_task
+from lightning_modules.backbones import family_of, load_tokenizer, max_input_length_of
+
+CLEAN_EVAL = "validation"
+
+
+class PromptDataModule(LightningDataModule):
+    """Tokenised examples of one task for prompt tuning, with the task's adversarial sets.
+
+    Each example becomes ``input_ids`` (the template's text with the tokenizer's special tokens; for masked
+    LMs a ``<mask>`` right after the first special token), ``mask_index`` (its position among the text
+    tokens), ``label`` and ``idx`` (its row in the source file, so analyses can align examples). The text is
+    truncated (longest segment first) to ``max_text_length`` tokens, and further if ``prompt_length`` plus
+    the text would exceed the backbone's positions; the prompt and ``<mask>`` are never truncated.
+
+    Hooks: ``prepare_data`` (downloads), ``setup`` (reads, checks and tokenises the splits a stage needs),
+    ``train_dataloader``, ``val_dataloader`` (clean validation first, then each adversarial set),
+    ``test_dataloader`` (the task's labelled test split, then each adversarial set).
+
+    Args:
+        task: a built-in task name (``sst2``, ``marker``, ...) or a task declaration (mapping).
+        backbone: hub name, local path or preset; linked from ``model.backbone`` by the CLI.
+        prompt_length: number of soft-prompt vectors; linked from ``model.prompt_length`` by the CLI.
+        max_text_length: most tokens of the text, special tokens included, not counting prompt or mask.
+        batch_size: training batch size (per device).
+        eval_batch_size: evaluation batch size (default: ``batch_size``).
+        adversarial: names of the task's adversarial sets to evaluate (default: all it declares; [] none).
+        files: local files replacing the task's splits, e.g. ``{train: glue/SST-2/train.tsv}``.
+        adversarial_files: local files replacing adversarial sets' hub sources (AdvGLUE ``dev.json``).
+        extra_adversarial: more adversarial sets, ``{name: {file: ..., columns: {...}}}``.
+        max_train_samples: use only the first N training rows (deterministic).
+        max_eval_samples: use only the first N rows of each evaluation set.
+        shuffle: shuffle the training set every epoch.
+        num_workers: DataLoader workers.
+        cache_dir: ``datasets`` cache directory (default: ``datasets``' own).
+    """
+
+    def __init__(
+        self,
+        task: str | dict = "marker",
+        backbone: str = "tiny-roberta",
+        prompt_length: int = 8,
+        max_text_length: int = 128,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        adversarial: list[str] | None = None,
+        files: dict[str, str] | None = None,
+        adversarial_files: dict[str, str] | None = None,
+        extra_adversarial: dict[str, Any] | None = None,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.task = self._resolve_task(get_task(task), files, adversarial, adversarial_files, extra_adversarial)
+        self.datasets: dict[str, datasets.Dataset] = {}
+        self.split_records: dict[str, dict] = {}
+        self._tokenizer = None
+        self._family = None
+        self._label_token_ids: list[int] | None = None
+
+    # ------------------------------------------------------------------ declarations
+    @staticmethod
+    def _resolve_task(task: TaskSpec, files, adversarial, adversarial_files, extra_adversarial) -> TaskSpec:
+        """Apply the user's file overrides and adversarial selection to a task declaration (cheap, no I/O)."""
+        splits = dict(task.splits)
+        for role, path in (files or {}).items():
+            if role not in ("train", "validation", "test"):
+                raise TaskError(f"data.files has unknown split {role!r}; use train, validation or test")
+            base = splits.get(role) or splits["train"]
+            splits[role] = base.with_file(path)
+        adv = dict(task.adversarial)
+        for name, spec in (extra_adversarial or {}).items():
+            adv[name] = TaskSpec.from_dict(
+                {"name": name, "text_fields": task.text_fields, "label_names": task.label_names,
+                 "verbalizers": task.verbalizers, "splits": {"train": spec, "validation": spec}}
+            ).splits["train"]
+        for name, path in (adversarial_files or {}).items():
+            if name not in adv:
+                raise TaskError(f"data.adversarial_files names {name!r}, but task {task.name!r} has "
+                                f"adversarial sets {list(adv)}; add new ones with data.extra_adversarial")
+            adv[name] = adv[name].with_file(path)
+        if adversarial is not None:
+            unknown = [a for a in adversarial if a not in adv]
+            if unknown:
+                raise TaskError(f"task {task.name!r} has no adversarial set {unknown}; it has {list(adv)} "
+                                "(add your own with data.extra_adversarial)")
+            adv = {name: adv[name] for name in adversarial}
+        for role, source in splits.items():
+            if role != "train" and source == splits["train"]:
+                raise TaskError(f"task {task.name!r}: the {role} split is the training split; thresholds and "
+                                "evaluation must use different data — give a separate file for it")
+        return TaskSpec(**{**{f: getattr(task, f) for f in task.__dataclass_fields__},
+                           "splits": splits, "adversarial": adv})
+
+    @property
+    def eval_set_names(self) -> list[str]:
+        """Names of the evaluation loaders, in loader order: clean validation first, then adversarial."""
+        return [CLEAN_EVAL, *self.task.adversarial]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.task.label_names)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer, config = load_tokenizer(self.hparams.backbone)
+            self._family = family_of(config)
+            self._max_positions = max_input_length_of(config, self._tokenizer)
+        return self._tokenizer
+
+    @property
+    def family(self) -> str:
+        self.tokenizer
+        return self._family
+
+    @property
+    def label_token_ids(self) -> list[int]:
+        """Vocabulary id per label (label-id order): the verbalizer word, or its first sub-token for T5."""
+        if self._label_token_ids is None:
+            self._label_token_ids = verbalizer_token_ids(self.tokenizer, self.family, self.task)
+        return self._label_token_ids
+
+    @property
+    def text_budget(self) -> int:
+        """Tokens left for the text (special tokens included) once the prompt and ``<mask>`` are placed."""
+        tok = self.tokenizer
+        budget = self.hparams.max_text_length
+        if self._max_positions is not None:
+            mask = 1 if self.family == "masked_lm" else 0
+            budget = min(budget, self._max_positions - self.hparams.prompt_length - mask)
+        specials = tok.num_special_tokens_to_add(pair=len(self.task.template) == 2)
+        if budget - specials < 1:
+            raise TaskError(
+                f"prompt_length={self.hparams.prompt_length} leaves no room for text: the backbone takes "
+                f"{self._max_positions} positions, of which {specials + (self.family == 'masked_lm')} are special "
+                f"tokens — use --model.prompt_length={self._max_positions - specials - 2} or less"
+            )
+        return budget
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self):
+        """Download hub splits once per node (files are read in ``setup``); check the verbalizer early."""
+        self.label_token_ids
+        self.text_budget
+        for source in self._sources("fit").values():
+            if source.hub is not None:
+                prepare_split(self.task, source, "download", self.hparams.cache_dir, limit=1)
+
+    def setup(self, stage: str | None = None):
+        """Read, check and tokenise the splits that ``stage`` needs (fit: train + eval sets)."""
+        self.label_token_ids
+        for role, source in self._sources(stage).items():
+            if role in self.datasets:
+                continue
+            limit = self.hparams.max_train_samples if role == "train" else self.hparams.max_eval_samples
+            rows, record = prepare_split(self.task, source, role, self.hparams.cache_dir, limit)
+            self.datasets[role] = self._encode(rows, record)
+            self.split_records[role] = record
+
+    def _sources(self, stage: str | None) -> dict[str, Source]:
+        task = self.task
+        wanted: dict[str, Source] = {}
+        if stage in (None, "fit", "analysis"):
+            wanted["train"] = task.splits["train"]
+        if stage == "test":
+            if "test" not in task.splits:
+                raise TaskError(f"task {task.name!r} has no labelled test split; use `validate`, or give "
+                                "one with --data.files='{test: path/to/test.tsv}'")
+            wanted["test"] = task.splits["test"]
+        else:
+            wanted[CLEAN_EVAL] = task.splits[CLEAN_EVAL]
+        wanted.update({f"adv/{name}": src for name, src in task.adversarial.items()})
+        return wanted
+
+    def train_dataloader(self):
+        return self._loader(self.datasets["train"], self.hparams.batch_size, shuffle=self.hparams.shuffle)
+
+    def val_dataloader(self):
+        return [self._loader(self.datasets[role]) for role in self._eval_roles(CLEAN_EVAL)]
+
+    def test_dataloader(self):
+        return [self._loader(self.datasets[role]) for role in self._eval_roles("test")]
+
+    def _eval_roles(self, clean: str) -> list[str]:
+        return [clean, *(f"adv/{name}" for name in self.task.adversarial)]
+
+    def _loader(self, ds: datasets.Dataset, batch_size: int | None = None, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            ds, batch_size=batch_size or self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=shuffle,
+            collate_fn=Collator(self.tokenizer.pad_token_id), num_workers=self.hparams.num_workers,
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    # ------------------------------------------------------------------ tokenisation
+    def _encode(self, rows: datasets.Dataset, record: dict) -> datasets.Dataset:
+        tok, task, family, budget = self.tokenizer, self.task, self.family, self.text_budget
+        mask_id = tok.mask_token_id if family == "masked_lm" else None
+        specials = set(tok.all_special_ids)
+        key = json.dumps([record["sha256"], tok.name_or_path, len(tok), family, budget, task.template,
+                          type(tok).__name__, _vocab_digest(tok)])
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
+
+        def encode(batch):
+            segments = [[seg.format(**dict(zip(task.text_fields, values))) for seg in task.template]
+                        for values in zip(*(batch[f] for f in task.text_fields))]
+            first = [s[0] for s in segments]
+            second = [s[1] for s in segments] if len(task.template) == 2 else None
+            enc = tok(first, second, truncation="longest_first" if second else True, max_length=budget)
+            ids, mask_index = [], []
+            for seq in enc["input_ids"]:
+                if mask_id is not None:
+                    at = 1 if seq and seq[0] in specials else 0  # right after <s> / [CLS]
+                    seq = seq[:at] + [mask_id] + seq[at:]
+                    mask_index.append(at)
+                else:
+                    mask_index.append(-1)
+                ids.append(seq)
+            return {"input_ids": ids, "mask_index": mask_index}
+
+        cache = _cache_file(self.hparams.cache_dir, fingerprint)
+        return rows.map(encode, batched=True, remove_columns=list(task.text_fields), new_fingerprint=fingerprint,
+                        cache_file_name=cache, desc="tokenising")
+
+    def state_for_summary(self) -> dict:
+        """What the run's summary records about the data: task, splits (with content hashes), settings."""
+        return {
+            "task": self.task.name, "task_type": self.task.type, "label_names": list(self.task.label_names),
+            "verbalizer": list(self.task.words(self.family)), "label_token_ids": self.label_token_ids,
+            "eval_sets": self.eval_set_names, "splits": self.split_records,
+        }
+
+
+class Collator:
+    """Pads a list of encoded examples into tensors: input_ids/attention_mask (B, T), the rest (B,)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), longest), self.pad_id, dtype=torch.long)  # (B, T)
+        attention = torch.zeros((len(examples), longest), dtype=torch.long)  # (B, T)
+        for row, e in enumerate(examples):
+            ids[row, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+            attention[row, : len(e["input_ids"])] = 1
+        return {
+            "input_ids": ids, "attention_mask": attention,
+            "mask_index": torch.tensor([e["mask_index"] for e in examples]),
+            "labels": torch.tensor([e["label"] for e in examples]),
+            "idx": torch.tensor([e["idx"] for e in examples]),
+        }
+
+
+def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec) -> list[int]:
+    """The token id read for each label; raises if a word is not in the vocabulary or ids collide."""
+    words = task.words(family)
+    unk = tokenizer.unk_token_id
+    ids = []
+    for word in words:
+        if family == "masked_lm":
+            # A masked LM predicts one token at <mask>: the word must be a single token after a space.
+            pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+            if len(pieces) != 1 or pieces[0] == unk:
+                shown = tokenizer.convert_ids_to_tokens(pieces)
+                raise TaskError(
+                    f"verbalizer word {word!r} of task {task.name!r} is not in the vocabulary of "
+                    f"{tokenizer.name_or_path!r} as one token (it becomes {shown}) — choose a word that is, "
+                    f"in verbalizers.masked_lm"
+                )
+        else:
+            # T5: the label is read from the first decoder step, i.e. the word's first sub-token.
+            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if not pieces or pieces[0] == unk:
+                raise TaskError(f"verbalizer word {word!r} of task {task.name!r} is not in the vocabulary of "
+                                f"{tokenizer.name_or_path!r} — choose another word in verbalizers.seq2seq")
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        first = [tokenizer.convert_ids_to_tokens(i) for i in ids]
+        raise TaskError(
+            f"label words {list(words)} of task {task.name!r} share their first sub-token ({first}), so the "
+            f"first decoder step cannot tell them apart — choose words that start differently"
+        )
+    return ids
+
+
+def _vocab_digest(tokenizer) -> str:
+    vocab = tokenizer.get_vocab()
+    return hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
+
+
+def _cache_file(cache_dir: str | None, fingerprint: str) -> str:
+    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "skill_neurons_tokenised"
+    root.mkdir(parents=True, exist_ok=True)
+    return str(root / f"{fingerprint}.arrow")

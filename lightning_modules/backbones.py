@@ -1,0 +1,215 @@
+"""Backbones: load a masked LM or an encoder–decoder by hub name, local path or offline preset.
+
+Everything goes through ``from_pretrained``. Offline presets need no download:
+
+- ``tiny-roberta`` / ``tiny-t5``: 2 layers, width 64, FFN 256, with a tokenizer trained by ``tokenizers``
+  on text shipped in this package. They are built once (seeded, so every machine builds the same
+  weights), saved with ``save_pretrained`` under ``$SKILL_NEURONS_HOME/backbones`` (default
+  ``~/.cache/skill-neurons``) and loaded back through ``from_pretrained`` like any local checkpoint.
+  ``tiny-roberta`` uses ``initializer_range`` 0.3: with HF's default 0.02 a random tiny RoBERTa ignores
+  its input embeddings so much that no prompt can steer it (measured: chance accuracy on the marker task).
+- ``random-roberta-base`` / ``random-t5-base``: the exact shapes of ``roberta-base`` and ``t5-base``
+  (12 layers, width 768, FFN 3072, their vocabulary sizes) with random weights, for performance work.
+  They are built in memory from the config (no weights on disk) and reuse the tiny tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    logging as hf_logging,
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaTokenizer,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5Tokenizer,
+)
+
+hf_logging.disable_progress_bar()
+CORPUS = Path(__file__).parent / "assets" / "tokenizer_corpus.txt"
+PRESET_VERSION = "v1"
+TINY_PRESETS = ("tiny-roberta", "tiny-t5")
+RANDOM_PRESETS = ("random-roberta-base", "random-t5-base")
+PRESETS = TINY_PRESETS + RANDOM_PRESETS
+# Masked LMs whose position ids start after the padding index (HF's create_position_ids_from_*).
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer"}
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be used; the message names the fix."""
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone: the model, its tokenizer, and which prompt-tuning family it belongs to."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: object
+    family: str  # "masked_lm" or "seq2seq"
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.model.config
+
+
+def home() -> Path:
+    return Path(os.environ.get("SKILL_NEURONS_HOME", Path.home() / ".cache" / "skill-neurons"))
+
+
+def family_of(config: PretrainedConfig) -> str:
+    """``seq2seq`` for encoder–decoders (T5, Flan-T5 ...), ``masked_lm`` for anything with an MLM head."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if type(config) in AutoModelForMaskedLM._model_mapping:
+        return "masked_lm"
+    raise BackboneError(
+        f"backbone type {config.model_type!r} is neither a masked LM nor an encoder–decoder; "
+        "use e.g. roberta-base, bert-base-uncased, t5-base or google/flan-t5-base"
+    )
+
+
+def max_input_length_of(config: PretrainedConfig, tokenizer=None) -> int | None:
+    """How many positions (prompt included) the backbone accepts; ``None`` for relative positions (T5)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    if config.model_type in PADDING_OFFSET_POSITIONS:
+        limit -= config.pad_token_id + 1  # RoBERTa: 514 embeddings, positions start at 2 -> 512
+    return limit
+
+
+def load_tokenizer(name: str) -> tuple[object, PretrainedConfig]:
+    """The tokenizer and config of a backbone, without its weights (what a DataModule needs)."""
+    if name in RANDOM_PRESETS:
+        return AutoTokenizer.from_pretrained(build_tiny_preset(_tiny_twin(name))), _random_config(name)
+    path = str(build_tiny_preset(name)) if name in TINY_PRESETS else name
+    return _from_pretrained(AutoTokenizer.from_pretrained, path), _from_pretrained(AutoConfig.from_pretrained, path)
+
+
+def load_backbone(name: str) -> Backbone:
+    """Load ``name`` — an offline preset, a local directory, or a hub name — with its tokenizer."""
+    tokenizer, config = load_tokenizer(name)
+    family = family_of(config)
+    if name in RANDOM_PRESETS:
+        model = (T5ForConditionalGeneration if family == "seq2seq" else RobertaForMaskedLM)(config)
+    else:
+        path = str(build_tiny_preset(name)) if name in TINY_PRESETS else name
+        auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForMaskedLM
+        model = _from_pretrained(auto.from_pretrained, path)
+    return Backbone(name, model.eval(), tokenizer, family)
+
+
+def _tiny_twin(name: str) -> str:
+    return {"random-roberta-base": "tiny-roberta", "random-t5-base": "tiny-t5"}[name]
+
+
+def _from_pretrained(loader, name: str):
+    try:
+        return loader(name)
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        if Path(name).exists():
+            raise BackboneError(f"cannot load backbone from local path {name!r}: {err}") from None
+        hint = (
+            f"HF_HUB_OFFLINE is set and {name!r} is not in the local Hugging Face cache. "
+            if offline
+            else f"{name!r} is neither a local directory nor a model on the hub ({type(err).__name__}). "
+        )
+        raise BackboneError(
+            f"cannot load backbone {name!r}: {hint}Pass a local directory saved with save_pretrained "
+            f"(--model.backbone=/path/to/{Path(name).name}), download it first with network access, "
+            f"or use an offline preset: {', '.join(PRESETS)}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Offline presets
+# ----------------------------------------------------------------------------------------------------
+
+
+def _random_config(name: str) -> PretrainedConfig:
+    """roberta-base / t5-base shapes (values of their published configs), random weights."""
+    if name == "random-roberta-base":
+        return RobertaConfig(
+            vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+            intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+            pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        )
+    return T5Config(
+        vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
+        feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )
+
+
+def build_tiny_preset(name: str) -> Path:
+    """Build (once) and return the directory of a tiny preset, saved with ``save_pretrained``."""
+    target = home() / "backbones" / f"{name}-{PRESET_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        text = CORPUS.read_text().splitlines()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, tokenizer = _tiny_roberta(text) if name == "tiny-roberta" else _tiny_t5(text)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "preset.json").write_text(json.dumps({"preset": name, "version": PRESET_VERSION}))
+        try:
+            tmp.rename(target)  # atomic: concurrent builders (DDP ranks) race harmlessly
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _tiny_roberta(text: list[str]):
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(text, vocab_size=3000, min_frequency=2,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    model_json = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
+    tokenizer = RobertaTokenizer(vocab=model_json["vocab"], merges=merges, model_max_length=256)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=256, max_position_embeddings=258, type_vocab_size=1, initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return RobertaForMaskedLM(config), tokenizer
+
+
+def _tiny_t5(text: list[str]):
+    from tokenizers import SentencePieceUnigramTokenizer
+
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(text, vocab_size=3000, special_tokens=["<pad>", "</s>", "<unk>"],
+                                unk_token="<unk>", show_progress=False)
+    vocab = [tuple(piece) for piece in json.loads(unigram.to_str())["model"]["vocab"]]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=256, num_layers=2, num_decoder_layers=2,
+        num_heads=4, feed_forward_proj="relu", decoder_start_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return T5ForConditionalGeneration(config), tokenizer

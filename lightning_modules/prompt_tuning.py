@@ -1,0 +1,194 @@
+"""The shared prompt-tuning LightningModule; the backbone families subclass it (masked_lm.py, seq2seq.py)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_modules.backbones import BackboneError, load_backbone
+from lightning_modules.soft_prompt import SoftPrompt
+
+PROMPT_KEY = "prompt.weight"
+
+
+class PromptTuningModule(LightningModule):
+    """Trains a soft prompt in front of a frozen backbone; the label is read through a verbalizer.
+
+    The input is ``[prompt (P vectors)] [text tokens]``; for masked LMs the text starts with ``<s> <mask>``.
+    Prompt positions keep the backbone's own position embeddings (as P2; P1 zeroes them), so the prompt and
+    text together must fit ``max_position_embeddings`` — the DataModule truncates the text to make sure.
+
+    Only ``prompt.weight`` is trained: the backbone has ``requires_grad=False``, is not in the optimizer and
+    runs in eval mode (dropout off) unless ``backbone_dropout=True``; its weights are bit-identical after
+    ``fit``. Checkpoints hold the prompt and the optimizer state only (a few KB to a few MB); the backbone
+    is reloaded from ``backbone`` when a checkpoint is loaded.
+
+    Hooks: ``setup`` (reads the task's verbalizer ids and evaluation sets from the DataModule, builds the
+    metrics), ``training_step`` / ``validation_step`` / ``test_step`` (all through ``model_step``),
+    ``on_train_start`` / ``on_validation_epoch_end`` (track the best clean accuracy), ``configure_optimizers``
+    (AdamW on the prompt), ``on_save_checkpoint`` / ``on_load_checkpoint`` (prompt-only checkpoints),
+    ``train`` (keeps the backbone in eval mode).
+
+    Args:
+        backbone: hub name (``roberta-base``), local directory, or preset (``tiny-roberta``, ...).
+        prompt_length: number of soft-prompt vectors ``P`` (P1: 100).
+        prompt_init: ``vocab`` (sampled token embeddings), ``random`` or ``text``.
+        prompt_init_text: the text for ``prompt_init=text``.
+        learning_rate: AdamW learning rate, constant (P1: 1e-3 RoBERTa, 5e-3 T5).
+        weight_decay: AdamW weight decay (P1: 0).
+        adam_eps: AdamW epsilon (P1: 1e-6).
+        backbone_dropout: run the backbone's dropout while training (default off: deterministic backbone).
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        backbone: str = "tiny-roberta",
+        prompt_length: int = 8,
+        prompt_init: str = "vocab",
+        prompt_init_text: str | None = None,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        adam_eps: float = 1e-6,
+        backbone_dropout: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        loaded = load_backbone(backbone)
+        if loaded.family != self.family:
+            right = {"masked_lm": "MaskedLMPromptTuning", "seq2seq": "Seq2SeqPromptTuning"}[loaded.family]
+            raise BackboneError(
+                f"backbone {backbone!r} is a {loaded.family} model, but {type(self).__name__} tunes "
+                f"{self.family} models — use --model=lightning_modules.{right} (class_path in a config)"
+            )
+        self.backbone = loaded.model.requires_grad_(False)
+        self.tokenizer = loaded.tokenizer
+        embeddings = self.backbone.get_input_embeddings().weight  # (V, H)
+        self.prompt = SoftPrompt(prompt_length, embeddings.shape[1])
+        text_ids = self.tokenizer(prompt_init_text, add_special_tokens=False)["input_ids"] if prompt_init_text else None
+        self.prompt.initialise(prompt_init, embeddings.detach(), text_ids, exclude_ids=self.tokenizer.all_special_ids)
+        # Checkpoints leave the backbone out, so loading must accept its keys as missing.
+        self.strict_loading = False
+        self.register_buffer("label_token_ids", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.eval_set_names: list[str] = []
+
+    # ------------------------------------------------------------------ set-up from the data
+    def setup(self, stage: str) -> None:
+        """Take the verbalizer ids and evaluation-set names from the DataModule; build one metric per set."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "label_token_ids"):
+            raise TypeError(f"{type(self).__name__} needs a PromptDataModule (it provides the task's verbalizer)")
+        if datamodule.family != self.family:
+            raise BackboneError(f"data.backbone is a {datamodule.family} model, model.backbone a {self.family} one "
+                                "— use the same backbone for both (the CLI links them)")
+        self.label_token_ids = torch.tensor(datamodule.label_token_ids, device=self.device)
+        self.eval_set_names = list(datamodule.eval_set_names)
+        classes = datamodule.num_classes
+        self.train_acc = MulticlassAccuracy(num_classes=classes)
+        self.eval_acc = nn.ModuleList(MulticlassAccuracy(num_classes=classes) for _ in self.eval_set_names)
+        self.val_acc_best = MaxMetric()
+
+    def metric_prefix(self, stage: str, dataloader_idx: int) -> str:
+        """``val``/``test`` for the clean set, ``adv/<set>`` (``test/adv/<set>``) for adversarial ones."""
+        if dataloader_idx == 0:
+            return stage
+        adv = f"adv/{self.eval_set_names[dataloader_idx]}"
+        return adv if stage == "val" else f"{stage}/{adv}"
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word embeddings of the text with the prompt in front: (B, P+T, H) and the attention mask (B, P+T)."""
+        text = self.backbone.get_input_embeddings()(batch["input_ids"])  # (B, T, H)
+        prompt = self.prompt(text.shape[0]).to(text.dtype)  # (B, P, H)
+        ones = batch["attention_mask"].new_ones(text.shape[0], self.prompt.length)  # (B, P)
+        return torch.cat([prompt, text], dim=1), torch.cat([ones, batch["attention_mask"]], dim=1)
+
+    def label_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                     batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Verbalizer logits (B, C) — implemented by each backbone family."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits over the task's labels, (B, C)."""
+        inputs_embeds, attention_mask = self.embed(batch)
+        return self.label_logits(inputs_embeds, attention_mask, batch)
+
+    def model_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shared by all steps: cross-entropy over the verbalizer logits, predictions and labels."""
+        logits = self(batch).float()  # (B, C)
+        loss = F.cross_entropy(logits, batch["labels"])
+        return loss, logits.argmax(dim=-1), batch["labels"]
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch, batch_idx):
+        """One optimisation step on the prompt; logs train/loss and train/acc."""
+        loss, preds, labels = self.model_step(batch)
+        self.train_acc(preds, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def _eval_step(self, stage: str, batch, dataloader_idx: int) -> None:
+        loss, preds, labels = self.model_step(batch)
+        prefix = self.metric_prefix(stage, dataloader_idx)
+        metric = self.eval_acc[dataloader_idx]
+        metric(preds, labels)
+        self.log(f"{prefix}/loss", loss, on_epoch=True, add_dataloader_idx=False, batch_size=len(labels),
+                 sync_dist=True)
+        self.log(f"{prefix}/acc", metric, on_epoch=True, add_dataloader_idx=False, batch_size=len(labels),
+                 prog_bar=dataloader_idx == 0)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        """Accuracy and loss on the clean validation set (loader 0) and each adversarial set."""
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        """Accuracy and loss on the labelled test split (loader 0) and each adversarial set."""
+        self._eval_step("test", batch, dataloader_idx)
+
+    def on_train_start(self) -> None:
+        """Forget the sanity check's accuracy so the best value reflects training epochs only."""
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Track the best clean validation accuracy so far (``val/acc_best``)."""
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.eval_acc[0].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def configure_optimizers(self):
+        """AdamW over the prompt only (METHOD.md: eps 1e-6, weight decay 0, constant learning rate)."""
+        return torch.optim.AdamW(self.prompt.parameters(), lr=self.hparams.learning_rate,
+                                 eps=self.hparams.adam_eps, weight_decay=self.hparams.weight_decay)
+
+    def train(self, mode: bool = True):
+        """Switch train/eval mode; the frozen backbone stays in eval mode unless ``backbone_dropout``."""
+        super().train(mode)
+        self.backbone.train(mode and self.hparams.backbone_dropout)
+        return self
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only the prompt in the checkpoint's state_dict (the backbone is reloaded by name)."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.")}
+        checkpoint["skill_neurons"] = {"backbone": self.hparams.backbone, "family": self.family,
+                                       "prompt_shape": list(self.prompt.weight.shape)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse checkpoints without a prompt or with a prompt of another shape, with a clear message."""
+        state = checkpoint.get("state_dict", {})
+        if PROMPT_KEY not in state:
+            raise ValueError("this checkpoint holds no soft prompt (prompt.weight); it was not written by skill-neurons")
+        if tuple(state[PROMPT_KEY].shape) != tuple(self.prompt.weight.shape):
+            raise ValueError(
+                f"checkpoint prompt has shape {tuple(state[PROMPT_KEY].shape)} but this model's is "
+                f"{tuple(self.prompt.weight.shape)} — use the checkpoint's prompt_length and backbone"
+            )

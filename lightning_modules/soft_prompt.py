@@ -1,0 +1,52 @@
+"""The soft prompt: a small trainable table of ``P`` vectors, separate from the code that splices it in."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+INIT_CHOICES = ("random", "vocab", "text")
+
+
+class SoftPrompt(nn.Module):
+    """``P`` trainable vectors of width ``H``; ``forward(batch_size)`` returns them as (B, P, H).
+
+    Initialisation (``initialise``):
+      - ``random``: normal with the standard deviation of the backbone's word embeddings;
+      - ``vocab``:  copies of the embeddings of ``P`` token ids sampled from the vocabulary (Lester et al.);
+      - ``text``:   the embeddings of a text's tokens, repeated cyclically to fill ``P`` slots.
+    Sampling uses the global torch RNG, so ``seed_everything`` makes it reproducible.
+    """
+
+    def __init__(self, length: int, dim: int):
+        super().__init__()
+        if length < 1:
+            raise ValueError(f"prompt_length must be at least 1, got {length}")
+        self.weight = nn.Parameter(torch.zeros(length, dim))  # (P, H)
+
+    @property
+    def length(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        return self.weight.unsqueeze(0).expand(batch_size, -1, -1)  # (B, P, H)
+
+    @torch.no_grad()
+    def initialise(self, how: str, embeddings: torch.Tensor, token_ids: list[int] | None = None,
+                   exclude_ids: list[int] = ()) -> None:
+        """Fill the prompt from the backbone's word ``embeddings`` (V, H) as described in the class doc."""
+        if how == "random":
+            self.weight.normal_(0.0, embeddings.float().std().item())
+        elif how == "vocab":
+            allowed = torch.ones(embeddings.shape[0], dtype=torch.bool)
+            allowed[list(exclude_ids)] = False  # special tokens make poor starting points
+            candidates = allowed.nonzero().squeeze(1)
+            pick = candidates[torch.randint(len(candidates), (self.length,))]
+            self.weight.copy_(embeddings[pick].float())
+        elif how == "text":
+            if not token_ids:
+                raise ValueError("prompt_init='text' needs a non-empty --model.prompt_init_text")
+            ids = torch.tensor(token_ids).repeat(self.length // len(token_ids) + 1)[: self.length]
+            self.weight.copy_(embeddings[ids].float())
+        else:
+            raise ValueError(f"unknown prompt_init {how!r}; choose one of {INIT_CHOICES}")
