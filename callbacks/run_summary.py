@@ -1,0 +1,192 @@
+"""The run's own record: ``summary.json`` in the run directory, and the matching W&B summary.
+
+W&B offline runs cannot be read back through ``wandb.Api``, so every run also writes ``summary.json``:
+its settings (the LightningCLI config, secrets removed), its data (task, splits with content hashes),
+the final metrics, the metrics of the epoch with the best clean validation accuracy, a per-epoch history,
+its checkpoints and where its W&B run lives. Other callbacks add their own sections through
+:func:`update_summary` (e.g. the skill-neuron analysis).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+
+SUMMARY_FILE = "summary.json"
+BEST_KEY = "val/acc"
+SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+
+
+def redact(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a flat config without keys that look like secrets (API keys, tokens, passwords)."""
+    return {k: v for k, v in config.items() if not SECRET.search(k)}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"init_args": {"lr": 1}}}`` -> ``{"model.lr": 1}`` (LightningCLI's command-line keys)."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "init_args":
+                out.update(flatten(value, prefix))
+                continue
+            out.update(flatten(value, f"{prefix}{key}."))
+        if not tree and prefix:
+            out[prefix[:-1]] = {}
+        return out
+    if isinstance(tree, (list, tuple)) and any(isinstance(x, dict) for x in tree):
+        out[prefix[:-1]] = json.loads(json.dumps(tree, default=str))
+        return out
+    out[prefix[:-1]] = tree if isinstance(tree, (str, int, float, bool, type(None), list)) else str(tree)
+    return out
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_summary(run_dir: str | Path, /, **sections: Any) -> dict[str, Any]:
+    """Merge ``sections`` into ``run_dir/summary.json`` atomically (write a temp file, then rename)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = read_summary(run_dir)
+    summary.update(sections)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".summary-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(summary, f, indent=2, default=_jsonable)
+    os.replace(tmp, run_dir / SUMMARY_FILE)
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(metrics.items()) if getattr(v, "numel", lambda: 1)() == 1}
+
+
+class RunSummary(Callback):
+    """Writes ``summary.json`` in the run directory and declares W&B summary metrics.
+
+    Hooks: ``setup`` (settings, data, W&B metric declarations and config), ``on_validation_epoch_end``
+    (history and best epoch), ``on_fit_end`` / ``on_validation_end`` / ``on_test_end`` (final metrics).
+
+    Args:
+        run_dir: where ``summary.json`` goes (default: the trainer's ``default_root_dir``, which the
+            ``skill-neurons`` CLI sets to ``runs/<run_id>``).
+    """
+
+    def __init__(self, run_dir: str | None = None):
+        self.run_dir = run_dir
+        self.config: dict[str, Any] = {}
+        self.run_id: str | None = None
+        self._best: dict[str, Any] | None = None
+        self._history: list[dict[str, Any]] = []
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Record settings and data (rank 0), declare W&B metrics and log the CLI config to W&B."""
+        # Every rank agrees on rank 0's directory (ranks started by torchrun/SLURM may have made their own id).
+        self.run_dir = trainer.strategy.broadcast(str(self.run_dir or trainer.default_root_dir))
+        previous = read_summary(self.run_dir) if trainer.is_global_zero else {}
+        self._best = previous.get("best") if stage == "fit" else None
+        self._history = previous.get("history", []) if stage == "fit" else []
+        if not trainer.is_global_zero:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        hparams = dict(pl_module.hparams)
+        settings = {
+            "backbone": hparams.get("backbone"), "family": getattr(pl_module, "family", None),
+            "task": getattr(getattr(datamodule, "task", None), "name", None),
+            "seed": self.config.get("seed_everything"), "prompt_length": hparams.get("prompt_length"),
+            "learning_rate": hparams.get("learning_rate"), "precision": str(trainer.precision),
+            "world_size": trainer.world_size,
+        }
+        sections: dict[str, Any] = {
+            "run_id": self.run_id or Path(self.run_dir).name, "run_dir": str(Path(self.run_dir).resolve()),
+            "stage": stage, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "settings": settings, "config": redact(self.config),
+        }
+        if datamodule is not None and hasattr(datamodule, "state_for_summary"):
+            sections["data"] = datamodule.state_for_summary()
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                sections["wandb"] = self._setup_wandb(logger, settings)
+        update_summary(self.run_dir, **sections)
+
+    def _setup_wandb(self, logger: WandbLogger, settings: dict[str, Any]) -> dict[str, Any]:
+        run = logger.experiment
+        run.define_metric("trainer/global_step")
+        run.define_metric("val/acc", summary="max")
+        run.define_metric("val/loss", summary="min")
+        run.define_metric("adv/*", summary="last")
+        flat = redact(self.config)
+        run.config.update(flat, allow_val_change=True)
+        run.config.update({f"run.{k}": v for k, v in settings.items()}, allow_val_change=True)
+        offline = run.settings.mode in ("offline", "dryrun")
+        files_dir = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>
+        return {
+            "id": run.id, "project": run.project, "mode": "offline" if offline else "online",
+            "dir": str(files_dir), "url": None if offline else run.url,
+            "sync_command": f"wandb sync {files_dir}" if offline else None,
+        }
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Append this epoch's evaluation metrics to the history; remember the best clean epoch."""
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        metrics = {k: v for k, v in _floats(trainer.callback_metrics).items()
+                   if not k.startswith("train/") and not k.endswith("_best")}
+        if BEST_KEY not in metrics:
+            return
+        entry = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
+        self._history = [h for h in self._history if h["epoch"] != trainer.current_epoch] + [entry]
+        if self._best is None or metrics[BEST_KEY] > self._best[BEST_KEY]:
+            self._best = entry
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.summary.update({f"best/{k}": v for k, v in entry.items()})
+        update_summary(self.run_dir, best=self._best, history=self._history)
+
+    def _finish(self, trainer: Trainer, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        sections: dict[str, Any] = {
+            "status": "finished", "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            f"{stage}_metrics": _floats(trainer.callback_metrics),
+            "epochs_completed": trainer.current_epoch, "global_step": trainer.global_step,
+        }
+        checkpoint = getattr(trainer, "checkpoint_callback", None)
+        if stage == "fit" and checkpoint is not None:
+            sections["checkpoints"] = {"best": checkpoint.best_model_path or None,
+                                       "best_score": _jsonable(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+                                       "last": checkpoint.last_model_path or None}
+        if stage != "fit":
+            sections["ckpt_path"] = trainer.ckpt_path
+        update_summary(self.run_dir, **sections)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record the final metrics (``fit_metrics``) and checkpoint paths."""
+        self._finish(trainer, "fit")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After ``validate`` (not the validation inside ``fit``), record ``validate_metrics``."""
+        if trainer.state.fn == "validate":
+            self._finish(trainer, "validate")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After ``test``, record ``test_metrics``."""
+        self._finish(trainer, "test")

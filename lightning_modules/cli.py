@@ -1,0 +1,162 @@
+"""``skill-neurons``: a LightningCLI with run directories, W&B tracking and resumable fits.
+
+    skill-neurons fit --config configs/quickstart.yaml
+    skill-neurons fit --config configs/roberta/sst2.yaml --model.learning_rate=3e-3 --seed_everything=34
+    skill-neurons fit --config configs/roberta/sst2.yaml --ckpt_path runs/<id>/checkpoints/last.ckpt  # resume
+    skill-neurons validate --config configs/roberta/sst2.yaml --ckpt_path runs/<id>/checkpoints/best.ckpt
+
+Every run gets ``runs/<run_id>/`` (``--runs_dir``; W&B's run id is ``<run_id>``) holding the resolved
+``config.yaml``, ``summary.json``, ``checkpoints/`` and the W&B files. Without W&B credentials the run is
+logged offline, never prompting; ``wandb sync`` uploads it later.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import secrets
+import string
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from callbacks.run_summary import RunSummary, flatten
+from datamodules import PromptDataModule
+from lightning_modules.prompt_tuning import PromptTuningModule
+
+RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
+WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
+
+
+def wandb_has_credentials() -> bool:
+    """True if W&B could log in without prompting: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def new_run_id() -> str:
+    """An 8-character id in W&B's alphabet (lowercase letters and digits)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+class SkillNeuronsCLI(LightningCLI):
+    """LightningCLI over the prompt-tuning modules and :class:`PromptDataModule`.
+
+    Adds ``--runs_dir``/``--run_id``, a checkpoint callback (``--checkpoint.*``: best by ``val/acc`` and
+    ``last.ckpt``) and the run summary; links ``model.backbone`` and ``model.prompt_length`` to the data.
+    """
+
+    def __init__(self, args=None, run: bool = True):
+        super().__init__(
+            PromptTuningModule, PromptDataModule, subclass_mode_model=True, args=args, run=run,
+            save_config_kwargs={"overwrite": True},  # run directories are unique; a resume rewrites its own
+            trainer_defaults={"logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "skill-neurons"}}},
+            parser_kwargs={"description": "Prompt tuning, skill neurons and adversarial robustness."},
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--runs_dir", type=str, default="runs", help="folder that holds one folder per run")
+        parser.add_argument("--run_id", type=str | None, default=None,
+                            help="run id (default: $WANDB_RUN_ID, the resumed checkpoint's run, or a new id)")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max", "checkpoint.save_last": True,
+                             "checkpoint.filename": "best", "checkpoint.auto_insert_metric_name": False,
+                             "checkpoint.enable_version_counter": False})
+        parser.add_lightning_class_args(RunSummary, "summary")
+        parser.link_arguments("model.init_args.backbone", "data.backbone")
+        parser.link_arguments("model.init_args.prompt_length", "data.prompt_length")
+
+    # ------------------------------------------------------------------ run directory, logger, resume
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise SystemExit(f"error: checkpoint {ckpt_path!r} does not exist — check --ckpt_path")
+        run_id, runs_dir = self._run_identity(config, ckpt_path)
+        os.environ[RUN_ID_ENV] = run_id  # processes started by Lightning's DDP launcher reuse it
+        run_dir = Path(runs_dir) / run_id
+        config.trainer.default_root_dir = str(run_dir)
+        config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        config.summary.run_dir = str(run_dir)
+        self._run_id, self._run_dir = run_id, run_dir
+        for logger in self._logger_configs(config):
+            if logger.get("class_path") == WANDB_LOGGER:
+                args = logger.init_args
+                args.save_dir, args.id = str(run_dir), run_id
+                args["resume"] = "allow"
+                if not os.environ.get("WANDB_MODE") and not wandb_has_credentials() and not args.get("offline"):
+                    args.offline = True
+                    print("skill-neurons: no W&B credentials found — logging offline in "
+                          f"{run_dir}/wandb (upload later with `wandb sync {run_dir}/wandb/offline-run-*`)",
+                          file=sys.stderr)
+
+    def _run_identity(self, config, ckpt_path: str | None) -> tuple[str, str]:
+        runs_dir = config.runs_dir
+        if config.run_id:
+            return config.run_id, runs_dir
+        if self.subcommand == "fit" and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+            # Resuming runs/<id>/checkpoints/last.ckpt continues run <id> in its own folder.
+            run_dir = Path(ckpt_path).resolve().parent.parent
+            return run_dir.name, str(run_dir.parent)
+        return os.environ.get(RUN_ID_ENV) or os.environ.get("WANDB_RUN_ID") or new_run_id(), runs_dir
+
+    @staticmethod
+    def _logger_configs(config) -> list:
+        logger = config.trainer.get("logger")
+        if logger in (None, True, False):
+            return []
+        return list(logger) if isinstance(logger, list) else [logger]
+
+    def before_fit(self) -> None:
+        self._pass_config()
+
+    def before_validate(self) -> None:
+        self._pass_config()
+
+    def before_test(self) -> None:
+        self._pass_config()
+
+    def _pass_config(self) -> None:
+        """Give the run summary the resolved config with LightningCLI's keys (``model.learning_rate``)."""
+        config = self.config[self.subcommand]
+        flat = flatten(json.loads(json.dumps(config.as_dict(), default=str)))
+        flat.pop("config", None)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunSummary):
+                callback.config, callback.run_id = flat, self._run_id
+
+    def _sync_hint(self) -> None:
+        wandb_dirs = sorted((self._run_dir / "wandb").glob("offline-run-*")) if self.trainer.is_global_zero else []
+        if wandb_dirs:
+            print(f"skill-neurons: run {self._run_id} is in {self._run_dir}; upload its W&B run with "
+                  f"`wandb sync {wandb_dirs[-1]}` (browse it offline with `wandb leet {self._run_dir}/wandb`)",
+                  file=sys.stderr)
+
+    def after_fit(self) -> None:
+        self._sync_hint()
+
+    def after_validate(self) -> None:
+        self._sync_hint()
+
+    def after_test(self) -> None:
+        self._sync_hint()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point of ``skill-neurons``."""
+    SkillNeuronsCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()
