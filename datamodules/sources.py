@@ -52,6 +52,8 @@ def load_raw(source: Source, cache_dir: str | None = None) -> datasets.Dataset:
         try:
             return datasets.load_dataset(builder, **kwargs)
         except Exception as err:  # the file builders raise many types; re-raise with the file named
+            if "corresponds to no data" in str(err) or "No columns to parse" in str(err):
+                return datasets.Dataset.from_dict({})  # a file without rows: prepare_split says "empty"
             raise TaskError(f"cannot read {source.describe()} as {fmt}: {type(err).__name__}: {err}") from None
     try:
         return datasets.load_dataset(source.hub, source.hub_config, split=source.hub_split, cache_dir=cache_dir)
@@ -71,6 +73,9 @@ def prepare_split(task: TaskSpec, source: Source, role: str, cache_dir: str | No
     Returns the dataset and a record of it for the run's summary (source, counts, content hash).
     """
     raw = load_raw(source, cache_dir)
+    if len(raw) == 0:
+        raise TaskError(f"{role} split of task {task.name!r} ({source.describe()}) is empty — point it at a file "
+                        "with examples")
     wanted = {f: source.column(f) for f in task.text_fields}
     wanted["label"] = source.column("label")
     missing = [f"{field} (column {col!r})" for field, col in wanted.items() if col not in raw.column_names]

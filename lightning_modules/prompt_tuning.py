@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import torch
@@ -15,6 +16,9 @@ from lightning_modules.backbones import BackboneError, load_backbone
 from lightning_modules.soft_prompt import SoftPrompt
 
 PROMPT_KEY = "prompt.weight"
+# Intended, so not worth a warning: checkpoints leave the backbone out, and the backbone runs in eval mode.
+warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class PromptTuningModule(LightningModule):
