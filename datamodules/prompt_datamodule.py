@@ -12,7 +12,7 @@ from typing import Any
 import datasets
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.sources import prepare_split
 from datamodules.tasks import Source, TaskError, TaskSpec, get_task
@@ -195,7 +195,13 @@ class PromptDataModule(LightningDataModule):
         return wanted
 
     def train_dataloader(self):
-        return self._loader(self.datasets["train"], self.hparams.batch_size, shuffle=self.hparams.shuffle)
+        ds = self.datasets["train"]
+        trainer = self.trainer
+        if not self.hparams.shuffle and trainer is not None and trainer.world_size > 1:
+            # Lightning always shuffles the training set under DDP; honour shuffle=False with our own sampler.
+            sampler = DistributedSampler(ds, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+            return self._loader(ds, self.hparams.batch_size, sampler=sampler)
+        return self._loader(ds, self.hparams.batch_size, shuffle=self.hparams.shuffle)
 
     def val_dataloader(self):
         return [self._loader(self.datasets[role]) for role in self._eval_roles(CLEAN_EVAL)]
@@ -206,9 +212,11 @@ class PromptDataModule(LightningDataModule):
     def _eval_roles(self, clean: str) -> list[str]:
         return [clean, *(f"adv/{name}" for name in self.task.adversarial)]
 
-    def _loader(self, ds: datasets.Dataset, batch_size: int | None = None, shuffle: bool = False) -> DataLoader:
+    def _loader(self, ds: datasets.Dataset, batch_size: int | None = None, shuffle: bool = False,
+                sampler=None) -> DataLoader:
         return DataLoader(
             ds, batch_size=batch_size or self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=shuffle,
+            sampler=sampler,
             collate_fn=Collator(self.tokenizer.pad_token_id), num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(), persistent_workers=self.hparams.num_workers > 0,
         )

@@ -95,8 +95,8 @@ class PromptTuningModule(LightningModule):
         self.label_token_ids = torch.tensor(datamodule.label_token_ids, device=self.device)
         self.eval_set_names = list(datamodule.eval_set_names)
         classes = datamodule.num_classes
-        self.train_acc = MulticlassAccuracy(num_classes=classes)
-        self.eval_acc = nn.ModuleList(MulticlassAccuracy(num_classes=classes) for _ in self.eval_set_names)
+        self.train_acc = MulticlassAccuracy(num_classes=classes, average="micro")
+        self.eval_acc = nn.ModuleList(MulticlassAccuracy(num_classes=classes, average="micro") for _ in self.eval_set_names)
         self.val_acc_best = MaxMetric()
 
     def metric_prefix(self, stage: str, dataloader_idx: int) -> str:

@@ -1,0 +1,193 @@
+"""The real `skill-neurons` CLI in subprocesses: quick-start, run directories, W&B, resume, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import QUICK, ROOT, only_run_dir, run_cli, summary_of
+
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+SMALL = ["--data.max_train_samples=128", "--data.max_eval_samples=64", "--data.batch_size=32"]
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_backbones):
+    return tmp_path
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_shipped_config_parses(config, capsys, monkeypatch):
+    from lightning_modules.cli import SkillNeuronsCLI
+
+    monkeypatch.setattr(sys, "argv", ["skill-neurons"])
+    with pytest.raises(SystemExit) as exit_:
+        SkillNeuronsCLI(args=["fit", "--config", str(ROOT / config), "--print_config"])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["logger"]["class_path"].endswith("WandbLogger")
+    if config.count("/") == 2:  # configs/<backbone>/<task>.yaml: P1's hyper-parameters
+        family = config.split("/")[1]
+        assert printed["model"]["init_args"]["prompt_length"] == 100
+        assert printed["model"]["init_args"]["adam_eps"] == 1e-6 and printed["data"]["batch_size"] == 16
+        lr = printed["model"]["init_args"]["learning_rate"]
+        assert lr == {"roberta": 1e-3, "t5": 1e-2 if "qnli" in config else 5e-3}[family]
+
+
+def test_quickstart_fit_writes_run_directory_summary_and_offline_wandb_run(workdir):
+    secret = "sk-THIS-IS-A-SECRET-0123456789"
+    proc = run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL,
+                    "--trainer.max_epochs=2", "--model.learning_rate=0.02", "--seed_everything=35"],
+                   cwd=workdir, env={"WANDB_MODE": "", "HF_TOKEN": secret, "WANDB_API_KEY_FILE": secret})
+    run = only_run_dir(workdir / "runs")
+    summary = summary_of(run)
+    assert summary["status"] == "finished" and summary["run_id"] == run.name
+    assert summary["settings"]["task"] == "marker" and summary["settings"]["seed"] == 35
+    assert summary["config"]["model.learning_rate"] == 0.02  # LightningCLI keys, as W&B sweeps use
+    for key in ("val/acc", "adv/marker_typo/acc", "val/loss"):
+        assert 0.0 <= summary["fit_metrics"][key] <= (1.0 if key.endswith("acc") else 100.0)
+        assert key in summary["best"]
+    assert summary["best"]["val/acc"] == max(h["val/acc"] for h in summary["history"])
+    assert [h["epoch"] for h in summary["history"]] == [0, 1]
+    assert summary["data"]["splits"]["train"]["rows"] == 128
+    assert summary["config"]["data.backbone"] == summary["config"]["model.backbone"] == "tiny-roberta"  # linked
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert Path(summary["checkpoints"]["best"]).is_file()
+    # No credentials -> offline automatically, with the sync command printed and recorded.
+    assert summary["wandb"]["mode"] == "offline" and summary["wandb"]["id"] == run.name
+    assert "wandb sync" in proc.stderr
+    offline = list((run / "wandb").glob(f"offline-run-*-{run.name}"))
+    assert len(offline) == 1 and (offline[0] / f"run-{run.name}.wandb").is_file()
+    # Secrets from the environment never land in anything the run wrote.
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_wandb_config_uses_cli_keys_and_drops_secret_like_keys():
+    from callbacks.run_summary import flatten, redact
+
+    flat = flatten({"model": {"class_path": "x.Y", "init_args": {"learning_rate": 0.1}}, "data": {"task": "sst2"},
+                    "trainer": {"logger": {"init_args": {"api_key": "abc", "project": "p"}}}})
+    assert flat == {"model.class_path": "x.Y", "model.learning_rate": 0.1, "data.task": "sst2",
+                    "trainer.logger.api_key": "abc", "trainer.logger.project": "p"}
+    assert "trainer.logger.api_key" not in redact(flat) and "trainer.logger.project" in redact(flat)
+
+
+def test_two_runs_in_the_same_folder_do_not_clash(workdir):
+    for _ in range(2):
+        run_cli(["fit", "--config", str(ROOT / "configs/quickstart_t5.yaml"), *QUICK, *SMALL,
+                 "--trainer.max_epochs=1"], cwd=workdir)
+    runs = sorted(d for d in (workdir / "runs").iterdir())
+    assert len(runs) == 2
+    assert all((r / "summary.json").is_file() and (r / "config.yaml").is_file() for r in runs)
+
+
+def test_sigkilled_fit_resumes_from_last_checkpoint_in_the_same_run(workdir):
+    args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL, "--trainer.max_epochs=12",
+            "--data.max_train_samples=256"]
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", *args], cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    last = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((workdir / "runs").glob("*/checkpoints/last.ckpt")) if (workdir / "runs").exists() else []
+        if found:
+            last = found[0]
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last is not None, "the fit ended before writing a checkpoint"
+    run = last.parent.parent
+    killed_at = torch.load(last, weights_only=True)["epoch"]
+    assert summary_of(run)["status"] == "running"  # it really was interrupted
+    assert killed_at < 11
+
+    run_cli([*args, f"--ckpt_path={last}"], cwd=workdir)
+    assert only_run_dir(workdir / "runs") == run
+    summary = summary_of(run)
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 12
+    assert summary["global_step"] == 12 * 8  # 256 rows / 32 per batch, no epoch repeated or lost
+    epochs = [h["epoch"] for h in summary["history"]]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 11
+    wandb_runs = list((run / "wandb").glob(f"offline-run-*-{run.name}"))
+    assert len(wandb_runs) == 2  # the same W&B run id, resumed (synced into one run)
+
+
+def test_validate_with_checkpoint_evaluates_clean_and_adversarial(workdir):
+    run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL, "--trainer.max_epochs=1"],
+            cwd=workdir)
+    fit_run = only_run_dir(workdir / "runs")
+    best = summary_of(fit_run)["checkpoints"]["best"]
+    run_cli(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL, f"--ckpt_path={best}",
+             "--runs_dir=validated"], cwd=workdir)
+    summary = summary_of(only_run_dir(workdir / "validated"))
+    assert summary["ckpt_path"] == best
+    fit_best = summary_of(fit_run)["best"]
+    assert summary["validate_metrics"]["val/acc"] == pytest.approx(fit_best["val/acc"])
+    assert summary["validate_metrics"]["adv/marker_typo/acc"] == pytest.approx(fit_best["adv/marker_typo/acc"])
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_matches_one_process(workdir):
+    """2-process CPU DDP (gloo) gives the metrics of 1 process, and its training step is the same step.
+
+    A step over 2 x 16 examples equals a step over 32 (no shuffling). Only the first step is compared
+    exactly: Adam turns float-rounding differences in near-zero gradients into full-size updates, so
+    later steps drift apart by design of the optimizer, not of DDP.
+    """
+    common = [*QUICK, "--config", str(ROOT / "configs/quickstart.yaml"), "--data.max_train_samples=128",
+              "--data.max_eval_samples=64", "--data.shuffle=false"]
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    run_cli(["fit", *common, "--data.batch_size=32", "--trainer.max_steps=1", "--runs_dir=single"], cwd=workdir)
+    run_cli(["fit", *common, "--data.batch_size=16", "--trainer.max_steps=1", "--runs_dir=ddp", *ddp],
+            cwd=workdir, timeout=900)
+    single, multi = only_run_dir(workdir / "single"), only_run_dir(workdir / "ddp")
+    assert summary_of(multi)["settings"]["world_size"] == 2
+    p1 = torch.load(single / "checkpoints/last.ckpt", weights_only=True)["state_dict"]["prompt.weight"]
+    p2 = torch.load(multi / "checkpoints/last.ckpt", weights_only=True)["state_dict"]["prompt.weight"]
+    torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+    # The same checkpoint validated by 1 and by 2 processes: identical accuracies on every set.
+    ckpt = str(single / "checkpoints/last.ckpt")
+    run_cli(["validate", *common, f"--ckpt_path={ckpt}", "--runs_dir=v1"], cwd=workdir)
+    run_cli(["validate", *common, f"--ckpt_path={ckpt}", "--runs_dir=v2", *ddp], cwd=workdir, timeout=900)
+    v1, v2 = summary_of(only_run_dir(workdir / "v1")), summary_of(only_run_dir(workdir / "v2"))
+    for key in ("val/acc", "adv/marker_typo/acc"):
+        assert v2["validate_metrics"][key] == v1["validate_metrics"][key]
+    assert v2["settings"]["world_size"] == 2 and 0.0 < v1["validate_metrics"]["val/acc"] < 1.0
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input_fails_before_any_run_directory_is_written(workdir):
+    proc = run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK,
+                    "--data.task=sst"], cwd=workdir, check=False)
+    assert proc.returncode != 0 and "unknown task 'sst' — known tasks: sst2" in proc.stderr
+    proc = run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK,
+                    "--data.files={train: nope.tsv, validation: nope2.tsv}", "--data.task=sst2",
+                    "--data.adversarial=[]"], cwd=workdir, check=False)
+    assert proc.returncode != 0 and "data file 'nope.tsv' does not exist" in proc.stderr
+    assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
+
+
+def test_nonexistent_config_or_checkpoint_path(workdir):
+    proc = run_cli(["fit", "--config", "configs/nope.yaml"], cwd=workdir, check=False)
+    assert proc.returncode != 0 and "nope.yaml" in proc.stderr
+    proc = run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--ckpt_path=runs/x/last.ckpt"],
+                   cwd=workdir, check=False)
+    assert proc.returncode != 0 and "checkpoint 'runs/x/last.ckpt' does not exist" in proc.stderr
+
+
+def test_hub_backbone_offline_through_cli_names_local_path(workdir):
+    proc = run_cli(["fit", "--config", str(ROOT / "configs/roberta/sst2.yaml")], cwd=workdir, check=False)
+    assert proc.returncode != 0 and "--model.backbone=/path/to/roberta-base" in proc.stderr
+    assert not (workdir / "runs").exists()
