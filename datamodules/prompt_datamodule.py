@@ -161,15 +161,20 @@ class PromptDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self):
-        """Download hub splits once per node (files are read in ``setup``); check the verbalizer early."""
-        self.label_token_ids
-        self.text_budget
-        for source in self._sources("fit").values():
-            if source.hub is not None:
-                prepare_split(self.task, source, "download", self.hparams.cache_dir, limit=1)
+        """Download hub splits, then read, check and tokenise what the stage needs (local rank 0).
+
+        Lightning starts the loggers (a W&B run) between ``prepare_data`` and ``setup``, so every check of
+        the user's data happens here: a bad file or label fails before any run directory is written.
+        """
+        trainer = self.trainer
+        stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else "fit"
+        self._load(stage)
 
     def setup(self, stage: str | None = None):
-        """Read, check and tokenise the splits that ``stage`` needs (fit: train + eval sets)."""
+        """Read, check and tokenise the splits that ``stage`` needs (fit: train + eval sets); cached."""
+        self._load(stage)
+
+    def _load(self, stage: str | None) -> None:
         self.label_token_ids
         for role, source in self._sources(stage).items():
             if role in self.datasets:
