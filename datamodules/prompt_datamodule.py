@@ -15,7 +15,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.sources import prepare_split
-from datamodules.tasks import Source, TaskError, TaskSpec, get_task
+from datamodules.tasks import Source, TaskError, TaskSpec, as_source, get_task
 from lightning_modules.backbones import family_of, load_tokenizer, max_input_length_of
 
 CLEAN_EVAL = "validation"
@@ -91,10 +91,7 @@ class PromptDataModule(LightningDataModule):
             splits[role] = base.with_file(path)
         adv = dict(task.adversarial)
         for name, spec in (extra_adversarial or {}).items():
-            adv[name] = TaskSpec.from_dict(
-                {"name": name, "text_fields": task.text_fields, "label_names": task.label_names,
-                 "verbalizers": task.verbalizers, "splits": {"train": spec, "validation": spec}}
-            ).splits["train"]
+            adv[name] = as_source(spec)
         for name, path in (adversarial_files or {}).items():
             if name not in adv:
                 raise TaskError(f"data.adversarial_files names {name!r}, but task {task.name!r} has "

@@ -179,13 +179,14 @@ class TaskSpec:
         spec["template"] = tuple(spec.get("template", ()))
         spec["drop_labels"] = tuple(spec.get("drop_labels", ()))
         spec["verbalizers"] = {k: tuple(v) for k, v in spec["verbalizers"].items()}
-        spec["splits"] = {k: _source(v) for k, v in spec["splits"].items()}
-        spec["adversarial"] = {k: _source(v) for k, v in (spec.get("adversarial") or {}).items()}
+        spec["splits"] = {k: as_source(v) for k, v in spec["splits"].items()}
+        spec["adversarial"] = {k: as_source(v) for k, v in (spec.get("adversarial") or {}).items()}
         spec["label_map"] = dict(spec.get("label_map") or {})
         return cls(**spec)
 
 
-def _source(value: Any) -> Source:
+def as_source(value: Any) -> Source:
+    """A :class:`Source` from a path or a mapping (``{file: ..., columns: {...}}``)."""
     if isinstance(value, Source):
         return value
     if isinstance(value, str):
