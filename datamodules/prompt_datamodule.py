@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from datamodules import PromptDataModule, TaskError
-from datamodules.tasks import TASKS, get_task
+from datamodules.tasks import TASKS
 from lightning_modules.backbones import BackboneError
 
 
