@@ -41,7 +41,19 @@ def _as_bool_keep(keep, batch_size, device):
     return keep.to(torch.bool)
 
 
-def _check_acts(acts, shape):
+def _check_acts(acts, shape, layer=None):
+    if layer is not None:
+        # one layer's activations (B, P, N): checked as (B, 1, P, N) against layer `layer`
+        if not 0 <= int(layer) < shape[0]:
+            raise ValueError(f"layer {layer} is out of range for {shape[0]} layers")
+        if acts.ndim != 3 or tuple(acts.shape[1:]) != tuple(shape[1:]):
+            raise ValueError(
+                f"one layer's activations must have shape (B, P, N) = (B, {shape[1]}, {shape[2]}), "
+                f"got {tuple(acts.shape)}"
+            )
+        if not acts.is_floating_point():
+            raise ValueError(f"activations must be a floating point tensor, got {acts.dtype}")
+        return
     if acts.ndim != 4 or tuple(acts.shape[1:]) != tuple(shape):
         raise ValueError(
             f"activations must have shape (B, L, P, N) = (B, {', '.join(map(str, shape))}), "
@@ -79,13 +91,25 @@ class ThresholdAccumulator:
         self.count = torch.zeros((), dtype=torch.int64, device=device)  # () examples counted
 
     @torch.no_grad()
-    def update(self, acts, keep=None):
-        """acts: (B, L, P, N) any float dtype (bf16/fp16 are upcast); keep: optional (B,) bool rows to count."""
-        _check_acts(acts, self.shape)
-        keep = _as_bool_keep(keep, acts.shape[0], acts.device)  # (B,)
-        kept = acts if bool(keep.all()) else acts[keep]  # (B', L, P, N)
-        self.sum += kept.sum(dim=0, dtype=torch.float64).to(self.sum.device)  # (L, P, N)
-        self.count += int(kept.shape[0])
+    def update(self, acts, keep=None, layer=None):
+        """acts: (B, L, P, N) any float dtype (bf16/fp16 are upcast); keep: optional (B,) bool rows to count.
+
+        With ``layer=l``, acts is one layer's (B, P, N) (streamed from a forward hook). Every layer must then
+        get the same rows; the example count advances with the last layer.
+        """
+        _check_acts(acts, self.shape, layer)
+        if keep is None:
+            kept = acts
+        else:
+            keep = _as_bool_keep(keep, acts.shape[0], acts.device)  # (B,)
+            kept = acts[keep]  # (B', [L,] P, N)
+        total = kept.sum(dim=0, dtype=torch.float64).to(self.sum.device)  # ([L,] P, N)
+        if layer is None:
+            self.sum += total
+        else:
+            self.sum[layer] += total
+        if layer is None or layer == self.shape[0] - 1:
+            self.count += kept.shape[0]
 
     def threshold(self):
         """(L, P, N) float32 mean over all counted examples."""
@@ -149,12 +173,13 @@ class PredictivityAccumulator:
         self.class_count = torch.zeros(num_classes, dtype=torch.int64, device=device)  # (C,)
 
     @torch.no_grad()
-    def update(self, acts, labels, keep=None):
+    def update(self, acts, labels, keep=None, layer=None):
         """acts: (B, L, P, N) any float dtype; labels: (B,) ints in [0, C); keep: optional (B,) bool.
 
         Only kept rows are validated and counted (dropped rows may carry any label, e.g. -100).
+        With ``layer=l``, acts is one layer's (B, P, N); the class counts advance with the last layer.
         """
-        _check_acts(acts, self.shape)
+        _check_acts(acts, self.shape, layer)
         device = self.threshold.device
         B = acts.shape[0]
         labels = torch.as_tensor(labels, device=device).reshape(-1)  # (B,)
@@ -165,19 +190,27 @@ class PredictivityAccumulator:
         labels = labels.to(torch.int64)
         keep = _as_bool_keep(keep, B, device)  # (B,)
         kept_labels = labels[keep]
-        if kept_labels.numel() and (kept_labels.min() < 0 or kept_labels.max() >= self.num_classes):
+        # (checked once per batch: with per-layer updates only at layer 0 — the check syncs with the host)
+        if layer in (None, 0) and kept_labels.numel() and (kept_labels.min() < 0 or kept_labels.max() >= self.num_classes):
             raise ValueError(
                 f"labels must lie in [0, {self.num_classes}), got values in "
                 f"[{int(kept_labels.min())}, {int(kept_labels.max())}]"
             )
         # bf16/fp16 are promoted to fp32 for the comparison (exact); fp64 is compared in fp64 (exact)
-        fire = acts.to(device) > self.threshold  # (B, L, P, N) bool
+        threshold = self.threshold if layer is None else self.threshold[layer]  # ([L,] P, N)
+        fire = acts.to(device) > threshold  # (B, [L,] P, N) bool
         classes = torch.arange(self.num_classes, device=device)  # (C,)
         onehot = (labels[:, None] == classes[None, :]) & keep[:, None]  # (B, C), dropped rows all False
         # 0/1 products summed in fp32: exact for B < 2**24, also under TF32 matmuls
-        counts = onehot.T.to(torch.float32) @ fire.reshape(B, -1).to(torch.float32)  # (C, L*P*N)
-        self.fire_count += counts.round().to(torch.int64)
-        self.class_count += onehot.sum(dim=0)  # (C,)
+        onehot_t = onehot.T.to(torch.float32)  # (C, B)
+        counts = onehot_t @ fire.reshape(B, -1).to(torch.float32)  # (C, [L*]P*N)
+        if layer is None:
+            self.fire_count += counts.round().to(torch.int64)
+        else:
+            per_layer = self.fire_count.view(self.num_classes, self.shape[0], -1)  # (C, L, P*N)
+            per_layer[:, layer] += counts.round().to(torch.int64)
+        if layer is None or layer == self.shape[0] - 1:
+            self.class_count += onehot.sum(dim=0)  # (C,)
 
     # --- results ---------------------------------------------------------------
 

@@ -30,3 +30,6 @@ class MaskedLMPromptTuning(PromptTuningModule):
         else:
             vocab = self.backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits[rows, at]
         return vocab[:, self.label_token_ids]  # (B, C)
+
+    def encode(self, inputs_embeds, attention_mask):
+        self.backbone.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)

@@ -119,6 +119,24 @@ class PromptTuningModule(LightningModule):
         """Verbalizer logits (B, C) — implemented by each backbone family."""
         raise NotImplementedError
 
+    def encode(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Run the backbone's encoder only (no head, no decoder) — implemented by each backbone family."""
+        raise NotImplementedError
+
+    def run_to_neurons(self, batch: dict[str, torch.Tensor], part: str = "encoder") -> None:
+        """Forward ``batch`` only as far as the FFN units of ``part`` need (hooks in ``ffn.py`` read them):
+        the encoder alone for ``encoder``, the whole model (first decoder step) for ``decoder``."""
+        inputs_embeds, attention_mask = self.embed(batch)
+        if part == "decoder":
+            self.label_logits(inputs_embeds, attention_mask, batch)
+        else:
+            self.encode(inputs_embeds, attention_mask)
+
+    def neuron_positions(self, part: str = "encoder") -> slice:
+        """Sequence positions whose FFN units are analysed: the prompt (encoder: the first P positions, the
+        prompt comes first) or, for the decoder, its single step (the decoder never sees the prompt directly)."""
+        return slice(0, self.prompt.length) if part == "encoder" else slice(0, 1)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits over the task's labels, (B, C)."""
         inputs_embeds, attention_mask = self.embed(batch)

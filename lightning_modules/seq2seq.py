@@ -22,3 +22,6 @@ class Seq2SeqPromptTuning(PromptTuningModule):
         out = self.backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask, decoder_input_ids=start,
                             use_cache=False)
         return out.logits[:, 0, self.label_token_ids]  # (B, C)
+
+    def encode(self, inputs_embeds, attention_mask):
+        self.backbone.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
