@@ -37,6 +37,13 @@ data:
 trainer:
   max_epochs: {epochs}
   precision: bf16-mixed
+  callbacks:
+    # skill-neuron analysis of the best prompt at the end of fit (and after validate/test): thresholds over
+    # the train split, predictivity on the clean and adversarial sets -> runs/<id>/skill_neurons/, W&B
+    - class_path: callbacks.skill_neurons.SkillNeuronCallback
+      init_args:
+        part: encoder
+        batch_size: 256
   logger:
     class_path: lightning.pytorch.loggers.WandbLogger
     init_args:

@@ -164,14 +164,28 @@ class PromptDataModule(LightningDataModule):
         trainer = self.trainer
         stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else "fit"
         self._load(stage)
+        # Callbacks that analyse the data (SkillNeuronCallback) check it now, before any run directory exists.
+        for callback in self._data_callbacks():
+            callback.check_run(trainer, trainer.lightning_module, self, stage)
 
     def setup(self, stage: str | None = None):
         """Read, check and tokenise the splits that ``stage`` needs (fit: train + eval sets); cached."""
         self._load(stage)
 
+    def _data_callbacks(self) -> list:
+        """Trainer callbacks that need splits beyond the stage's own: they have ``data_roles(stage)``."""
+        trainer = self.trainer
+        callbacks = trainer.callbacks if trainer is not None else []
+        return [cb for cb in callbacks if hasattr(cb, "data_roles") and hasattr(cb, "check_run")]
+
     def _load(self, stage: str | None) -> None:
         self.label_token_ids
-        for role, source in self._sources(stage).items():
+        sources = self._sources(stage)
+        for callback in self._data_callbacks():
+            for role in callback.data_roles(stage):
+                if role not in sources and role in self.task.splits:
+                    sources[role] = self.task.splits[role]
+        for role, source in sources.items():
             if role in self.datasets:
                 continue
             limit = self.hparams.max_train_samples if role == "train" else self.hparams.max_eval_samples
@@ -211,6 +225,22 @@ class PromptDataModule(LightningDataModule):
 
     def _eval_roles(self, clean: str) -> list[str]:
         return [clean, *(f"adv/{name}" for name in self.task.adversarial)]
+
+    def eval_roles(self, stage: str) -> list[str]:
+        """Dataset roles evaluated by ``stage``, in loader order: ``test`` or ``validation``, then ``adv/<set>``."""
+        return self._eval_roles("test" if stage == "test" else CLEAN_EVAL)
+
+    def lengths(self, role: str) -> list[int]:
+        """Token count of every example of a loaded split (read from Arrow, without decoding rows)."""
+        import pyarrow.compute as pc
+
+        column = self.datasets[role].with_format("arrow")[:]["input_ids"]
+        return pc.list_value_length(column).to_pylist()
+
+    def analysis_loader(self, role: str, indices: list[int], batch_size: int | None = None) -> DataLoader:
+        """Batches of exactly the rows ``indices`` of a loaded split, in that order (no padding rows, no
+        shuffling) — the skill-neuron passes shard and order the rows themselves."""
+        return self._loader(self.datasets[role], batch_size, sampler=indices)
 
     def _loader(self, ds: datasets.Dataset, batch_size: int | None = None, shuffle: bool = False,
                 sampler=None) -> DataLoader:

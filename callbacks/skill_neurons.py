@@ -1,0 +1,417 @@
+"""``SkillNeuronCallback``: which FFN neurons a tuned prompt activates, and do they stay predictive on
+adversarial data? (METHOD.md, "Skill neurons"; the statistics themselves are in ``neuron_statistics.py``.)
+
+At the end of ``fit`` (with the best checkpoint's prompt) and after ``validate`` / ``test`` (with the prompt
+that was loaded) the callback makes three kinds of passes of the frozen backbone, with forward hooks on the
+FFN units (``lightning_modules/ffn.py``) that exist only during the passes:
+
+1. **threshold**: over the train split (``max_threshold_samples`` caps it with a seeded random subset),
+   the mean activation ``b[l,t,i]`` of every layer ``l``, prompt position ``t`` and unit ``i``;
+2. **evaluation**: over the clean evaluation split (``validation``; ``test`` under ``test``) and each
+   adversarial set, how often ``a > b`` agrees with the label: accuracy, predictivity ``max(acc, 1-acc)``,
+   and the per-neuron score (max over prompt positions).
+
+Each pass runs the backbone only as far as the neurons need (the encoder alone for encoder neurons). Every
+rank takes every ``world_size``-th example — no example is duplicated or dropped, unlike a
+``DistributedSampler`` — and the sums and counts are all-reduced, so 1 and N processes count the same.
+Multi-class tasks use one-vs-rest (see ``neuron_statistics.py``).
+
+Outputs (rank 0), in ``<run dir>/skill_neurons/``: ``<set>.safetensors`` per evaluation set (``threshold``,
+``accuracy``, ``predictivity``: (L, P, N), or (C, L, P, N) one-vs-rest for C > 2 classes; ``score``: (L, N);
+``class_count``: (C,); metadata: examples, backbone, task, splits, prompt checkpoint), the per-layer figure
+``per_layer_predictivity.png`` and ``top_neurons.csv``. The scalars (best predictivity, mean predictivity of
+the top n% per layer, overlap@n% of clean and adversarial skill neurons, adversarial predictivity of the clean
+top n%) go to ``summary.json`` (``skill_neurons``), to the W&B summary (``skill_neurons/<set>/...``) and to
+``trainer.callback_metrics`` (so they reach the main process under ``ddp_spawn``); W&B also gets the table of
+top neurons, the figure and the files as an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.loggers import WandbLogger
+
+from callbacks.neuron_statistics import (
+    PredictivityAccumulator,
+    ThresholdAccumulator,
+    mean_predictivity_of,
+    overlap_at,
+    top_neurons,
+    top_percent_mask,
+)
+from callbacks.run_summary import update_summary
+from lightning_modules.ffn import PARTS, FFNLookupError, ffn_hooks, ffn_shape
+
+OUTPUT_DIR = "skill_neurons"
+THRESHOLD_ROLE = "train"
+
+
+class SkillNeuronError(ValueError):
+    """A skill-neuron analysis that cannot give a meaningful answer (the message names the fix)."""
+
+
+def set_name(role: str) -> str:
+    """``adv/adv_sst2`` -> ``adv_sst2``; ``validation`` and ``test`` stay."""
+    return role.split("/", 1)[1] if role.startswith("adv/") else role
+
+
+def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """Every ``world_size``-th index starting at ``rank``: the shards partition ``indices`` exactly."""
+    return indices[rank::world_size]
+
+
+def threshold_indices(num_rows: int, max_samples: int | None, seed: int) -> list[int]:
+    """Rows of the train split used for thresholds: all, or a seeded random subset of ``max_samples``
+    (random, not the first rows: train files are often sorted by label)."""
+    if max_samples is None or max_samples >= num_rows:
+        return list(range(num_rows))
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(num_rows, generator=generator)[:max_samples].tolist())
+
+
+def save_neuron_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """One evaluation set's statistics as safetensors; metadata values are JSON-encoded strings."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
+              metadata={k: json.dumps(v) for k, v in metadata.items()})
+
+
+def load_neuron_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by :func:`save_neuron_file`: (tensors, metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    return tensors, metadata
+
+
+class SkillNeuronCallback(Callback):
+    """Skill-neuron analysis of the prompt at the end of ``fit`` and after ``validate`` / ``test``.
+
+    Hooks: ``setup`` (checks the model, the data and the part), ``on_train_end`` (analyses the best
+    checkpoint's prompt while the devices and loggers are still up), ``on_validation_end`` (after
+    ``validate``), ``on_test_end`` (after ``test``). The DataModule calls ``data_roles`` (it loads the train
+    split for thresholds whatever the stage) and ``check_run`` (bad input fails before any run starts).
+
+    Args:
+        part: ``encoder`` (default; P1) or ``decoder`` (encoder–decoders only: the units of the first
+            decoder step, as the decoder never sees the prompt positions).
+        max_threshold_samples: at most this many train examples for thresholds (seeded random subset;
+            default: the whole train split).
+        threshold_seed: seed of that subset.
+        batch_size: examples per forward pass (default: the DataModule's ``eval_batch_size``).
+        top_percents: n for "mean predictivity of the top n% neurons per layer".
+        overlap_percents: n for overlap@n% and "adversarial predictivity of the clean top n%".
+        table_rows: rows of the top-neuron table (W&B and ``top_neurons.csv``).
+        on_fit / on_validate / on_test: run after that stage.
+        log_artifact: upload the files as a W&B artifact.
+    """
+
+    def __init__(
+        self,
+        part: str = "encoder",
+        max_threshold_samples: int | None = None,
+        threshold_seed: int = 0,
+        batch_size: int | None = None,
+        top_percents: list[float] = (1, 5, 10),
+        overlap_percents: list[float] = (1, 5, 10, 15),
+        table_rows: int = 100,
+        on_fit: bool = True,
+        on_validate: bool = True,
+        on_test: bool = True,
+        log_artifact: bool = True,
+    ):
+        if part not in PARTS:
+            raise SkillNeuronError(f"SkillNeuronCallback(part={part!r}): use 'encoder' or 'decoder'")
+        if max_threshold_samples is not None and max_threshold_samples < 1:
+            raise SkillNeuronError(f"max_threshold_samples={max_threshold_samples}: give a positive number of "
+                                   "train examples, or leave it unset to use the whole train split")
+        for name, values in (("top_percents", top_percents), ("overlap_percents", overlap_percents)):
+            if not values or any(not 0 < p <= 100 for p in values):
+                raise SkillNeuronError(f"{name}={list(values)}: give percentages in (0, 100]")
+        self.part = part
+        self.max_threshold_samples = max_threshold_samples
+        self.threshold_seed = threshold_seed
+        self.batch_size = batch_size
+        self.top_percents = list(top_percents)
+        self.overlap_percents = list(overlap_percents)
+        self.table_rows = table_rows
+        self.stages = {"fit": on_fit, "validate": on_validate, "test": on_test}
+        self.log_artifact = log_artifact
+        self.results: dict[str, dict[str, torch.Tensor]] = {}
+        self.metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ checks (before any work)
+    def data_roles(self, stage: str) -> tuple[str, ...]:
+        """Splits the DataModule must load for this stage beyond its own: the train split (thresholds)."""
+        return (THRESHOLD_ROLE,) if self.stages.get(stage) else ()
+
+    def check_run(self, trainer: Trainer, pl_module: LightningModule, datamodule, stage: str) -> None:
+        """Raise one clear error for input that cannot give a meaningful analysis."""
+        if not self.stages.get(stage):
+            return
+        from lightning_modules.prompt_tuning import PromptTuningModule
+
+        if not isinstance(pl_module, PromptTuningModule):
+            raise SkillNeuronError(
+                f"SkillNeuronCallback analyses the soft prompt of a prompt-tuning module, but the model is a "
+                f"{type(pl_module).__name__} — use lightning_modules.MaskedLMPromptTuning or "
+                "Seq2SeqPromptTuning, or remove the callback"
+            )
+        try:
+            ffn_shape(pl_module.backbone, self.part)
+        except FFNLookupError as error:
+            raise SkillNeuronError(f"SkillNeuronCallback(part={self.part!r}): {error}") from None
+        datasets = getattr(datamodule, "datasets", None)
+        if datasets is None or not hasattr(datamodule, "analysis_loader"):
+            raise SkillNeuronError("SkillNeuronCallback needs a PromptDataModule (it reads its splits by role)")
+        train = datasets.get(THRESHOLD_ROLE)
+        if train is None or len(train) == 0:
+            raise SkillNeuronError(
+                "no train split to compute skill-neuron thresholds from (thresholds are means over the TRAIN "
+                "split) — give the task a train split, e.g. --data.files='{train: path/to/train.tsv}'"
+            )
+        classes = datamodule.num_classes
+        for role in datamodule.eval_roles(stage):
+            counts = torch.bincount(torch.tensor(datasets[role]["label"], dtype=torch.long), minlength=classes)
+            present = int((counts > 0).sum())
+            if present < 2 or (classes > 2 and present < classes):
+                raise SkillNeuronError(
+                    f"evaluation set {role!r} has examples per class {counts.tolist()}: predictivity needs every "
+                    "class present (a neuron's agreement with a single label is only its firing rate) — use "
+                    "the full split (check data.max_eval_samples) or drop this set with --data.adversarial"
+                )
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Repeat the checks (cheap), for DataModules that do not call ``check_run`` in ``prepare_data``."""
+        self.check_run(trainer, pl_module, getattr(trainer, "datamodule", None), stage)
+
+    # ------------------------------------------------------------------ when it runs
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """End of ``fit``: analyse the best checkpoint's prompt (P1 keeps the best epoch's prompt)."""
+        if not self.stages["fit"] or trainer.fast_dev_run:
+            return
+        path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+        path = trainer.strategy.broadcast(path)
+        final = pl_module.prompt.weight.detach().clone()
+        if path:
+            best = None
+            if trainer.is_global_zero:
+                best = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]["prompt.weight"]
+            best = trainer.strategy.broadcast(best)
+            with torch.no_grad():
+                pl_module.prompt.weight.copy_(best.to(pl_module.prompt.weight))
+        try:
+            self.analyse(trainer, pl_module, "fit", path or "final prompt (no best checkpoint)")
+        finally:
+            with torch.no_grad():
+                pl_module.prompt.weight.copy_(final)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After ``validate`` (not the validation epochs inside ``fit``)."""
+        if trainer.state.fn == "validate" and self.stages["validate"] and not trainer.sanity_checking:
+            self.analyse(trainer, pl_module, "validate", trainer.ckpt_path or "prompt in memory")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After ``test``."""
+        if self.stages["test"]:
+            self.analyse(trainer, pl_module, "test", trainer.ckpt_path or "prompt in memory")
+
+    # ------------------------------------------------------------------ the passes
+    def analyse(self, trainer: Trainer, pl_module: LightningModule, stage: str, prompt_source: str) -> dict:
+        """Threshold pass, one evaluation pass per set, then outputs on rank 0. Returns the scalar metrics."""
+        datamodule = trainer.datamodule
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                self.results = self.passes(pl_module, datamodule, datamodule.eval_roles(stage),
+                                           trainer.global_rank, trainer.world_size)
+        finally:
+            pl_module.train(was_training)
+        self.metrics = self._metrics(datamodule, stage)
+        for key, value in self.metrics.items():
+            trainer.callback_metrics[key] = torch.tensor(value)
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module, datamodule, stage, prompt_source)
+        trainer.strategy.barrier("skill_neurons")
+        return self.metrics
+
+    def passes(self, pl_module, datamodule, roles: list[str], rank: int = 0,
+               world: int = 1) -> dict[str, dict[str, torch.Tensor]]:
+        """The threshold pass over the train split, then one pass per evaluation role; this rank's shard of
+        every split, all-reduced when ``world > 1``. Call it inside ``torch.no_grad()`` (and the precision
+        context). Returns, per role, threshold / accuracy / predictivity / score / class_count on the CPU."""
+        layers, units = ffn_shape(pl_module.backbone, self.part)
+        positions = pl_module.neuron_positions(self.part)
+        num_positions = len(range(*positions.indices(10**9)))
+        device = pl_module.device
+
+        train = datamodule.datasets[THRESHOLD_ROLE]
+        rows = threshold_indices(len(train), self.max_threshold_samples, self.threshold_seed)
+        thresholds = ThresholdAccumulator(layers, num_positions, units, device=device)
+        self._stream(pl_module, datamodule, THRESHOLD_ROLE, shard(rows, rank, world),
+                     lambda layer, units_, batch: thresholds.update(units_[:, positions], layer=layer))
+        if world > 1:
+            thresholds.all_reduce(dist.all_reduce)
+        threshold = thresholds.threshold()  # (L, P, N)
+
+        results = {}
+        for role in roles:
+            counts = PredictivityAccumulator(threshold, datamodule.num_classes)
+            rows_eval = list(range(len(datamodule.datasets[role])))
+            self._stream(pl_module, datamodule, role, shard(rows_eval, rank, world),
+                         lambda layer, units_, batch, acc=counts: acc.update(units_[:, positions], batch["labels"],
+                                                                             layer=layer))
+            if world > 1:
+                counts.all_reduce(dist.all_reduce)
+            results[role] = {
+                "threshold": threshold, "accuracy": counts.accuracy(), "predictivity": counts.predictivity(),
+                "score": counts.score(), "class_count": counts.class_count.clone(),
+                "threshold_examples": thresholds.count.clone(),
+            }
+        return {role: {k: v.cpu() for k, v in tensors.items()} for role, tensors in results.items()}
+
+    def _stream(self, pl_module, datamodule, role: str, indices: list[int], update) -> None:
+        """Forward the rows ``indices`` of ``role`` with hooks that call ``update(layer, units, batch)``."""
+        if not indices:
+            return
+        lengths = datamodule.lengths(role)
+        # Longest first: batches of similar length pad little, and an out-of-memory error shows at once.
+        ordered = sorted(indices, key=lambda i: -lengths[i])
+        loader = datamodule.analysis_loader(role, ordered, self.batch_size)
+        current: dict[str, Any] = {}
+
+        def on_units(layer: int, units: torch.Tensor) -> None:
+            update(layer, units, current)
+
+        with ffn_hooks(pl_module.backbone, on_units, self.part):
+            for batch in loader:
+                current.update(move_data_to_device(batch, pl_module.device))
+                pl_module.run_to_neurons(current, self.part)
+
+    # ------------------------------------------------------------------ summaries
+    def _metrics(self, datamodule, stage: str) -> dict[str, float]:
+        roles = datamodule.eval_roles(stage)
+        clean = self.results[roles[0]]["score"]  # (L, N)
+        metrics: dict[str, float] = {}
+        for role in roles:
+            score = self.results[role]["score"]
+            prefix = f"skill_neurons/{set_name(role)}"
+            metrics[f"{prefix}/best_predictivity"] = float(score.max())
+            for n in self.top_percents:
+                metrics[f"{prefix}/top{n:g}_mean"] = mean_predictivity_of(top_percent_mask(score, n), score)
+            if role == roles[0]:
+                continue
+            for n in self.overlap_percents:
+                metrics[f"{prefix}/overlap@{n:g}"] = overlap_at(clean, score, n)
+                metrics[f"{prefix}/clean_top{n:g}_predictivity"] = mean_predictivity_of(
+                    top_percent_mask(clean, n), score)
+        return metrics
+
+    def _top_rows(self, roles: list[str]) -> tuple[list[str], list[list]]:
+        clean = self.results[roles[0]]
+        columns = ["rank", "layer", "unit", "best_position", f"{set_name(roles[0])}_predictivity"]
+        columns += [f"{set_name(r)}_predictivity" for r in roles[1:]]
+        rows = []
+        for rank, (layer, unit, position, value) in enumerate(
+                top_neurons(clean["score"], clean["predictivity"], self.table_rows), start=1):
+            rows.append([rank, layer, unit, position, round(value, 6),
+                         *(round(float(self.results[r]["score"][layer, unit]), 6) for r in roles[1:])])
+        return columns, rows
+
+    def _write(self, trainer, pl_module, datamodule, stage: str, prompt_source: str) -> None:
+        run_dir = Path(trainer.default_root_dir)
+        for callback in trainer.callbacks:  # the run summary knows the run directory (broadcast from rank 0)
+            if hasattr(callback, "run_dir") and getattr(callback, "run_dir", None):
+                run_dir = Path(callback.run_dir)
+        out = run_dir / OUTPUT_DIR
+        roles = datamodule.eval_roles(stage)
+        layers, positions, units = self.results[roles[0]]["threshold"].shape
+        common = {
+            "backbone": pl_module.hparams.get("backbone"), "family": pl_module.family, "part": self.part,
+            "task": datamodule.task.name, "label_names": list(datamodule.task.label_names),
+            "threshold_split": THRESHOLD_ROLE, "threshold_examples": int(self.results[roles[0]]["threshold_examples"]),
+            "max_threshold_samples": self.max_threshold_samples, "threshold_seed": self.threshold_seed,
+            "prompt_checkpoint": str(prompt_source), "stage": stage,
+            "shape": {"layers": layers, "positions": positions, "units": units},
+            "positions": "prompt positions 0..P-1" if self.part == "encoder" else "first decoder step",
+            "multiclass": "one-vs-rest (class, layer, position, unit)" if datamodule.num_classes > 2 else None,
+        }
+        sets = {}
+        for role in roles:
+            r = self.results[role]
+            name = set_name(role)
+            examples = int(r["class_count"].sum())
+            file = out / f"{name}.safetensors"
+            save_neuron_file(file, {k: r[k] for k in ("threshold", "accuracy", "predictivity", "score",
+                                                     "class_count")},
+                             {**common, "split": role, "examples": examples})
+            prefix = f"skill_neurons/{name}/"
+            sets[name] = {
+                "split": role, "examples": examples, "class_count": r["class_count"].tolist(),
+                "file": str(file), **{k[len(prefix):]: v for k, v in self.metrics.items() if k.startswith(prefix)},
+                "per_layer_top5_mean": [mean_predictivity_of(top_percent_mask(r["score"][i:i + 1], 5),
+                                                             r["score"][i:i + 1]) for i in range(layers)],
+            }
+        columns, rows = self._top_rows(roles)
+        (out / "top_neurons.csv").write_text("\n".join(",".join(map(str, row)) for row in [columns, *rows]) + "\n")
+        figure = out / "per_layer_predictivity.png"
+        self._figure(roles, figure, common)
+        update_summary(run_dir, skill_neurons={**common, "sets": sets, "metrics": self.metrics,
+                                               "top_neurons_file": str(out / "top_neurons.csv"),
+                                               "figure": str(figure)})
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._log_wandb(logger, columns, rows, figure, out, common)
+
+    def _figure(self, roles: list[str], path: Path, common: dict) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        layers = common["shape"]["layers"]
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * layers * len(roles)), 4.0), dpi=100)
+        width = 0.8 / len(roles)
+        for k, role in enumerate(roles):
+            score = self.results[role]["score"].float().numpy()  # (L, N)
+            centres = [layer + (k - (len(roles) - 1) / 2) * width for layer in range(layers)]
+            parts = ax.boxplot(list(score), positions=centres, widths=width * 0.9, patch_artist=True,
+                               showfliers=False, manage_ticks=False)
+            colour = plt.get_cmap("tab10")(k)
+            for box in parts["boxes"]:
+                box.set_facecolor(colour)
+            ax.plot([], [], color=colour, linewidth=8, label=set_name(role))
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xticks(range(layers))
+        ax.set_xlabel(f"{common['part']} layer")
+        ax.set_ylabel("neuron score (max predictivity over positions)")
+        ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
+        ax.legend(loc="upper left", fontsize="small")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+    def _log_wandb(self, logger: WandbLogger, columns, rows, figure: Path, out: Path, common: dict) -> None:
+        import wandb
+
+        run = logger.experiment
+        run.summary.update(self.metrics)
+        run.log({"skill_neurons/top_neurons": wandb.Table(columns=columns, data=rows),
+                 "skill_neurons/per_layer_predictivity": wandb.Image(str(figure))})
+        if self.log_artifact:
+            artifact = wandb.Artifact(f"skill-neurons-{run.id}", type="skill-neurons",
+                                      metadata={k: v for k, v in common.items() if v is not None})
+            artifact.add_dir(str(out))
+            run.log_artifact(artifact)
