@@ -164,6 +164,14 @@ def test_two_process_cpu_ddp_matches_one_process(workdir):
     for key in ("val/acc", "adv/marker_typo/acc"):
         assert v2["validate_metrics"][key] == v1["validate_metrics"][key]
     assert v2["settings"]["world_size"] == 2 and 0.0 < v1["validate_metrics"]["val/acc"] < 1.0
+    # The skill-neuron analysis ran in both, over the same examples (exact equality of the counts under
+    # identical batching is tested in test_skill_neurons.py; here shards pad differently, so float32
+    # activations may differ in their last bits).
+    s1, s2 = v1["skill_neurons"], v2["skill_neurons"]
+    assert s1["threshold_examples"] == s2["threshold_examples"] == 128
+    assert s1["sets"]["validation"]["class_count"] == s2["sets"]["validation"]["class_count"]
+    for key, value in s1["metrics"].items():
+        assert s2["metrics"][key] == pytest.approx(value, abs=1 / 64), key
 
 
 # ---------------------------------------------------------------- bad input
