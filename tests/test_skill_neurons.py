@@ -240,6 +240,20 @@ def test_validate_writes_files_of_backbone_shape_and_hooks_are_gone(tmp_path, ti
     assert hooked == []
 
 
+def test_test_stage_analyses_the_test_split_and_adversarial_sets(tmp_path, tiny_backbones):
+    task = marker_task()
+    task["splits"]["test"] = dict(task["splits"]["validation"])
+    model, dm = make("masked_lm", task=task)
+    callback = SkillNeuronCallback()
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[callback])
+    trainer.test(model, datamodule=dm)
+    assert sorted(p.name for p in (tmp_path / "skill_neurons").glob("*.safetensors")) == [
+        "test.safetensors", "typos.safetensors"]
+    assert load_neuron_file(tmp_path / "skill_neurons" / "test.safetensors")[1]["split"] == "test"
+    assert "skill_neurons/typos/overlap@1" in trainer.callback_metrics
+
+
 @pytest.mark.slow
 def test_two_processes_count_exactly_what_one_process_counts(tmp_path, tiny_backbones):
     """ddp_spawn with 2 CPU processes (gloo) and an odd number of examples: the same counts and
@@ -283,8 +297,13 @@ def test_planted_signal_is_found_and_shuffled_labels_stay_at_chance(tmp_path, ti
     assert metrics["skill_neurons/shuffled/clean_top1_predictivity"] < 0.65
     assert result["threshold_examples"] == 2000 and result["sets"]["shuffled"]["examples"] == 400
     # W&B (offline) got the summary values, the table and the figure
-    files = next((run / "wandb").glob("offline-run-*")) / "files"
+    offline = next((run / "wandb").glob("offline-run-*"))
+    files = offline / "files"
     assert list(files.rglob("*top_neurons*.table.json")) and list(files.rglob("*per_layer_predictivity*.png"))
+    # the offline run's record log (uploaded by `wandb sync`) holds the summary keys and the artifact
+    records = next(offline.glob("*.wandb")).read_bytes()
+    assert b"skill_neurons/shuffled/overlap@15" in records
+    assert f"skill-neurons-{run.name}".encode() in records and b"validation.safetensors" in records
 
 
 # ---------------------------------------------------------------- where neurons live
