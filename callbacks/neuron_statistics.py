@@ -389,3 +389,38 @@ def top_neurons(score_clean, predictivity_clean, k):
 def mean_over_prompts(scores):
     """(L, N) mean of several prompts' (seeds') scores: the max over positions comes first, then this mean."""
     return torch.stack([s.to(torch.float32) for s in scores]).mean(dim=0)  # (S, L, N) -> (L, N)
+
+
+# -----------------------------------------------------------------------------
+# rank correlation of neuron scores (across seeds, across tasks)
+
+
+def average_ranks(values):
+    """(M,) float64 ranks 1..M of a 1-D tensor, ties sharing their average rank (as scipy.stats.rankdata)."""
+    values = values.reshape(-1)
+    _, inverse, counts = torch.unique(values, sorted=True, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(torch.float64)  # last rank of each distinct value
+    averages = ends - (counts.to(torch.float64) - 1) / 2  # (U,) mean of the ranks a tie group spans
+    return averages[inverse]
+
+
+def spearman(a, b):
+    """Spearman's rho of two score tensors of the same shape (e.g. (L, N) scores of two seeds), flattened."""
+    if a.shape != b.shape:
+        raise ValueError(f"score shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    ra, rb = average_ranks(a.detach().cpu()), average_ranks(b.detach().cpu())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = torch.sqrt((ra * ra).sum() * (rb * rb).sum())
+    if float(denominator) == 0.0:
+        raise ValueError("Spearman correlation is undefined for a constant score tensor")
+    return float((ra * rb).sum() / denominator)
+
+
+def spearman_matrix(scores):
+    """(S, S) float64 matrix of pairwise Spearman correlations of S score tensors (diagonal exactly 1)."""
+    count = len(scores)
+    out = torch.eye(count, dtype=torch.float64)
+    for i in range(count):
+        for j in range(i + 1, count):
+            out[i, j] = out[j, i] = spearman(scores[i], scores[j])
+    return out
