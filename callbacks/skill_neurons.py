@@ -41,6 +41,7 @@ from lightning.pytorch.loggers import WandbLogger
 from callbacks.neuron_statistics import (
     PredictivityAccumulator,
     ThresholdAccumulator,
+    mean_over_prompts,
     mean_predictivity_of,
     overlap_at,
     top_neurons,
@@ -93,6 +94,50 @@ def load_neuron_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
     return tensors, metadata
+
+
+def neuron_file_of(run: str | Path, eval_set: str = "validation") -> Path:
+    """The skill-neuron file of one evaluation set of a run: a run directory (``runs/<id>``) or a file path."""
+    path = Path(run)
+    if path.is_file():
+        return path
+    file = path / OUTPUT_DIR / f"{set_name(eval_set)}.safetensors"
+    if not file.is_file():
+        known = sorted(p.stem for p in (path / OUTPUT_DIR).glob("*.safetensors"))
+        raise SkillNeuronError(
+            f"{file} does not exist — {'the run has sets ' + ', '.join(known) if known else 'the run has no skill-neuron analysis'}"
+            " (runs get one at the end of fit with SkillNeuronCallback; choose the set with its name)"
+        )
+    return file
+
+
+def combine_neuron_files(runs: list[str | Path], eval_set: str = "validation") -> tuple[torch.Tensor, dict]:
+    """Skill-neuron scores of several prompts (seeds) combined as METHOD.md orders it: each run's score is
+    already the max over prompt positions; the combined score is the mean of those maxima over runs.
+
+    Returns the (L, N) mean score and metadata (runs, files, backbone, task, per-run scores as a list).
+    Runs of different backbones or shapes are refused (their neurons are not the same neurons)."""
+    if not runs:
+        raise SkillNeuronError("no runs given to combine — pass one or more run directories or neuron files")
+    scores, metas, files = [], [], []
+    for run in runs:
+        file = neuron_file_of(run, eval_set)
+        tensors, meta = load_neuron_file(file)
+        scores.append(tensors["score"])
+        metas.append(meta)
+        files.append(str(file))
+    for key in ("backbone", "part"):
+        values = {str(m.get(key)) for m in metas}
+        if len(values) > 1:
+            raise SkillNeuronError(f"cannot combine neuron files of different {key}s {sorted(values)}: {files}")
+    shapes = {tuple(score.shape) for score in scores}
+    if len(shapes) > 1:
+        raise SkillNeuronError(f"cannot combine neuron files of different shapes {sorted(shapes)}: {files}")
+    combined = mean_over_prompts(scores)  # (L, N)
+    meta = {"runs": [str(r) for r in runs], "files": files, "backbone": metas[0].get("backbone"),
+            "part": metas[0].get("part"), "tasks": sorted({str(m.get("task")) for m in metas}),
+            "split": metas[0].get("split"), "combined": "mean over runs of the max over prompt positions"}
+    return combined, meta
 
 
 class SkillNeuronCallback(Callback):

@@ -389,3 +389,29 @@ def test_single_class_evaluation_set_fails_before_any_run_directory(tmp_path, ti
     assert proc.returncode != 0
     assert "evaluation set 'validation' has examples per class [1, 0]" in proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# ---------------------------------------------------------------- combining seeds
+def test_combined_score_is_the_mean_over_runs_of_each_runs_max_over_positions(tmp_path):
+    from callbacks.skill_neurons import combine_neuron_files, save_neuron_file
+
+    g = torch.Generator().manual_seed(0)
+    runs, predictivities = [], []
+    for seed in range(3):
+        predictivity = 0.5 + 0.5 * torch.rand(2, 3, 5, generator=g)  # (L, P, N)
+        run = tmp_path / f"run{seed}"
+        save_neuron_file(run / "skill_neurons" / "validation.safetensors",
+                         {"predictivity": predictivity, "score": predictivity.amax(dim=1)},
+                         {"backbone": "tiny-roberta", "part": "encoder", "task": "marker", "split": "validation"})
+        runs.append(run)
+        predictivities.append(predictivity)
+    combined, meta = combine_neuron_files(runs)
+    torch.testing.assert_close(combined, torch.stack([p.amax(dim=1) for p in predictivities]).mean(dim=0))
+    assert not torch.allclose(combined, torch.stack(predictivities).mean(dim=0).amax(dim=1))  # order matters
+    assert meta["backbone"] == "tiny-roberta" and len(meta["files"]) == 3
+    with pytest.raises(SkillNeuronError, match="the run has sets validation"):
+        combine_neuron_files(runs, eval_set="adv_sst2")
+    save_neuron_file(tmp_path / "other.safetensors", {"score": torch.rand(2, 6)}, {"backbone": "tiny-roberta",
+                                                                                  "part": "encoder"})
+    with pytest.raises(SkillNeuronError, match="different shapes"):
+        combine_neuron_files([*runs, tmp_path / "other.safetensors"])
