@@ -12,6 +12,7 @@ logged offline, never prompting; ``wandb sync`` uploads it later.
 
 from __future__ import annotations
 
+import importlib
 import json
 import netrc
 import os
@@ -25,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.run_summary import RunSummary, flatten
+from callbacks.suppression import NeuronSuppression
 from datamodules import PromptDataModule
 from lightning_modules.prompt_tuning import PromptTuningModule
 
@@ -74,6 +76,7 @@ class SkillNeuronsCLI(LightningCLI):
                              "checkpoint.filename": "best", "checkpoint.auto_insert_metric_name": False,
                              "checkpoint.enable_version_counter": False})
         parser.add_lightning_class_args(RunSummary, "summary")
+        parser.add_lightning_class_args(NeuronSuppression, "suppression")
         parser.link_arguments("model.init_args.backbone", "data.backbone")
         parser.link_arguments("model.init_args.prompt_length", "data.prompt_length")
 
@@ -153,8 +156,29 @@ class SkillNeuronsCLI(LightningCLI):
         self._sync_hint()
 
 
+# skill-neurons <tool> ...: each module has main(argv) -> exit code.
+TOOLS = {"report": "lightning_modules.report", "import-prompt": "lightning_modules.prompt_import"}
+
+
 def main(args: list[str] | None = None) -> None:
-    """Console entry point of ``skill-neurons``."""
+    """Console entry point of ``skill-neurons``.
+
+    ``skill-neurons sweep ...`` runs a W&B sweep file without a W&B server (:mod:`lightning_modules.sweep_runner`);
+    everything else is the LightningCLI. A trial started by that runner gets ``$SKILL_NEURONS_RUNS_DIR``: it is
+    the default of ``--runs_dir`` (placed right after the subcommand, so a ``--runs_dir`` given in a config file
+    or on the command line still wins).
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "sweep":
+        from lightning_modules.sweep_runner import main as sweep_main
+
+        raise SystemExit(sweep_main(argv[1:]))
+    if argv and argv[0] in TOOLS:  # commands that are not Lightning stages
+        module = importlib.import_module(TOOLS[argv[0]])
+        raise SystemExit(module.main(argv[1:]))
+    runs_dir = os.environ.get("SKILL_NEURONS_RUNS_DIR")
+    if runs_dir and argv and argv[0] in ("fit", "validate", "test", "predict"):
+        args = [argv[0], f"--runs_dir={runs_dir}", *argv[1:]]
     SkillNeuronsCLI(args=args)
 
 
