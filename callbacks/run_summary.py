@@ -79,6 +79,53 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if getattr(v, "numel", lambda: 1)() == 1}
 
 
+def prompt_source(ckpt_path: str | Path) -> dict[str, Any]:
+    """Where an evaluated prompt came from: its checkpoint, the task and backbone it was trained on and, when
+    the checkpoint lies in ``runs/<id>/checkpoints/``, that run's id and seed."""
+    import torch
+
+    path = Path(ckpt_path).resolve()
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    task = (checkpoint.get("datamodule_hyper_parameters") or {}).get("task")
+    imported = (checkpoint.get("skill_neurons") or {}).get("imported_from") or {}
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    source = read_summary(run_dir) if run_dir else {}
+    settings = source.get("settings", {})
+    return {
+        "checkpoint": str(path), "run_id": source.get("run_id"), "run_dir": str(run_dir) if source else None,
+        "task": (task.get("name") if isinstance(task, dict) else task) or settings.get("task") or imported.get("task"),
+        "backbone": (checkpoint.get("hyper_parameters") or {}).get("backbone") or settings.get("backbone"),
+        "seed": settings.get("seed", imported.get("seed")),
+    }
+
+
+def transfer_record(source: dict[str, Any], target_task: str, backbone: str, accuracy: float,
+                    runs_roots: list[Path]) -> dict[str, Any]:
+    """Transfer of a prompt from ``source['task']`` (A) to ``target_task`` (B): the accuracy and, when B's own
+    fit runs with this backbone are in one of ``runs_roots``, the relative score 100 · acc(A→B) / acc(B→B),
+    with acc(B→B) = B's best clean validation accuracy (the run of the source's seed if there is one, else
+    the mean over B's runs)."""
+    own = []
+    files = {f.resolve() for root in runs_roots for f in Path(root).glob(f"*/{SUMMARY_FILE}")}
+    for summary_file in sorted(files):
+        try:
+            other = json.loads(summary_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        settings = other.get("settings", {})
+        if (other.get("stage") == "fit" and other.get("status") == "finished" and settings.get("task") == target_task
+                and settings.get("backbone") == backbone and (other.get("best") or {}).get(BEST_KEY) is not None):
+            own.append(other)
+    same_seed = [o for o in own if source.get("seed") is not None and o["settings"].get("seed") == source["seed"]]
+    reference_runs = same_seed or own
+    reference = (sum(o["best"][BEST_KEY] for o in reference_runs) / len(reference_runs)) if reference_runs else None
+    return {
+        "source_task": source.get("task"), "target_task": target_task, "accuracy": accuracy,
+        "reference_accuracy": reference, "reference_runs": [o.get("run_id") for o in reference_runs],
+        "relative": 100.0 * accuracy / reference if reference else None,
+    }
+
+
 class RunSummary(Callback):
     """Writes ``summary.json`` in the run directory and declares W&B summary metrics.
 
@@ -176,7 +223,27 @@ class RunSummary(Callback):
                                        "last": checkpoint.last_model_path or None}
         if stage != "fit":
             sections["ckpt_path"] = trainer.ckpt_path
+            if trainer.ckpt_path and Path(trainer.ckpt_path).is_file():
+                sections.update(self._transfer(trainer, stage, sections[f"{stage}_metrics"]))
         update_summary(self.run_dir, **sections)
+
+    def _transfer(self, trainer: Trainer, stage: str, metrics: dict[str, float]) -> dict[str, Any]:
+        """``prompt_source`` of an evaluated checkpoint and, unless neurons are perturbed, ``transfer``."""
+        source = prompt_source(trainer.ckpt_path)
+        sections: dict[str, Any] = {"prompt_source": source}
+        datamodule = getattr(trainer, "datamodule", None)
+        target = getattr(getattr(datamodule, "task", None), "name", None)
+        accuracy = metrics.get("val/acc" if stage == "validate" else "test/acc")
+        perturbed = any(getattr(cb, "perturbs_neurons", False) for cb in trainer.callbacks)
+        if source["task"] and target and accuracy is not None and not perturbed:
+            backbone = trainer.lightning_module.hparams.get("backbone")
+            roots = [Path(self.run_dir).parent] + ([Path(source["run_dir"]).parent] if source["run_dir"] else [])
+            sections["transfer"] = transfer_record(source, target, backbone, accuracy, roots)
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.summary.update({f"transfer/{k}": v for k, v in sections["transfer"].items()
+                                                      if isinstance(v, (int, float, str))})
+        return sections
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the final metrics (``fit_metrics``) and checkpoint paths."""

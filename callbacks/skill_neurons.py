@@ -197,13 +197,19 @@ class SkillNeuronCallback(Callback):
         self.metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ checks (before any work)
-    def data_roles(self, stage: str) -> tuple[str, ...]:
+    def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
+        """Whether the analysis runs after ``stage``: switched on for it, and the model is not perturbed
+        (a run that suppresses neurons measures accuracy; its neurons are those of the unperturbed prompt)."""
+        callbacks = trainer.callbacks if trainer is not None else []
+        return bool(self.stages.get(stage)) and not any(getattr(cb, "perturbs_neurons", False) for cb in callbacks)
+
+    def data_roles(self, stage: str, trainer: Trainer | None = None) -> tuple[str, ...]:
         """Splits the DataModule must load for this stage beyond its own: the train split (thresholds)."""
-        return (THRESHOLD_ROLE,) if self.stages.get(stage) else ()
+        return (THRESHOLD_ROLE,) if self.runs_in(stage, trainer) else ()
 
     def check_run(self, trainer: Trainer, pl_module: LightningModule, datamodule, stage: str) -> None:
         """Raise one clear error for input that cannot give a meaningful analysis."""
-        if not self.stages.get(stage):
+        if not self.runs_in(stage, trainer):
             return
         from lightning_modules.prompt_tuning import PromptTuningModule
 
@@ -244,7 +250,7 @@ class SkillNeuronCallback(Callback):
     # ------------------------------------------------------------------ when it runs
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """End of ``fit``: analyse the best checkpoint's prompt (P1 keeps the best epoch's prompt)."""
-        if not self.stages["fit"] or trainer.fast_dev_run:
+        if not self.runs_in("fit", trainer) or trainer.fast_dev_run:
             return
         path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
         path = trainer.strategy.broadcast(path)
@@ -264,12 +270,12 @@ class SkillNeuronCallback(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After ``validate`` (not the validation epochs inside ``fit``)."""
-        if trainer.state.fn == "validate" and self.stages["validate"] and not trainer.sanity_checking:
+        if trainer.state.fn == "validate" and self.runs_in("validate", trainer) and not trainer.sanity_checking:
             self.analyse(trainer, pl_module, "validate", trainer.ckpt_path or "prompt in memory")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After ``test``."""
-        if self.stages["test"]:
+        if self.runs_in("test", trainer):
             self.analyse(trainer, pl_module, "test", trainer.ckpt_path or "prompt in memory")
 
     # ------------------------------------------------------------------ the passes

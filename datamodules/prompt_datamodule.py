@@ -182,7 +182,7 @@ class PromptDataModule(LightningDataModule):
         self.label_token_ids
         sources = self._sources(stage)
         for callback in self._data_callbacks():
-            for role in callback.data_roles(stage):
+            for role in callback.data_roles(stage, self.trainer):
                 if role not in sources and role in self.task.splits:
                     sources[role] = self.task.splits[role]
         for role, source in sources.items():

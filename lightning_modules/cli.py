@@ -92,6 +92,12 @@ class SkillNeuronsCLI(LightningCLI):
         config.trainer.default_root_dir = str(run_dir)
         config.checkpoint.dirpath = str(run_dir / "checkpoints")
         config.summary.run_dir = str(run_dir)
+        suppression = config.get("suppression")
+        if suppression is not None and suppression.get("rate") is not None and not suppression.get("neurons"):
+            if not ckpt_path or Path(ckpt_path).parent.name != "checkpoints":
+                raise SystemExit("error: --suppression.rate needs skill-neuron files: give --suppression.neurons="
+                                 "[runs/<id>] or a --ckpt_path inside runs/<id>/checkpoints/ (that run's are used)")
+            suppression.neurons = [str(Path(ckpt_path).resolve().parent.parent)]
         self._run_id, self._run_dir = run_id, run_dir
         for logger in self._logger_configs(config):
             if logger.get("class_path") == WANDB_LOGGER:

@@ -1,0 +1,295 @@
+"""``NeuronSuppression``: perturb selected FFN neurons while evaluating a prompt (METHOD.md, "Suppression").
+
+    skill-neurons validate --config configs/roberta/sst2.yaml --ckpt_path runs/<id>/checkpoints/best.ckpt \
+        --suppression.rate=5 --suppression.selection=skill --suppression.perturbation=zero
+
+The units come from the skill-neuron files of one or more runs (``neurons``; default: the run the checkpoint
+belongs to): the top ``rate``% per layer by score (several runs: by the mean over runs of each run's score),
+or, as the control, the same number of random units per layer (``selection=random``; seeded by ``seed``,
+the task and the backbone, so the control set is fixed per task + backbone and nested across rates). They are
+perturbed at every position of every layer of ``part`` (the same :mod:`lightning_modules.ffn` sites the
+analysis reads), during ``validate``/``test`` only:
+
+- ``zero``: set to 0 (P1);
+- ``gaussian``: add noise ``N(0, std²)`` (P2's default, std 0.1), one draw per example × unit, broadcast over
+  positions; the draw is a hash of (seed, evaluation set, example row, layer, unit), so it does not depend on
+  batching, order or the number of processes;
+- ``mean``: replace by the unit's threshold (its train-split mean): ``b[l,t,i]`` at prompt position ``t``,
+  and the mean over prompt positions at the text positions (the threshold exists only at prompt positions).
+
+``rate: 0`` selects no unit and registers no hook: accuracy equals plain validation bit for bit.
+``adversarial_neurons``: ``clean`` (default; P1's ``--adv_nonAdv``) suppresses the clean set's skill neurons
+on the adversarial sets too; ``own`` uses each adversarial set's own skill-neuron file for its loader.
+``rate: null`` (the CLI default) switches the callback off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+
+from callbacks.neuron_statistics import num_selected, top_percent_mask
+from callbacks.run_summary import update_summary
+from callbacks.skill_neurons import (
+    SkillNeuronError,
+    combine_neuron_files,
+    load_neuron_file,
+    neuron_file_of,
+    set_name,
+)
+from lightning_modules.ffn import PARTS, ffn_shape, hook_ffn, remove_hooks
+
+SELECTIONS = ("skill", "random")
+PERTURBATIONS = ("zero", "gaussian", "mean")
+_MASK32 = 0xFFFFFFFF
+
+
+def _fmix32(x: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser on int64 tensors holding values < 2**32 (products wrap; low bits kept)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _MASK32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _MASK32
+    return x ^ (x >> 16)
+
+
+def hashed_normal(seed: int, stream: int, rows: torch.Tensor, layer: int, units: torch.Tensor) -> torch.Tensor:
+    """(B, K) float64 standard normals, a pure function of (seed, stream, row, layer, unit) (Box–Muller on
+    two hashed uniforms): the same example gets the same noise in any batch, order or process."""
+    key = _fmix32(torch.full_like(rows, seed & _MASK32) ^ (stream * 0x9E3779B9 & _MASK32))
+    key = _fmix32(key ^ (rows & _MASK32))  # (B,)
+    key = _fmix32(key ^ (layer * 0x27D4EB2F & _MASK32))
+    key = _fmix32(key[:, None] ^ units[None, :].to(key))  # (B, K)
+    u1 = (_fmix32(key ^ 0x68E31DA4).double() + 0.5) / 2**32  # (0, 1)
+    u2 = (_fmix32(key ^ 0xB5297A4D).double() + 0.5) / 2**32
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+def stable_seed(*parts) -> int:
+    """A seed from strings and numbers that is the same in every process and Python run (unlike hash())."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def random_units(num_layers: int, num_units: int, percent: float, seed: int) -> torch.Tensor:
+    """(L, N) bool: the same number of units per layer as the top-``percent``% selection, at random.
+    One permutation per layer, so the sets are nested as ``percent`` grows."""
+    k = num_selected(num_units, percent)
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(num_layers, num_units, dtype=torch.bool)
+    for layer in range(num_layers):
+        mask[layer, torch.randperm(num_units, generator=generator)[:k]] = True
+    return mask
+
+
+class NeuronSuppression(Callback):
+    """Perturbs FFN units during ``validate``/``test`` (never while training).
+
+    Hooks: ``setup`` (checks settings, loads the neuron files, fixes the selected units),
+    ``on_validation_epoch_start`` / ``on_test_epoch_start`` (adds the FFN hooks),
+    ``on_validation_batch_start`` / ``on_test_batch_start`` (which set and rows the batch holds),
+    ``on_validation_epoch_end`` / ``on_test_epoch_end`` (removes the hooks), ``on_validation_end`` /
+    ``on_test_end`` (records the settings in ``summary.json``).
+
+    Args:
+        rate: percent of units per layer (0–100); ``None`` switches suppression off.
+        selection: ``skill`` (top ``rate``% by skill-neuron score) or ``random`` (the control).
+        perturbation: ``zero``, ``gaussian`` or ``mean``.
+        std: standard deviation of the gaussian noise.
+        neurons: run directories or skill-neuron files; several are combined (mean over runs of each
+            run's score). Default: the run that ``--ckpt_path`` belongs to.
+        eval_set: whose skill neurons: ``validation`` (clean, default) or an adversarial set's name.
+        adversarial_neurons: ``clean`` (the clean set's neurons on every loader; P1's ``--adv_nonAdv``) or
+            ``own`` (each adversarial loader uses that set's own neuron file).
+        part: ``encoder`` (default) or ``decoder`` (encoder–decoders).
+        seed: seed of the random control and of the gaussian noise.
+    """
+
+    def __init__(
+        self,
+        rate: float | None = None,
+        selection: str = "skill",
+        perturbation: str = "zero",
+        std: float = 0.1,
+        neurons: list[str] | None = None,
+        eval_set: str = "validation",
+        adversarial_neurons: str = "clean",
+        part: str = "encoder",
+        seed: int = 0,
+    ):
+        if rate is not None and not 0 <= rate <= 100:
+            raise SkillNeuronError(f"suppression.rate={rate}: give a percentage of units per layer in [0, 100]")
+        for name, value, allowed in (("selection", selection, SELECTIONS), ("perturbation", perturbation, PERTURBATIONS),
+                                     ("adversarial_neurons", adversarial_neurons, ("clean", "own")),
+                                     ("part", part, PARTS)):
+            if value not in allowed:
+                raise SkillNeuronError(f"suppression.{name}={value!r}: use one of {', '.join(allowed)}")
+        if perturbation == "gaussian" and not std > 0:
+            raise SkillNeuronError(f"suppression.std={std}: the gaussian perturbation needs a positive std")
+        self.rate, self.selection, self.perturbation, self.std = rate, selection, perturbation, std
+        self.neurons = list(neurons) if neurons else None
+        self.eval_set, self.adversarial_neurons, self.part, self.seed = eval_set, adversarial_neurons, part, seed
+        self.masks: list[torch.Tensor] = []  # per evaluation loader: (L, N) bool
+        self.values: list[torch.Tensor | None] = []  # per loader: (L, P, N) thresholds for "mean"
+        self.record: dict = {}
+        self._handles: list = []
+        self._loader = 0
+        self._rows: torch.Tensor | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.rate is not None
+
+    @property
+    def perturbs_neurons(self) -> bool:
+        """True when this run evaluates a perturbed model (the skill-neuron analysis then stands aside)."""
+        return self.active
+
+    # ------------------------------------------------------------------ set-up
+    def data_roles(self, stage: str, trainer: Trainer | None = None) -> tuple[str, ...]:
+        """No splits beyond the stage's own (the DataModule asks every callback that checks data)."""
+        return ()
+
+    def check_run(self, trainer: Trainer, pl_module: LightningModule, datamodule, stage: str) -> None:
+        """Called by the DataModule in ``prepare_data``: settings, neuron files and model are checked (and the
+        units fixed) before any run directory exists."""
+        self.setup(trainer, pl_module, stage)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Check the settings against the model and data; fix the units of every evaluation loader."""
+        if not self.active:
+            return
+        if stage == "fit":
+            raise SkillNeuronError("suppression perturbs evaluation only — use `skill-neurons validate` (or test) "
+                                   "with --ckpt_path, not fit, or leave suppression.rate unset")
+        layers, units = ffn_shape(pl_module.backbone, self.part)
+        datamodule = trainer.datamodule
+        roles = datamodule.eval_roles(stage)
+        sources = self.neurons or [self._checkpoint_run(trainer)]
+        clean_score, meta = combine_neuron_files(sources, self.eval_set)
+        if tuple(clean_score.shape) != (layers, units):
+            raise SkillNeuronError(
+                f"the skill-neuron files {meta['files']} have {tuple(clean_score.shape)} (layers, units) but the "
+                f"model's {self.part} has ({layers}, {units}) — use neuron files of the same backbone")
+        self.masks, self.values = [], []
+        for index, role in enumerate(roles):
+            score, files = clean_score, meta["files"]
+            if index > 0 and self.adversarial_neurons == "own":
+                score, own = combine_neuron_files(sources, set_name(role))
+                files = own["files"]
+            self.masks.append(self._select(score, pl_module, datamodule))
+            self.values.append(self._thresholds(files, pl_module) if self.perturbation == "mean" else None)
+        self.record = {
+            "rate": float(self.rate), "selection": self.selection, "perturbation": self.perturbation,
+            "std": self.std if self.perturbation == "gaussian" else None, "seed": self.seed, "part": self.part,
+            "units_per_layer": num_selected(units, self.rate), "neurons_from": [str(s) for s in sources],
+            "eval_set": self.eval_set, "adversarial_neurons": self.adversarial_neurons,
+            "selected_units": {set_name(role): int(mask.sum()) for role, mask in zip(roles, self.masks)},
+        }
+
+    def _checkpoint_run(self, trainer: Trainer) -> Path:
+        ckpt = trainer.ckpt_path
+        if not ckpt or Path(ckpt).parent.name != "checkpoints":
+            raise SkillNeuronError("suppression needs skill-neuron files: give --suppression.neurons=[runs/<id>] "
+                                   "(or validate a checkpoint from runs/<id>/checkpoints/, whose run is used)")
+        return Path(ckpt).resolve().parent.parent
+
+    def _select(self, score: torch.Tensor, pl_module, datamodule) -> torch.Tensor:
+        if self.selection == "skill":
+            return top_percent_mask(score, self.rate)
+        seed = stable_seed("random-control", datamodule.task.name, pl_module.hparams.get("backbone"), self.seed)
+        return random_units(*score.shape, self.rate, seed)
+
+    def _thresholds(self, files: list[str], pl_module) -> torch.Tensor:
+        thresholds = [load_neuron_file(f)[0]["threshold"] for f in files]
+        if len({tuple(t.shape) for t in thresholds}) != 1:
+            raise SkillNeuronError(f"threshold shapes differ across {files}; 'mean' needs runs of one prompt length")
+        return torch.stack(thresholds).mean(dim=0)  # (L, P, N)
+
+    # ------------------------------------------------------------------ hooks
+    def _perturb(self, layer: int, units: torch.Tensor) -> torch.Tensor | None:
+        mask = self.masks[self._loader][layer].to(units.device)  # (N,)
+        if self.perturbation == "zero":
+            return units * (~mask).to(units.dtype)
+        selected = mask.nonzero().squeeze(1)  # (K,)
+        if self.perturbation == "gaussian":
+            noise = hashed_normal(self.seed, self._loader, self._rows.cpu(), layer, selected.cpu())  # (B, K)
+            out = units.clone()
+            out[:, :, selected] += (self.std * noise).to(device=units.device, dtype=units.dtype)[:, None, :]
+            return out
+        threshold = self.values[self._loader][layer].to(device=units.device, dtype=units.dtype)  # (P, N)
+        positions = units.shape[1]
+        fill = threshold.mean(dim=0, keepdim=True).expand(positions, -1).clone()  # (S, N)
+        head = min(positions, threshold.shape[0])
+        fill[:head] = threshold[:head]
+        return torch.where(mask, fill, units)  # (B, S, N)
+
+    def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.active and trainer.state.fn in ("validate", "test") and any(bool(m.any()) for m in self.masks):
+            self._handles = hook_ffn(pl_module.backbone, self._hook, self.part)
+
+    def _hook(self, layer: int, units: torch.Tensor) -> torch.Tensor | None:
+        if not bool(self.masks[self._loader][layer].any()):
+            return None
+        return self._perturb(layer, units)
+
+    def _batch(self, batch, dataloader_idx: int) -> None:
+        self._loader = dataloader_idx
+        self._rows = batch["idx"]
+
+    def _stop(self) -> None:
+        remove_hooks(self._handles)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        """Add the hooks (validate only; not the validation epochs of a fit)."""
+        self._start(trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        """Add the hooks."""
+        self._start(trainer, pl_module)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        """Remember which evaluation set and rows the batch holds (units and noise depend on them)."""
+        self._batch(batch, dataloader_idx)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        """Remember which evaluation set and rows the batch holds."""
+        self._batch(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        """Remove the hooks."""
+        self._stop()
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        """Remove the hooks."""
+        self._stop()
+
+    def on_exception(self, trainer, pl_module, exception):
+        """Never leave hooks behind."""
+        self._stop()
+
+    # ------------------------------------------------------------------ record
+    def _finish(self, trainer: Trainer) -> None:
+        if not self.active or not trainer.is_global_zero:
+            return
+        run_dir = next((cb.run_dir for cb in trainer.callbacks if getattr(cb, "run_dir", None)), None)
+        if run_dir:
+            update_summary(run_dir, suppression=self.record)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "summary"):
+                experiment.summary.update({f"suppression/{k}": v for k, v in self.record.items()
+                                           if isinstance(v, (int, float, str))})
+
+    def on_validation_end(self, trainer, pl_module):
+        """Record the suppression settings with the run (``summary.json`` → ``suppression``)."""
+        if trainer.state.fn == "validate":
+            self._finish(trainer)
+
+    def on_test_end(self, trainer, pl_module):
+        """Record the suppression settings with the run."""
+        self._finish(trainer)
