@@ -182,10 +182,65 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] in TOOLS:  # commands that are not Lightning stages
         module = importlib.import_module(TOOLS[argv[0]])
         raise SystemExit(module.main(argv[1:]))
-    runs_dir = os.environ.get("SKILL_NEURONS_RUNS_DIR")
-    if runs_dir and argv and argv[0] in ("fit", "validate", "test", "predict"):
-        args = [argv[0], f"--runs_dir={runs_dir}", *argv[1:]]
+    head: list[str] = []
+    if argv and argv[0] in ("fit", "validate", "test", "predict"):
+        argv, head = _take_from_run(argv)
+        runs_dir = os.environ.get("SKILL_NEURONS_RUNS_DIR")
+        if runs_dir:
+            head.append(f"--runs_dir={runs_dir}")
+        if head:
+            args = [argv[0], *head, *argv[1:]]
     SkillNeuronsCLI(args=args)
+
+
+def find_run(spec: str) -> Path:
+    """A fit run directory: ``runs/<id>``, or ``ROOT?key=value&...`` — the latest finished fit run under ROOT
+    (searched recursively) whose ``summary.json`` settings match (``backbone``, ``task``, ``seed``, ...)."""
+    root, _, query = spec.partition("?")
+    if not query:
+        run = Path(root)
+        if not (run / "config.yaml").is_file():
+            raise SystemExit(f"error: --from_run {spec!r}: no run directory with a config.yaml there")
+        return run
+    wanted = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    matches = []
+    for file in Path(root).rglob("summary.json"):
+        try:
+            summary = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        settings = summary.get("settings", {})
+        if (summary.get("stage") == "fit" and summary.get("status") == "finished"
+                and all(str(settings.get(k)) == v for k, v in wanted.items())):
+            matches.append((summary.get("finished", ""), file.parent))
+    if not matches:
+        raise SystemExit(f"error: --from_run {spec!r}: no finished fit run under {root!r} has settings {wanted} — "
+                         "check the folder (e.g. the --dir of the sweep that trained the prompts) and the values")
+    return max(matches)[1]
+
+
+def _take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``--from_run RUN`` evaluates that fit run's best prompt with its own config: it becomes ``--config
+    RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt --run_id=null``, placed first, so every other
+    option (``--data.task`` for transfer, ``--suppression.*``) overrides it."""
+    rest, spec = [], None
+    iterator = iter(argv)
+    for arg in iterator:
+        if arg == "--from_run":
+            spec = next(iterator, None)
+        elif arg.startswith("--from_run="):
+            spec = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if spec is None:
+        return argv, []
+    if rest[0] == "fit":
+        raise SystemExit("error: --from_run evaluates a trained prompt: use it with validate or test, not fit")
+    run = find_run(spec)
+    best = run / "checkpoints" / "best.ckpt"
+    if not best.is_file():
+        raise SystemExit(f"error: --from_run {spec!r}: {best} does not exist (the run saved no best checkpoint)")
+    return rest, ["--config", str(run / "config.yaml"), f"--ckpt_path={best}", "--run_id=null"]
 
 
 if __name__ == "__main__":
