@@ -1,0 +1,104 @@
+"""The paper's experiments end to end through the real CLI on the tiny offline backbone:
+two tasks x two seeds -> suppression (rates 0 and 15%, skill and random) -> transfer -> report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import QUICK, ROOT, run_cli, summary_of
+
+TASKS = {"marker": "marker_typo", "sst2_sample": "adv_sst2"}
+SEEDS = (33, 34)
+SMALL = ["--data.max_train_samples=256", "--data.max_eval_samples=120"]
+
+
+def runs_by(root: Path, **settings) -> list[Path]:
+    out = []
+    for file in sorted(root.glob("*/summary.json")):
+        summary = json.loads(file.read_text())
+        if all(summary.get("settings", {}).get(k) == v for k, v in settings.items()):
+            out.append(file.parent)
+    return out
+
+
+@pytest.mark.slow
+def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
+    base = ["--config", str(ROOT / "configs/quickstart.yaml"), *QUICK]
+    for task in TASKS:
+        for seed in SEEDS:
+            run_cli(["fit", *base, *SMALL, f"--data.task={task}", f"--seed_everything={seed}",
+                     "--trainer.max_epochs=2", "--runs_dir=runs"], cwd=tmp_path)
+    fits = {(task, seed): runs_by(tmp_path / "runs", task=task, seed=seed) for task in TASKS for seed in SEEDS}
+    assert all(len(v) == 1 for v in fits.values()), fits
+    fits = {key: value[0] for key, value in fits.items()}
+
+    # ---- suppression: rate 0 is plain validation; 15% of skill or random units per layer
+    for (task, seed), run in fits.items():
+        for extra in (["--suppression.rate=0"], ["--suppression.rate=15"],
+                      ["--suppression.rate=15", "--suppression.selection=random"]):
+            run_cli(["validate", f"--from_run={run}", *QUICK, *SMALL, *extra, "--runs_dir=suppression",
+                     "--trainer.logger=false"], cwd=tmp_path)
+    suppressed = [summary_of(d) for d in (tmp_path / "suppression").iterdir()]
+    assert len(suppressed) == 12
+    for summary in suppressed:
+        record, metrics = summary["suppression"], summary["validate_metrics"]
+        fit = summary_of(Path(summary["prompt_source"]["run_dir"]))
+        adv = TASKS[summary["settings"]["task"]]
+        assert record["units_per_layer"] == (39 if record["rate"] == 15 else 0)  # ceil(15% of 256)
+        if record["rate"] == 0:
+            assert metrics["val/acc"] == fit["best"]["val/acc"]
+            assert metrics[f"adv/{adv}/acc"] == fit["best"][f"adv/{adv}/acc"]
+        assert "skill_neurons" not in summary and "transfer" not in summary
+
+    # ---- transfer: each task's seed-33 prompt on both tasks (the diagonal too)
+    for source in TASKS:
+        for target in TASKS:
+            run_cli(["validate", f"--from_run=runs?task={source}&seed=33", *QUICK, *SMALL, f"--data.task={target}",
+                     "--runs_dir=transfer", "--trainer.logger=false"], cwd=tmp_path)
+    transfers = [summary_of(d)["transfer"] for d in (tmp_path / "transfer").iterdir()]
+    assert sorted((t["source_task"], t["target_task"]) for t in transfers) == sorted(
+        (a, b) for a in TASKS for b in TASKS)
+    for t in transfers:
+        own = summary_of(fits[(t["target_task"], 33)])["best"]["val/acc"]
+        assert t["reference_accuracy"] == own and t["relative"] == pytest.approx(100 * t["accuracy"] / own)
+        if t["source_task"] == t["target_task"]:
+            assert t["accuracy"] == own
+
+    # ---- the report: every section, numbers as in the summaries, real figures
+    run_cli(["report", "runs", "suppression", "transfer", "--out", "report"], cwd=tmp_path)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    for key in ("accuracy", "transfer", "suppression", "per_layer", "overlap", "adversarial_predictivity",
+                "spearman_seeds", "spearman_tasks"):
+        assert report[key]["missing"] is None, (key, report[key]["missing"])
+        assert f"## {report[key]['title']}" in markdown
+    best = {key: summary_of(run)["best"] for key, run in fits.items()}
+    for row in report["accuracy"]["rows"]:
+        key = "val/acc" if row["set"] == "validation" else f"adv/{row['set']}/acc"
+        expected = [100 * best[(row["task"], seed)][key] for seed in SEEDS]
+        assert row["mean"] == pytest.approx(sum(expected) / 2, abs=1e-9) and row["chance"] == 50.0
+    matrix = report["transfer"]["backbones"]["tiny-roberta"]
+    for i, source in enumerate(matrix["tasks"]):
+        for j, target in enumerate(matrix["tasks"]):
+            t = next(t for t in transfers if (t["source_task"], t["target_task"]) == (source, target))
+            own = next(u for u in transfers if (u["source_task"], u["target_task"]) == (target, target))
+            assert matrix["relative_matrix"][i][j] == pytest.approx(100 * t["accuracy"] / own["accuracy"])
+        assert matrix["relative_matrix"][i][i] == 100.0
+    for row in report["suppression"]["rows"]:
+        if row["rate"] == 0 and row["set"] == "validation":
+            expected = [100 * best[(row["task"], seed)]["val/acc"] for seed in SEEDS]
+            assert row["mean"] == pytest.approx(sum(expected) / 2, abs=1e-9)
+    for row in report["overlap"]["rows"]:
+        expected = [summary_of(fits[(row["task"], seed)])["skill_neurons"]["sets"][row["set"]]["overlap@5"]
+                    for seed in SEEDS]
+        assert row["overlap@5_mean"] == pytest.approx(sum(expected) / 2, abs=1e-9)
+    from PIL import Image
+
+    figures = list((tmp_path / "report" / "figures").glob("*.png"))
+    assert len(figures) >= 8
+    for figure in figures:
+        with Image.open(figure) as image:
+            assert image.format == "PNG" and image.size in ((1200, 600), (800, 800)) and figure.stat().st_size > 0
