@@ -38,7 +38,6 @@ from callbacks.skill_neurons import (
     SkillNeuronError,
     combine_neuron_files,
     load_neuron_file,
-    neuron_file_of,
     set_name,
 )
 from lightning_modules.ffn import PARTS, ffn_shape, hook_ffn, remove_hooks

@@ -36,7 +36,7 @@ def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
     fits = {key: value[0] for key, value in fits.items()}
 
     # ---- suppression: rate 0 is plain validation; 15% of skill or random units per layer
-    for (task, seed), run in fits.items():
+    for run in fits.values():
         for extra in (["--suppression.rate=0"], ["--suppression.rate=15"],
                       ["--suppression.rate=15", "--suppression.selection=random"]):
             run_cli(["validate", f"--from_run={run}", *QUICK, *SMALL, *extra, "--runs_dir=suppression",
@@ -102,3 +102,16 @@ def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
     for figure in figures:
         with Image.open(figure) as image:
             assert image.format == "PNG" and image.size in ((1200, 600), (800, 800)) and figure.stat().st_size > 0
+
+    # ---- the shipped suppression sweep (trimmed to 2 trials) runs under the offline sweep runner
+    import yaml
+
+    sweep = yaml.safe_load((ROOT / "sweeps" / "suppression.yaml").read_text())
+    sweep["parameters"].update({"from_run": {"values": ["runs?task=marker&seed=34"]},
+                                "suppression.rate": {"values": [0, 15]}, "suppression.selection": {"values": ["skill"]}})
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(sweep))
+    run_cli(["sweep", "mini.yaml", "--dir", "sweep"], cwd=tmp_path)
+    trials = [summary_of(d) for d in (tmp_path / "sweep" / "runs").iterdir() if (d / "summary.json").exists()]
+    assert sorted(t["suppression"]["rate"] for t in trials) == [0.0, 15.0]
+    rate0 = next(t for t in trials if t["suppression"]["rate"] == 0)
+    assert rate0["validate_metrics"]["val/acc"] == best[("marker", 34)]["val/acc"]
