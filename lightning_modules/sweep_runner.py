@@ -265,7 +265,7 @@ class Attempt:
 
     run_id: str
     started: float
-    state: str = "running"  # running, finished, failed, stopped, interrupted
+    state: str = "running"  # running, finished, failed, stopped, interrupted (runner died), cancelled (Ctrl-C)
     ended: float | None = None
     exitcode: int | None = None
     pid: int | None = None
@@ -907,8 +907,8 @@ class SweepRunner:
                 os.killpg(running.proc.pid, signal.SIGKILL)
             running.proc.wait()
         for trial in self.trials:
-            if trial.state == "running":
-                trial.attempts[-1].state, trial.attempts[-1].ended = "interrupted", time.time()
+            if trial.state == "running":  # "cancelled", not "interrupted": does not count against --retries
+                trial.attempts[-1].state, trial.attempts[-1].ended = "cancelled", time.time()
                 trial.state = "pending"
         self._save()
         return 128 + (self.signal_received or signal.SIGINT)
@@ -945,8 +945,8 @@ def format_table(state: dict[str, Any], trials: list[Trial], directory: Path, ob
     goal = f"; objective {metric['name']} ({metric.get('goal', 'minimize')})" if metric.get("name") else ""
     title = (f"sweep {state.get('sweep_id')} ({config.get('method')}, {state.get('sweep_file')}): "
              f"{len(trials)} trials — {counts or 'none yet'}{goal}")
-    foot = [(f"* best trial. Offline W&B runs: browse with `wandb leet {directory}`, upload with "
-             f"`wandb sync {directory}` (group {state.get('sweep_id')}).")] if trials else []
+    foot = [(("* best trial. " if best is not None else "") + f"Offline W&B runs: browse with `wandb leet "
+             f"{directory}`, upload with `wandb sync {directory}` (group {state.get('sweep_id')}).")] if trials else []
     return "\n".join([title, *lines, *foot])
 
 
