@@ -3,6 +3,7 @@
     python benchmarks/analysis.py                                   # tiny RoBERTa on CPU (a minute)
     python benchmarks/analysis.py --backbone random-roberta-base --prompt-length 100 --text-length 128 \
         --train 67349 --eval 872 --adv 148 --batch-size 256 --precision bf16-mixed --device cuda   # SST-2 sized
+    python benchmarks/analysis.py --preset sst2 --batch-size 256 --precision bf16-mixed --device cuda   # the same
 
 The data are synthetic token ids (lengths uniform in [text_length/2, text_length], random labels) put straight
 into a ``PromptDataModule``, so both passes use the project's real loaders, collator and modules:
@@ -33,8 +34,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+# Settings a preset fills in (options given explicitly still win). sst2: GLUE SST-2's split sizes (67,349 train,
+# 872 validation) and AdvGLUE SST-2's 148 adversarial examples, texts of up to 128 tokens (special tokens included,
+# P1's limit), P1's 100-vector prompt, roberta-base's shape with random weights.
+PRESETS = {
+    "sst2": {"backbone": "random-roberta-base", "prompt_length": 100, "text_length": 128,
+             "train": 67349, "eval": 872, "adv": 148},
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="sst2: " + ", ".join(f"{k}={v}" for k, v in PRESETS["sst2"].items()))
     parser.add_argument("--backbone", default="tiny-roberta")
     parser.add_argument("--prompt-length", type=int, default=8)
     parser.add_argument("--text-length", type=int, default=32, help="longest text in tokens (special tokens included)")
@@ -49,6 +61,9 @@ def parse_args(argv=None):
     parser.add_argument("--memory-scales", default="1,10", help="data multiples for the peak-memory children")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--child-scale", type=int, default=None, help=argparse.SUPPRESS)
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
     return parser.parse_args(argv)
 
 
@@ -174,7 +189,8 @@ def main(argv=None) -> dict:
             analysis.append(timed(lambda: callback.passes(model, dm, eval_roles), args))
             plain_file_order.append(timed(lambda: plain_pass(model, dm, roles, args.batch_size, False), args))
     result = {
-        "benchmark": "skill_neuron_analysis", "device": _device_name(args.device), "backbone": args.backbone,
+        "benchmark": "skill_neuron_analysis", "preset": args.preset, "device": _device_name(args.device),
+        "backbone": args.backbone,
         "precision": args.precision, "part": args.part, "prompt_length": args.prompt_length,
         "text_length_max": args.text_length, "batch_size": args.batch_size, "examples": examples,
         "plain_s": statistics.median(plain), "plain_loader_order_s": statistics.median(plain_file_order),

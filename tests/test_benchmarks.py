@@ -24,3 +24,20 @@ def test_analysis_benchmark_prints_its_json_line(tiny_backbones):
     assert result["analysis_s"] > 0 and result["plain_s"] > 0 and result["device"].startswith("cpu")
     assert result["ratio_analysis_over_plain"] == result["analysis_s"] / result["plain_s"]
     assert [m["scale"] for m in result["memory"]] == [1, 2] and all(m["peak_mb"] > 0 for m in result["memory"])
+
+
+def test_train_step_benchmark_times_ours_and_peft(tiny_backbones):
+    for backbone, family in (("tiny-roberta", "masked_lm"), ("tiny-t5", "seq2seq")):
+        result = run_benchmark("train_step.py", f"--backbone={backbone}", "--batch-size=4", "--prompt-length=4",
+                               "--text-length=12", "--steps=2", "--blocks=2", "--warmup=1")
+        assert result["family"] == family and result["device"].startswith("cpu") and result["mfu"] is None
+        assert result["tokens_per_step"] == 4 * (4 + 12) and result["non_embedding_params"] > 0
+        assert result["peft"] is not None, result.get("peft_reason")  # peft is a dev extra: it must have run
+        for side in ("ours", "peft"):
+            figures = result[side]
+            assert all(figures[key] > 0 for key in ("ms_per_step", "steps_per_s", "tokens_per_s"))
+            assert len(figures["ms_per_step_blocks"]) == 2
+        ratio = result["peft"]["ms_per_step"] / result["ours"]["ms_per_step"]
+        assert result["ratio_steps_per_s_ours_over_peft"] == ratio
+        # Same weights, same starting prompt, same batch, fp32: both sides see the same first loss.
+        assert result["first_loss_abs_diff"] < 1e-4
