@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -198,3 +199,31 @@ def test_hub_backbone_offline_through_cli_names_local_path(workdir):
     proc = run_cli(["fit", "--config", str(ROOT / "configs/roberta/sst2.yaml")], cwd=workdir, check=False)
     assert proc.returncode != 0 and "--model.backbone=/path/to/roberta-base" in proc.stderr
     assert not (workdir / "runs").exists()
+
+
+def test_from_run_names_what_is_missing(tmp_path, monkeypatch):
+    from lightning_modules.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="no run directory with a config.yaml there"):
+        main(["validate", "--from_run=runs/nope"])
+    with pytest.raises(SystemExit, match=r"no finished fit run under 'runs' has settings \{'task': 'sst2'\}"):
+        main(["validate", "--from_run", "runs?task=sst2"])
+    with pytest.raises(SystemExit, match="use it with validate or test, not fit"):
+        main(["fit", "--from_run=runs/nope"])
+
+
+def test_from_run_picks_the_matching_fit_run_and_lets_later_options_win(tmp_path):
+    from lightning_modules.cli import _take_from_run
+
+    for name, seed, stage in (("a", 33, "fit"), ("b", 34, "fit"), ("c", 34, "validate")):
+        run = tmp_path / "runs" / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text("{}")
+        (run / "checkpoints" / "best.ckpt").write_bytes(b"")
+        (run / "summary.json").write_text(json.dumps({"stage": stage, "status": "finished",
+                                                      "settings": {"task": "marker", "seed": seed}}))
+    rest, head = _take_from_run(["validate", f"--from_run={tmp_path}/runs?task=marker&seed=34", "--data.task=sst2"])
+    assert rest == ["validate", "--data.task=sst2"]
+    assert head == ["--config", str(tmp_path / "runs/b/config.yaml"),
+                    f"--ckpt_path={tmp_path / 'runs/b/checkpoints/best.ckpt'}", "--run_id=null"]
