@@ -58,10 +58,18 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def subprocess_env(extra: dict | None = None) -> dict[str, str]:
+    """The test environment for a child process, without this process's W&B service: a CLI run that
+    attached to it would leave its records to a service that the test session may tear down first."""
+    env = {**os.environ, **(extra or {})}
+    env.pop("WANDB_SERVICE", None)
+    return env
+
+
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600,
             check: bool = True) -> subprocess.CompletedProcess:
     """Run the real ``skill-neurons`` CLI in a subprocess (the console script's entry point)."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = subprocess_env(env)
     proc = subprocess.run([sys.executable, "-m", "lightning_modules.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

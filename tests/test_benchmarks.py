@@ -7,12 +7,12 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, subprocess_env
 
 
 def run_benchmark(script: str, *args: str) -> dict:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          capture_output=True, timeout=600, env=subprocess_env({"PYTHONWARNINGS": "ignore"}))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import QUICK, ROOT, only_run_dir, run_cli, summary_of
+from conftest import QUICK, ROOT, only_run_dir, run_cli, subprocess_env, summary_of
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
 SMALL = ["--data.max_train_samples=128", "--data.max_eval_samples=64", "--data.batch_size=32"]
@@ -96,7 +96,7 @@ def test_sigkilled_fit_resumes_from_last_checkpoint_in_the_same_run(workdir):
     args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL, "--trainer.max_epochs=12",
             "--data.max_train_samples=256"]
     proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", *args], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     last = None
     while time.time() < deadline and proc.poll() is None:
