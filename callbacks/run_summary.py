@@ -79,6 +79,27 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if getattr(v, "numel", lambda: 1)() == 1}
 
 
+def run_dir_of(trainer: Trainer) -> Path | None:
+    """The run directory the run summary writes to (the CLI's ``runs/<id>``), if a callback knows it."""
+    return next((Path(cb.run_dir) for cb in trainer.callbacks if getattr(cb, "run_dir", None)), None)
+
+
+def finished_fit_runs(roots: list[str | Path], recursive: bool = False) -> list[tuple[Path, dict[str, Any]]]:
+    """(run directory, summary) of every finished ``fit`` run directly under ``roots`` (or anywhere below them
+    with ``recursive``); unreadable summaries are skipped."""
+    found = {}
+    for root in roots:
+        files = Path(root).rglob(SUMMARY_FILE) if recursive else Path(root).glob(f"*/{SUMMARY_FILE}")
+        for file in files:
+            try:
+                summary = json.loads(file.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if summary.get("stage") == "fit" and summary.get("status") == "finished":
+                found[file.parent.resolve()] = (file.parent, summary)
+    return [found[key] for key in sorted(found)]
+
+
 def prompt_source(ckpt_path: str | Path) -> dict[str, Any]:
     """Where an evaluated prompt came from: its checkpoint, the task and backbone it was trained on and, when
     the checkpoint lies in ``runs/<id>/checkpoints/``, that run's id and seed."""
@@ -105,17 +126,10 @@ def transfer_record(source: dict[str, Any], target_task: str, backbone: str, acc
     fit runs with this backbone are in one of ``runs_roots``, the relative score 100 · acc(A→B) / acc(B→B),
     with acc(B→B) = B's best clean validation accuracy (the run of the source's seed if there is one, else
     the mean over B's runs)."""
-    own = []
-    files = {f.resolve() for root in runs_roots for f in Path(root).glob(f"*/{SUMMARY_FILE}")}
-    for summary_file in sorted(files):
-        try:
-            other = json.loads(summary_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        settings = other.get("settings", {})
-        if (other.get("stage") == "fit" and other.get("status") == "finished" and settings.get("task") == target_task
-                and settings.get("backbone") == backbone and (other.get("best") or {}).get(BEST_KEY) is not None):
-            own.append(other)
+    own = [summary for _, summary in finished_fit_runs(runs_roots)
+           if summary.get("settings", {}).get("task") == target_task
+           and summary.get("settings", {}).get("backbone") == backbone
+           and (summary.get("best") or {}).get(BEST_KEY) is not None]
     same_seed = [o for o in own if source.get("seed") is not None and o["settings"].get("seed") == source["seed"]]
     reference_runs = same_seed or own
     reference = (sum(o["best"][BEST_KEY] for o in reference_runs) / len(reference_runs)) if reference_runs else None

@@ -47,7 +47,7 @@ from callbacks.neuron_statistics import (
     top_neurons,
     top_percent_mask,
 )
-from callbacks.run_summary import update_summary
+from callbacks.run_summary import run_dir_of, update_summary
 from lightning_modules.ffn import PARTS, FFNLookupError, ffn_hooks, ffn_shape
 
 OUTPUT_DIR = "skill_neurons"
@@ -138,6 +138,24 @@ def combine_neuron_files(runs: list[str | Path], eval_set: str = "validation") -
             "part": metas[0].get("part"), "tasks": sorted({str(m.get("task")) for m in metas}),
             "split": metas[0].get("split"), "combined": "mean over runs of the max over prompt positions"}
     return combined, meta
+
+
+def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: str, ylabel: str) -> None:
+    """Box plots of (L, N) scores per layer, one box per named set side by side, chance (0.5) dotted."""
+    layers = next(iter(scores.values())).shape[0]
+    width = 0.8 / max(1, len(scores))
+    for k, ((name, score), colour) in enumerate(zip(scores.items(), colours)):
+        centres = [layer + (k - (len(scores) - 1) / 2) * width for layer in range(layers)]
+        parts = ax.boxplot(list(score.float().numpy()), positions=centres, widths=width * 0.9, patch_artist=True,
+                           showfliers=False, manage_ticks=False)
+        for box in parts["boxes"]:
+            box.set_facecolor(colour)
+        ax.plot([], [], color=colour, linewidth=8, label=name)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xticks(range(layers))
+    ax.set_xlabel(f"{part} layer")
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper left", fontsize="small")
 
 
 class SkillNeuronCallback(Callback):
@@ -382,10 +400,7 @@ class SkillNeuronCallback(Callback):
         return columns, rows
 
     def _write(self, trainer, pl_module, datamodule, stage: str, prompt_source: str) -> None:
-        run_dir = Path(trainer.default_root_dir)
-        for callback in trainer.callbacks:  # the run summary knows the run directory (broadcast from rank 0)
-            if hasattr(callback, "run_dir") and getattr(callback, "run_dir", None):
-                run_dir = Path(callback.run_dir)
+        run_dir = run_dir_of(trainer) or Path(trainer.default_root_dir)  # the summary's (broadcast from rank 0)
         out = run_dir / OUTPUT_DIR
         roles = datamodule.eval_roles(stage)
         layers, positions, units = self.results[roles[0]]["threshold"].shape
@@ -434,22 +449,10 @@ class SkillNeuronCallback(Callback):
 
         layers = common["shape"]["layers"]
         fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * layers * len(roles)), 4.0), dpi=100)
-        width = 0.8 / len(roles)
-        for k, role in enumerate(roles):
-            score = self.results[role]["score"].float().numpy()  # (L, N)
-            centres = [layer + (k - (len(roles) - 1) / 2) * width for layer in range(layers)]
-            parts = ax.boxplot(list(score), positions=centres, widths=width * 0.9, patch_artist=True,
-                               showfliers=False, manage_ticks=False)
-            colour = plt.get_cmap("tab10")(k)
-            for box in parts["boxes"]:
-                box.set_facecolor(colour)
-            ax.plot([], [], color=colour, linewidth=8, label=set_name(role))
-        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_xticks(range(layers))
-        ax.set_xlabel(f"{common['part']} layer")
-        ax.set_ylabel("neuron score (max predictivity over positions)")
+        scores = {set_name(role): self.results[role]["score"] for role in roles}
+        per_layer_boxplot(ax, scores, [plt.get_cmap("tab10")(k) for k in range(len(roles))], common["part"],
+                          "neuron score (max predictivity over positions)")
         ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
-        ax.legend(loc="upper left", fontsize="small")
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)

@@ -33,7 +33,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from callbacks.neuron_statistics import num_selected, top_percent_mask
-from callbacks.run_summary import update_summary
+from callbacks.run_summary import run_dir_of, update_summary
 from callbacks.skill_neurons import (
     SkillNeuronError,
     combine_neuron_files,
@@ -275,7 +275,7 @@ class NeuronSuppression(Callback):
     def _finish(self, trainer: Trainer) -> None:
         if not self.active or not trainer.is_global_zero:
             return
-        run_dir = next((cb.run_dir for cb in trainer.callbacks if getattr(cb, "run_dir", None)), None)
+        run_dir = run_dir_of(trainer)
         if run_dir:
             update_summary(run_dir, suppression=self.record)
         for logger in trainer.loggers:

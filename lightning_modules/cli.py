@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from callbacks.run_summary import RunSummary, flatten
+from callbacks.run_summary import RunSummary, finished_fit_runs, flatten
 from callbacks.suppression import NeuronSuppression
 from datamodules import PromptDataModule
 from lightning_modules.prompt_tuning import PromptTuningModule
@@ -203,16 +203,8 @@ def find_run(spec: str) -> Path:
             raise SystemExit(f"error: --from_run {spec!r}: no run directory with a config.yaml there")
         return run
     wanted = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
-    matches = []
-    for file in Path(root).rglob("summary.json"):
-        try:
-            summary = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        settings = summary.get("settings", {})
-        if (summary.get("stage") == "fit" and summary.get("status") == "finished"
-                and all(str(settings.get(k)) == v for k, v in wanted.items())):
-            matches.append((summary.get("finished", ""), file.parent))
+    matches = [(summary.get("finished", ""), run) for run, summary in finished_fit_runs([root], recursive=True)
+               if all(str(summary.get("settings", {}).get(k)) == v for k, v in wanted.items())]
     if not matches:
         raise SystemExit(f"error: --from_run {spec!r}: no finished fit run under {root!r} has settings {wanted} — "
                          "check the folder (e.g. the --dir of the sweep that trained the prompts) and the values")

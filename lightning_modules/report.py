@@ -72,6 +72,7 @@ from callbacks.skill_neurons import (
     OUTPUT_DIR,
     SkillNeuronError,
     neuron_file_of,
+    per_layer_boxplot,
     set_name,
 )
 
@@ -599,30 +600,28 @@ def runs_section(ctx: Context) -> Section:
 # --- accuracy
 
 
-def fit_accuracies(run: Run) -> dict[str, float]:
-    """Accuracy (fraction) per evaluation set of a fit run's best epoch: ``validation`` and adversarial sets."""
-    best = run.summary.get("best") or {}
-    out = {"validation": best["val/acc"]} if best.get("val/acc") is not None else {}
-    out.update({m.group(1): v for k, v in best.items() if v is not None and (m := re.fullmatch(r"adv/(.+)/acc", k))})
+def _accuracies(metrics: dict[str, Any] | None, clean_key: str, clean: str, adversarial: str) -> dict[str, float]:
+    """Accuracy (fraction) per set: ``clean`` from ``clean_key``, adversarial sets from keys matching
+    ``adversarial`` (a regex whose group 1 is the set's name)."""
+    metrics = metrics or {}
+    out = {clean: metrics[clean_key]} if metrics.get(clean_key) is not None else {}
+    out.update({m.group(1): v for k, v in metrics.items() if v is not None and (m := re.fullmatch(adversarial, k))})
     return out
+
+
+def fit_accuracies(run: Run) -> dict[str, float]:
+    """Accuracy per evaluation set of a fit run's best epoch: ``validation`` and adversarial sets."""
+    return _accuracies(run.summary.get("best"), "val/acc", "validation", r"adv/(.+)/acc")
 
 
 def test_accuracies(run: Run) -> dict[str, float]:
-    """Accuracy (fraction) per set of a test run: ``test`` and adversarial sets."""
-    metrics = run.summary.get("test_metrics") or {}
-    out = {"test": metrics["test/acc"]} if metrics.get("test/acc") is not None else {}
-    out.update({m.group(1): v for k, v in metrics.items()
-                if v is not None and (m := re.fullmatch(r"test/adv/(.+)/acc", k))})
-    return out
+    """Accuracy per set of a test run: ``test`` and adversarial sets."""
+    return _accuracies(run.summary.get("test_metrics"), "test/acc", "test", r"test/adv/(.+)/acc")
 
 
 def validate_accuracies(run: Run) -> dict[str, float]:
-    """Accuracy (fraction) per set of a validate run: ``validation`` and adversarial sets."""
-    metrics = run.summary.get("validate_metrics") or {}
-    out = {"validation": metrics["val/acc"]} if metrics.get("val/acc") is not None else {}
-    out.update({m.group(1): v for k, v in metrics.items()
-                if v is not None and (m := re.fullmatch(r"adv/(.+)/acc", k))})
-    return out
+    """Accuracy per set of a validate run: ``validation`` and adversarial sets."""
+    return _accuracies(run.summary.get("validate_metrics"), "val/acc", "validation", r"adv/(.+)/acc")
 
 
 def accuracy_rows(ctx: Context, runs: list[Run], read: Callable[[Run], dict[str, float]], clean: str,
@@ -1105,23 +1104,11 @@ def per_layer_figure(ctx: Context, key: tuple, combined: dict[str, torch.Tensor]
     family, backbone, part, task, shape = key
     fig, axes, figure = ctx.figure(slug("per_layer", backbone, part, task),
                                    f"Predictivity per layer, {backbone} · {task} ({part})", WIDE)
+    colours = ["tab:blue" if name == ctx.eval_set else ["tab:red", "tab:orange", "tab:purple"][(k - 1) % 3]
+               for k, name in enumerate(combined)]
     ax = axes[0][0]
-    layers = shape[0]
-    width = 0.8 / max(1, len(combined))
-    for k, (name, score) in enumerate(combined.items()):
-        centres = [layer + (k - (len(combined) - 1) / 2) * width for layer in range(layers)]
-        parts = ax.boxplot(list(score.numpy()), positions=centres, widths=width * 0.9, patch_artist=True,
-                           showfliers=False, manage_ticks=False)
-        colour = "tab:blue" if name == ctx.eval_set else ["tab:red", "tab:orange", "tab:purple"][(k - 1) % 3]
-        for box in parts["boxes"]:
-            box.set_facecolor(colour)
-        ax.plot([], [], color=colour, linewidth=8, label=name)
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xticks(range(layers))
-    ax.set_xlabel(f"{part} layer")
-    ax.set_ylabel("score (max predictivity over positions), mean over seeds")
+    per_layer_boxplot(ax, combined, colours, part, "score (max predictivity over positions), mean over seeds")
     ax.set_title(f"{backbone} ({family_name(family)}) · {task}: predictivity per layer")
-    ax.legend(loc="upper left", fontsize="small")
     return ctx.save(fig, figure)
 
 
