@@ -173,6 +173,7 @@ class RunSummary(Callback):
             "backbone": hparams.get("backbone"), "family": getattr(pl_module, "family", None),
             "task": getattr(getattr(datamodule, "task", None), "name", None),
             "seed": self.config.get("seed_everything"), "prompt_length": hparams.get("prompt_length"),
+            "layout": hparams.get("layout", "standard"),
             "learning_rate": hparams.get("learning_rate"), "precision": str(trainer.precision),
             "world_size": trainer.world_size,
         }

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -158,6 +158,18 @@ def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: 
     ax.legend(loc="upper left", fontsize="small")
 
 
+def _span(positions: list[int]) -> str:
+    """``[0, 1, 2, 3]`` -> ``0..3``; ``[0, 1, 2, 9]`` -> ``0..2, 9``."""
+    parts, start = [], None
+    for k, value in enumerate(positions):
+        if start is None:
+            start = value
+        if k + 1 == len(positions) or positions[k + 1] != value + 1:
+            parts.append(f"{start}..{value}" if value != start else f"{value}")
+            start = None
+    return ", ".join(parts)
+
+
 class SkillNeuronCallback(Callback):
     """Skill-neuron analysis of the prompt at the end of ``fit`` and after ``validate`` / ``test``.
 
@@ -169,6 +181,10 @@ class SkillNeuronCallback(Callback):
     Args:
         part: ``encoder`` (default; P1) or ``decoder`` (encoder–decoders only: the units of the first
             decoder step, as the decoder never sees the prompt positions).
+        positions: which encoder positions are analysed: ``prompt`` (default; P1/P2: the prompt slots
+            0..P−1, which under ``layout: paper`` include a masked LM's ``<mask>`` in slot 0), ``mask`` (the
+            ``<mask>`` position alone) or ``prompt+mask`` (masked LMs only). The choice and the absolute
+            positions are recorded in every neuron file and in ``summary.json``.
         max_threshold_samples: at most this many train examples for thresholds (seeded random subset;
             default: the whole train split).
         threshold_seed: seed of that subset.
@@ -182,7 +198,8 @@ class SkillNeuronCallback(Callback):
 
     def __init__(
         self,
-        part: str = "encoder",
+        part: Literal["encoder", "decoder"] = "encoder",
+        positions: Literal["prompt", "mask", "prompt+mask"] = "prompt",
         max_threshold_samples: int | None = None,
         threshold_seed: int = 0,
         batch_size: int | None = None,
@@ -203,6 +220,7 @@ class SkillNeuronCallback(Callback):
             if not values or any(not 0 < p <= 100 for p in values):
                 raise SkillNeuronError(f"{name}={list(values)}: give percentages in (0, 100]")
         self.part = part
+        self.positions = positions
         self.max_threshold_samples = max_threshold_samples
         self.threshold_seed = threshold_seed
         self.batch_size = batch_size
@@ -241,6 +259,12 @@ class SkillNeuronCallback(Callback):
             ffn_shape(pl_module.backbone, self.part)
         except FFNLookupError as error:
             raise SkillNeuronError(f"SkillNeuronCallback(part={self.part!r}): {error}") from None
+        if self.positions not in pl_module.position_choices() or (self.part == "decoder" and self.positions != "prompt"):
+            raise SkillNeuronError(
+                f"SkillNeuronCallback(positions={self.positions!r}) does not exist for a {pl_module.family} model"
+                + (" analysed at the decoder's first step" if self.part == "decoder" else "")
+                + f" — choose one of {list(pl_module.position_choices()) if self.part == 'encoder' else ['prompt']}"
+                + (" (T5 has no <mask> position)" if pl_module.family == "seq2seq" else ""))
         datasets = getattr(datamodule, "datasets", None)
         if datasets is None or not hasattr(datamodule, "analysis_loader"):
             raise SkillNeuronError("SkillNeuronCallback needs a PromptDataModule (it reads its splits by role)")
@@ -322,8 +346,10 @@ class SkillNeuronCallback(Callback):
         every split, all-reduced when ``world > 1``. Call it inside ``torch.no_grad()`` (and the precision
         context). Returns, per role, threshold / accuracy / predictivity / score / class_count on the CPU."""
         layers, units = ffn_shape(pl_module.backbone, self.part)
-        positions = pl_module.neuron_positions(self.part)
-        num_positions = len(range(*positions.indices(10**9)))
+        positions = pl_module.neuron_positions(self.part, self.positions)  # absolute positions, in order
+        num_positions = len(positions)
+        if positions == list(range(num_positions)):
+            positions = slice(0, num_positions)  # a view, no copy, for the common case
         device = pl_module.device
 
         train = datamodule.datasets[THRESHOLD_ROLE]
@@ -411,7 +437,10 @@ class SkillNeuronCallback(Callback):
             "max_threshold_samples": self.max_threshold_samples, "threshold_seed": self.threshold_seed,
             "prompt_checkpoint": str(prompt_source), "stage": stage,
             "shape": {"layers": layers, "positions": positions, "units": units},
-            "positions": "prompt positions 0..P-1" if self.part == "encoder" else "first decoder step",
+            "layout": pl_module.hparams.get("layout", "standard"), "analysed_positions": self.positions,
+            "absolute_positions": pl_module.neuron_positions(self.part, self.positions),
+            "positions": (f"{self.positions}: absolute positions {_span(pl_module.neuron_positions(self.part, self.positions))}"
+                          if self.part == "encoder" else "first decoder step"),
             "multiclass": "one-vs-rest (class, layer, position, unit)" if datamodule.num_classes > 2 else None,
         }
         sets = {}

@@ -14,8 +14,9 @@ analysis reads), during ``validate``/``test`` only:
 - ``gaussian``: add noise ``N(0, std²)`` (P2's default, std 0.1), one draw per example × unit, broadcast over
   positions; the draw is a hash of (seed, evaluation set, example row, layer, unit), so it does not depend on
   batching, order or the number of processes;
-- ``mean``: replace by the unit's threshold (its train-split mean): ``b[l,t,i]`` at prompt position ``t``,
-  and the mean over prompt positions at the text positions (the threshold exists only at prompt positions).
+- ``mean``: replace by the unit's threshold (its train-split mean): ``b[l,t,i]`` at each analysed position
+  ``t`` (the neuron file's ``absolute_positions``: the prompt slots, the ``<mask>``, ... as the analysis chose),
+  and the mean over those positions everywhere else (the threshold exists only at analysed positions).
 
 ``rate: 0`` selects no unit and registers no hook: accuracy equals plain validation bit for bit.
 ``adversarial_neurons``: ``clean`` (default; P1's ``--adv_nonAdv``) suppresses the clean set's skill neurons
@@ -133,7 +134,7 @@ class NeuronSuppression(Callback):
         self.neurons = list(neurons) if neurons else None
         self.eval_set, self.adversarial_neurons, self.part, self.seed = eval_set, adversarial_neurons, part, seed
         self.masks: list[torch.Tensor] = []  # per evaluation loader: (L, N) bool
-        self.values: list[torch.Tensor | None] = []  # per loader: (L, P, N) thresholds for "mean"
+        self.values: list[tuple | None] = []  # per loader: (L, P, N) thresholds and their positions, for "mean"
         self.record: dict = {}
         self._handles: list = []
         self._loader = 0
@@ -203,11 +204,15 @@ class NeuronSuppression(Callback):
         seed = stable_seed("random-control", datamodule.task.name, pl_module.hparams.get("backbone"), self.seed)
         return random_units(*score.shape, self.rate, seed)
 
-    def _thresholds(self, files: list[str], pl_module) -> torch.Tensor:
-        thresholds = [load_neuron_file(f)[0]["threshold"] for f in files]
-        if len({tuple(t.shape) for t in thresholds}) != 1:
-            raise SkillNeuronError(f"threshold shapes differ across {files}; 'mean' needs runs of one prompt length")
-        return torch.stack(thresholds).mean(dim=0)  # (L, P, N)
+    def _thresholds(self, files: list[str], pl_module) -> tuple[torch.Tensor, list[int]]:
+        """The mean threshold over ``files`` (L, P, N) and the absolute positions its P rows belong to."""
+        loaded = [load_neuron_file(f) for f in files]
+        thresholds = [tensors["threshold"] for tensors, _ in loaded]
+        positions = {tuple(meta.get("absolute_positions") or range(t.shape[1])) for (_, meta), t in zip(loaded, thresholds)}
+        if len({tuple(t.shape) for t in thresholds}) != 1 or len(positions) != 1:
+            raise SkillNeuronError(f"threshold shapes or analysed positions differ across {files}; 'mean' needs runs "
+                                   "of one prompt length analysed at the same positions")
+        return torch.stack(thresholds).mean(dim=0), list(positions.pop())  # (L, P, N), P positions
 
     # ------------------------------------------------------------------ hooks
     def _perturb(self, layer: int, units: torch.Tensor) -> torch.Tensor | None:
@@ -220,11 +225,12 @@ class NeuronSuppression(Callback):
             out = units.clone()
             out[:, :, selected] += (self.std * noise).to(device=units.device, dtype=units.dtype)[:, None, :]
             return out
-        threshold = self.values[self._loader][layer].to(device=units.device, dtype=units.dtype)  # (P, N)
-        positions = units.shape[1]
-        fill = threshold.mean(dim=0, keepdim=True).expand(positions, -1).clone()  # (S, N)
-        head = min(positions, threshold.shape[0])
-        fill[:head] = threshold[:head]
+        values, at = self.values[self._loader]
+        threshold = values[layer].to(device=units.device, dtype=units.dtype)  # (P, N) at positions `at`
+        length = units.shape[1]
+        fill = threshold.mean(dim=0, keepdim=True).expand(length, -1).clone()  # (S, N)
+        inside = [k for k, position in enumerate(at) if position < length]
+        fill[[at[k] for k in inside]] = threshold[inside]
         return torch.where(mask, fill, units)  # (B, S, N)
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:

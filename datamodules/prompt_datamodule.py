@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import torch
@@ -13,7 +14,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.sources import prepare_split
-from datamodules.tasks import Source, TaskError, TaskSpec, as_source, get_task
+from datamodules.tasks import MARKERS, P1_ROBERTA_BASE_IDS, Source, TaskError, TaskSpec, as_source, get_task
 from lightning_modules.backbones import family_of, load_tokenizer, max_input_length_of
 
 CLEAN_EVAL = "validation"
@@ -22,11 +23,19 @@ CLEAN_EVAL = "validation"
 class PromptDataModule(LightningDataModule):
     """Tokenised examples of one task for prompt tuning, with the task's adversarial sets.
 
-    Each example becomes ``input_ids`` (the template's text with the tokenizer's special tokens; for masked
-    LMs a ``<mask>`` right after the first special token), ``mask_index`` (its position among the text
-    tokens), ``label`` and ``idx`` (its row in the source file, so analyses can align examples). The text is
-    truncated (longest segment first) to ``max_text_length`` tokens, and further if ``prompt_length`` plus
-    the text would exceed the backbone's positions; the prompt and ``<mask>`` are never truncated.
+    Each example becomes ``input_ids``, ``mask_index``, ``label`` and ``idx`` (its row in the source file, so
+    analyses can align examples). ``input_ids`` depend on ``layout``:
+
+    - ``standard``: the template's text with the tokenizer's special tokens (pairs in the tokenizer's pair
+      form); for masked LMs a ``<mask>`` right after the first special token, ``mask_index`` its position
+      among the text tokens. The text is truncated (longest segment first) to ``max_text_length`` tokens, and
+      further if ``prompt_length`` plus the text would exceed the backbone's positions.
+    - ``paper``: P1's tokens for the task (``TaskSpec.paper``, from its formatters): segments encoded one by
+      one, cut at the end to ``max_text_length`` plus P1's extra length; no ``<mask>`` in the text (the
+      masked LM reads the label at prompt slot 0), ``mask_index`` -1. Label words use P1's id rule: the
+      first sub-token of the word encoded without a leading space.
+
+    The prompt and ``<mask>`` are never truncated.
 
     Hooks: ``prepare_data`` (downloads), ``setup`` (reads, checks and tokenises the splits a stage needs),
     ``train_dataloader``, ``val_dataloader`` (clean validation first, then each adversarial set),
@@ -36,7 +45,9 @@ class PromptDataModule(LightningDataModule):
         task: a built-in task name (``sst2``, ``marker``, ...) or a task declaration (mapping).
         backbone: hub name, local path or preset; linked from ``model.backbone`` by the CLI.
         prompt_length: number of soft-prompt vectors; linked from ``model.prompt_length`` by the CLI.
-        max_text_length: most tokens of the text, special tokens included, not counting prompt or mask.
+        layout: ``paper`` (P1's inputs) or ``standard``; linked from ``model.layout`` by the CLI.
+        max_text_length: most tokens of the text, special tokens included, not counting prompt or mask
+            (``paper``: P1's ``max_len``, to which P1's formats add 0–3 tokens).
         batch_size: training batch size (per device).
         eval_batch_size: evaluation batch size (default: ``batch_size``).
         adversarial: names of the task's adversarial sets to evaluate (default: all it declares; [] none).
@@ -55,6 +66,7 @@ class PromptDataModule(LightningDataModule):
         task: str | dict = "marker",
         backbone: str = "tiny-roberta",
         prompt_length: int = 8,
+        layout: Literal["paper", "standard"] = "standard",
         max_text_length: int = 128,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
@@ -76,6 +88,10 @@ class PromptDataModule(LightningDataModule):
         self._tokenizer = None
         self._family = None
         self._label_token_ids: list[int] | None = None
+
+    @property
+    def layout(self) -> str:
+        return self.hparams.layout
 
     # ------------------------------------------------------------------ declarations
     @staticmethod
@@ -132,15 +148,51 @@ class PromptDataModule(LightningDataModule):
 
     @property
     def label_token_ids(self) -> list[int]:
-        """Vocabulary id per label (label-id order): the verbalizer word, or its first sub-token for T5."""
+        """Vocabulary ids the model scores: one per label (label-id order), then the layout's extra words
+        (P1's MNLI). ``standard``: the verbalizer word after a space (masked LM) or its first sub-token (T5);
+        ``paper``: P1's rule, the first sub-token of the word with no leading space."""
         if self._label_token_ids is None:
-            self._label_token_ids = verbalizer_token_ids(self.tokenizer, self.family, self.task)
+            self._label_token_ids = verbalizer_token_ids(self.tokenizer, self.family, self.task, self.layout)
+            check_p1_ids(self.hparams.backbone, self.tokenizer, self.task, self.family, self.layout,
+                         self._label_token_ids)
         return self._label_token_ids
+
+    @property
+    def label_target_ids(self) -> list[list[int]] | None:
+        """``paper`` seq2seq only: per label, the first ``target_length`` tokens of its word, padded with -100
+        (P1's label-token targets); ``None`` otherwise (the loss is over the scored words' logits)."""
+        if self.layout != "paper" or self.family != "seq2seq":
+            return None
+        length = self.task.paper_format(self.family).target_length
+        words, _ = self.task.scored_words(self.family, self.layout)
+        targets = []
+        for word in words:
+            ids = self.tokenizer(word, add_special_tokens=False)["input_ids"][:length]
+            targets.append(ids + [-100] * (length - len(ids)))
+        return targets
+
+    @property
+    def mask_index(self) -> int | None:
+        """Where ``<mask>`` sits among the text tokens (``standard`` masked LMs: right after the first special
+        token); ``None`` when the text holds no ``<mask>`` (seq2seq, or ``paper``: the mask is prompt slot 0)."""
+        if self.family != "masked_lm" or self.layout == "paper":
+            return None
+        first = self.tokenizer("x")["input_ids"]
+        return 1 if first and first[0] in set(self.tokenizer.all_special_ids) else 0
 
     @property
     def text_budget(self) -> int:
         """Tokens left for the text (special tokens included) once the prompt and ``<mask>`` are placed."""
         tok = self.tokenizer
+        if self.layout == "paper":
+            # P1's lengths; RoBERTa's text positions start after the padding index whatever the prompt (the
+            # prompt slots get zero position embeddings), so only the text counts against the positions.
+            budget = self.hparams.max_text_length + self.task.paper_format(self.family).extra_length
+            if self._max_positions is not None and budget > self._max_positions:
+                raise TaskError(f"max_text_length={self.hparams.max_text_length} gives {budget} text tokens under "
+                                f"layout 'paper', more than the backbone's {self._max_positions} positions — use "
+                                f"--data.max_text_length={self._max_positions - (budget - self.hparams.max_text_length)}")
+            return budget
         budget = self.hparams.max_text_length
         if self._max_positions is not None:
             mask = 1 if self.family == "masked_lm" else 0
@@ -256,11 +308,17 @@ class PromptDataModule(LightningDataModule):
         tok, task, family, budget = self.tokenizer, self.task, self.family, self.text_budget
         mask_id = tok.mask_token_id if family == "masked_lm" else None
         specials = set(tok.all_special_ids)
+        paper = task.paper_format(family) if self.layout == "paper" else None
         key = json.dumps([record["sha256"], tok.name_or_path, len(tok), family, budget, task.template,
-                          type(tok).__name__, _vocab_digest(tok)])
+                          type(tok).__name__, _vocab_digest(tok)]
+                         + ([self.layout, dataclasses.asdict(paper)] if paper else []))
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
 
         def encode(batch):
+            if paper is not None:
+                rows = [dict(zip(task.text_fields, values)) for values in zip(*(batch[f] for f in task.text_fields))]
+                return {"input_ids": [p1_tokens(tok, paper, row, budget) for row in rows],
+                        "mask_index": [-1] * len(rows)}
             segments = [[seg.format(**dict(zip(task.text_fields, values))) for seg in task.template]
                         for values in zip(*(batch[f] for f in task.text_fields))]
             first = [s[0] for s in segments]
@@ -283,9 +341,11 @@ class PromptDataModule(LightningDataModule):
 
     def state_for_summary(self) -> dict:
         """What the run's summary records about the data: task, splits (with content hashes), settings."""
+        words, extra = self.task.scored_words(self.family, self.layout)
         return {
             "task": self.task.name, "task_type": self.task.type, "label_names": list(self.task.label_names),
-            "verbalizer": list(self.task.words(self.family)), "label_token_ids": self.label_token_ids,
+            "layout": self.layout, "verbalizer": list(words), "extra_words": list(extra),
+            "label_token_ids": self.label_token_ids,
             "eval_sets": self.eval_set_names, "splits": self.split_records,
         }
 
@@ -311,13 +371,52 @@ class Collator:
         }
 
 
-def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec) -> list[int]:
-    """The token id read for each label; raises if a word is not in the vocabulary or ids collide."""
-    words = task.words(family)
+def p1_tokens(tokenizer, paper, row: dict[str, Any], budget: int) -> list[int]:
+    """P1's text tokens of one example (``layout: paper``; see :class:`~datamodules.tasks.PaperFormat`)."""
+    fields = {k: str(v).strip() for k, v in row.items()}
+    ids: list[int] = []
+    for segment in paper.segments:
+        if segment in MARKERS:
+            ids.append(getattr(tokenizer, MARKERS[segment]))
+        else:
+            ids.extend(tokenizer.encode(segment.format(**fields), add_special_tokens=False))
+    if len(ids) > budget:
+        ids = ids[: budget - 1] + ids[-1:] if paper.keeps_last else ids[:budget]
+    return ids
+
+
+def check_p1_ids(backbone: str, tokenizer, task: TaskSpec, family: str, layout: str, ids: list[int]) -> None:
+    """``layout: paper`` on roberta-base must read the vocabulary ids P1 reads (``P1_ROBERTA_BASE_IDS``)."""
+    name = str(getattr(tokenizer, "name_or_path", "") or backbone)
+    if layout != "paper" or family != "masked_lm" or task.name not in P1_ROBERTA_BASE_IDS:
+        return
+    if Path(name).name != "roberta-base" and Path(str(backbone)).name != "roberta-base":
+        return
+    labels, extra = P1_ROBERTA_BASE_IDS[task.name]
+    expected = [*labels, *extra]
+    if len(expected) != len(ids) or any(e is not None and e != i for e, i in zip(expected, ids)):
+        raise TaskError(
+            f"layout 'paper' on roberta-base must read P1's vocabulary ids {expected} for task {task.name!r} "
+            f"(None: not checked), but this tokenizer gives {ids} for the words "
+            f"{list(sum(task.scored_words(family, layout), ()))} — the tokenizer is not roberta-base's, or the "
+            "verbalizer was changed; use the original roberta-base tokenizer or --model.layout=standard"
+        )
+
+
+def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec, layout: str = "standard") -> list[int]:
+    """The token ids scored for each label, then the layout's extra words; raises if a word is not in the
+    vocabulary or ids collide."""
+    words, extra = task.scored_words(family, layout)
     unk = tokenizer.unk_token_id
     ids = []
-    for word in words:
-        if family == "masked_lm":
+    for word in (*words, *extra):
+        if layout == "paper":
+            # P1 (PromptRoberta.py / PromptT5.py): tokenizer.encode(word, add_special_tokens=False), first id.
+            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if not pieces or pieces[0] == unk:
+                raise TaskError(f"verbalizer word {word!r} of task {task.name!r} is not in the vocabulary of "
+                                f"{tokenizer.name_or_path!r} — choose another word (task paper.{family}.words)")
+        elif family == "masked_lm":
             # A masked LM predicts one token at <mask>: the word must be a single token after a space.
             pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
             if len(pieces) != 1 or pieces[0] == unk:
@@ -337,7 +436,7 @@ def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec) -> list[int]:
     if len(set(ids)) != len(ids):
         first = [tokenizer.convert_ids_to_tokens(i) for i in ids]
         raise TaskError(
-            f"label words {list(words)} of task {task.name!r} share their first sub-token ({first}), so the "
+            f"label words {list((*words, *extra))} of task {task.name!r} share their first sub-token ({first}), so the "
             f"first decoder step cannot tell them apart — choose words that start differently"
         )
     return ids

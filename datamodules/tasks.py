@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 FAMILIES = ("masked_lm", "seq2seq")
+LAYOUTS = ("paper", "standard")
+# Markers usable as a whole segment of a P1 format: the tokenizer's own special token goes there.
+MARKERS = {"{cls}": "cls_token_id", "{sep}": "sep_token_id", "{eos}": "eos_token_id"}
 SPLIT_ROLES = ("train", "validation", "test")
 SAMPLES_DIR = Path(__file__).parent / "data"
 FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -39,6 +42,45 @@ FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json",
 
 class TaskError(ValueError):
     """A user's mistake in declaring or choosing a task; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class PaperFormat:
+    """How P1 (Robust-Neurons ``src/formatter/<Task>Prompt{Roberta,T5}Formatter.py``) turns one example of a
+    task into tokens for one backbone family — used by ``layout: paper``.
+
+    ``segments`` are encoded one by one with ``add_special_tokens=False`` and concatenated, exactly as P1
+    calls ``tokenizer.encode`` per piece (this matters for SentencePiece, which marks word starts). A segment
+    that is only a marker (``{cls}``, ``{sep}``, ``{eos}``) becomes the tokenizer's own special token; any
+    other segment is a format string over the task's text fields (values ``.strip()``-ed, as P1 does).
+    Truncation is P1's: the tokens are cut at the end to ``max_text_length + extra_length``; when the last
+    segment is a marker it is kept (cut one earlier, then the marker). ``words`` overrides the task's
+    verbalizer (label-id order) and ``extra_words`` are scored but are no label (P1's MNLI scores three words
+    against binary labels). ``target_length`` is P1's ``target_len`` (seq2seq: how many tokens of the label
+    word the training loss covers).
+    """
+
+    segments: tuple[str, ...]
+    extra_length: int = 0
+    words: tuple[str, ...] = ()
+    extra_words: tuple[str, ...] = ()
+    target_length: int = 1
+
+    @classmethod
+    def from_value(cls, value: Any) -> "PaperFormat":
+        if isinstance(value, PaperFormat):
+            return value
+        if not isinstance(value, dict) or "segments" not in value:
+            raise TaskError(f"a paper format is a mapping with 'segments' (and optionally extra_length, words, "
+                            f"extra_words, target_length), got {value!r}")
+        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TaskError(f"unknown paper format keys {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+
+    @property
+    def keeps_last(self) -> bool:
+        return self.segments[-1] in MARKERS
 
 
 @dataclass(frozen=True)
@@ -108,6 +150,7 @@ class TaskSpec:
     label_map: dict[Any, str] = field(default_factory=dict)
     drop_labels: tuple[Any, ...] = ()
     description: str = ""
+    paper: dict[str, PaperFormat] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.template:
@@ -131,6 +174,16 @@ class TaskSpec:
         for raw, name in self.label_map.items():
             if name not in self.label_names:
                 raise TaskError(f"task {self.name!r}: label_map sends {raw!r} to unknown label {name!r}")
+        for family, fmt in self.paper.items():
+            if family not in FAMILIES:
+                raise TaskError(f"task {self.name!r}: paper format for unknown family {family!r} (use {FAMILIES})")
+            for segment in fmt.segments:
+                for fname in ([] if segment in MARKERS else _format_fields(segment)):
+                    if fname not in self.text_fields:
+                        raise TaskError(f"task {self.name!r}: paper format uses {{{fname}}}, not in {self.text_fields}")
+            if fmt.words and len(fmt.words) != len(self.label_names):
+                raise TaskError(f"task {self.name!r}: paper words {list(fmt.words)} must give one word per label "
+                                f"{list(self.label_names)}")
         if "train" not in self.splits or "validation" not in self.splits:
             raise TaskError(f"task {self.name!r} needs 'train' and 'validation' splits, got {list(self.splits)}")
         for role in self.splits:
@@ -161,6 +214,22 @@ class TaskSpec:
             )
         return self.verbalizers[family]
 
+    def paper_format(self, family: str) -> PaperFormat:
+        """P1's format of this task for ``family`` (``layout: paper``); raises if the task has none."""
+        if family not in self.paper:
+            raise TaskError(
+                f"task {self.name!r} has no P1 input format for {family} backbones, so layout 'paper' cannot run "
+                f"it — use --model.layout=standard, or declare paper.{family}.segments in the task"
+            )
+        return self.paper[family]
+
+    def scored_words(self, family: str, layout: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(label words in label-id order, extra words that are scored but are no label) for a layout."""
+        if layout == "paper":
+            fmt = self.paper_format(family)
+            return (fmt.words or self.words(family)), fmt.extra_words
+        return self.words(family), ()
+
     @classmethod
     def from_dict(cls, spec: dict) -> "TaskSpec":
         """Build a task from a plain mapping (a YAML ``data.task``), with clear errors for missing keys."""
@@ -182,6 +251,7 @@ class TaskSpec:
         spec["splits"] = {k: as_source(v) for k, v in spec["splits"].items()}
         spec["adversarial"] = {k: as_source(v) for k, v in (spec.get("adversarial") or {}).items()}
         spec["label_map"] = dict(spec.get("label_map") or {})
+        spec["paper"] = {k: PaperFormat.from_value(v) for k, v in (spec.get("paper") or {}).items()}
         return cls(**spec)
 
 
@@ -230,6 +300,45 @@ def _adv(config: str, json_field: str, **kw) -> Source:
     return Source(hub=ADV_GLUE, hub_config=config, hub_split="validation", json_field=json_field, **kw)
 
 
+# ---- P1's input formats (layout: paper), from Robust-Neurons src/formatter/*Prompt{Roberta,T5}Formatter.py ----
+# RoBERTa: `<s> s </s>` with s cut to max_len (SST2/IMDB/movierationales/ethicsjustice), `<s> s1 </s> s2 </s>`
+# cut to max_len+3 keeping the last `</s>` (MNLI/QNLI/QQP/MRPC/ethicsdeontology). T5: `s </s>` cut to max_len
+# (SST2/IMDB/movierationales); MNLI/QNLI `"hypothesis: "+s1, " [SEP] sentence: ", "premise: "+s2` with no `</s>`,
+# cut to max_len+2; QQP/MRPC `s1 <extra_id_0> s2 </s>` cut to max_len+2 keeping `</s>`; ethicsdeontology
+# `s1 s2`, ethicsjustice `s`, both without `</s>`, cut to max_len+2. T5 target_len: 2 for MNLI/QNLI, else 1
+# (src/config/*PromptT5.config).
+
+
+def _p1_single(text: str) -> dict[str, PaperFormat]:
+    return {"masked_lm": PaperFormat(("{cls}", "{%s}" % text, "{sep}"), extra_length=2),
+            "seq2seq": PaperFormat(("{%s}" % text, "{eos}"))}
+
+
+def _p1_roberta_pair(first: str, second: str, **kw) -> PaperFormat:
+    return PaperFormat(("{cls}", "{%s}" % first, "{sep}", "{%s}" % second, "{sep}"), extra_length=3, **kw)
+
+
+def _p1_t5_nli(hypothesis: str, premise: str, **kw) -> PaperFormat:
+    return PaperFormat(("hypothesis: {%s}" % hypothesis, " [SEP] sentence: ", "premise: {%s}" % premise),
+                       extra_length=2, target_length=2, **kw)
+
+
+def _p1_paraphrase(first: str, second: str) -> dict[str, PaperFormat]:
+    return {"masked_lm": _p1_roberta_pair(first, second),
+            "seq2seq": PaperFormat(("{%s}" % first, "<extra_id_0>", "{%s}" % second, "{eos}"), extra_length=2)}
+
+
+ETHICS = "hendrycks/ethics"
+# ETHICS's hub "validation" split is the release's test.csv, the set P1 evaluates (3596 deontology / 2704
+# justice rows, as src/data/*_test.csv); the hub's "test" split is test_hard.
+ETHICS_VERBALIZERS = {"masked_lm": ("unacceptable", "acceptable"), "seq2seq": ("unacceptable", "acceptable")}
+
+
+def _ethics(config: str) -> dict[str, Source]:
+    return {role: _hub(ETHICS, config, split) for role, split in
+            (("train", "train"), ("validation", "validation"), ("test", "test"))}
+
+
 _MNLI_BINARY = dict(
     label_names=("entailment", "contradiction"),
     label_map={0: "entailment", 2: "contradiction", "entailment": "entailment", "contradiction": "contradiction"},
@@ -242,6 +351,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="sst2", type="sentiment", text_fields=("sentence",), label_names=("negative", "positive"),
             verbalizers=SENTIMENT, splits=_glue("sst2"), adversarial={"adv_sst2": _adv("adv_sst2", "sst2")},
+            paper=_p1_single("sentence"),
         ),
         TaskSpec(
             name="imdb", type="sentiment", text_fields=("text",), label_names=("neg", "pos"),
@@ -249,6 +359,7 @@ TASKS: dict[str, TaskSpec] = {
             # P1 evaluates IMDB on its test split (there is no validation split on the hub).
             splits={"train": _hub("stanfordnlp/imdb", None, "train"),
                     "validation": _hub("stanfordnlp/imdb", None, "test")},
+            paper=_p1_single("text"),
         ),
         TaskSpec(
             name="movie_rationales", type="sentiment", text_fields=("review",), label_names=("NEG", "POS"),
@@ -256,17 +367,25 @@ TASKS: dict[str, TaskSpec] = {
             splits={"train": _hub("eraser-benchmark/movie_rationales", None, "train"),
                     "validation": _hub("eraser-benchmark/movie_rationales", None, "validation"),
                     "test": _hub("eraser-benchmark/movie_rationales", None, "test")},
+            paper=_p1_single("review"),
         ),
         TaskSpec(
             name="qnli", type="nli", text_fields=("question", "sentence"),
             label_names=("entailment", "not_entailment"), verbalizers=ENTAILMENT, splits=_glue("qnli"),
             adversarial={"adv_qnli": _adv("adv_qnli", "qnli")},
+            paper={"masked_lm": _p1_roberta_pair("question", "sentence"),
+                   "seq2seq": _p1_t5_nli("question", "sentence")},
         ),
         TaskSpec(
             name="mnli", type="nli", text_fields=("premise", "hypothesis"), verbalizers=ENTAILMENT,
             splits=_glue("mnli", validation="validation_matched"),
             adversarial={"adv_mnli": _adv("adv_mnli", "mnli"), "adv_mnli_mm": _adv("adv_mnli_mismatched", "mnli-mm")},
             description="binary MNLI without neutral (as P1)", **_MNLI_BINARY,
+            # P1 feeds the hypothesis first and scores three words against binary labels: RoBERTa reads
+            # entailment at "neutral" ([no, neutral, yes], PromptRoberta.py), T5 scores [contradiction, neutral,
+            # entailment] (PromptT5.py acc()).
+            paper={"masked_lm": _p1_roberta_pair("hypothesis", "premise", words=("neutral", "no"), extra_words=("yes",)),
+                   "seq2seq": _p1_t5_nli("hypothesis", "premise", extra_words=("neutral",))},
         ),
         TaskSpec(
             name="mnli3", type="nli", text_fields=("premise", "hypothesis"),
@@ -279,16 +398,36 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="qqp", type="paraphrase", text_fields=("question1", "question2"),
             label_names=("not_duplicate", "duplicate"), verbalizers=PARAPHRASE_NOT_FIRST, splits=_glue("qqp"),
-            adversarial={"adv_qqp": _adv("adv_qqp", "qqp")},
+            adversarial={"adv_qqp": _adv("adv_qqp", "qqp")}, paper=_p1_paraphrase("question1", "question2"),
         ),
         TaskSpec(
             name="mrpc", type="paraphrase", text_fields=("sentence1", "sentence2"),
             label_names=("not_equivalent", "equivalent"), verbalizers=PARAPHRASE_NOT_FIRST, splits=_glue("mrpc"),
+            paper=_p1_paraphrase("sentence1", "sentence2"),
+        ),
+        # ETHICS (P1 src/dataset/ethics{deontology,justice}Dataset.py): label = column 0 of the csv (1 acceptable),
+        # deontology text = scenario then excuse, justice = scenario; verbalizers unacceptable / acceptable.
+        TaskSpec(
+            name="ethics_deontology", type="ethics", text_fields=("scenario", "excuse"),
+            label_names=("unacceptable", "acceptable"), verbalizers=ETHICS_VERBALIZERS, splits=_ethics("deontology"),
+            paper={"masked_lm": _p1_roberta_pair("scenario", "excuse"),
+                   "seq2seq": PaperFormat(("{scenario}", "{excuse}"), extra_length=2)},
+            description="ETHICS deontology: is the excuse reasonable? (evaluated on the release's test.csv)",
+        ),
+        TaskSpec(
+            name="ethics_justice", type="ethics", text_fields=("scenario",),
+            label_names=("unacceptable", "acceptable"), verbalizers=ETHICS_VERBALIZERS, splits=_ethics("justice"),
+            paper={"masked_lm": _p1_single("scenario")["masked_lm"],
+                   "seq2seq": PaperFormat(("{scenario}",), extra_length=2)},
+            description="ETHICS justice: is the claim just? (evaluated on the release's test.csv)",
         ),
         TaskSpec(
             name="rte", type="nli", text_fields=("sentence1", "sentence2"),
             label_names=("entailment", "not_entailment"), verbalizers=ENTAILMENT, splits=_glue("rte"),
             adversarial={"adv_rte": _adv("adv_rte", "rte")},
+            # RTE is not one of P1's tasks: its paper format follows P1's NLI formats (hypothesis first for T5).
+            paper={"masked_lm": _p1_roberta_pair("sentence1", "sentence2"),
+                   "seq2seq": _p1_t5_nli("sentence2", "sentence1")},
         ),
         # ---- shipped samples (no network needed) ----
         TaskSpec(
@@ -298,6 +437,7 @@ TASKS: dict[str, TaskSpec] = {
                     "validation": Source(file=str(SAMPLES_DIR / "marker" / "validation.jsonl"))},
             adversarial={"marker_typo": Source(file=str(SAMPLES_DIR / "marker" / "adversarial.jsonl"))},
             description="synthetic: does the word 'banana' occur? (adversarial: one typo per sentence)",
+            paper=_p1_single("sentence"),
         ),
         TaskSpec(
             name="sst2_sample", type="sentiment", text_fields=("sentence",), label_names=("negative", "positive"),
@@ -306,8 +446,22 @@ TASKS: dict[str, TaskSpec] = {
                     "validation": Source(file=str(SAMPLES_DIR / "sst2_sample" / "dev.tsv"))},
             adversarial={"adv_sst2": Source(file=str(SAMPLES_DIR / "sst2_sample" / "adv_dev.json"), json_field="sst2")},
             description="2,000 SST-2 train rows, 200 dev rows and all 148 AdvGLUE SST-2 dev rows, shipped",
+            paper=_p1_single("sentence"),
         ),
     ]
+}
+
+
+# P1's vocabulary ids for roberta-base (PromptRoberta.py), in this project's label-id order, then the extra
+# scored ids. `layout: paper` on roberta-base refuses to run if the tokenizer gives other ids. ETHICS label 0
+# is left out: P1's code reads id 897 where its own comment says "un" is 879, and which one its prompts were
+# trained with cannot be checked offline (README, "Reproducing the paper").
+P1_ROBERTA_BASE_IDS: dict[str, tuple[tuple[int | None, ...], tuple[int, ...]]] = {
+    **{t: ((33407, 22173), ()) for t in ("sst2", "imdb", "movie_rationales")},
+    "qnli": ((10932, 2362), ()),
+    "mnli": ((12516, 2362), (10932,)),
+    **{t: ((22303, 29225), ()) for t in ("qqp", "mrpc")},
+    **{t: ((None, 32047), ()) for t in ("ethics_deontology", "ethics_justice")},
 }
 
 

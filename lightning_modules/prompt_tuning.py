@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,17 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 class PromptTuningModule(LightningModule):
     """Trains a soft prompt in front of a frozen backbone; the label is read through a verbalizer.
 
-    The input is ``[prompt (P vectors)] [text tokens]``; for masked LMs the text starts with ``<s> <mask>``.
-    Prompt positions keep the backbone's own position embeddings (as P2; P1 zeroes them), so the prompt and
-    text together must fit ``max_position_embeddings`` — the DataModule truncates the text to make sure.
+    The input is ``[prompt (P vectors)] [text tokens]``. ``layout`` says how the rest follows:
+
+    - ``paper`` (P1, Robust-Neurons ``src/models/modelling_roberta.py`` / ``PromptRoberta.py`` /
+      ``PromptT5.py``): masked LMs put the ``<mask>`` embedding in prompt slot 0 (``P − 1`` vectors are
+      used), give the prompt slots zero position embeddings, number the text's positions as if there were
+      no prompt, and read the label at slot 0; the text is P1's per-task format. Seq2seq models train with
+      cross-entropy on the label word's first ``target_length`` tokens (P1's ``target_len``) and predict
+      from the first decoder step restricted to the scored words.
+    - ``standard``: masked LMs read the label at a ``<mask>`` after ``<s>`` in the text, prompt positions
+      keep the backbone's position embeddings (as P2), so prompt and text together must fit
+      ``max_position_embeddings``; every family trains with cross-entropy over the scored words' logits.
 
     Only ``prompt.weight`` is trained: the backbone has ``requires_grad=False``, is not in the optimizer and
     runs in eval mode (dropout off) unless ``backbone_dropout=True``; its weights are bit-identical after
@@ -42,7 +50,9 @@ class PromptTuningModule(LightningModule):
     Args:
         backbone: hub name (``roberta-base``), local directory, or preset (``tiny-roberta``, ...).
         prompt_length: number of soft-prompt vectors ``P`` (P1: 100).
-        prompt_init: ``vocab`` (sampled token embeddings), ``random`` or ``text``.
+        layout: ``paper`` (P1's inputs, readout and loss) or ``standard`` (see above).
+        prompt_init: ``vocab`` (sampled token embeddings), ``random``, ``normal`` (P1's RoBERTa prompt:
+            N(0, the backbone's ``initializer_range``)) or ``text``.
         prompt_init_text: the text for ``prompt_init=text``.
         learning_rate: AdamW learning rate, constant (P1: 1e-3 RoBERTa, 5e-3 T5).
         weight_decay: AdamW weight decay (P1: 0).
@@ -56,7 +66,8 @@ class PromptTuningModule(LightningModule):
         self,
         backbone: str = "tiny-roberta",
         prompt_length: int = 8,
-        prompt_init: str = "vocab",
+        layout: Literal["paper", "standard"] = "standard",
+        prompt_init: Literal["vocab", "random", "normal", "text"] = "vocab",
         prompt_init_text: str | None = None,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
@@ -72,16 +83,26 @@ class PromptTuningModule(LightningModule):
                 f"backbone {backbone!r} is a {loaded.family} model, but {type(self).__name__} tunes "
                 f"{self.family} models — use --model=lightning_modules.{right} (class_path in a config)"
             )
+        if layout == "paper" and self.family == "masked_lm" and prompt_length < 2:
+            raise BackboneError(f"layout 'paper' puts <mask> in prompt slot 0, so prompt_length={prompt_length} "
+                                "leaves no trainable vector — use --model.prompt_length=2 or more (P1: 100)")
         self.backbone = loaded.model.requires_grad_(False)
         self.tokenizer = loaded.tokenizer
+        self.check_layout(layout)
         embeddings = self.backbone.get_input_embeddings().weight  # (V, H)
         self.prompt = SoftPrompt(prompt_length, embeddings.shape[1])
         text_ids = self.tokenizer(prompt_init_text, add_special_tokens=False)["input_ids"] if prompt_init_text else None
-        self.prompt.initialise(prompt_init, embeddings.detach(), text_ids, exclude_ids=self.tokenizer.all_special_ids)
+        self.prompt.initialise(prompt_init, embeddings.detach(), text_ids, exclude_ids=self.tokenizer.all_special_ids,
+                               std=getattr(self.backbone.config, "initializer_range", None))
         # Checkpoints leave the backbone out, so loading must accept its keys as missing.
         self.strict_loading = False
         self.register_buffer("label_token_ids", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("label_target_ids", torch.zeros(0, dtype=torch.long), persistent=False)
         self.eval_set_names: list[str] = []
+        self.mask_index: int | None = None
+
+    def check_layout(self, layout: str) -> None:
+        """Refuse a layout this backbone cannot run (the family subclasses add their rules)."""
 
     # ------------------------------------------------------------------ set-up from the data
     def setup(self, stage: str) -> None:
@@ -92,9 +113,16 @@ class PromptTuningModule(LightningModule):
         if datamodule.family != self.family:
             raise BackboneError(f"data.backbone is a {datamodule.family} model, model.backbone a {self.family} one "
                                 "— use the same backbone for both (the CLI links them)")
+        if getattr(datamodule, "layout", "standard") != self.hparams.layout:
+            raise BackboneError(f"data.layout is {datamodule.layout!r} but model.layout {self.hparams.layout!r} — "
+                                "use the same layout for both (the CLI links them)")
         self.label_token_ids = torch.tensor(datamodule.label_token_ids, device=self.device)
+        targets = getattr(datamodule, "label_target_ids", None)
+        self.label_target_ids = torch.tensor(targets if targets is not None else [], dtype=torch.long, device=self.device)
+        self.mask_index = getattr(datamodule, "mask_index", None)
         self.eval_set_names = list(datamodule.eval_set_names)
-        classes = datamodule.num_classes
+        # Metrics count every scored word as a class: a prediction of an extra word (P1's MNLI) is simply wrong.
+        classes = len(datamodule.label_token_ids)
         self.train_acc = MulticlassAccuracy(num_classes=classes, average="micro")
         self.eval_acc = nn.ModuleList(MulticlassAccuracy(num_classes=classes, average="micro") for _ in self.eval_set_names)
         self.val_acc_best = MaxMetric()
@@ -107,43 +135,63 @@ class PromptTuningModule(LightningModule):
         return adv if stage == "val" else f"{stage}/{adv}"
 
     # ------------------------------------------------------------------ forward
-    def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Word embeddings of the text with the prompt in front: (B, P+T, H) and the attention mask (B, P+T)."""
-        text = self.backbone.get_input_embeddings()(batch["input_ids"])  # (B, T, H)
-        prompt = self.prompt(text.shape[0]).to(text.dtype)  # (B, P, H)
-        ones = batch["attention_mask"].new_ones(text.shape[0], self.prompt.length)  # (B, P)
-        return torch.cat([prompt, text], dim=1), torch.cat([ones, batch["attention_mask"]], dim=1)
+    def prompt_vectors(self, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        """The prompt as the backbone sees it, (B, P, H) (``paper`` masked LMs overwrite slot 0 with ``<mask>``)."""
+        return self.prompt(batch_size).to(dtype)
 
-    def label_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                     batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Verbalizer logits (B, C) — implemented by each backbone family."""
+    def embed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The backbone's inputs: ``inputs_embeds`` (B, P+T, H) with the prompt in front of the text's word
+        embeddings and ``attention_mask`` (B, P+T); families may add more (``position_ids``)."""
+        text = self.backbone.get_input_embeddings()(batch["input_ids"])  # (B, T, H)
+        prompt = self.prompt_vectors(text.shape[0], text.dtype)  # (B, P, H)
+        ones = batch["attention_mask"].new_ones(text.shape[0], self.prompt.length)  # (B, P)
+        return {"inputs_embeds": torch.cat([prompt, text], dim=1),
+                "attention_mask": torch.cat([ones, batch["attention_mask"]], dim=1)}
+
+    def label_logits(self, inputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the scored words (B, C) — implemented by each backbone family."""
         raise NotImplementedError
 
-    def encode(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def encode(self, inputs: dict[str, torch.Tensor]) -> None:
         """Run the backbone's encoder only (no head, no decoder) — implemented by each backbone family."""
         raise NotImplementedError
 
     def run_to_neurons(self, batch: dict[str, torch.Tensor], part: str = "encoder") -> None:
         """Forward ``batch`` only as far as the FFN units of ``part`` need (hooks in ``ffn.py`` read them):
         the encoder alone for ``encoder``, the whole model (first decoder step) for ``decoder``."""
-        inputs_embeds, attention_mask = self.embed(batch)
+        inputs = self.embed(batch)
         if part == "decoder":
-            self.label_logits(inputs_embeds, attention_mask, batch)
+            self.label_logits(inputs, batch)
         else:
-            self.encode(inputs_embeds, attention_mask)
+            self.encode(inputs)
 
-    def neuron_positions(self, part: str = "encoder") -> slice:
-        """Sequence positions whose FFN units are analysed: the prompt (encoder: the first P positions, the
-        prompt comes first) or, for the decoder, its single step (the decoder never sees the prompt directly)."""
-        return slice(0, self.prompt.length) if part == "encoder" else slice(0, 1)
+    def position_choices(self) -> tuple[str, ...]:
+        """The analysed-position choices this model has (``mask`` ones only where the input has a <mask>)."""
+        return ("prompt",)
+
+    def neuron_positions(self, part: str = "encoder", choice: str = "prompt") -> list[int]:
+        """Absolute sequence positions whose FFN units are analysed.
+
+        Encoder: ``prompt`` = the P prompt slots 0..P−1 (the prompt comes first; under ``paper`` a masked LM's
+        slot 0 is its ``<mask>``, as P1 and P2 analyse it); masked LMs add ``mask`` (the ``<mask>`` position
+        alone) and ``prompt+mask``. Decoder: its single first step (the decoder never sees the prompt).
+        """
+        if part == "decoder":
+            if choice != "prompt":
+                raise ValueError(f"positions={choice!r}: the decoder is analysed at its first step only — use "
+                                 "positions=prompt with part=decoder")
+            return [0]
+        if choice not in self.position_choices():
+            raise ValueError(f"positions={choice!r} does not exist for a {self.family} model — choose one of "
+                             f"{list(self.position_choices())}")
+        return list(range(self.prompt.length))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits over the task's labels, (B, C)."""
-        inputs_embeds, attention_mask = self.embed(batch)
-        return self.label_logits(inputs_embeds, attention_mask, batch)
+        """Logits of the scored words, (B, C)."""
+        return self.label_logits(self.embed(batch), batch)
 
     def model_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Shared by all steps: cross-entropy over the verbalizer logits, predictions and labels."""
+        """Shared by all steps: cross-entropy over the scored words' logits, predictions and labels."""
         logits = self(batch).float()  # (B, C)
         loss = F.cross_entropy(logits, batch["labels"])
         return loss, logits.argmax(dim=-1), batch["labels"]
@@ -202,7 +250,7 @@ class PromptTuningModule(LightningModule):
         """Keep only the prompt in the checkpoint's state_dict (the backbone is reloaded by name)."""
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.")}
         checkpoint["skill_neurons"] = {"backbone": self.hparams.backbone, "family": self.family,
-                                       "prompt_shape": list(self.prompt.weight.shape)}
+                                       "layout": self.hparams.layout, "prompt_shape": list(self.prompt.weight.shape)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse checkpoints without a prompt or with a prompt of another shape, with a clear message."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INIT_CHOICES = ("random", "vocab", "text")
+INIT_CHOICES = ("random", "vocab", "normal", "text")
 
 
 class SoftPrompt(nn.Module):
@@ -13,6 +13,8 @@ class SoftPrompt(nn.Module):
 
     Initialisation (``initialise``):
       - ``random``: normal with the standard deviation of the backbone's word embeddings;
+      - ``normal``: normal with standard deviation ``std`` (P1's RoBERTa prompt: the backbone's
+        ``initializer_range``, as ``RobertaEmbeddings._init_weights`` in Robust-Neurons' modelling_roberta.py);
       - ``vocab``:  copies of the embeddings of ``P`` token ids sampled from the vocabulary (Lester et al.);
       - ``text``:   the embeddings of a text's tokens, repeated cyclically to fill ``P`` slots.
     Sampling uses the global torch RNG, so ``seed_everything`` makes it reproducible.
@@ -33,10 +35,15 @@ class SoftPrompt(nn.Module):
 
     @torch.no_grad()
     def initialise(self, how: str, embeddings: torch.Tensor, token_ids: list[int] | None = None,
-                   exclude_ids: list[int] = ()) -> None:
+                   exclude_ids: list[int] = (), std: float | None = None) -> None:
         """Fill the prompt from the backbone's word ``embeddings`` (V, H) as described in the class doc."""
         if how == "random":
             self.weight.normal_(0.0, embeddings.float().std().item())
+        elif how == "normal":
+            if std is None:
+                raise ValueError("prompt_init='normal' needs the backbone's initializer_range, which its config "
+                                 "lacks — use prompt_init=random or vocab")
+            self.weight.normal_(0.0, std)
         elif how == "vocab":
             allowed = torch.ones(embeddings.shape[0], dtype=torch.bool)
             allowed[list(exclude_ids)] = False  # special tokens make poor starting points

@@ -36,20 +36,24 @@ def marker_task(seq2seq_words=("contradiction", "entailment")) -> dict:
         "splits": {"train": {"file": str(MARKER / "train.jsonl"), "columns": columns},
                    "validation": {"file": str(MARKER / "validation.jsonl"), "columns": columns}},
         "adversarial": {"typos": {"file": str(MARKER / "adversarial.jsonl"), "columns": columns}},
+        # P1's single-sentence formats (layout: paper)
+        "paper": {"masked_lm": {"segments": ["{cls}", "{sentence}", "{sep}"], "extra_length": 2},
+                  "seq2seq": {"segments": ["{sentence}", "{eos}"]}},
     }
 
 
-def make(family: str, **dm_kwargs):
+def make(family: str, layout: str = "standard", **dm_kwargs):
     seed_everything(0)
     cls, backbone = {"masked_lm": (MaskedLMPromptTuning, "tiny-roberta"),
                      "seq2seq": (Seq2SeqPromptTuning, "tiny-t5")}[family]
-    model = cls(backbone=backbone, prompt_length=P).eval()
+    model = cls(backbone=backbone, prompt_length=P, layout=layout).eval()
     kwargs = dict(task=marker_task(), backbone=backbone, prompt_length=P, max_train_samples=48,
-                  max_eval_samples=37, eval_batch_size=16)
+                  max_eval_samples=37, eval_batch_size=16, layout=layout)
     dm = PromptDataModule(**{**kwargs, **dm_kwargs})
     dm.prepare_data()
     dm.setup("fit")
     model.label_token_ids = torch.tensor(dm.label_token_ids)
+    model.mask_index = dm.mask_index
     return model, dm
 
 
@@ -103,9 +107,11 @@ def brute_force_statistics(train_acts: np.ndarray, eval_acts: np.ndarray, labels
 
 
 # ---------------------------------------------------------------- correctness
+@pytest.mark.parametrize("layout", ["standard", "paper"])
 @pytest.mark.parametrize("family", ["masked_lm", "seq2seq"])
-def test_statistics_equal_brute_force_for_any_batch_size(tmp_path, tiny_backbones, family):
-    model, dm = make(family)
+def test_statistics_equal_brute_force_for_any_batch_size(tmp_path, tiny_backbones, family, layout):
+    """Under ``paper`` the analysed positions 0..P-1 of a masked LM include its <mask> (slot 0), as P1's."""
+    model, dm = make(family, layout)
     train_acts, _ = brute_force_activations(model, dm, "train", "encoder")
     expected = {}
     for role in ("validation", "adv/typos"):
@@ -117,7 +123,7 @@ def test_statistics_equal_brute_force_for_any_batch_size(tmp_path, tiny_backbone
             np.testing.assert_allclose(got[role]["threshold"].numpy(), want["threshold"], rtol=1e-5, atol=1e-6)
             for key in ("accuracy", "predictivity", "score"):
                 np.testing.assert_allclose(got[role][key].numpy(), want[key], atol=1e-6,
-                                           err_msg=f"{family} {role} {key} batch {batch_size}")
+                                           err_msg=f"{family} {layout} {role} {key} batch {batch_size}")
 
 
 def test_t5_decoder_neurons_equal_brute_force_and_multi_token_labels_stay_aligned(tiny_backbones):

@@ -81,6 +81,23 @@ def test_mean_replaces_units_by_their_thresholds(tmp_path, neuron_run):
         torch.testing.assert_close(units[:, P:, selected], text.expand(len(units), units.shape[1] - P, -1))
 
 
+def test_mean_fills_thresholds_at_the_positions_the_analysis_read(tmp_path, tiny_backbones):
+    """Neuron files analysed at the <mask> alone (standard layout: absolute position P+1): its threshold goes
+    there, and the same value (the mean over the one analysed position) everywhere else."""
+    root = tmp_path / "mask-run"
+    model, dm = make("masked_lm")
+    validate(model, dm, root, SkillNeuronCallback(positions="mask"))
+    tensors, meta = load_neuron_file(root / "skill_neurons" / "validation.safetensors")
+    assert meta["absolute_positions"] == [P + 1] and tensors["threshold"].shape[1] == 1
+    _, recorder, _ = evaluate(tmp_path / "eval", root, rate=10, perturbation="mean")
+    mask, threshold = top_percent_mask(tensors["score"], 10), tensors["threshold"]
+    for _, layer, _, units in recorder.seen:
+        selected = mask[layer]
+        want = threshold[layer][0, selected]
+        torch.testing.assert_close(units[:, P + 1, selected], want.expand(len(units), -1))
+        torch.testing.assert_close(units[:, :P, selected], want.expand(len(units), P, -1))
+
+
 def test_gaussian_noise_is_one_draw_per_example_and_unit_whatever_the_batching(tmp_path, neuron_run):
     _, plain, _ = evaluate(tmp_path / "plain", neuron_run, batch_size=7)
     _, noisy7, _ = evaluate(tmp_path / "a", neuron_run, batch_size=7, rate=10, perturbation="gaussian", std=0.1)
