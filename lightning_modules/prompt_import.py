@@ -23,38 +23,33 @@ config, so hub names, local directories and presets all work).
 
 How P1's rows map onto this project's prompt
 --------------------------------------------
-RoBERTa (P1: ``src/formatter/*PromptRobertaFormatter.py``, ``src/models/modelling_roberta.py``
-``RobertaEmbeddings.forward``). The input ids are ``[-1 … -100] <s> text </s>``; id ``-(k+1)`` looks up row
-``k`` of the 100-row table, then the embedding at sequence position 0 (row 0) is overwritten with the
-``<mask>`` word embedding, the position embeddings of the first 100 positions are set to zero, and the label
-is read at position 0. P1's sequence is therefore ``<mask> row1 … row99 <s> text </s>``: row 0 is never read
-(the overwrite goes through ``.data`` after the lookup, so row 0 still received gradient updates — the
-published row 0 is a trained but unused vector, not the ``<mask>`` embedding). This project's input is
-``[prompt] <s> <mask> text </s>`` with ``<mask>`` a real token after ``<s>``, so:
+``--layout paper`` (the default) runs each prompt exactly as P1's forward does (``datamodules/tasks.py``
+``TaskSpec.paper`` and ``lightning_modules/masked_lm.py`` follow P1's formatters and models):
 
-- ``--mask-slot drop`` (default for masked LMs): the prompt is rows 1 … 99 (``prompt_length`` 99);
-- ``--mask-slot keep``: all 100 rows (row 0 then acts as a prompt vector it never was in P1).
+- RoBERTa (P1: ``src/formatter/*PromptRobertaFormatter.py``, ``src/models/modelling_roberta.py``
+  ``RobertaEmbeddings.forward``): the input ids are ``[-1 … -100] <s> text </s>``; id ``-(k+1)`` looks up row
+  ``k``, then sequence position 0 is overwritten with the ``<mask>`` word embedding, the first 100 positions
+  get zero position embeddings, the text's position ids start at 2 as without a prompt, and the label is
+  read at position 0 over P1's ids (words without a leading space; MNLI over [no, neutral, yes]). All 100
+  rows are imported: under ``paper`` the module overwrites slot 0 with ``<mask>`` the same way, so row 0 —
+  trained by P1 through the ``.data`` overwrite but never read — is never read here either.
+- T5 (P1: ``src/formatter/*PromptT5Formatter.py``, ``src/models/modeling_t5.py`` ``T5Stack.forward``,
+  ``PromptT5.py``): ``[-1 … -100]`` then P1's per-task text (``s </s>``; MNLI/QNLI ``hypothesis: … [SEP]
+  sentence: premise: …`` without ``</s>``; QQP/MRPC ``s1 <extra_id_0> s2 </s>``); the label is the first
+  decoder step restricted to each scored word's first sub-token (MNLI also scores ``neutral``). All rows.
 
-What is *not* identical, so evaluating P1's RoBERTa prompts here approximates P1's setting: P1 gives the
-``<mask>`` and prompt slots zero position embeddings and the text starts at position id 102; here every slot
-keeps the backbone's position embeddings (2 … 100 for the prompt, then ``<s>`` 101, ``<mask>`` 102); the
-``<mask>`` sits after ``<s>`` rather than in front of the prompt; text truncation follows
-``data.max_text_length`` (P1: 128 text tokens).
+What still differs is listed in the README ("Reproducing the paper"). ``--layout standard`` maps the prompt
+onto this project's own input instead (``[prompt] <s> <mask> text </s>``; an approximation of P1's setting):
+``--mask-slot drop`` (its default for masked LMs) imports rows 1 … 99, ``keep`` all 100.
 
-T5 (P1: ``src/formatter/*PromptT5Formatter.py``, ``src/models/modeling_t5.py`` ``T5Stack.forward``). The input
-is ``[-1 … -100] text </s>`` with all 100 rows looked up (the ``prompt_token_id`` swap of slot 0 is a no-op
-at its default 0); T5 has no absolute positions, and P1 reads the label from the first decoder step restricted
-to the first sub-token of each label word — this project's input and readout, so all rows are kept
-(``--mask-slot`` does not apply) and only text truncation differs.
-
-Either way the evaluation uses the verbalizer of ``--data.task``, which must be the words the prompt was
-trained for (this project's built-in tasks use P1's).
+Either way the evaluation uses the verbalizer of ``--data.task`` for the checkpoint's layout: the built-in
+tasks declare P1's words and formats for ``paper``.
 
 Output: a checkpoint ``skill-neurons validate``/``test`` accept with ``--ckpt_path`` — ``state_dict`` with
 ``prompt.weight`` (float32, (P, H)), ``skill_neurons`` (backbone, family, prompt_shape and ``imported_from``:
-source path, sha256, seed, task, P1 folder, mask slot, source rows), ``hyper_parameters`` (the module's init
-arguments with ``_class_path``, as a fit checkpoint has them: LightningCLI takes ``backbone`` and
-``prompt_length`` from there), ``pytorch-lightning_version``, ``epoch`` 0 and ``global_step`` 0. It holds no
+source path, sha256, seed, task, P1 folder, layout, mask slot, source rows), ``hyper_parameters`` (the module's
+init arguments with ``_class_path``, as a fit checkpoint has them: LightningCLI takes ``backbone``,
+``prompt_length`` and ``layout`` from there), ``pytorch-lightning_version``, ``epoch`` 0 and ``global_step`` 0. It holds no
 optimizer state, so it cannot resume a ``fit``. Directory mode writes
 ``OUT_DIR/<model>/<task>/seed<seed>.ckpt`` (``roberta``/``t5``; P1 task names mapped to this project's,
 others lower-cased and listed) and prints a table.
@@ -79,7 +74,8 @@ PROMPT_FILE = "task_prompt"
 P1_REPOSITORY = "LeonAckermann/Robust-Neurons"
 # P1 task folder name (lower-cased) -> this project's built-in task (datamodules/tasks.py TASKS).
 P1_TASKS = {"sst2": "sst2", "imdb": "imdb", "movierationales": "movie_rationales", "qnli": "qnli", "mnli": "mnli",
-            "qqp": "qqp", "mrpc": "mrpc", "rte": "rte"}
+            "qqp": "qqp", "mrpc": "mrpc", "rte": "rte", "ethicsdeontology": "ethics_deontology",
+            "ethicsjustice": "ethics_justice"}
 # P1 model suffix -> (family, the backbone P1 used: src/models/PromptRoberta.py, PromptBert.py, PromptT5.py).
 P1_MODELS = {"Roberta": ("masked_lm", "roberta-base"), "RobertaLarge": ("masked_lm", "roberta-large"),
              "Bert": ("masked_lm", "bert-base-uncased"), "T5": ("seq2seq", "t5-base"),
@@ -89,6 +85,7 @@ DEFAULT_BACKBONES = {"Roberta": "roberta-base", "T5": "t5-base"}
 MODULE_CLASSES = {"masked_lm": "lightning_modules.MaskedLMPromptTuning",
                   "seq2seq": "lightning_modules.Seq2SeqPromptTuning"}
 MASK_SLOTS = ("drop", "keep")
+LAYOUTS = ("paper", "standard")
 # seed_33 … seed_36, and seed_su: the prompts of Su et al. (Prompt-Transferability) that P1 uses as a fifth.
 SEED_DIR = re.compile(r"^seed_?([A-Za-z0-9]+)$|^(\d+)$")
 
@@ -234,14 +231,14 @@ def backbone_info(name: str, cache: dict[str, BackboneInfo] | None = None) -> Ba
     return info
 
 
-def module_hyper_parameters(family: str, backbone: str, prompt_length: int) -> dict:
+def module_hyper_parameters(family: str, backbone: str, prompt_length: int, layout: str = "paper") -> dict:
     """The init arguments of the prompt-tuning module (defaults, with this backbone and length) and
     ``_class_path``, as LightningCLI stores them in a fit checkpoint."""
     from lightning_modules.prompt_tuning import PromptTuningModule
 
     params = inspect.signature(PromptTuningModule.__init__).parameters
     hparams = {n: p.default for n, p in params.items() if n != "self" and p.default is not inspect.Parameter.empty}
-    hparams.update(backbone=backbone, prompt_length=prompt_length)
+    hparams.update(backbone=backbone, prompt_length=prompt_length, layout=layout)
     return {"_class_path": MODULE_CLASSES[family], **hparams}
 
 
@@ -258,7 +255,7 @@ class Imported:
 
 def import_prompt(source: Path, out: Path, backbone: str, family: str | None = None, mask_slot: str | None = None,
                   task: str | None = None, seed: int | None = None, key: str | None = None, force: bool = False,
-                  cache: dict[str, BackboneInfo] | None = None) -> Imported:
+                  cache: dict[str, BackboneInfo] | None = None, layout: str = "paper") -> Imported:
     """Convert one published prompt file into a prompt checkpoint at ``out`` (see the module docstring)."""
     source = Path(source)
     if not source.is_file():
@@ -276,13 +273,18 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
             f"{source} is a {source_family} prompt but backbone {backbone!r} is a {info.family} model — a prompt "
             "only works on the backbone it was trained with (P1: PromptRoberta -> roberta-base, PromptT5 -> t5-base)"
         )
+    if layout not in LAYOUTS:
+        raise PromptImportError(f"unknown --layout {layout!r}; choose paper or standard")
     if mask_slot is None:
-        mask_slot = "drop" if source_family == "masked_lm" else "keep"
+        mask_slot = "drop" if source_family == "masked_lm" and layout == "standard" else "keep"
     if mask_slot not in MASK_SLOTS:
         raise PromptImportError(f"unknown --mask-slot {mask_slot!r}; choose drop or keep")
     if mask_slot == "drop" and source_family != "masked_lm":
         raise PromptImportError("T5 prompts have no <mask> slot (P1's T5 input is [100 prompt vectors] text </s>) "
                                 "— leave --mask-slot out (or keep) for seq2seq prompts")
+    if layout == "paper" and mask_slot == "drop":
+        raise PromptImportError("--layout paper keeps every row (slot 0 is overwritten with <mask> at run time, as in "
+                                "P1) — leave --mask-slot out, or use --layout standard --mask-slot drop")
 
     rows, stored_as = load_prompt_tensor(source, key)  # (N, H)
     if rows.shape[1] != info.width:
@@ -298,7 +300,7 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
 
     imported_from = {
         "source": str(source.resolve()), "sha256": sha256_of(source), "stored_as": stored_as,
-        "source_shape": list(rows.shape), "rows": [first, rows.shape[0]], "mask_slot": mask_slot,
+        "source_shape": list(rows.shape), "rows": [first, rows.shape[0]], "mask_slot": mask_slot, "layout": layout,
         "source_family": source_family,
         "seed": seed if seed is not None else (where.seed if where else None),
         "task": task or (where.task if where else None),
@@ -312,8 +314,8 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
         "epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__,
         "state_dict": {"prompt.weight": prompt},
         "hparams_name": "kwargs",
-        "hyper_parameters": module_hyper_parameters(info.family, backbone, prompt.shape[0]),
-        "skill_neurons": {"backbone": backbone, "family": info.family, "prompt_shape": list(prompt.shape),
+        "hyper_parameters": module_hyper_parameters(info.family, backbone, prompt.shape[0], layout),
+        "skill_neurons": {"backbone": backbone, "family": info.family, "layout": layout, "prompt_shape": list(prompt.shape),
                           "imported_from": imported_from},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -360,7 +362,8 @@ def parse_backbones(values: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def import_directory(root: Path, out_dir: Path, backbones: list[str], mask_slot: str | None = None,
-                     key: str | None = None, force: bool = False) -> tuple[list[Imported], list[tuple[str, str]]]:
+                     key: str | None = None, force: bool = False,
+                     layout: str = "paper") -> tuple[list[Imported], list[tuple[str, str]]]:
     """Import every published prompt under ``root`` into ``out_dir/<model>/<task>/seed<seed>.ckpt``.
 
     ``backbones``: ``MODEL=NAME`` pairs and/or bare names (a bare name serves every P1 model of its family);
@@ -376,8 +379,8 @@ def import_directory(root: Path, out_dir: Path, backbones: list[str], mask_slot:
     by_family = {}
     for name in bare:
         by_family.setdefault(backbone_info(name, cache).family, name)
-    layout = f"not in P1's layout …/seed_<seed>/<Task>Prompt<Model>/{PROMPT_FILE}"
-    plan, skipped = [], [(str(path), layout) for path in other]
+    elsewhere = f"not in P1's layout …/seed_<seed>/<Task>Prompt<Model>/{PROMPT_FILE}"
+    plan, skipped = [], [(str(path), elsewhere) for path in other]
     for path, where in found:
         backbone = mapped.get(where.model) or by_family.get(P1_MODELS[where.model][0])
         if backbone is None:
@@ -388,7 +391,8 @@ def import_directory(root: Path, out_dir: Path, backbones: list[str], mask_slot:
     existing = [str(target) for *_, target in plan if target.exists()]
     if existing and not force:
         raise PromptImportError(f"{len(existing)} output(s) exist, e.g. {existing[0]} — pass --force to overwrite")
-    imported = [import_prompt(path, target, backbone, mask_slot=mask_slot, key=key, force=force, cache=cache)
+    imported = [import_prompt(path, target, backbone, mask_slot=mask_slot, key=key, force=force, cache=cache,
+                              layout=layout)
                 for path, where, backbone, target in plan]
     return imported, skipped
 
@@ -437,8 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--family", choices=tuple(MODULE_CLASSES),
                         help="the family the prompt was trained for (default: from the …Prompt<Model> folder, else "
                              "the backbone's); it must be the backbone's")
+    parser.add_argument("--layout", choices=LAYOUTS, default="paper",
+                        help="paper (default): run the prompt as P1's forward does, all rows kept; standard: this "
+                             "project's own input (an approximation)")
     parser.add_argument("--mask-slot", choices=MASK_SLOTS, default=None,
-                        help="masked LMs: drop P1's <mask> slot (row 0; default) or keep all rows; T5: always keep")
+                        help="--layout standard, masked LMs: drop P1's <mask> slot (row 0; default) or keep all rows")
     parser.add_argument("--task", help="this project's task name to record (default: from the P1 folder name)")
     parser.add_argument("--seed", type=int, help="seed to record (default: from the seed_<seed> folder)")
     parser.add_argument("--key", help="for a dict holding several tensors: the key of the prompt")
@@ -454,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.task or args.seed is not None:
                 raise PromptImportError("--task/--seed apply to one file; folder mode reads them from the folder names")
             imported, skipped = import_directory(args.source, args.out, args.backbone, args.mask_slot, args.key,
-                                                 args.force)
+                                                 args.force, args.layout)
             print(format_table(imported))
             unknown = sorted({i.imported_from["task"] for i in imported
                               if i.imported_from["p1_task"].lower() not in P1_TASKS})
@@ -477,14 +484,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise PromptImportError(f"{args.source} is not in a …Prompt<Model>/ folder — pass --backbone NAME")
         result = import_prompt(args.source, args.out, backbone, args.family, args.mask_slot, args.task, args.seed,
-                               args.key, args.force)
+                               args.key, args.force, layout=args.layout)
     except PromptImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     p, h = result.prompt_shape
     first, end = result.imported_from["rows"]
     print(f"imported rows {first}..{end - 1} of {result.source} as a {p} x {h} prompt for {result.backbone} "
-          f"(mask slot: {result.imported_from['mask_slot']}) -> {result.out}")
+          f"(layout: {result.imported_from['layout']}, mask slot: {result.imported_from['mask_slot']}) -> {result.out}")
     print(f"evaluate: skill-neurons validate --config <config of the task> --model.prompt_length={p} "
           f"--ckpt_path {result.out}")
     return 0

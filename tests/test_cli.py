@@ -35,12 +35,26 @@ def test_every_shipped_config_parses(config, capsys, monkeypatch):
     assert exit_.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["logger"]["class_path"].endswith("WandbLogger")
-    if config.count("/") == 2:  # configs/<backbone>/<task>.yaml: P1's hyper-parameters
-        family = config.split("/")[1]
-        assert printed["model"]["init_args"]["prompt_length"] == 100
-        assert printed["model"]["init_args"]["adam_eps"] == 1e-6 and printed["data"]["batch_size"] == 16
-        lr = printed["model"]["init_args"]["learning_rate"]
-        assert lr == {"roberta": 1e-3, "t5": 1e-2 if "qnli" in config else 5e-3}[family]
+    if config.count("/") == 2:  # configs/<backbone>/<task>.yaml: P1's setup (src/config/<Task>Prompt<Model>.config)
+        family, task = config.split("/")[1], config.split("/")[2][: -len(".yaml")]
+        model, data = printed["model"]["init_args"], printed["data"]
+        assert model["prompt_length"] == 100 and model["layout"] == "paper"  # data.layout is linked to it
+        assert model["adam_eps"] == 1e-6 and model["weight_decay"] == 0 and model["backbone_dropout"] is True
+        assert data["max_text_length"] == 128 and data["eval_batch_size"] == 64
+        assert printed["trainer"]["precision"] in ("32-true", "32")
+        p1 = {  # (epoch, batch_size, learning_rate) read from P1's config files
+            "roberta": {"sst2": (76, 16, 1e-3), "imdb": (72, 16, 1e-3), "mrpc": (72, 8, 1e-3), "qqp": (96, 16, 1e-3)},
+            "t5": {"qnli": (100, 16, 1e-2)},
+        }
+        default = {"roberta": (128, 16, 1e-3), "t5": (200, 16, 5e-3)}[family]
+        epochs, batch, lr = p1[family].get(task, default)
+        assert (printed["trainer"]["max_epochs"], data["batch_size"], model["learning_rate"]) == (epochs, batch, lr)
+        assert model["prompt_init"] == {"roberta": "normal", "t5": "vocab"}[family]
+        header = (ROOT / config).read_text()
+        if task != "rte":  # every value cites the P1 file it comes from
+            p1_name = {"movie_rationales": "movierationales", "ethics_deontology": "ethicsdeontology",
+                       "ethics_justice": "ethicsjustice"}.get(task, task.upper())
+            assert f"src/config/{p1_name}Prompt{ {'roberta': 'Roberta', 't5': 'T5'}[family]}.config" in header
 
 
 def test_quickstart_fit_writes_run_directory_summary_and_offline_wandb_run(workdir):

@@ -48,10 +48,25 @@ def published(tmp_path, tiny_backbones):
     return tmp_path
 
 
+def test_paper_layout_keeps_all_100_rows_and_records_the_layout(published):
+    """P1's forward overwrites slot 0 with <mask>; under layout paper the module does the same, so every row
+    is imported and row 0 is never read (test_paper_layout.py proves the forward equals P1's)."""
+    source, rows = publish(published, "33", "SST2PromptRoberta")
+    out = published / "sst2-paper.ckpt"
+    assert main([str(source), "--backbone", "tiny-roberta", "--out", str(out)]) == 0
+    checkpoint = load(out)
+    assert torch.equal(checkpoint["state_dict"]["prompt.weight"], rows)
+    assert checkpoint["hyper_parameters"]["layout"] == "paper" and checkpoint["hyper_parameters"]["prompt_length"] == 100
+    assert checkpoint["skill_neurons"]["layout"] == "paper"
+    assert checkpoint["skill_neurons"]["imported_from"]["mask_slot"] == "keep"
+    with pytest.raises(PromptImportError, match="--layout paper keeps every row"):
+        import_prompt(source, published / "drop.ckpt", "tiny-roberta", mask_slot="drop")
+
+
 def test_drop_mask_slot_imports_rows_1_to_99_into_a_weights_only_checkpoint(published):
     source, rows = publish(published, "33", "SST2PromptRoberta")
     out = published / "sst2.ckpt"
-    assert main([str(source), "--backbone", "tiny-roberta", "--out", str(out)]) == 0
+    assert main([str(source), "--backbone", "tiny-roberta", "--out", str(out), "--layout", "standard"]) == 0
     checkpoint = load(out)  # weights_only=True: nothing but tensors and plain containers
     prompt = checkpoint["state_dict"]["prompt.weight"]
     assert prompt.dtype == torch.float32 and prompt.shape == (99, WIDTH)
@@ -65,7 +80,7 @@ def test_drop_mask_slot_imports_rows_1_to_99_into_a_weights_only_checkpoint(publ
     assert imported["source"] == str(source.resolve())
     hparams = checkpoint["hyper_parameters"]
     assert hparams["_class_path"] == "lightning_modules.MaskedLMPromptTuning"
-    assert hparams["backbone"] == "tiny-roberta" and hparams["prompt_length"] == 99
+    assert hparams["backbone"] == "tiny-roberta" and hparams["prompt_length"] == 99 and hparams["layout"] == "standard"
     assert checkpoint["pytorch-lightning_version"] == lightning.__version__
     assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 0
 
@@ -99,7 +114,7 @@ def test_epoch_checkpoint_dicts_parameters_and_batched_prompts_are_accepted(publ
     torch.save({"model": rows, "optimizer": {"state": {0: {"step": 7, "exp_avg": torch.zeros(100, WIDTH)}},
                                              "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]},
                 "trained_epoch": 74, "global_step": 1000}, epoch_file)
-    result = import_prompt(epoch_file, published / "a.ckpt", "tiny-roberta")
+    result = import_prompt(epoch_file, published / "a.ckpt", "tiny-roberta", layout="standard")
     assert result.imported_from["stored_as"] == "dict[model]" and result.imported_from["seed"] == 33
     assert torch.equal(load(result.out)["state_dict"]["prompt.weight"], rows[1:])
     parameter = published / "parameter.pt"
@@ -114,7 +129,7 @@ def test_epoch_checkpoint_dicts_parameters_and_batched_prompts_are_accepted(publ
     torch.save({"a": rows, "b": rows}, two)
     with pytest.raises(PromptImportError, match="--key"):
         import_prompt(two, published / "d.ckpt", "tiny-roberta")
-    assert import_prompt(two, published / "d.ckpt", "tiny-roberta", key="b").prompt_shape == (99, WIDTH)
+    assert import_prompt(two, published / "d.ckpt", "tiny-roberta", key="b", layout="standard").prompt_shape == (99, WIDTH)
 
 
 def test_a_pickle_of_an_arbitrary_object_is_refused_with_a_clear_message(published, capsys):
@@ -153,6 +168,7 @@ def test_directory_mode_imports_two_seeds_by_two_tasks_per_model(published, caps
     sources = {(seed, folder): publish(published, seed, folder)[1]
                for seed in ("33", "34") for folder in ("SST2PromptRoberta", "movierationalesPromptRoberta")}
     sources[("33", "ethicsjusticePromptT5")] = publish(published, "33", "ethicsjusticePromptT5")[1]
+    publish(published, "33", "laptopPromptRoberta")  # a P1 task that is not built in
     publish(published, "su", "IMDBPromptRoberta")  # seed_su: Su et al.'s prompts, no numeric seed
     publish(published, "33", "restaurantPromptRoberta_proj")  # a projected prompt: not P1's layout, skipped
     out = published / "imported"
@@ -161,19 +177,19 @@ def test_directory_mode_imports_two_seeds_by_two_tasks_per_model(published, caps
     printed = capsys.readouterr().out
     for (seed, folder), rows in sources.items():
         task, model = {"SST2PromptRoberta": ("sst2", "roberta"), "movierationalesPromptRoberta":
-                       ("movie_rationales", "roberta"), "ethicsjusticePromptT5": ("ethicsjustice", "t5")}[folder]
+                       ("movie_rationales", "roberta"), "ethicsjusticePromptT5": ("ethics_justice", "t5")}[folder]
         checkpoint = load(out / model / task / f"seed{seed}.ckpt")
-        expected = rows[1:] if model == "roberta" else rows
-        assert torch.equal(checkpoint["state_dict"]["prompt.weight"], expected)
+        assert torch.equal(checkpoint["state_dict"]["prompt.weight"], rows)  # layout paper: every row
         assert checkpoint["skill_neurons"]["imported_from"]["seed"] == int(seed)
         assert checkpoint["skill_neurons"]["imported_from"]["task"] == task
         assert any(line.split()[:3] == [seed, folder, task] for line in printed.splitlines())
     su = load(out / "roberta" / "imdb" / "seedsu.ckpt")["skill_neurons"]["imported_from"]
     assert su["seed"] is None and su["seed_folder"] == "seed_su"
-    assert "not built-in tasks" in printed and "ethicsjustice" in printed
+    listed = [line for line in printed.splitlines() if line.startswith("not built-in tasks")]
+    assert len(listed) == 1 and "laptop" in listed[0] and "ethics" not in listed[0]
     assert "skipped" in printed and "restaurantPromptRoberta_proj" in printed
-    assert "imported 6 prompt(s)" in printed
-    assert len(list(out.rglob("*.ckpt"))) == 6
+    assert "imported 7 prompt(s)" in printed
+    assert len(list(out.rglob("*.ckpt"))) == 7
 
 
 def test_p1_task_names_map_to_built_in_tasks():
@@ -187,7 +203,7 @@ def test_imported_prompt_is_the_one_the_module_loads(published):
     from lightning_modules import MaskedLMPromptTuning
 
     source, rows = publish(published, "33", "SST2PromptRoberta")
-    checkpoint = load(import_prompt(source, published / "m.ckpt", "tiny-roberta").out)
+    checkpoint = load(import_prompt(source, published / "m.ckpt", "tiny-roberta", layout="standard").out)
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     module = MaskedLMPromptTuning(**hparams)
     module.on_load_checkpoint(checkpoint)  # the prompt-shape check a real load runs
@@ -200,9 +216,13 @@ def test_validate_through_the_cli_accepts_the_imported_checkpoint(published):
     ckpt = published / "imported" / "sst2_seed33.ckpt"
     assert main([str(source), "--backbone", "tiny-roberta", "--out", str(ckpt)]) == 0
     run_cli(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, "--model.prompt_length=99",
+             "--model.layout=standard",
              "--data.max_train_samples=64", "--data.max_eval_samples=64", f"--ckpt_path={ckpt}",
              f"--runs_dir={published / 'runs'}"], cwd=published)
     summary = summary_of(only_run_dir(published / "runs"))
     assert summary["ckpt_path"] == str(ckpt)
     assert 0.0 <= summary["validate_metrics"]["val/acc"] <= 1.0
-    assert summary["config"]["model.prompt_length"] == summary["config"]["data.prompt_length"] == 99
+    # the checkpoint's hyper-parameters (P1's 100 rows, layout paper) win over the command line, data linked
+    assert summary["config"]["model.prompt_length"] == summary["config"]["data.prompt_length"] == 100
+    assert summary["config"]["model.layout"] == summary["config"]["data.layout"] == "paper"
+    assert summary["settings"]["layout"] == "paper"

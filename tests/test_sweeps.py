@@ -135,18 +135,19 @@ def test_every_shipped_sweep_validates_and_its_first_configuration_parses(sweep,
             assert node == pytest.approx(value["value"])
 
 
-def test_paper_grid_is_p1s_whole_training_grid():
+def test_paper_grid_is_p1s_whole_training_grid_of_nine_tasks():
     config = yaml.safe_load((ROOT / "sweeps/paper_grid.yaml").read_text())
     assert config["method"] == "grid"
     files = config["parameters"]["config"]["values"]
-    assert sorted(files) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*/*.yaml"))
-    assert {f.split("/")[1] for f in files} == {"roberta", "t5"} and len(files) == 16
+    p1_tasks = {"sst2", "imdb", "movie_rationales", "mnli", "qnli", "qqp", "mrpc", "ethics_deontology", "ethics_justice"}
+    assert sorted(files) == sorted(f"configs/{family}/{task}.yaml" for family in ("roberta", "t5") for task in p1_tasks)
+    assert all((ROOT / f).is_file() and "layout: paper" in (ROOT / f).read_text() for f in files)
     assert config["parameters"]["seed_everything"]["values"] == [33, 34, 35, 36, 37]
     grid = sweep_runner.check_sweep_config(config)
     runs = []
     while (run := engine().next_run(grid, runs)) is not None:
         runs.append(run)
-    assert len(runs) == 80
+    assert len(runs) == 90
 
 
 def test_search_is_bayes_over_log_lr_and_prompt_length_with_hyperband_on_val_acc():
