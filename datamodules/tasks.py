@@ -22,6 +22,12 @@ Users declare their own task as a mapping with the same fields (YAML under ``dat
           validation: {file: data/dev.csv, columns: {review: text}}
         adversarial:
           typos: {file: data/dev_typos.jsonl, columns: {review: text}}
+        paper:   # optional: how layout 'paper' (P1's input) formats it, per family (see PaperFormat)
+          masked_lm: {segments: ["{cls}", "{review}", "{sep}"], extra_length: 2}
+          seq2seq: {segments: ["{review}", "{eos}"]}
+
+Every built-in task of P1 declares P1's formats under ``paper`` (read from Robust-Neurons' formatters, cited
+at the declarations below); ``layout: paper`` refuses a task without one for the backbone's family.
 """
 
 from __future__ import annotations
