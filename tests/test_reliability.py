@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401 (its log handler binds stderr at import: not inside a capsys test)
 import pytest
 import torch
 
@@ -294,3 +295,97 @@ def _roundtrip(state, tmp_path) -> Path:
     path = tmp_path / "state.pt"
     torch.save(state, path)  # as in a checkpoint, read back with weights_only=True
     return path
+
+
+# ---------------------------------------------------------------- 5. null and empty texts
+def test_null_and_empty_texts_are_dropped_counted_and_recorded(tmp_path, capsys):
+    from datamodules.sources import prepare_split
+    from datamodules.tasks import Source, get_task
+
+    rows = [{"sentence": "a banana here", "label": 1}, {"sentence": None, "label": 0}, {"sentence": "  ", "label": 1},
+            {"sentence": "", "label": 0}, {"sentence": "no fruit", "label": 0}]
+    file = tmp_path / "train.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = get_task("marker")
+    with pytest.warns(UserWarning, match=r"dropped 3 row\(s\) with a null or empty text \(rows 1, 2, 3\)"):
+        ds, record = prepare_split(task, Source(file=str(file)), "train", str(tmp_path / "cache"))
+    assert ds["sentence"] == ["a banana here", "no fruit"] and ds["idx"] == [0, 4]
+    assert "None" not in ds["sentence"] and record["dropped_empty_text"] == 3 and record["rows"] == 2
+
+
+# ---------------------------------------------------------------- 7. the cache follows the content
+def test_an_edited_file_with_the_same_size_and_time_is_read_again(tmp_path):
+    from datamodules.sources import prepare_split
+    from datamodules.tasks import Source, get_task
+
+    file = tmp_path / "validation.jsonl"
+    file.write_text('{"sentence": "one banana", "label": 1}\n{"sentence": "two apples", "label": 0}\n')
+    stat_ = file.stat()
+    first, record = prepare_split(get_task("marker"), Source(file=str(file)), "validation", str(tmp_path / "c"))
+    file.write_text('{"sentence": "one cherry", "label": 0}\n{"sentence": "two banana", "label": 1}\n')  # same size
+    os.utime(file, ns=(stat_.st_atime_ns, stat_.st_mtime_ns))
+    assert file.stat().st_size == stat_.st_size and file.stat().st_mtime_ns == stat_.st_mtime_ns
+    second, record2 = prepare_split(get_task("marker"), Source(file=str(file)), "validation", str(tmp_path / "c"))
+    assert first["sentence"] == ["one banana", "two apples"] and second["sentence"] == ["one cherry", "two banana"]
+    assert second["label"] == [0, 1] and record2["sha256"] != record["sha256"]
+
+
+# ---------------------------------------------------------------- errors a user can act on: data files
+@pytest.mark.parametrize("name, content, message", [
+    ("latin.csv", "sentence,label\ngood,1\ncaf\xe9 bad,0\n".encode("latin-1"),
+     "line 3 is not UTF-8 (byte 0xe9 at column 4) — save the file as UTF-8"),
+    ("broken.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n{"text": "c" "label": 1}\n',
+     "line 3 is not valid JSON (Expecting ',' delimiter at column 14)"),
+    ("empty.csv", b"", "is empty — point it at a file with examples"),
+    ("folder", None, "is a directory — give a file in it"),
+])
+def test_bad_data_files_are_one_line_naming_the_file_and_line(name, content, message, tmp_path, capsys,
+                                                               tiny_backbones):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    line = refused(["fit", *FAST, f"--runs_dir={tmp_path / 'runs'}", f"--data.files={{validation: '{path}'}}"],
+                   capsys)
+    assert message in line and str(path) in line
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- corrupt model files
+@pytest.mark.parametrize("kind", ["truncated", "random bytes", "pickle with code"])
+def test_a_corrupt_checkpoint_is_one_line_without_unpickler_advice(kind, finished_run, tmp_path, capsys):
+    import pickle
+
+    good = (finished_run / "checkpoints" / "last.ckpt").read_bytes()
+    content = {"truncated": good[: len(good) // 2], "random bytes": os.urandom(4096),
+               "pickle with code": pickle.dumps(Path("x"))}[kind]
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    line = refused(["validate", *FAST, f"--runs_dir={tmp_path / 'runs'}", f"--ckpt_path={bad}"], capsys)
+    assert f"checkpoint '{bad}' cannot be read" in line and "weights_only" not in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_of_another_family_is_refused(finished_run, tmp_path, capsys, tiny_backbones):
+    line = refused(["validate", "--config", str(ROOT / "configs/quickstart_t5.yaml"), *FAST[2:],
+                    f"--runs_dir={tmp_path / 'runs'}", f"--ckpt_path={finished_run / 'checkpoints/best.ckpt'}"],
+                   capsys)
+    assert "holds a prompt of MaskedLMPromptTuning on backbone 'tiny-roberta'" in line
+    assert "the config uses Seq2SeqPromptTuning on 'tiny-t5'" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_corrupt_neuron_file_is_named(finished_run, tmp_path, capsys):
+    from callbacks.skill_neurons import SkillNeuronError, load_neuron_file
+
+    good = (finished_run / "skill_neurons" / "validation.safetensors").read_bytes()
+    bad = tmp_path / "skill_neurons" / "validation.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes(good[: len(good) // 3])
+    with pytest.raises(SkillNeuronError, match=f"skill-neuron file '{bad}' cannot be read"):
+        load_neuron_file(bad)
+    line = refused(["validate", *FAST, f"--runs_dir={tmp_path / 'runs'}", "--suppression.rate=5",
+                    f"--suppression.neurons=[{tmp_path}]", f"--ckpt_path={finished_run / 'checkpoints/best.ckpt'}"],
+                   capsys)
+    assert f"skill-neuron file '{bad}' cannot be read" in line
