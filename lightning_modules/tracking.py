@@ -54,6 +54,7 @@ class WandbLogger(lightning_wandb.WandbLogger):
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             print(f"skill-neurons: W&B could not start online ({type(err).__name__}: {reason}) — logging offline "
                   f"in {self._save_dir or '.'}/wandb; upload later with `wandb sync`", file=sys.stderr, flush=True)
+            wandb.teardown()  # the service still holds the run id of the failed start
             self._offline = True
             self._wandb_init["mode"] = "offline"
             self._wandb_init.pop("settings", None)

@@ -389,3 +389,47 @@ def test_a_corrupt_neuron_file_is_named(finished_run, tmp_path, capsys):
                     f"--suppression.neurons=[{tmp_path}]", f"--ckpt_path={finished_run / 'checkpoints/best.ckpt'}"],
                    capsys)
     assert f"skill-neuron file '{bad}' cannot be read" in line
+
+
+# ---------------------------------------------------------------- 8. W&B with a key and no network
+@pytest.mark.parametrize("key, why", [("k" * 40, "CommError"), ("short-key!", "AuthenticationError")])
+def test_wandb_without_network_or_with_a_bad_key_goes_offline_in_bounded_time(key, why, tmp_path, monkeypatch,
+                                                                              capsys):
+    """A 40-character key and an unreachable server: W&B's init_timeout bounds the wait (here 5 s through
+    $WANDB_INIT_TIMEOUT; the CLI's default is 30 s), then the run is offline and logs. A malformed key fails
+    at once, the same way."""
+    import time
+
+    import wandb
+
+    from lightning_modules.tracking import WandbLogger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    wandb.teardown()  # W&B's process-wide settings read the environment once: start from this test's
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: no network
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
+    logger = WandbLogger(project="p", save_dir=str(tmp_path), id="offline1")
+    start = time.monotonic()
+    run = logger.experiment
+    waited = time.monotonic() - start
+    run.log({"val/acc": 0.5})
+    assert run.settings.mode in ("offline", "dryrun") and waited < 60, waited
+    err = capsys.readouterr().err
+    assert f"W&B could not start online ({why}" in err and "logging offline" in err
+    run.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*-offline1/run-offline1.wandb"))
+
+
+# ---------------------------------------------------------------- 4. wandb sync names every segment
+def test_after_a_resume_the_sync_command_names_every_offline_segment(tmp_path, capsys, tiny_backbones):
+    from lightning_modules.cli import main
+
+    args = [a for a in FAST if a != "--trainer.logger=false"] + [f"--runs_dir={tmp_path}", "--run_id=W"]
+    main(["fit", *args])
+    main(["fit", *args[:-1], "--trainer.max_epochs=2", f"--ckpt_path={tmp_path / 'W/checkpoints/last.ckpt'}"])
+    segments = sorted((tmp_path / "W" / "wandb").glob("offline-run-*-W"))
+    assert len(segments) == 2
+    command = f"wandb sync {segments[0]} {segments[1]}"
+    assert command in capsys.readouterr().err
+    assert json.loads((tmp_path / "W" / "summary.json").read_text())["wandb"]["sync_command"] == command
