@@ -702,7 +702,10 @@ class SweepRunner:
         _save_param_file(self.dir / "params" / f"config-{run_id}.yaml", trial.params)
         if "${args_json_file}" in [str(c) for c in self.config.get("command") or []]:
             (self.dir / "params" / f"config-{run_id}.json").write_text(json.dumps(trial.params))
-        self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        # The skill-neurons CLI claims its run folder itself (and refuses one that exists); other programs get it.
+        self.run_dir(run_id).parent.mkdir(parents=True, exist_ok=True)
+        if not is_skill_neurons_cli(argv):
+            self.run_dir(run_id).mkdir(exist_ok=True)
         launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid())] if sys.platform == "linux" else []
         with open(self.dir / "logs" / f"{run_id}.log", "ab") as log:
             log.write(f"$ {shlex.join(argv)}\n".encode())
