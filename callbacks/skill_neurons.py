@@ -90,9 +90,14 @@ def load_neuron_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     """Read a file written by :func:`save_neuron_file`: (tensors, metadata)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-        metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    except Exception as err:  # SafetensorError, OSError, JSONDecodeError: a truncated or foreign file
+        raise SkillNeuronError(f"skill-neuron file {str(path)!r} cannot be read ({type(err).__name__}: "
+                               f"{' '.join(str(err).split())[:200]}) — it is truncated or not written by "
+                               "skill-neurons; rerun the run's analysis (skill-neurons analyse runs/<id>)") from None
     return tensors, metadata
 
 
@@ -231,6 +236,7 @@ class SkillNeuronCallback(Callback):
         self.log_artifact = log_artifact
         self.results: dict[str, dict[str, torch.Tensor]] = {}
         self.metrics: dict[str, float] = {}
+        self._fit_analysed = False
 
     # ------------------------------------------------------------------ checks (before any work)
     def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
@@ -290,10 +296,34 @@ class SkillNeuronCallback(Callback):
         self.check_run(trainer, pl_module, getattr(trainer, "datamodule", None), stage)
 
     # ------------------------------------------------------------------ when it runs
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A new fit has not been analysed yet."""
+        self._fit_analysed = False
+
+    def promised_outputs(self, trainer: Trainer, stage: str) -> list[str]:
+        """The neuron files ``stage`` writes (the run summary marks a run ``finished`` only when they exist)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if not self.runs_in(stage, trainer) or trainer.fast_dev_run or not hasattr(datamodule, "eval_roles"):
+            return []
+        return [f"{OUTPUT_DIR}/{set_name(role)}.safetensors" for role in datamodule.eval_roles(stage)]
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A resume whose training was already complete (killed during the analysis, or ``skill-neurons analyse``)
+        runs no training loop and so no ``on_train_end``: analyse now, on the device the model trained on."""
+        if self._fit_analysed or not self.runs_in("fit", trainer) or trainer.fast_dev_run:
+            return
+        device = pl_module.device
+        pl_module.to(trainer.strategy.root_device)  # the strategy's teardown moved it to the CPU
+        try:
+            self.on_train_end(trainer, pl_module)
+        finally:
+            pl_module.to(device)
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """End of ``fit``: analyse the best checkpoint's prompt (P1 keeps the best epoch's prompt)."""
         if not self.runs_in("fit", trainer) or trainer.fast_dev_run:
             return
+        self._fit_analysed = True
         path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
         path = trainer.strategy.broadcast(path)
         final = pl_module.prompt.weight.detach().clone()

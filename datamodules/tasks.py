@@ -111,6 +111,8 @@ class Source:
             raise TaskError(f"a data source needs exactly one of 'hub' or 'file', got {self.describe()}")
         if self.hub is not None and self.hub_split is None:
             raise TaskError(f"hub source {self.hub!r} needs 'hub_split' (e.g. train, validation)")
+        if self.file is not None and Path(self.file).is_dir():
+            raise TaskError(f"data file {self.file!r} is a directory — give a file in it ({', '.join(FILE_FORMATS)})")
         if self.file is not None and self.format is None:
             raise TaskError(
                 f"cannot tell the format of {self.file!r}: use one of {', '.join(FILE_FORMATS)} as suffix"
