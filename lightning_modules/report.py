@@ -18,21 +18,12 @@ and writes
   credentials, as the training CLI does.
 
 Sections (METHOD.md, "Experiments built on it"), each replaced by one line saying why when its runs are
-missing:
-
-1. **Runs read**: counts by kind; unfinished runs (listed, skipped) and files that are not run summaries.
-2. **Accuracy: clean vs adversarial**: backbone × task from fit runs' best epoch (``best``), mean ± sd
-   (sample sd, n − 1) over seeds, chance level ``1/len(label_names)``, means below chance marked ↓.
-3. **Prompt transfer between tasks**: relative score ``100 · acc(A→B) / acc(B→B)`` per seed, then
-   mean ± sd over seeds; heat map per backbone, tasks ordered by task type, then name (see
-   :func:`transfer_section` for where ``acc(B→B)`` comes from).
-4. **Suppression of skill neurons**: accuracy vs suppression rate, skill vs random units, clean and each
-   adversarial set, mean ± s.e.m. over seeds.
-5. **Predictivity per layer**, 6. **Overlap of clean and adversarial skill neurons**,
-   7. **Adversarial predictivity of clean skill neurons: RoBERTa vs T5**, 8. **Spearman correlation across
-   seeds**, 9. **Spearman correlation across tasks**: recomputed from the neuron files with
-   ``callbacks.neuron_statistics`` at ``--percent`` (overlap at 1, 5, 10, 15 and ``--percent``), and checked
-   against the numbers the runs wrote into their ``summary.json``.
+missing, in :data:`report_base.TITLES` order: runs read; accuracy; transfer (:mod:`report_transfer`); the paper's
+neuron analyses computed as P1 computes them (:mod:`report_paper`, :mod:`report_spearman`, numbers from
+:mod:`report_analyses`, seed means from :mod:`report_seed_means`); suppression (:mod:`report_suppression` and the
+per-backbone detail here); class-balanced predictivity (:mod:`report_balance`); our per-seed variants (per-layer
+boxes, per-seed overlap checked against ``summary.json``). Before any section, :func:`report_seed_means.check_inputs`
+refuses runs of mixed layouts / analysed positions and neuron files of different shapes for one backbone.
 
 Run kinds: a run with a ``suppression`` section is a suppression run; one with ``transfer`` (and no
 ``suppression``) a transfer run; otherwise its ``stage`` (fit / validate / test). The neuron sections use
@@ -342,9 +333,10 @@ def accuracy_section(ctx: Context) -> Section:
         return section.leave_out(
             f"No finished fit runs with a best epoch among the {len(ctx.runs)} runs read (the table uses `best` "
             "of summary.json, the epoch with the best clean `val/acc`; runs come from `skill-neurons fit`).")
-    section.lines += [("Accuracy in %, mean ± sd (sample sd, n − 1) over seeds, at each fit run's best epoch "
-                      "(the epoch with the best clean validation accuracy). Chance = 100 / number of classes; "
-                      "↓ marks a mean below chance."), ""]
+    section.lines += [("**Formula** (P1 `src/analysis.py::get_results`, `get_mean_std`): accuracy in %, mean ± sd "
+                      "over seeds, at each fit run's best epoch (the epoch with the best clean validation accuracy). "
+                      "Ours: the sample sd (n − 1) where P1's `get_mean_std` uses `np.std` (n); report.json has every "
+                      "seed's value. Chance = 100 / number of classes; ↓ marks a mean below chance."), ""]
     if not {r["family"] for r in rows + test_rows} >= set(FAMILY_ORDER):
         present = sorted({r["family"] for r in rows + test_rows}, key=family_rank)
         absent = [f for f in FAMILY_ORDER if f not in present]
@@ -746,8 +738,10 @@ def build_sections(ctx: Context) -> list[Section]:
 def render_markdown(ctx: Context, sections: list[Section], command: str) -> str:
     lines = ["# Skill-neuron report", "",
              (f"`{command}` — {time.strftime('%Y-%m-%d %H:%M:%S %z')}; {len(ctx.runs)} runs read, "
-             f"{len(ctx.finished)} finished. Skill neurons: top {ctx.percent:g}% of units per layer on "
-             f"'{ctx.eval_set}'. Numbers as in `report.json`."), ""]
+             f"{len(ctx.finished)} finished. Clean set '{ctx.eval_set}'. Paper sections: seed means, n = 2, 4, …, 14 "
+             f"for overlap and Spearman curves, the model-wide top {ctx.percent:g}% for the histogram, layer location "
+             "and balanced sections, as P1 computes them (formula and P1 function under each section). Numbers as "
+             "in `report.json`."), ""]
     lines += [f"{i}. [{s.title}](#{re.sub(r'[^a-z0-9 -]', '', s.title.lower()).replace(' ', '-')})"
               + (" — left out" if s.missing else "") for i, s in enumerate(sections, 1)] + [""]
     for section in sections:
@@ -856,8 +850,9 @@ def main(argv: list[str] | None = None) -> int:
                         "recursively for summary.json), or W&B run paths entity/project/run_id (online)")
     parser.add_argument("--out", required=True, help="folder for report.md, report.json and figures/")
     parser.add_argument("--percent", type=float, default=5.0,
-                        help="skill neurons = top n%% of units per layer (default 5); overlap is also shown "
-                             "at 1, 5, 10, 15")
+                        help="n of the paper sections at one n: the model-wide top n%% units of the histogram, "
+                             "layer location and balanced sections (default 5); overlap and Spearman curves use "
+                             "P1's n = 2, 4, ..., 14; our per-seed sections use the top n%% per layer")
     parser.add_argument("--eval-set", default="validation",
                         help="the clean evaluation set whose skill-neuron analysis is used (default validation; "
                              "test for runs of `skill-neurons test`)")
