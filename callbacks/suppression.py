@@ -196,7 +196,7 @@ class NeuronSuppression(Callback):
             "std": self.std if self.perturbation == "gaussian" else None, "seed": self.seed, "part": self.part,
             "units_per_layer": num_selected(units, self.rate), "neurons_from": [str(s) for s in sources],
             "eval_set": self.eval_set, "adversarial_neurons": self.adversarial_neurons,
-            "neuron_source": "given" if self.neurons else self.neuron_source,
+            "neuron_source": self._source_name(trainer),
             "selected_units": {set_name(role): int(mask.sum()) for role, mask in zip(roles, self.masks)},
         }
 
@@ -206,6 +206,15 @@ class NeuronSuppression(Callback):
             raise SkillNeuronError("suppression needs skill-neuron files: give --suppression.neurons=[runs/<id>] "
                                    "(or validate a checkpoint from runs/<id>/checkpoints/, whose run is used)")
         return Path(ckpt).resolve().parent.parent
+
+    def _source_name(self, trainer: Trainer) -> str:
+        """``own`` / ``seed_mean``, or ``given`` for ``neurons`` other than the checkpoint's run (the CLI passes
+        that run as ``neurons`` for ``own``)."""
+        if not self.neurons:
+            return self.neuron_source
+        ckpt = getattr(trainer, "ckpt_path", None)
+        own = [Path(ckpt).resolve().parent.parent] if ckpt else None
+        return "own" if [Path(n).resolve() for n in self.neurons] == own else "given"
 
     def _sources(self, run: Path) -> list[Path]:
         """The runs whose neuron files give the units: the checkpoint's run, or (``seed_mean``) every finished

@@ -97,7 +97,8 @@ class SkillNeuronsCLI(LightningCLI):
             if not ckpt_path or Path(ckpt_path).parent.name != "checkpoints":
                 raise SystemExit("error: --suppression.rate needs skill-neuron files: give --suppression.neurons="
                                  "[runs/<id>] or a --ckpt_path inside runs/<id>/checkpoints/ (that run's are used)")
-            suppression.neurons = [str(Path(ckpt_path).resolve().parent.parent)]
+            if suppression.get("neuron_source", "own") == "own":  # seed_mean: the callback finds the task's runs
+                suppression.neurons = [str(Path(ckpt_path).resolve().parent.parent)]
         self._run_id, self._run_dir = run_id, run_dir
         for logger in self._logger_configs(config):
             if logger.get("class_path") == WANDB_LOGGER:
