@@ -18,10 +18,10 @@ analysis reads), during ``validate``/``test`` only:
   and the mean over prompt positions at the text positions (the threshold exists only at prompt positions).
 
 ``rate: 0`` selects no unit and registers no hook: accuracy equals plain validation bit for bit.
-``neuron_source`` (when ``neurons`` is not given): ``own`` (default) takes the units from the run the checkpoint
-belongs to; ``seed_mean`` (P1, ``src/utils.py::init_mask`` loads ``{task}Prompt{model}_mean.npy``) from the mean
-score of every finished fit run of the same task, backbone and prompt length beside it (the task's prompts, one
-per seed), so every prompt of a task suppresses the same units.
+``neuron_source``: ``own`` (default) takes the units from ``neurons`` (the run the checkpoint belongs to, unless
+given); ``seed_mean`` (P1, ``src/utils.py::init_mask`` loads ``{task}Prompt{model}_mean.npy``) from the mean
+score of every finished fit run of the same task, backbone and prompt length beside that run (the task's
+prompts, one per seed), so every prompt of a task suppresses the same units.
 ``adversarial_neurons``: ``clean`` (default; P1's ``--adv_nonAdv``) suppresses the clean set's skill neurons
 on the adversarial sets too; ``own`` uses each adversarial set's own skill-neuron file for its loader.
 ``rate: null`` (the CLI default) switches the callback off.
@@ -111,8 +111,8 @@ class NeuronSuppression(Callback):
             ``own`` (each adversarial loader uses that set's own neuron file).
         part: ``encoder`` (default) or ``decoder`` (encoder–decoders).
         seed: seed of the random control and of the gaussian noise.
-        neuron_source: without ``neurons``: ``own`` (the checkpoint's run) or ``seed_mean`` (the finished fit runs
-            of the checkpoint's task, backbone and prompt length in the folder holding its run).
+        neuron_source: ``own`` (the ``neurons`` runs) or ``seed_mean`` (the finished fit runs of their task,
+            backbone and prompt length in the folder holding each of them).
     """
 
     def __init__(
@@ -177,7 +177,7 @@ class NeuronSuppression(Callback):
         layers, units = ffn_shape(pl_module.backbone, self.part)
         datamodule = trainer.datamodule
         roles = datamodule.eval_roles(stage)
-        sources = self.neurons or self._sources(self._checkpoint_run(trainer))
+        sources = self._sources([Path(n) for n in self.neurons] if self.neurons else [self._checkpoint_run(trainer)])
         clean_score, meta = combine_neuron_files(sources, self.eval_set)
         if tuple(clean_score.shape) != (layers, units):
             raise SkillNeuronError(
@@ -196,7 +196,7 @@ class NeuronSuppression(Callback):
             "std": self.std if self.perturbation == "gaussian" else None, "seed": self.seed, "part": self.part,
             "units_per_layer": num_selected(units, self.rate), "neurons_from": [str(s) for s in sources],
             "eval_set": self.eval_set, "adversarial_neurons": self.adversarial_neurons,
-            "neuron_source": self._source_name(trainer),
+            "neuron_source": self.neuron_source,
             "selected_units": {set_name(role): int(mask.sum()) for role, mask in zip(roles, self.masks)},
         }
 
@@ -207,28 +207,22 @@ class NeuronSuppression(Callback):
                                    "(or validate a checkpoint from runs/<id>/checkpoints/, whose run is used)")
         return Path(ckpt).resolve().parent.parent
 
-    def _source_name(self, trainer: Trainer) -> str:
-        """``own`` / ``seed_mean``, or ``given`` for ``neurons`` other than the checkpoint's run (the CLI passes
-        that run as ``neurons`` for ``own``)."""
-        if not self.neurons:
-            return self.neuron_source
-        ckpt = getattr(trainer, "ckpt_path", None)
-        own = [Path(ckpt).resolve().parent.parent] if ckpt else None
-        return "own" if [Path(n).resolve() for n in self.neurons] == own else "given"
-
-    def _sources(self, run: Path) -> list[Path]:
-        """The runs whose neuron files give the units: the checkpoint's run, or (``seed_mean``) every finished
-        fit run beside it with the same task, backbone and prompt length."""
+    def _sources(self, runs: list[Path]) -> list[Path]:
+        """The runs whose neuron files give the units: ``runs`` themselves (``own``), or (``seed_mean``) every
+        finished fit run beside each of them with its task, backbone and prompt length."""
         if self.neuron_source == "own":
-            return [run]
-        own = read_summary(run).get("settings", {})
-        keys = ("task", "backbone", "prompt_length")
-        found = [directory for directory, summary in finished_fit_runs([run.parent])
-                 if all(summary.get("settings", {}).get(k) == own.get(k) for k in keys)]
-        if not found:
-            raise SkillNeuronError(f"suppression.neuron_source=seed_mean: no finished fit run of task "
-                                   f"{own.get('task')!r} and backbone {own.get('backbone')!r} in {run.parent} — "
-                                   "validate a checkpoint of a finished fit run there, or give --suppression.neurons")
+            return runs
+        found = set()
+        for run in runs:
+            own = read_summary(run).get("settings", {})
+            keys = ("task", "backbone", "prompt_length")
+            beside = [directory.resolve() for directory, summary in finished_fit_runs([run.parent])
+                      if all(summary.get("settings", {}).get(k) == own.get(k) for k in keys)]
+            if not beside:
+                raise SkillNeuronError(f"suppression.neuron_source=seed_mean: no finished fit run of task "
+                                       f"{own.get('task')!r} and backbone {own.get('backbone')!r} in {run.parent} — "
+                                       "validate a checkpoint of a finished fit run there, or use neuron_source=own")
+            found.update(beside)
         return sorted(found)
 
     def _select(self, score: torch.Tensor, pl_module, datamodule) -> torch.Tensor:

@@ -79,6 +79,7 @@ class SkillNeuronsCLI(LightningCLI):
         parser.add_lightning_class_args(NeuronSuppression, "suppression")
         parser.link_arguments("model.init_args.backbone", "data.backbone")
         parser.link_arguments("model.init_args.prompt_length", "data.prompt_length")
+        parser.link_arguments("model.init_args.layout", "data.layout")
 
     # ------------------------------------------------------------------ run directory, logger, resume
     def before_instantiate_classes(self) -> None:
@@ -97,8 +98,7 @@ class SkillNeuronsCLI(LightningCLI):
             if not ckpt_path or Path(ckpt_path).parent.name != "checkpoints":
                 raise SystemExit("error: --suppression.rate needs skill-neuron files: give --suppression.neurons="
                                  "[runs/<id>] or a --ckpt_path inside runs/<id>/checkpoints/ (that run's are used)")
-            if suppression.get("neuron_source", "own") == "own":  # seed_mean: the callback finds the task's runs
-                suppression.neurons = [str(Path(ckpt_path).resolve().parent.parent)]
+            suppression.neurons = [str(Path(ckpt_path).resolve().parent.parent)]
         self._run_id, self._run_dir = run_id, run_dir
         for logger in self._logger_configs(config):
             if logger.get("class_path") == WANDB_LOGGER:

@@ -215,6 +215,10 @@ def test_seed_mean_source_suppresses_the_top_units_of_the_mean_over_the_tasks_fi
     own = NeuronSuppression(rate=10)
     own.setup(trainer, model, "validate")
     assert own.record["neuron_source"] == "own" and own.record["neurons_from"] == [str(checkpoint.parent.parent)]
+    # the CLI passes the checkpoint's run as `neurons`: seed_mean then averages the runs beside it
+    given = NeuronSuppression(rate=10, neuron_source="seed_mean", neurons=[str(checkpoint.parent.parent)])
+    given.setup(SimpleNamespace(ckpt_path=None, datamodule=dm), model, "validate")
+    assert len(given.record["neurons_from"]) == 3 and torch.equal(given.masks[0], callback.masks[0])
     alone = tmp_path / "alone"
     seed_mean_prompts(alone, task="unrelated")
     lonely = SimpleNamespace(ckpt_path=str(alone / "x" / "checkpoints" / "best.ckpt"), datamodule=dm)
