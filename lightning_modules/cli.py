@@ -79,7 +79,6 @@ class SkillNeuronsCLI(LightningCLI):
         parser.add_lightning_class_args(NeuronSuppression, "suppression")
         parser.link_arguments("model.init_args.backbone", "data.backbone")
         parser.link_arguments("model.init_args.prompt_length", "data.prompt_length")
-        parser.link_arguments("model.init_args.layout", "data.layout")
 
     # ------------------------------------------------------------------ run directory, logger, resume
     def before_instantiate_classes(self) -> None:
