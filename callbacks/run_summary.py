@@ -21,6 +21,8 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.relative_transfer import reference_accuracy, relative_score
+
 SUMMARY_FILE = "summary.json"
 BEST_KEY = "val/acc"
 FILE_MODE = 0o644  # like the run's other files (mkstemp creates 0600)
@@ -146,20 +148,18 @@ def prompt_source(ckpt_path: str | Path) -> dict[str, Any]:
 def transfer_record(source: dict[str, Any], target_task: str, backbone: str, accuracy: float,
                     runs_roots: list[Path]) -> dict[str, Any]:
     """Transfer of a prompt from ``source['task']`` (A) to ``target_task`` (B): the accuracy and, when B's own
-    fit runs with this backbone are in one of ``runs_roots``, the relative score 100 · acc(A→B) / acc(B→B),
-    with acc(B→B) = B's best clean validation accuracy (the run of the source's seed if there is one, else
-    the mean over B's runs)."""
+    fit runs with this backbone are in one of ``runs_roots``, the relative score as
+    :mod:`callbacks.relative_transfer` defines it (the one definition the report uses too)."""
     own = [summary for _, summary in finished_fit_runs(runs_roots)
            if summary.get("settings", {}).get("task") == target_task
            and summary.get("settings", {}).get("backbone") == backbone
            and (summary.get("best") or {}).get(BEST_KEY) is not None]
-    same_seed = [o for o in own if source.get("seed") is not None and o["settings"].get("seed") == source["seed"]]
-    reference_runs = same_seed or own
-    reference = (sum(o["best"][BEST_KEY] for o in reference_runs) / len(reference_runs)) if reference_runs else None
+    candidates = [(o.get("run_id"), o["settings"].get("seed"), o["best"][BEST_KEY]) for o in own]
+    reference, runs, how = reference_accuracy(candidates, source.get("seed"))
     return {
         "source_task": source.get("task"), "target_task": target_task, "accuracy": accuracy,
-        "reference_accuracy": reference, "reference_runs": [o.get("run_id") for o in reference_runs],
-        "relative": 100.0 * accuracy / reference if reference else None,
+        "reference_accuracy": reference, "reference_runs": runs, "reference": how,
+        "relative": relative_score(accuracy, reference),
     }
 
 

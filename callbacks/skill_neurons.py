@@ -77,6 +77,12 @@ def threshold_indices(num_rows: int, max_samples: int | None, seed: int) -> list
     return sorted(torch.randperm(num_rows, generator=generator)[:max_samples].tolist())
 
 
+def balanced_view(counts: PredictivityAccumulator) -> torch.Tensor:
+    """The class-balanced predictivity in the layout of ``predictivity``: (L, P, N) binary, (C, L, P, N) else."""
+    balanced = counts.balanced_predictivity_per_class()
+    return balanced[1] if counts.num_classes == 2 else balanced
+
+
 def save_neuron_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """One evaluation set's statistics as safetensors; metadata values are JSON-encoded strings."""
     from safetensors.torch import save_file
@@ -145,8 +151,10 @@ def combine_neuron_files(runs: list[str | Path], eval_set: str = "validation") -
     return combined, meta
 
 
-def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: str, ylabel: str) -> None:
-    """Box plots of (L, N) scores per layer, one box per named set side by side, chance (0.5) dotted."""
+def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: str, ylabel: str,
+                      baselines: dict[str, float] | None = None) -> None:
+    """Box plots of (L, N) scores per layer, one box per named set side by side; dotted in the set's colour:
+    its majority-class share (the predictivity of a unit that never changes), 0.5 where it is not given."""
     layers = next(iter(scores.values())).shape[0]
     width = 0.8 / max(1, len(scores))
     for k, ((name, score), colour) in enumerate(zip(scores.items(), colours)):
@@ -156,7 +164,8 @@ def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: 
         for box in parts["boxes"]:
             box.set_facecolor(colour)
         ax.plot([], [], color=colour, linewidth=8, label=name)
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    for (name, _), colour in zip(scores.items(), colours):
+        ax.axhline((baselines or {}).get(name, 0.5), color=colour, linewidth=1.0, linestyle=":")
     ax.set_xticks(range(layers))
     ax.set_xlabel(f"{part} layer")
     ax.set_ylabel(ylabel)
@@ -199,6 +208,9 @@ class SkillNeuronCallback(Callback):
         table_rows: rows of the top-neuron table (W&B and ``top_neurons.csv``).
         on_fit / on_validate / on_test: run after that stage.
         log_artifact: upload the files as a W&B artifact.
+        balanced: also compute the class-balanced predictivity (beyond the papers; see
+            ``neuron_statistics.PredictivityAccumulator.balanced_predictivity_per_class``), stored beside the
+            raw one (``balanced_predictivity``, ``balanced_score``) with ``balanced_*`` summary metrics.
     """
 
     def __init__(
@@ -215,6 +227,7 @@ class SkillNeuronCallback(Callback):
         on_validate: bool = True,
         on_test: bool = True,
         log_artifact: bool = True,
+        balanced: bool = False,
     ):
         if part not in PARTS:
             raise SkillNeuronError(f"SkillNeuronCallback(part={part!r}): use 'encoder' or 'decoder'")
@@ -234,6 +247,7 @@ class SkillNeuronCallback(Callback):
         self.table_rows = table_rows
         self.stages = {"fit": on_fit, "validate": on_validate, "test": on_test}
         self.log_artifact = log_artifact
+        self.balanced = balanced
         self.results: dict[str, dict[str, torch.Tensor]] = {}
         self.metrics: dict[str, float] = {}
         self._fit_analysed = False
@@ -404,6 +418,8 @@ class SkillNeuronCallback(Callback):
                 "threshold": threshold, "accuracy": counts.accuracy(), "predictivity": counts.predictivity(),
                 "score": counts.score(), "class_count": counts.class_count.clone(),
                 "threshold_examples": thresholds.count.clone(),
+                **({"balanced_predictivity": balanced_view(counts), "balanced_score": counts.balanced_score()}
+                   if self.balanced else {}),
             }
         return {role: {k: v.cpu() for k, v in tensors.items()} for role, tensors in results.items()}
 
@@ -434,6 +450,12 @@ class SkillNeuronCallback(Callback):
             score = self.results[role]["score"]
             prefix = f"skill_neurons/{set_name(role)}"
             metrics[f"{prefix}/best_predictivity"] = float(score.max())
+            class_count = self.results[role]["class_count"]
+            metrics[f"{prefix}/majority_baseline"] = int(class_count.max()) / int(class_count.sum())
+            balanced = self.results[role].get("balanced_score")
+            for n in self.top_percents if balanced is not None else ():
+                metrics[f"{prefix}/balanced_top{n:g}_mean"] = mean_predictivity_of(top_percent_mask(balanced, n),
+                                                                                   balanced)
             for n in self.top_percents:
                 metrics[f"{prefix}/top{n:g}_mean"] = mean_predictivity_of(top_percent_mask(score, n), score)
             if role == roles[0]:
@@ -442,6 +464,10 @@ class SkillNeuronCallback(Callback):
                 metrics[f"{prefix}/overlap@{n:g}"] = overlap_at(clean, score, n)
                 metrics[f"{prefix}/clean_top{n:g}_predictivity"] = mean_predictivity_of(
                     top_percent_mask(clean, n), score)
+                if balanced is not None:
+                    clean_balanced = self.results[roles[0]]["balanced_score"]
+                    metrics[f"{prefix}/balanced_clean_top{n:g}_predictivity"] = mean_predictivity_of(
+                        top_percent_mask(clean_balanced, n), balanced)
         return metrics
 
     def _top_rows(self, roles: list[str]) -> tuple[list[str], list[list]]:
@@ -480,11 +506,13 @@ class SkillNeuronCallback(Callback):
             examples = int(r["class_count"].sum())
             file = out / f"{name}.safetensors"
             save_neuron_file(file, {k: r[k] for k in ("threshold", "accuracy", "predictivity", "score",
-                                                     "class_count")},
+                                                     "class_count", "balanced_predictivity", "balanced_score")
+                                    if k in r},
                              {**common, "split": role, "examples": examples})
             prefix = f"skill_neurons/{name}/"
             sets[name] = {
                 "split": role, "examples": examples, "class_count": r["class_count"].tolist(),
+                "majority_baseline": int(r["class_count"].max()) / examples,
                 "file": str(file), **{k[len(prefix):]: v for k, v in self.metrics.items() if k.startswith(prefix)},
                 "per_layer_top5_mean": [mean_predictivity_of(top_percent_mask(r["score"][i:i + 1], 5),
                                                              r["score"][i:i + 1]) for i in range(layers)],
@@ -509,8 +537,10 @@ class SkillNeuronCallback(Callback):
         layers = common["shape"]["layers"]
         fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * layers * len(roles)), 4.0), dpi=100)
         scores = {set_name(role): self.results[role]["score"] for role in roles}
+        baselines = {set_name(role): self.metrics[f"skill_neurons/{set_name(role)}/majority_baseline"]
+                     for role in roles}
         per_layer_boxplot(ax, scores, [plt.get_cmap("tab10")(k) for k in range(len(roles))], common["part"],
-                          "neuron score (max predictivity over positions)")
+                          "neuron score (max predictivity over positions)", baselines)
         ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
         fig.tight_layout()
         fig.savefig(path)

@@ -246,6 +246,26 @@ def test_validate_writes_files_of_backbone_shape_and_hooks_are_gone(tmp_path, ti
     assert hooked == []
 
 
+def test_balanced_option_stores_balanced_predictivity_beside_the_raw_one(tmp_path, tiny_backbones):
+    model, dm = make("masked_lm")
+    plain = SkillNeuronCallback()
+    validate(model, dm, tmp_path / "plain", plain)
+    balanced = SkillNeuronCallback(balanced=True)
+    validate(model, dm, tmp_path / "balanced", balanced)
+    raw, _ = load_neuron_file(tmp_path / "plain" / "skill_neurons" / "validation.safetensors")
+    assert "balanced_score" not in raw and "balanced_predictivity" not in raw
+    tensors, _ = load_neuron_file(tmp_path / "balanced" / "skill_neurons" / "validation.safetensors")
+    assert torch.equal(tensors["predictivity"], raw["predictivity"]) and torch.equal(tensors["score"], raw["score"])
+    assert torch.equal(tensors["balanced_score"], tensors["balanced_predictivity"].amax(dim=1))
+    counts = tensors["class_count"].tolist()
+    summary = json.loads((tmp_path / "balanced" / "summary.json").read_text())["skill_neurons"]["sets"]["validation"]
+    assert summary["majority_baseline"] == max(counts) / sum(counts)
+    assert summary["balanced_top5_mean"] == pytest.approx(
+        float(tensors["balanced_score"].topk(13, dim=1).values.mean()))  # ceil(5% of 256) units per layer
+    if counts[0] != counts[1]:  # an imbalanced set: balancing changes the numbers
+        assert not torch.equal(tensors["balanced_predictivity"], tensors["predictivity"])
+
+
 def test_test_stage_analyses_the_test_split_and_adversarial_sets(tmp_path, tiny_backbones):
     task = marker_task()
     task["splits"]["test"] = dict(task["splits"]["validation"])
