@@ -39,12 +39,7 @@ from lightning import Callback, LightningModule, Trainer
 
 from callbacks.neuron_statistics import num_selected, top_percent_mask
 from callbacks.run_summary import finished_fit_runs, read_summary, run_dir_of, update_summary
-from callbacks.skill_neurons import (
-    SkillNeuronError,
-    combine_neuron_files,
-    load_neuron_file,
-    set_name,
-)
+from callbacks.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
 from lightning_modules.ffn import PARTS, ffn_shape, hook_ffn, remove_hooks
 
 SELECTIONS = ("skill", "random")

@@ -51,7 +51,8 @@ import torch
 
 from callbacks.neuron_statistics import mean_over_prompts, mean_predictivity_of, overlap_at, top_percent_mask
 from callbacks.run_summary import SUMMARY_FILE
-from callbacks.skill_neurons import OUTPUT_DIR, per_layer_boxplot, set_name
+from callbacks.neuron_files import OUTPUT_DIR, set_name
+from callbacks.skill_neurons import per_layer_boxplot
 from lightning_modules.report_balance import balanced_section
 from lightning_modules.report_base import (  # noqa: F401 (WIDE, SQUARE, TITLES: re-exported for callers)
     FAMILY_ORDER,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from callbacks.skill_neurons import OUTPUT_DIR, SkillNeuronError, neuron_file_of
+from callbacks.neuron_files import OUTPUT_DIR, SkillNeuronError, neuron_file_of
 
 FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like"}
 FAMILY_ORDER = ("masked_lm", "seq2seq")

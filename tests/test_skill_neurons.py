@@ -419,7 +419,7 @@ def test_single_class_evaluation_set_fails_before_any_run_directory(tmp_path, ti
 
 # ---------------------------------------------------------------- combining seeds
 def test_combined_score_is_the_mean_over_runs_of_each_runs_max_over_positions(tmp_path):
-    from callbacks.skill_neurons import combine_neuron_files, save_neuron_file
+    from callbacks.neuron_files import combine_neuron_files, save_neuron_file
 
     g = torch.Generator().manual_seed(0)
     runs, predictivities = [], []
@@ -441,3 +441,9 @@ def test_combined_score_is_the_mean_over_runs_of_each_runs_max_over_positions(tm
                                                                                   "part": "encoder"})
     with pytest.raises(SkillNeuronError, match="different shapes"):
         combine_neuron_files([*runs, tmp_path / "other.safetensors"])
+    # a run analysed under another layout (or at other positions) holds other neurons' statistics
+    paper = tmp_path / "paper.safetensors"
+    save_neuron_file(paper, {"score": torch.rand(2, 5)}, {"backbone": "tiny-roberta", "part": "encoder",
+                                                          "layout": "paper", "analysed_positions": "prompt"})
+    with pytest.raises(SkillNeuronError, match=r"different layouts \['paper', 'standard'\]"):
+        combine_neuron_files([*runs, paper])
