@@ -86,7 +86,7 @@ from lightning_modules.report_paper import boxes_section, histogram_section, loc
 from lightning_modules.report_paper import overlap_section as paper_overlap_section
 from lightning_modules.report_seed_means import check_inputs, majority_baseline
 from lightning_modules.report_spearman import spearman_seeds_section, spearman_tasks_section
-from lightning_modules.report_suppression import paper_suppression_section
+from lightning_modules.report_suppression import neuron_source, paper_suppression_section
 from lightning_modules.report_transfer import transfer_section
 
 SKIP_DIRS = {"wandb", "checkpoints", OUTPUT_DIR, "__pycache__", "node_modules"}
@@ -408,11 +408,11 @@ def suppression_section(ctx: Context) -> Section:
         info = run.summary["suppression"]
         std = info.get("std") if info.get("perturbation") == "gaussian" else None
         groups[(run.family, run.backbone, run.task, info.get("perturbation", "zero"), std,
-                info.get("part", "encoder"), info.get("adversarial_neurons", "clean"))].append(run)
+                info.get("part", "encoder"), info.get("adversarial_neurons", "clean"), neuron_source(info))].append(run)
     order = ctx.task_order({k[2] for k in groups})
     rows = []
     for key in sorted(groups, key=lambda k: (family_rank(k[0]), k[1], order.index(k[2]), str(k[3:]))):
-        family, backbone, task, perturbation, std, part, adversarial_neurons = key
+        family, backbone, task, perturbation, std, part, adversarial_neurons, source = key
         members = groups[key]
         chance = next((r.chance for r in members if r.chance is not None), None)
         points: dict[tuple[str, float, str], list[tuple[Run, float]]] = defaultdict(list)
@@ -427,6 +427,7 @@ def suppression_section(ctx: Context) -> Section:
             mean, sem = mean_sem(numbers)
             group_rows.append({"backbone": backbone, "family": family, "task": task, "perturbation": perturbation,
                                "std": std, "part": part, "adversarial_neurons": adversarial_neurons,
+                               "neuron_source": source,
                                "selection": selection, "rate": rate, "set": name,
                                "kind": "clean" if name == "validation" else "adversarial", "n": len(numbers),
                                "seeds": [r.seed for r, _ in points[(selection, rate, name)]],
@@ -434,7 +435,8 @@ def suppression_section(ctx: Context) -> Section:
                                "values": numbers, "mean": mean, "sem": sem, "chance": chance})
         rows += group_rows
         what = f"{perturbation}" + (f" (std {std:g})" if std is not None else "")
-        title = f"{backbone} · {task} · {what} · {part} units · adversarial sets suppress the {adversarial_neurons} skill neurons"
+        title = (f"{backbone} · {task} · {what} · {part} units · neurons: {source} · adversarial sets suppress the "
+                 f"{adversarial_neurons} skill neurons")
         section.lines += [f"### {title}", ""]
         table: dict[tuple[str, float], dict[str, dict]] = defaultdict(dict)
         for row in group_rows:
@@ -476,9 +478,9 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
     """One panel per evaluation set: accuracy vs rate, skill (solid) vs random (dashed), ± s.e.m. bands."""
     import numpy as np
 
-    _, backbone, task, perturbation, std, part, adversarial_neurons = key
+    _, backbone, task, perturbation, std, part, adversarial_neurons, source = key
     name = slug("suppression", backbone, task, perturbation, *([std] if std is not None else []), part,
-                adversarial_neurons)
+                adversarial_neurons, source)
     fig, axes, figure = ctx.figure(name, f"Suppression: {title}", WIDE, ncols=len(sets))
     styles = {"skill": ("tab:red", "-"), "random": ("tab:grey", "--")}
     for ax, set_ in zip(axes[0], sets):
