@@ -9,95 +9,20 @@ its checkpoints and where its W&B run lives. Other callbacks add their own secti
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.relative_transfer import reference_accuracy, relative_score
-
-SUMMARY_FILE = "summary.json"
-BEST_KEY = "val/acc"
-FILE_MODE = 0o644  # like the run's other files (mkstemp creates 0600)
-SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-
-
-def redact(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a flat config without keys that look like secrets (API keys, tokens, passwords)."""
-    return {k: v for k, v in config.items() if not SECRET.search(k)}
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"init_args": {"lr": 1}}}`` -> ``{"model.lr": 1}`` (LightningCLI's command-line keys)."""
-    out: dict[str, Any] = {}
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            if key == "init_args":
-                out.update(flatten(value, prefix))
-                continue
-            out.update(flatten(value, f"{prefix}{key}."))
-        if not tree and prefix:
-            out[prefix[:-1]] = {}
-        return out
-    if isinstance(tree, (list, tuple)) and any(isinstance(x, dict) for x in tree):
-        out[prefix[:-1]] = json.loads(json.dumps(tree, default=str))
-        return out
-    out[prefix[:-1]] = tree if isinstance(tree, (str, int, float, bool, type(None), list)) else str(tree)
-    return out
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def update_summary(run_dir: str | Path, /, **sections: Any) -> dict[str, Any]:
-    """Merge ``sections`` into ``run_dir/summary.json`` atomically (write a temp file, then rename)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary = read_summary(run_dir)
-    summary.update(sections)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".summary-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(summary, f, indent=2, default=_jsonable)
-    os.chmod(tmp, FILE_MODE & ~_umask())
-    os.replace(tmp, run_dir / SUMMARY_FILE)
-    return summary
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def offline_segments(wandb_dir: str | Path, run_id: str) -> list[Path]:
-    """Every offline W&B directory of run ``run_id`` (one per command: a resumed run has several), oldest first;
-    ``wandb sync`` takes them all and uploads them into the one W&B run."""
-    return sorted(Path(wandb_dir).glob(f"offline-run-*-{run_id}"))
-
-
-@runtime_checkable
-class PromisesOutputs(Protocol):
-    """A callback whose outputs a run must hold before it counts as ``finished`` (e.g. the skill-neuron files)."""
-
-    def promised_outputs(self, trainer: Trainer, stage: str) -> list[str]:
-        """Paths relative to the run directory that ``stage`` writes."""
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+from callbacks.contracts import PromisesOutputs, PromptData, neurons_perturbed
+from callbacks.prompt_checkpoint import metadata_of, read_checkpoint
+from callbacks.run_files import (
+    BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, jsonable, offline_segments, read_summary, redact, transfer_record,
+    update_summary,
+)
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -106,35 +31,17 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 def run_dir_of(trainer: Trainer) -> Path | None:
     """The run directory the run summary writes to (the CLI's ``runs/<id>``), if a callback knows it."""
-    return next((Path(cb.run_dir) for cb in trainer.callbacks if getattr(cb, "run_dir", None)), None)
-
-
-def finished_fit_runs(roots: list[str | Path], recursive: bool = False) -> list[tuple[Path, dict[str, Any]]]:
-    """(run directory, summary) of every finished ``fit`` run directly under ``roots`` (or anywhere below them
-    with ``recursive``); unreadable summaries are skipped."""
-    found = {}
-    for root in roots:
-        files = Path(root).rglob(SUMMARY_FILE) if recursive else Path(root).glob(f"*/{SUMMARY_FILE}")
-        for file in files:
-            try:
-                summary = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if summary.get("stage") == "fit" and summary.get("status") == "finished":
-                found[file.parent.resolve()] = (file.parent, summary)
-    return [found[key] for key in sorted(found)]
+    return next((Path(cb.run_dir) for cb in trainer.callbacks if isinstance(cb, RunSummary) and cb.run_dir), None)
 
 
 def prompt_source(ckpt_path: str | Path) -> dict[str, Any]:
     """Where an evaluated prompt came from: its checkpoint, the task and backbone it was trained on and, when
     the checkpoint lies in ``runs/<id>/checkpoints/``, that run's id and seed."""
-    import torch
-
     path = Path(ckpt_path).resolve()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     task = (checkpoint.get("datamodule_hyper_parameters") or {}).get("task")
-    imported = (checkpoint.get("skill_neurons") or {}).get("imported_from") or {}
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    imported = metadata_of(checkpoint).get("imported_from") or {}
+    run_dir = path.parent.parent if path.parent.name == CHECKPOINT_DIR else None
     source = read_summary(run_dir) if run_dir else {}
     settings = source.get("settings", {})
     return {
@@ -142,24 +49,6 @@ def prompt_source(ckpt_path: str | Path) -> dict[str, Any]:
         "task": (task.get("name") if isinstance(task, dict) else task) or settings.get("task") or imported.get("task"),
         "backbone": (checkpoint.get("hyper_parameters") or {}).get("backbone") or settings.get("backbone"),
         "seed": settings.get("seed", imported.get("seed")),
-    }
-
-
-def transfer_record(source: dict[str, Any], target_task: str, backbone: str, accuracy: float,
-                    runs_roots: list[Path]) -> dict[str, Any]:
-    """Transfer of a prompt from ``source['task']`` (A) to ``target_task`` (B): the accuracy and, when B's own
-    fit runs with this backbone are in one of ``runs_roots``, the relative score as
-    :mod:`callbacks.relative_transfer` defines it (the one definition the report uses too)."""
-    own = [summary for _, summary in finished_fit_runs(runs_roots)
-           if summary.get("settings", {}).get("task") == target_task
-           and summary.get("settings", {}).get("backbone") == backbone
-           and (summary.get("best") or {}).get(BEST_KEY) is not None]
-    candidates = [(o.get("run_id"), o["settings"].get("seed"), o["best"][BEST_KEY]) for o in own]
-    reference, runs, how = reference_accuracy(candidates, source.get("seed"))
-    return {
-        "source_task": source.get("task"), "target_task": target_task, "accuracy": accuracy,
-        "reference_accuracy": reference, "reference_runs": runs, "reference": how,
-        "relative": relative_score(accuracy, reference),
     }
 
 
@@ -180,6 +69,11 @@ class RunSummary(Callback):
         self.run_id: str | None = None
         self._best: dict[str, Any] | None = None
         self._history: list[dict[str, Any]] = []
+
+    def describe_run(self, run_id: str | None, config: dict[str, Any]) -> None:
+        """The run's id and its flat resolved config (LightningCLI's keys, e.g. ``model.learning_rate``), given
+        by the CLI before the stage starts; recorded in ``summary.json`` and the W&B config."""
+        self.run_id, self.config = run_id, dict(config)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Record settings and data (rank 0), declare W&B metrics and log the CLI config to W&B."""
@@ -205,7 +99,7 @@ class RunSummary(Callback):
             "stage": stage, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "settings": settings, "config": redact(self.config),
         }
-        if datamodule is not None and hasattr(datamodule, "state_for_summary"):
+        if isinstance(datamodule, PromptData):
             sections["data"] = datamodule.state_for_summary()
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -265,7 +159,7 @@ class RunSummary(Callback):
         checkpoint = getattr(trainer, "checkpoint_callback", None)
         if stage == "fit" and checkpoint is not None:
             sections["checkpoints"] = {"best": checkpoint.best_model_path or None,
-                                       "best_score": _jsonable(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+                                       "best_score": jsonable(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
                                        "last": checkpoint.last_model_path or None}
         if stage != "fit":
             sections["ckpt_path"] = trainer.ckpt_path
@@ -280,7 +174,7 @@ class RunSummary(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         target = getattr(getattr(datamodule, "task", None), "name", None)
         accuracy = metrics.get("val/acc" if stage == "validate" else "test/acc")
-        perturbed = any(getattr(cb, "perturbs_neurons", False) for cb in trainer.callbacks)
+        perturbed = neurons_perturbed(trainer.callbacks)
         if source["task"] and target and accuracy is not None and not perturbed:
             backbone = trainer.lightning_module.hparams.get("backbone")
             roots = [Path(self.run_dir).parent] + ([Path(source["run_dir"]).parent] if source["run_dir"] else [])

@@ -28,7 +28,6 @@ top neurons, the figure and the files as an artifact.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +37,8 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loggers import WandbLogger
 
+from callbacks.contracts import PromptData, neurons_perturbed
+from callbacks.neuron_figures import per_layer_boxplot
 from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
     OUTPUT_DIR,
     SkillNeuronError,
@@ -48,15 +49,13 @@ from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron
     set_name,
 )
 from callbacks.neuron_statistics import (
-    PredictivityAccumulator,
-    ThresholdAccumulator,
-    mean_predictivity_of,
-    overlap_at,
-    top_neurons,
-    top_percent_mask,
+    PredictivityAccumulator, ThresholdAccumulator, mean_predictivity_of, overlap_at, top_neurons, top_percent_mask,
 )
-from callbacks.run_summary import run_dir_of, update_summary
-from lightning_modules.ffn import PARTS, FFNLookupError, ffn_hooks, ffn_shape
+from callbacks.prompt_checkpoint import read_prompt
+from callbacks.run_files import update_summary
+from callbacks.run_summary import run_dir_of
+from lightning_modules.ffn import PARTS, FFNLookupError, Part, ffn_hooks, ffn_shape
+from lightning_modules.prompt_tuning import PromptTuningModule
 
 THRESHOLD_ROLE = "train"
 
@@ -79,27 +78,6 @@ def balanced_view(counts: PredictivityAccumulator) -> torch.Tensor:
     """The class-balanced predictivity in the layout of ``predictivity``: (L, P, N) binary, (C, L, P, N) else."""
     balanced = counts.balanced_predictivity_per_class()
     return balanced[1] if counts.num_classes == 2 else balanced
-
-
-def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: str, ylabel: str,
-                      baselines: dict[str, float] | None = None) -> None:
-    """Box plots of (L, N) scores per layer, one box per named set side by side; dotted in the set's colour:
-    its majority-class share (the predictivity of a unit that never changes), 0.5 where it is not given."""
-    layers = next(iter(scores.values())).shape[0]
-    width = 0.8 / max(1, len(scores))
-    for k, ((name, score), colour) in enumerate(zip(scores.items(), colours)):
-        centres = [layer + (k - (len(scores) - 1) / 2) * width for layer in range(layers)]
-        parts = ax.boxplot(list(score.float().numpy()), positions=centres, widths=width * 0.9, patch_artist=True,
-                           showfliers=False, manage_ticks=False)
-        for box in parts["boxes"]:
-            box.set_facecolor(colour)
-        ax.plot([], [], color=colour, linewidth=8, label=name)
-    for (name, _), colour in zip(scores.items(), colours):
-        ax.axhline((baselines or {}).get(name, 0.5), color=colour, linewidth=1.0, linestyle=":")
-    ax.set_xticks(range(layers))
-    ax.set_xlabel(f"{part} layer")
-    ax.set_ylabel(ylabel)
-    ax.legend(loc="upper left", fontsize="small")
 
 
 def _span(positions: list[int]) -> str:
@@ -145,7 +123,7 @@ class SkillNeuronCallback(Callback):
 
     def __init__(
         self,
-        part: Literal["encoder", "decoder"] = "encoder",
+        part: Part = "encoder",
         positions: Literal["prompt", "mask", "prompt+mask"] = "prompt",
         max_threshold_samples: int | None = None,
         threshold_seed: int = 0,
@@ -186,8 +164,7 @@ class SkillNeuronCallback(Callback):
     def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
         """Whether the analysis runs after ``stage``: switched on for it, and the model is not perturbed
         (a run that suppresses neurons measures accuracy; its neurons are those of the unperturbed prompt)."""
-        callbacks = trainer.callbacks if trainer is not None else []
-        return bool(self.stages.get(stage)) and not any(getattr(cb, "perturbs_neurons", False) for cb in callbacks)
+        return bool(self.stages.get(stage)) and not neurons_perturbed(trainer.callbacks if trainer is not None else [])
 
     def data_roles(self, stage: str, trainer: Trainer | None = None) -> tuple[str, ...]:
         """Splits the DataModule must load for this stage beyond its own: the train split (thresholds)."""
@@ -197,8 +174,6 @@ class SkillNeuronCallback(Callback):
         """Raise one clear error for input that cannot give a meaningful analysis."""
         if not self.runs_in(stage, trainer):
             return
-        from lightning_modules.prompt_tuning import PromptTuningModule
-
         if not isinstance(pl_module, PromptTuningModule):
             raise SkillNeuronError(
                 f"SkillNeuronCallback analyses the soft prompt of a prompt-tuning module, but the model is a "
@@ -216,7 +191,7 @@ class SkillNeuronCallback(Callback):
                 + f" — choose one of {list(pl_module.position_choices()) if self.part == 'encoder' else ['prompt']}"
                 + (" (T5 has no <mask> position)" if pl_module.family == "seq2seq" else ""))
         datasets = getattr(datamodule, "datasets", None)
-        if datasets is None or not hasattr(datamodule, "analysis_loader"):
+        if datasets is None or not isinstance(datamodule, PromptData):
             raise SkillNeuronError("SkillNeuronCallback needs a PromptDataModule (it reads its splits by role)")
         train = datasets.get(THRESHOLD_ROLE)
         if train is None or len(train) == 0:
@@ -236,8 +211,12 @@ class SkillNeuronCallback(Callback):
                 )
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Repeat the checks (cheap), for DataModules that do not call ``check_run`` in ``prepare_data``."""
-        self.check_run(trainer, pl_module, getattr(trainer, "datamodule", None), stage)
+        """Ask the DataModule for the train split (thresholds) and check the run (the CLI did both already,
+        before the stage started; repeated here, cheaply, for a Trainer used without the CLI)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if isinstance(datamodule, PromptData):
+            datamodule.require(*self.data_roles(stage, trainer))
+        self.check_run(trainer, pl_module, datamodule, stage)
 
     # ------------------------------------------------------------------ when it runs
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -247,7 +226,7 @@ class SkillNeuronCallback(Callback):
     def promised_outputs(self, trainer: Trainer, stage: str) -> list[str]:
         """The neuron files ``stage`` writes (the run summary marks a run ``finished`` only when they exist)."""
         datamodule = getattr(trainer, "datamodule", None)
-        if not self.runs_in(stage, trainer) or trainer.fast_dev_run or not hasattr(datamodule, "eval_roles"):
+        if not self.runs_in(stage, trainer) or trainer.fast_dev_run or not isinstance(datamodule, PromptData):
             return []
         return [f"{OUTPUT_DIR}/{set_name(role)}.safetensors" for role in datamodule.eval_roles(stage)]
 
@@ -274,7 +253,7 @@ class SkillNeuronCallback(Callback):
         if path:
             best = None
             if trainer.is_global_zero:
-                best = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]["prompt.weight"]
+                best = read_prompt(path)
             best = trainer.strategy.broadcast(best)
             with torch.no_grad():
                 pl_module.prompt.weight.copy_(best.to(pl_module.prompt.weight))

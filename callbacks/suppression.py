@@ -33,18 +33,28 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from callbacks.neuron_files import (
+    SkillNeuronError,
+    combine_neuron_files,
+    load_neuron_file,
+    set_name,
+)
 from callbacks.neuron_statistics import num_selected, top_percent_mask
-from callbacks.run_summary import finished_fit_runs, read_summary, run_dir_of, update_summary
-from callbacks.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
-from lightning_modules.ffn import PARTS, ffn_shape, hook_ffn, remove_hooks
+from callbacks.run_files import finished_fit_runs, read_summary, update_summary
+from callbacks.run_summary import run_dir_of
+from lightning_modules.ffn import PARTS, Part, ffn_shape, hook_ffn, remove_hooks
 
-SELECTIONS = ("skill", "random")
-NEURON_SOURCES = ("own", "seed_mean")
-PERTURBATIONS = ("zero", "gaussian", "mean")
+Selection = Literal["skill", "random"]
+NeuronSource = Literal["own", "seed_mean"]
+Perturbation = Literal["zero", "gaussian", "mean"]
+AdversarialNeurons = Literal["clean", "own"]
+SELECTIONS, NEURON_SOURCES = get_args(Selection), get_args(NeuronSource)
+PERTURBATIONS, ADVERSARIAL_NEURONS = get_args(Perturbation), get_args(AdversarialNeurons)
 _MASK32 = 0xFFFFFFFF
 
 
@@ -114,20 +124,20 @@ class NeuronSuppression(Callback):
     def __init__(
         self,
         rate: float | None = None,
-        selection: str = "skill",
-        perturbation: str = "zero",
+        selection: Selection = "skill",
+        perturbation: Perturbation = "zero",
         std: float = 0.1,
         neurons: list[str] | None = None,
         eval_set: str = "validation",
-        adversarial_neurons: str = "clean",
-        part: str = "encoder",
+        adversarial_neurons: AdversarialNeurons = "clean",
+        part: Part = "encoder",
         seed: int = 0,
-        neuron_source: str = "own",
+        neuron_source: NeuronSource = "own",
     ):
         if rate is not None and not 0 <= rate <= 100:
             raise SkillNeuronError(f"suppression.rate={rate}: give a percentage of units per layer in [0, 100]")
         for name, value, allowed in (("selection", selection, SELECTIONS), ("perturbation", perturbation, PERTURBATIONS),
-                                     ("adversarial_neurons", adversarial_neurons, ("clean", "own")),
+                                     ("adversarial_neurons", adversarial_neurons, ADVERSARIAL_NEURONS),
                                      ("part", part, PARTS), ("neuron_source", neuron_source, NEURON_SOURCES)):
             if value not in allowed:
                 raise SkillNeuronError(f"suppression.{name}={value!r}: use one of {', '.join(allowed)}")
@@ -155,23 +165,19 @@ class NeuronSuppression(Callback):
 
     # ------------------------------------------------------------------ set-up
     def data_roles(self, stage: str, trainer: Trainer | None = None) -> tuple[str, ...]:
-        """No splits beyond the stage's own (the DataModule asks every callback that checks data)."""
+        """No splits beyond the stage's own."""
         return ()
 
     def check_run(self, trainer: Trainer, pl_module: LightningModule, datamodule, stage: str) -> None:
-        """Called by the DataModule in ``prepare_data``: settings, neuron files and model are checked (and the
-        units fixed) before any run directory exists."""
-        self.setup(trainer, pl_module, stage)
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Check the settings against the model and data; fix the units of every evaluation loader."""
+        """Called by the CLI before the stage starts: settings, neuron files and model are checked (and the
+        units fixed) before any run file exists. Checks the settings against the model and data and fixes the
+        units of every evaluation loader."""
         if not self.active:
             return
         if stage == "fit":
             raise SkillNeuronError("suppression perturbs evaluation only — use `skill-neurons validate` (or test) "
                                    "with --ckpt_path, not fit, or leave suppression.rate unset")
         layers, units = ffn_shape(pl_module.backbone, self.part)
-        datamodule = trainer.datamodule
         roles = datamodule.eval_roles(stage)
         sources = self._sources([Path(n) for n in self.neurons] if self.neurons else [self._checkpoint_run(trainer)])
         clean_score, meta = combine_neuron_files(sources, self.eval_set)
@@ -195,6 +201,10 @@ class NeuronSuppression(Callback):
             "neuron_source": self.neuron_source,
             "selected_units": {set_name(role): int(mask.sum()) for role, mask in zip(roles, self.masks)},
         }
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """The same checks for a Trainer used without the CLI (cheap: neuron files are small)."""
+        self.check_run(trainer, pl_module, trainer.datamodule, stage)
 
     def _checkpoint_run(self, trainer: Trainer) -> Path:
         ckpt = trainer.ckpt_path

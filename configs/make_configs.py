@@ -85,7 +85,7 @@ PAPER_GRID = """\
 # on the command line.
 #   skill-neurons sweep sweeps/paper_grid.yaml --workers 4       # one GPU per trial, no W&B server needed
 #   wandb sweep sweeps/paper_grid.yaml && wandb agent <entity>/<project>/<sweep id>
-program: lightning_modules/cli.py
+program: skill_neurons/cli.py
 method: grid
 metric:
   name: val/acc
@@ -100,7 +100,7 @@ command:
   - ${{env}}
   - python
   - -m
-  - lightning_modules.cli
+  - skill_neurons.cli
   - fit
   - ${{args}}
   - --trainer.logger.init_args.group=null
@@ -137,7 +137,7 @@ SWEEP_HEADER = """\
 #   python configs/make_configs.py --prompt-runs D
 #   skill-neurons sweep sweeps/{name}.yaml                  # no W&B server needed
 #   wandb sweep sweeps/{name}.yaml && wandb agent <entity>/<project>/<sweep id>
-program: lightning_modules/cli.py
+program: skill_neurons/cli.py
 method: grid
 metric:
   name: val/acc
@@ -153,7 +153,7 @@ command:
   - ${env}
   - python
   - -m
-  - lightning_modules.cli
+  - skill_neurons.cli
   - validate
   - ${args}
   - --trainer.logger.init_args.group=null

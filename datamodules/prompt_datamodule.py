@@ -16,7 +16,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.sources import prepare_split
 from datamodules.tasks import (
-    MARKERS, P1_ROBERTA_BASE_IDS, SPLIT_ROLES, Source, TaskError, TaskSpec, as_source, get_task,
+    MARKERS,
+    P1_ROBERTA_BASE_IDS,
+    SPLIT_ROLES,
+    Source,
+    TaskError,
+    TaskSpec,
+    as_source,
+    get_task,
 )
 from lightning_modules.backbones import family_of, load_tokenizer, max_input_length_of
 
@@ -235,33 +242,27 @@ class PromptDataModule(LightningDataModule):
     def prepare_data(self):
         """Download hub splits, then read, check and tokenise what the stage needs (local rank 0).
 
-        Lightning starts the loggers (a W&B run) between ``prepare_data`` and ``setup``, so every check of
-        the user's data happens here: a bad file or label fails before any run directory is written.
+        The ``skill-neurons`` CLI runs the same loading (and the callbacks' checks) before the stage starts,
+        so a bad file or label fails before any run file or W&B run is written.
         """
         trainer = self.trainer
-        stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else "fit"
-        self._load(stage)
-        # Callbacks that analyse the data (SkillNeuronCallback) check it now, before any run directory exists.
-        for callback in self._data_callbacks():
-            callback.check_run(trainer, trainer.lightning_module, self, stage)
+        self.load(trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else "fit")
 
     def setup(self, stage: str | None = None):
         """Read, check and tokenise the splits that ``stage`` needs (fit: train + eval sets); cached."""
-        self._load(stage)
+        self.load(stage)
 
-    def _data_callbacks(self) -> list:
-        """Trainer callbacks that need splits beyond the stage's own: they have ``data_roles(stage)``."""
-        trainer = self.trainer
-        callbacks = trainer.callbacks if trainer is not None else []
-        return [cb for cb in callbacks if hasattr(cb, "data_roles") and hasattr(cb, "check_run")]
-
-    def _load(self, stage: str | None) -> None:
+    def load(self, stage: str | None) -> None:
+        """Read, check and tokenise the splits ``stage`` needs (cached: a split is loaded once)."""
         self.label_token_ids
-        sources = self._sources(stage)
-        for callback in self._data_callbacks():
-            for role in callback.data_roles(stage, self.trainer):
-                if role not in sources and role in self.task.splits:
-                    sources[role] = self.task.splits[role]
+        self._load_sources(self._sources(stage))
+
+    def require(self, *roles: str) -> None:
+        """Load splits beyond the stage's own, by role (e.g. ``"train"`` for the skill-neuron thresholds);
+        roles the task does not have are left out (the caller says what that means)."""
+        self._load_sources({role: self.task.splits[role] for role in roles if role in self.task.splits})
+
+    def _load_sources(self, sources: dict[str, Source]) -> None:
         for role, source in sources.items():
             if role in self.datasets:
                 continue

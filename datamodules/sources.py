@@ -19,8 +19,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.tasks import Source, TaskError, TaskSpec
 
-datasets.disable_progress_bars()
-
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get(

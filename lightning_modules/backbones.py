@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    logging as hf_logging,
     AutoConfig,
     AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
@@ -39,7 +38,6 @@ from transformers import (
     T5Tokenizer,
 )
 
-hf_logging.disable_progress_bar()
 CORPUS = Path(__file__).parent / "assets" / "tokenizer_corpus.txt"
 PRESET_VERSION = "v1"
 TINY_PRESETS = ("tiny-roberta", "tiny-t5")

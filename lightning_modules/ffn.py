@@ -26,13 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-PARTS = ("encoder", "decoder")
+Part = Literal["encoder", "decoder"]
+PARTS = get_args(Part)
 
 
 class FFNLookupError(ValueError):

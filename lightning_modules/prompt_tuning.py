@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import ClassVar, Literal
 
 import torch
@@ -12,13 +11,16 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from callbacks.prompt_checkpoint import (
+    FAMILY_CLASSES,
+    check_prompt_shape,
+    keep_prompt_only,
+    metadata,
+)
 from lightning_modules.backbones import BackboneError, load_backbone
 from lightning_modules.soft_prompt import SoftPrompt
 
-PROMPT_KEY = "prompt.weight"
 # Intended, so not worth a warning: checkpoints leave the backbone out, and the backbone runs in eval mode.
-warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class PromptTuningModule(LightningModule):
@@ -78,10 +80,9 @@ class PromptTuningModule(LightningModule):
         self.save_hyperparameters(logger=False)
         loaded = load_backbone(backbone)
         if loaded.family != self.family:
-            right = {"masked_lm": "MaskedLMPromptTuning", "seq2seq": "Seq2SeqPromptTuning"}[loaded.family]
             raise BackboneError(
                 f"backbone {backbone!r} is a {loaded.family} model, but {type(self).__name__} tunes "
-                f"{self.family} models — use --model=lightning_modules.{right} (class_path in a config)"
+                f"{self.family} models — use --model={FAMILY_CLASSES[loaded.family]} (class_path in a config)"
             )
         if layout == "paper" and self.family == "masked_lm" and prompt_length < 2:
             raise BackboneError(f"layout 'paper' puts <mask> in prompt slot 0, so prompt_length={prompt_length} "
@@ -248,17 +249,9 @@ class PromptTuningModule(LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only the prompt in the checkpoint's state_dict (the backbone is reloaded by name)."""
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.")}
-        checkpoint["skill_neurons"] = {"backbone": self.hparams.backbone, "family": self.family,
-                                       "layout": self.hparams.layout, "prompt_shape": list(self.prompt.weight.shape)}
+        keep_prompt_only(checkpoint, metadata(self.hparams.backbone, self.family, self.hparams.layout,
+                                              tuple(self.prompt.weight.shape)))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse checkpoints without a prompt or with a prompt of another shape, with a clear message."""
-        state = checkpoint.get("state_dict", {})
-        if PROMPT_KEY not in state:
-            raise ValueError("this checkpoint holds no soft prompt (prompt.weight); it was not written by skill-neurons")
-        if tuple(state[PROMPT_KEY].shape) != tuple(self.prompt.weight.shape):
-            raise ValueError(
-                f"checkpoint prompt has shape {tuple(state[PROMPT_KEY].shape)} but this model's is "
-                f"{tuple(self.prompt.weight.shape)} — use the checkpoint's prompt_length and backbone"
-            )
+        check_prompt_shape(checkpoint, tuple(self.prompt.weight.shape))

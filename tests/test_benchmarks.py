@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT, subprocess_env
+import pytest
+
+from tests.helpers import ROOT, subprocess_env
 
 
 def run_benchmark(script: str, *args: str) -> dict:
@@ -17,6 +18,7 @@ def run_benchmark(script: str, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.subprocess
 def test_analysis_benchmark_prints_its_json_line(tiny_backbones):
     result = run_benchmark("analysis.py", "--train=64", "--eval=24", "--adv=16", "--batch-size=16", "--repeats=1",
                            "--memory-scales=1,2")
@@ -26,6 +28,7 @@ def test_analysis_benchmark_prints_its_json_line(tiny_backbones):
     assert [m["scale"] for m in result["memory"]] == [1, 2] and all(m["peak_mb"] > 0 for m in result["memory"])
 
 
+@pytest.mark.subprocess
 def test_train_step_benchmark_times_ours_and_peft(tiny_backbones):
     for backbone, family in (("tiny-roberta", "masked_lm"), ("tiny-t5", "seq2seq")):
         result = run_benchmark("train_step.py", f"--backbone={backbone}", "--batch-size=4", "--prompt-length=4",

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import QUICK, ROOT, only_run_dir, run_cli, subprocess_env, summary_of
+from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, subprocess_env, summary_of
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
 SMALL = ["--data.max_train_samples=128", "--data.max_eval_samples=64", "--data.batch_size=32"]
@@ -27,7 +27,7 @@ def workdir(tmp_path, tiny_backbones):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_shipped_config_parses(config, capsys, monkeypatch):
-    from lightning_modules.cli import SkillNeuronsCLI
+    from skill_neurons.lightning_cli import SkillNeuronsCLI
 
     monkeypatch.setattr(sys, "argv", ["skill-neurons"])
     with pytest.raises(SystemExit) as exit_:
@@ -57,6 +57,7 @@ def test_every_shipped_config_parses(config, capsys, monkeypatch):
             assert f"src/config/{p1_name}Prompt{ {'roberta': 'Roberta', 't5': 'T5'}[family]}.config" in header
 
 
+@pytest.mark.subprocess
 def test_quickstart_fit_writes_run_directory_summary_and_offline_wandb_run(workdir):
     secret = "sk-THIS-IS-A-SECRET-0123456789"
     proc = run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL,
@@ -88,7 +89,7 @@ def test_quickstart_fit_writes_run_directory_summary_and_offline_wandb_run(workd
 
 
 def test_wandb_config_uses_cli_keys_and_drops_secret_like_keys():
-    from callbacks.run_summary import flatten, redact
+    from callbacks.run_files import flatten, redact
 
     flat = flatten({"model": {"class_path": "x.Y", "init_args": {"learning_rate": 0.1}}, "data": {"task": "sst2"},
                     "trainer": {"logger": {"init_args": {"api_key": "abc", "project": "p"}}}})
@@ -97,6 +98,7 @@ def test_wandb_config_uses_cli_keys_and_drops_secret_like_keys():
     assert "trainer.logger.api_key" not in redact(flat) and "trainer.logger.project" in redact(flat)
 
 
+@pytest.mark.subprocess
 def test_two_runs_in_the_same_folder_do_not_clash(workdir):
     for _ in range(2):
         run_cli(["fit", "--config", str(ROOT / "configs/quickstart_t5.yaml"), *QUICK, *SMALL,
@@ -106,10 +108,11 @@ def test_two_runs_in_the_same_folder_do_not_clash(workdir):
     assert all((r / "summary.json").is_file() and (r / "config.yaml").is_file() for r in runs)
 
 
+@pytest.mark.subprocess
 def test_sigkilled_fit_resumes_from_last_checkpoint_in_the_same_run(workdir):
     args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL, "--trainer.max_epochs=12",
             "--data.max_train_samples=256"]
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", *args], cwd=workdir,
+    proc = subprocess.Popen([sys.executable, "-m", "skill_neurons.cli", *args], cwd=workdir,
                             env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     last = None
@@ -138,6 +141,7 @@ def test_sigkilled_fit_resumes_from_last_checkpoint_in_the_same_run(workdir):
     assert len(wandb_runs) == 2  # the same W&B run id, resumed (synced into one run)
 
 
+@pytest.mark.subprocess
 def test_validate_with_checkpoint_evaluates_clean_and_adversarial(workdir):
     run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL, "--trainer.max_epochs=1"],
             cwd=workdir)
@@ -152,6 +156,7 @@ def test_validate_with_checkpoint_evaluates_clean_and_adversarial(workdir):
     assert summary["validate_metrics"]["adv/marker_typo/acc"] == pytest.approx(fit_best["adv/marker_typo/acc"])
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_two_process_cpu_ddp_matches_one_process(workdir):
     """2-process CPU DDP (gloo) gives the metrics of 1 process, and its training step is the same step.
@@ -191,32 +196,32 @@ def test_two_process_cpu_ddp_matches_one_process(workdir):
 
 # ---------------------------------------------------------------- bad input
 def test_bad_input_fails_before_any_run_directory_is_written(workdir):
-    proc = run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK,
-                    "--data.task=sst"], cwd=workdir, check=False)
+    proc = cli_in_process(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK,
+                           "--data.task=sst"], cwd=workdir)
     assert proc.returncode != 0 and "unknown task 'sst' — known tasks: sst2" in proc.stderr
-    proc = run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK,
-                    "--data.files={train: nope.tsv, validation: nope2.tsv}", "--data.task=sst2",
-                    "--data.adversarial=[]"], cwd=workdir, check=False)
+    proc = cli_in_process(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK,
+                           "--data.files={train: nope.tsv, validation: nope2.tsv}", "--data.task=sst2",
+                           "--data.adversarial=[]"], cwd=workdir)
     assert proc.returncode != 0 and "data file 'nope.tsv' does not exist" in proc.stderr
     assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
 
 
 def test_nonexistent_config_or_checkpoint_path(workdir):
-    proc = run_cli(["fit", "--config", "configs/nope.yaml"], cwd=workdir, check=False)
+    proc = cli_in_process(["fit", "--config", "configs/nope.yaml"], cwd=workdir)
     assert proc.returncode != 0 and "nope.yaml" in proc.stderr
-    proc = run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--ckpt_path=runs/x/last.ckpt"],
-                   cwd=workdir, check=False)
+    proc = cli_in_process(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--ckpt_path=runs/x/last.ckpt"],
+                          cwd=workdir)
     assert proc.returncode != 0 and "checkpoint 'runs/x/last.ckpt' does not exist" in proc.stderr
 
 
 def test_hub_backbone_offline_through_cli_names_local_path(workdir):
-    proc = run_cli(["fit", "--config", str(ROOT / "configs/roberta/sst2.yaml")], cwd=workdir, check=False)
+    proc = cli_in_process(["fit", "--config", str(ROOT / "configs/roberta/sst2.yaml")], cwd=workdir)
     assert proc.returncode != 0 and "--model.backbone=/path/to/roberta-base" in proc.stderr
     assert not (workdir / "runs").exists()
 
 
 def test_from_run_names_what_is_missing(tmp_path, monkeypatch, capsys):
-    from lightning_modules.cli import main
+    from skill_neurons.cli import main
 
     monkeypatch.chdir(tmp_path)
     for argv, message in ((["validate", "--from_run=runs/nope"], "no run directory with a config.yaml there"),
@@ -229,7 +234,7 @@ def test_from_run_names_what_is_missing(tmp_path, monkeypatch, capsys):
 
 
 def test_from_run_picks_the_matching_fit_run_and_lets_later_options_win(tmp_path):
-    from lightning_modules.cli import _take_from_run
+    from skill_neurons.runs import take_from_run as _take_from_run
 
     for name, seed, stage in (("a", 33, "fit"), ("b", 34, "fit"), ("c", 34, "validate")):
         run = tmp_path / "runs" / name

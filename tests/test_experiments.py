@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import QUICK, ROOT, run_cli, summary_of
+from tests.helpers import QUICK, ROOT, run_cli, summary_of
 
 TASKS = {"marker": "marker_typo", "sst2_sample": "adv_sst2"}
 SEEDS = (33, 34)
@@ -37,6 +37,7 @@ def runs_by(root: Path, **settings) -> list[Path]:
     return out
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
     base = ["--config", str(ROOT / "configs/quickstart.yaml"), *QUICK]

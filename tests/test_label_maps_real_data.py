@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import shared_data
+from tests.helpers import shared_data
 from datamodules.sources import prepare_split
 from datamodules.tasks import Source, get_task
 

@@ -21,7 +21,7 @@ from datamodules.prompt_datamodule import Collator, check_p1_ids
 from datamodules.tasks import P1_ROBERTA_BASE_IDS, TASKS, TaskError
 from lightning_modules import MaskedLMPromptTuning, Seq2SeqPromptTuning
 from lightning_modules.backbones import BackboneError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 P = 5
 MAX_LEN = 12  # P1's max_len, small so that truncation happens

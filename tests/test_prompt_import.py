@@ -9,10 +9,10 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from conftest import QUICK, ROOT, only_run_dir, run_cli, summary_of
+from tests.helpers import QUICK, ROOT, only_run_dir, run_cli, summary_of
 from torch import nn
 
-from lightning_modules.prompt_import import (
+from skill_neurons.import_prompt import (
     P1_TASKS,
     PromptImportError,
     import_prompt,
@@ -211,6 +211,7 @@ def test_imported_prompt_is_the_one_the_module_loads(published):
     assert torch.equal(module.prompt.weight.detach(), rows[1:])
 
 
+@pytest.mark.subprocess
 def test_validate_through_the_cli_accepts_the_imported_checkpoint(published):
     source, _ = publish(published, "33", "SST2PromptRoberta")
     ckpt = published / "imported" / "sst2_seed33.ckpt"

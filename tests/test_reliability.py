@@ -11,7 +11,7 @@ import lightning.pytorch  # noqa: F401 (its log handler binds stderr at import: 
 import pytest
 import torch
 
-from conftest import QUICK, ROOT
+from tests.helpers import QUICK, ROOT
 
 MARKER = ROOT / "datamodules" / "data" / "marker"
 # In-process fits: a few batches of the marker task, no W&B (these tests are about run directories).
@@ -27,7 +27,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def refused(argv: list[str], capsys) -> str:
     """Run the CLI in-process, expect a project error: exit code 2 and one line on stderr; return it."""
-    from lightning_modules.cli import main
+    from skill_neurons.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -41,7 +41,7 @@ def refused(argv: list[str], capsys) -> str:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_backbones):
     """One finished fit run ``X`` (in-process), shared by the tests that must leave it untouched."""
-    from lightning_modules.cli import main
+    from skill_neurons.cli import main
 
     runs = tmp_path_factory.mktemp("shared") / "runs"
     main(["fit", *FAST, f"--runs_dir={runs}", "--run_id=X"])
@@ -72,7 +72,8 @@ def test_a_claimed_but_still_empty_run_directory_is_refused(tmp_path, capsys, ti
 
 def test_a_second_fit_in_the_same_process_gets_a_new_run(finished_run, tmp_path, monkeypatch, tiny_backbones):
     """The first fit leaves its id in $SKILL_NEURONS_RUN_ID (for DDP ranks); rank 0 never takes it."""
-    from lightning_modules.cli import RUN_ID_ENV, main
+    from skill_neurons.cli import main
+    from skill_neurons.runs import RUN_ID_ENV
 
     monkeypatch.setenv(RUN_ID_ENV, "X")
     monkeypatch.setenv("SKILL_NEURONS_RUNS_DIR", str(finished_run.parent))
@@ -94,7 +95,8 @@ def test_an_exported_wandb_run_id_of_an_existing_run_is_refused(finished_run, mo
 def test_other_ranks_join_the_run_that_rank_zero_claimed(finished_run, monkeypatch, tiny_backbones):
     """A process started by the DDP launcher (LOCAL_RANK > 0), or a node's rank 0 (NODE_RANK > 0) given the
     same WANDB_RUN_ID, takes the id and joins the existing folder instead of refusing it."""
-    from lightning_modules.cli import RUN_ID_ENV, SkillNeuronsCLI
+    from skill_neurons.lightning_cli import SkillNeuronsCLI
+    from skill_neurons.runs import RUN_ID_ENV
 
     args = [a for a in FAST if not a.startswith(("--trainer.enable", "--trainer.num_sanity"))]
     for env in ({"LOCAL_RANK": "1", RUN_ID_ENV: "X"}, {"NODE_RANK": "1", "WANDB_RUN_ID": "X"}):
@@ -153,7 +155,7 @@ def test_project_errors_are_one_line_with_exit_code_2(option, message, tmp_path,
 
 def test_debug_switch_shows_the_traceback(tmp_path, monkeypatch, tiny_backbones):
     from datamodules.tasks import TaskError
-    from lightning_modules.cli import DEBUG_ENV, main
+    from skill_neurons.cli import DEBUG_ENV, main
 
     with pytest.raises(TaskError, match="unknown task"):
         main(["fit", *FAST, f"--runs_dir={tmp_path}", "--data.task=sst", "--debug"])
@@ -197,7 +199,7 @@ def _fail_analysis(monkeypatch, error: BaseException):
 
 def test_a_run_killed_during_the_analysis_is_not_finished_and_analyse_completes_it(tmp_path, monkeypatch,
                                                                                   tiny_backbones):
-    from lightning_modules.cli import main
+    from skill_neurons.cli import main
 
     runs = tmp_path / "runs"
     with monkeypatch.context() as m:
@@ -223,7 +225,7 @@ def test_a_run_killed_during_the_analysis_is_not_finished_and_analyse_completes_
 
 def test_a_run_without_its_promised_analysis_is_incomplete(tmp_path, monkeypatch, tiny_backbones):
     from callbacks.skill_neurons import SkillNeuronCallback
-    from lightning_modules.cli import main
+    from skill_neurons.cli import main
 
     monkeypatch.setattr(SkillNeuronCallback, "analyse", lambda self, *args, **kwargs: {})
     main(["fit", *FAST, f"--runs_dir={tmp_path}", "--run_id=I"])
@@ -235,7 +237,7 @@ def test_a_run_without_its_promised_analysis_is_incomplete(tmp_path, monkeypatch
 def test_ctrl_c_marks_the_run_interrupted(tmp_path, monkeypatch, tiny_backbones):
     import signal
 
-    from lightning_modules.cli import main
+    from skill_neurons.cli import main
 
     handler = signal.getsignal(signal.SIGINT)
     try:
@@ -254,7 +256,7 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path, monkeypatch, tiny_backbones)
 def test_resume_from_an_epoch_end_checkpoint_is_bit_identical(tmp_path, tiny_backbones):
     """3 epochs straight vs 2 epochs, then a resume of that run's last.ckpt to 3 epochs (shuffled training
     set): the same prompt, optimizer state and per-epoch metrics, bit for bit."""
-    from lightning_modules.cli import main
+    from skill_neurons.cli import main
 
     common = [*FAST, "--data.max_train_samples=96", f"--runs_dir={tmp_path}"]
     main(["fit", *common, "--trainer.max_epochs=3", "--run_id=straight"])
@@ -423,7 +425,7 @@ def test_wandb_without_network_or_with_a_bad_key_goes_offline_in_bounded_time(ke
 
 # ---------------------------------------------------------------- 4. wandb sync names every segment
 def test_after_a_resume_the_sync_command_names_every_offline_segment(tmp_path, capsys, tiny_backbones):
-    from lightning_modules.cli import main
+    from skill_neurons.cli import main
 
     args = [a for a in FAST if a != "--trainer.logger=false"] + [f"--runs_dir={tmp_path}", "--run_id=W"]
     main(["fit", *args])

@@ -21,7 +21,8 @@ from callbacks.neuron_statistics import (
     top_percent_mask,
 )
 from callbacks.skill_neurons import save_neuron_file
-from lightning_modules.report import SQUARE, TITLES, WIDE, main
+from skill_neurons.report.base import SQUARE, TITLES, WIDE
+from skill_neurons.report.main import main
 
 L, P, N = 3, 4, 40  # layers, prompt positions, units of the synthetic neuron files
 BACKBONES = {"tiny-roberta": "masked_lm", "tiny-t5": "seq2seq"}
@@ -417,7 +418,7 @@ def test_a_wandb_run_path_while_offline_says_to_pass_local_directories(tmp_path,
 
 
 def test_skill_neurons_cli_dispatches_report(tmp_path):
-    from lightning_modules.cli import main as cli_main
+    from skill_neurons.cli import main as cli_main
 
     fit_run(tmp_path, "tiny-roberta", "sst2", 33)
     with pytest.raises(SystemExit) as exit_info:

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from callbacks.skill_neurons import save_neuron_file
-from lightning_modules.report import main
+from skill_neurons.report.main import main
 
 L, N = 4, 50
 SEEDS = (33, 34, 35, 36, 37)

@@ -21,7 +21,7 @@ from datamodules import PromptDataModule
 from datamodules.prompt_datamodule import Collator
 from lightning_modules import MaskedLMPromptTuning, Seq2SeqPromptTuning
 from lightning_modules.ffn import FFNLookupError, ffn_hooks, ffn_shape, ffn_sites
-from tests.conftest import QUICK, ROOT, only_run_dir, run_cli, summary_of
+from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
 
 MARKER = ROOT / "datamodules" / "data" / "marker"
 P = 4
@@ -303,6 +303,7 @@ def test_two_processes_count_exactly_what_one_process_counts(tmp_path, tiny_back
     assert float(two.callback_metrics[key]) == pytest.approx(float(one.callback_metrics[key]))
 
 
+@pytest.mark.subprocess
 def test_planted_signal_is_found_and_shuffled_labels_stay_at_chance(tmp_path, tiny_backbones):
     """Fit the quick-start (marker task) briefly; the analysis of the best prompt finds a neuron that predicts
     the label (>= 0.9), while the same validation rows with shuffled labels stay near 0.5."""
@@ -405,13 +406,14 @@ def test_no_train_split_for_thresholds(tmp_path, tiny_backbones):
     del dm.datasets["train"]
     dm.prepare_data = lambda: None  # a DataModule that does not load the train split
     dm.setup = lambda stage=None: None
+    dm.require = lambda *roles: None
     with pytest.raises(SkillNeuronError, match="no train split to compute skill-neuron thresholds"):
         validate(model, dm, tmp_path, SkillNeuronCallback())
 
 
 def test_single_class_evaluation_set_fails_before_any_run_directory(tmp_path, tiny_backbones):
-    proc = run_cli(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK,
-                    "--data.max_eval_samples=1"], cwd=tmp_path, check=False)
+    proc = cli_in_process(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK,
+                           "--data.max_eval_samples=1"], cwd=tmp_path)
     assert proc.returncode != 0
     assert "evaluation set 'validation' has examples per class [1, 0]" in proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -19,10 +19,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QUICK, ROOT
+from tests.helpers import QUICK, ROOT
 
-from lightning_modules import sweep_runner
-from lightning_modules.sweep_runner import SweepRunner, Trial, engine, render_command
+from skill_neurons.sweep import command as sweep_command
+from skill_neurons.sweep import config as sweep_config
+from skill_neurons.sweep import processes as sweep_processes
+from skill_neurons.sweep import runner as sweep_runner
+from skill_neurons.sweep import state as sweep_state
+from skill_neurons.sweep.config import engine, render_command
+from skill_neurons.sweep.runner import SweepRunner
+from skill_neurons.sweep.state import Trial
 
 SHIPPED = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "sweeps").glob("*.yaml"))
 # A trial's budget: two batches, one validation batch, and no skill-neuron analysis at the end (not tested here).
@@ -83,8 +89,8 @@ def here(tmp_path, monkeypatch):
 
 
 def run_sweep(*args: str, cwd: Path, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """The real entry point in a subprocess: ``python -m lightning_modules.cli sweep ...``."""
-    proc = subprocess.run([sys.executable, "-m", "lightning_modules.cli", "sweep", *args], cwd=cwd, check=False,
+    """The real entry point in a subprocess: ``python -m skill_neurons.cli sweep ...``."""
+    proc = subprocess.run([sys.executable, "-m", "skill_neurons.cli", "sweep", *args], cwd=cwd, check=False,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"skill-neurons sweep {' '.join(args)} failed ({proc.returncode}):\n"
@@ -107,14 +113,14 @@ def tiny_copy(sweep: str, tmp_path: Path, **changes) -> Path:
 # ------------------------------------------------------------------------------ the shipped files
 @pytest.mark.parametrize("sweep", SHIPPED)
 def test_every_shipped_sweep_validates_and_its_first_configuration_parses(sweep, monkeypatch, capsys):
-    from lightning_modules.cli import SkillNeuronsCLI
+    from skill_neurons.lightning_cli import SkillNeuronsCLI
 
     raw = yaml.safe_load((ROOT / sweep).read_text())
     assert engine().schema_violations_from_proposed_config(raw) == []
-    config = sweep_runner.load_sweep_file(ROOT / sweep) and sweep_runner.check_sweep_config(raw)
+    config = sweep_config.load_sweep_file(ROOT / sweep) and sweep_config.check_sweep_config(raw)
     first = engine().next_run(config, [])
     argv = render_command(config, {k: v["value"] for k, v in first.config.items()})
-    assert argv[:4] == ["/usr/bin/env", "python", "-m", "lightning_modules.cli"]
+    assert argv[:4] == ["/usr/bin/env", "python", "-m", "skill_neurons.cli"]
     subcommand = argv[4]
     assert subcommand in ("fit", "validate", "test")  # ${args} after it: every DDP rank gets the values
     assert "${args}" in raw["command"] and raw["command"].index("${args}") > raw["command"].index(subcommand)
@@ -143,7 +149,7 @@ def test_paper_grid_is_p1s_whole_training_grid_of_nine_tasks():
     assert sorted(files) == sorted(f"configs/{family}/{task}.yaml" for family in ("roberta", "t5") for task in p1_tasks)
     assert all((ROOT / f).is_file() and "layout: paper" in (ROOT / f).read_text() for f in files)
     assert config["parameters"]["seed_everything"]["values"] == [33, 34, 35, 36, 37]
-    grid = sweep_runner.check_sweep_config(config)
+    grid = sweep_config.check_sweep_config(config)
     runs = []
     while (run := engine().next_run(grid, runs)) is not None:
         runs.append(run)
@@ -157,6 +163,7 @@ def test_search_is_bayes_over_log_lr_and_prompt_length_with_hyperband_on_val_acc
     assert "model.prompt_length" in config["parameters"] and config["early_terminate"]["type"] == "hyperband"
 
 
+@pytest.mark.subprocess
 def test_import_sweeps_from_the_repository_root_is_the_engine_not_the_yaml_folder():
     proc = subprocess.run([sys.executable, "-c", "import sweeps; print(sweeps.__file__, sweeps.next_run)"],
                           cwd=ROOT, capture_output=True, text=True, check=True)
@@ -177,11 +184,11 @@ def test_fallback_copy_of_the_agents_rendering_equals_wandbs_own():
     )
 
     args = {"args": {k: {"value": v} for k, v in AWKWARD.items()}}
-    assert sweep_runner._create_sweep_command_args(args) == create_sweep_command_args(args)
+    assert sweep_config._create_sweep_command_args(args) == create_sweep_command_args(args)
     os.environ["SWEEP_TEST_VAR"] = "here"
     try:
         command = ["a", "${envvar:SWEEP_TEST_VAR}/x", "${envvar:NOT_SET_ANYWHERE}", "${args}"]
-        assert sweep_runner._create_sweep_command(list(command)) == create_sweep_command(list(command))
+        assert sweep_config._create_sweep_command(list(command)) == create_sweep_command(list(command))
     finally:
         del os.environ["SWEEP_TEST_VAR"]
 
@@ -192,7 +199,7 @@ def test_trial_argv_and_environment_are_what_wandb_agent_gives(here, capsys):
     parameters = {k: ({"values": [v]} if isinstance(v, (list, type(None))) else {"value": v})
                   for k, v in AWKWARD.items() if k != "nested"}  # the engine reads a dict value as nesting
     sweep = synthetic_sweep(here, method="grid", parameters=parameters)
-    assert sweep_runner.main([str(sweep), "--dir", "d", "--poll", "0.05"]) == 0
+    assert sweep_command.main([str(sweep), "--dir", "d", "--poll", "0.05"]) == 0
     (start,) = [c for c in calls(here) if c["event"] == "start"]
     # wandb agent: args in the order the engine gives them, each "--key=str(value)"
     expected = create_sweep_command_args({"args": {k: {"value": AWKWARD[k]} for k in sorted(parameters)}})["args"]
@@ -209,6 +216,7 @@ def test_trial_argv_and_environment_are_what_wandb_agent_gives(here, capsys):
 
 
 # ------------------------------------------------------------------------------ real CLI sweeps
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_quickstart_grid_runs_its_four_trials_with_the_real_cli_and_stops(tmp_path, tiny_backbones):
     sweep = tiny_copy("sweeps/quickstart.yaml", tmp_path)
@@ -241,6 +249,7 @@ def test_quickstart_grid_runs_its_four_trials_with_the_real_cli_and_stops(tmp_pa
     assert sum(" * " in row for row in rows) == 1 and lines[6].startswith("* best trial")
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_random_sweep_with_count_runs_exactly_count_real_trials(tmp_path, tiny_backbones):
     sweep = tiny_copy("sweeps/quickstart.yaml", tmp_path, method="random", parameters={
@@ -274,7 +283,7 @@ def test_bayes_proposes_configurations_from_finished_results(here, capsys):
     def next_quality(scores: dict[float, float]) -> float:
         """The engine's next proposal after four finished trials that reported ``scores``."""
         runner.trials = [Trial(number=i + 1, params={"quality": q, "epochs": 1}, state="finished",
-                               attempts=[sweep_runner.Attempt(run_id=f"r{i}", started=0.0, state="finished")],
+                               attempts=[sweep_state.Attempt(run_id=f"r{i}", started=0.0, state="finished")],
                                metrics={"score": s}) for i, (q, s) in enumerate(scores.items())]
         np.random.seed(0)
         return runner._propose().params["quality"]
@@ -302,7 +311,7 @@ def test_workers_pin_one_gpu_each(here, monkeypatch, capsys):
     monkeypatch.setattr(sweep_runner, "visible_gpus", lambda: ["3", "5"])
     sweep = synthetic_sweep(here, method="grid", parameters={"quality": {"values": [1, 2, 3, 4]},
                                                              "nap": {"value": 0.3}})
-    assert sweep_runner.main([str(sweep), "--dir", "d", "--workers", "2", "--poll", "0.02"]) == 0
+    assert sweep_command.main([str(sweep), "--dir", "d", "--workers", "2", "--poll", "0.02"]) == 0
     starts = [c for c in calls(here) if c["event"] == "start"]
     assert len(starts) == 4 and {c["env"]["CUDA_VISIBLE_DEVICES"] for c in starts} == {"3", "5"}
     first_two = {c["env"]["CUDA_VISIBLE_DEVICES"] for c in starts[:2]}
@@ -310,13 +319,14 @@ def test_workers_pin_one_gpu_each(here, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------ crash safety
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_sigkilled_runner_resumes_without_repeating_finished_trials(here):
     qualities = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
     sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
                             parameters={"quality": {"values": qualities}, "epochs": {"value": 10},
                                         "nap": {"value": 0.1}})
-    args = [sys.executable, "-m", "lightning_modules.cli", "sweep", str(sweep), "--dir", "d", "--workers", "2",
+    args = [sys.executable, "-m", "skill_neurons.cli", "sweep", str(sweep), "--dir", "d", "--workers", "2",
             "--poll", "0.05"]
     runner = subprocess.Popen(args, cwd=here, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, before = time.time() + 120, None
@@ -364,15 +374,15 @@ def sweep_runner_processes(sweep_id: str) -> list[int]:
                 environ = (entry / "environ").read_bytes()
             except OSError:
                 continue
-            if f"{sweep_runner.MARKER_ENV}={sweep_id}/".encode() in environ:
+            if f"{sweep_config.MARKER_ENV}={sweep_id}/".encode() in environ:
                 found.append(int(entry.name))
-    return [p for p in found if sweep_runner._alive(p)]
+    return [p for p in found if sweep_processes._alive(p)]
 
 
 def test_restart_keeps_a_trial_that_finished_unrecorded_and_retries_an_interrupted_one(here, capsys):
     sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
                             parameters={"quality": {"values": [0.5, 1.0]}})
-    assert sweep_runner.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
+    assert sweep_command.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
     # As if the runner had died while both were running: trial 1 mid-way, trial 2 after it had finished.
     state = state_of(here / "d")
     for trial in state["trials"]:
@@ -380,7 +390,7 @@ def test_restart_keeps_a_trial_that_finished_unrecorded_and_retries_an_interrupt
     first_run = here / "d" / "runs" / state["trials"][0]["attempts"][0]["run_id"] / "summary.json"
     first_run.write_text(json.dumps({**json.loads(first_run.read_text()), "status": "running"}))
     (here / "d" / "state.json").write_text(json.dumps(state))
-    assert sweep_runner.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
+    assert sweep_command.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
     one, two = (Trial.from_json(t) for t in state_of(here / "d")["trials"])
     assert one.state == "finished" and [a.state for a in one.attempts] == ["interrupted", "finished"]
     assert two.state == "finished" and len(two.attempts) == 1 and two.note == "finished before the runner stopped"
@@ -389,7 +399,7 @@ def test_restart_keeps_a_trial_that_finished_unrecorded_and_retries_an_interrupt
 
 # ------------------------------------------------------------------------------ bad input
 def sweep_error(argv: list[str], capsys) -> str:
-    assert sweep_runner.main(argv) == 2
+    assert sweep_command.main(argv) == 2
     return capsys.readouterr().err
 
 
@@ -440,7 +450,7 @@ def test_metric_that_no_trial_reports_is_named_after_the_first_trial(here, capsy
     # fixed in the file, the same command goes on; the finished trial is kept
     sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
                             parameters={"quality": {"values": [1, 2, 3]}})
-    assert sweep_runner.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
+    assert sweep_command.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
     assert len([c for c in calls(here) if c["event"] == "start"]) == 3
 
 
@@ -454,7 +464,7 @@ def test_more_workers_than_gpus_is_refused(here, monkeypatch, capsys):
 
 def test_a_changed_sweep_file_is_refused_for_a_started_sweep(here, capsys):
     sweep = synthetic_sweep(here, method="grid", parameters={"quality": {"values": [1]}})
-    assert sweep_runner.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
+    assert sweep_command.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
     sweep = synthetic_sweep(here, method="grid", parameters={"quality": {"values": [1, 2]}})
     err = sweep_error([str(sweep), "--dir", "d"], capsys)
     assert "started from a different sweep file (parameters differ) — give another --dir" in err
@@ -463,16 +473,16 @@ def test_a_changed_sweep_file_is_refused_for_a_started_sweep(here, capsys):
 def test_a_corrupt_state_file_is_recovered_from_its_backup(here, capsys):
     sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
                             parameters={"quality": {"values": [0.5, 1.0]}})
-    assert sweep_runner.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
+    assert sweep_command.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
     good = state_of(here / "d")
     backup = json.loads((here / "d" / "state.json.bak").read_text())
     assert backup["sweep_id"] == good["sweep_id"]  # the state before the last write
     (here / "d" / "state.json").write_text('{"sweep_id": "x", "trials": [')  # truncated by a full disk
     capsys.readouterr()
-    assert sweep_runner.main(["--status", "d"]) == 0
+    assert sweep_command.main(["--status", "d"]) == 0
     out = capsys.readouterr().out
     assert "state.json is corrupt — using the previous state from" in out and good["sweep_id"] in out
-    assert sweep_runner.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
+    assert sweep_command.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
     recovered = state_of(here / "d")
     assert recovered["sweep_id"] == good["sweep_id"]
     assert sorted(t["params"]["quality"] for t in recovered["trials"] if t["state"] == "finished") == [0.5, 1.0]

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from lightning_modules.report_analyses import mean_sem
-from lightning_modules.report_base import Context, Section, fmt, markdown_table, pct, slug, validate_accuracies
-from lightning_modules.report_paper import COLOURS, embed, panels
+from skill_neurons.report.analyses import mean_sem
+from skill_neurons.report.base import Context, Section, fmt, markdown_table, pct, slug, validate_accuracies
+from skill_neurons.report.paper import COLOURS, embed, panels
 
 
 def neuron_source(record: dict) -> str:

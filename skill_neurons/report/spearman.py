@@ -7,10 +7,10 @@ from itertools import combinations
 
 import numpy as np
 
-from lightning_modules.report_analyses import P1_N_GRID, mean_sem, pair_values, spearman_matrix
-from lightning_modules.report_base import SQUARE, Context, Section, fmt, markdown_table, seed_label, slug
-from lightning_modules.report_paper import NO_MEANS, backbone_colours, by_type, embed, panels
-from lightning_modules.report_seed_means import MARK, missing_seed_lines, seed_means
+from skill_neurons.report.analyses import P1_N_GRID, mean_sem, pair_values, spearman_matrix
+from skill_neurons.report.base import SQUARE, Context, Section, fmt, markdown_table, seed_label, slug
+from skill_neurons.report.paper import NO_MEANS, backbone_colours, by_type, embed, panels
+from skill_neurons.report.seed_means import MARK, missing_seed_lines, seed_means
 
 RHO_FORMULA = ("ρ_l = Spearman ρ of the two (layer l) score vectors, averaged over the layers; for the curves "
                "over n each side keeps its own top k = int(N / 100 · n) units of the layer, in unit-index order "

@@ -58,15 +58,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import inspect
-import os
 import pickle
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from callbacks.prompt_checkpoint import FAMILY_CLASSES, metadata, write_checkpoint
+from lightning_modules.backbones import BackboneError, family_of, load_tokenizer
+from lightning_modules.prompt_tuning import PromptTuningModule
 
 PROMPT_FILE = "task_prompt"
 P1_REPOSITORY = "LeonAckermann/Robust-Neurons"
@@ -80,8 +82,6 @@ P1_MODELS = {"Roberta": ("masked_lm", "roberta-base"), "RobertaLarge": ("masked_
              "T5Small": ("seq2seq", "t5-small"), "T5XXL": ("seq2seq", "google/t5-xxl-lm-adapt")}
 # Imported without --backbone in directory mode: the two models of the paper.
 DEFAULT_BACKBONES = {"Roberta": "roberta-base", "T5": "t5-base"}
-MODULE_CLASSES = {"masked_lm": "lightning_modules.MaskedLMPromptTuning",
-                  "seq2seq": "lightning_modules.Seq2SeqPromptTuning"}
 MASK_SLOTS = ("drop", "keep")
 LAYOUTS = ("paper", "standard")
 # seed_33 … seed_36, and seed_su: the prompts of Su et al. (Prompt-Transferability) that P1 uses as a fifth.
@@ -214,8 +214,6 @@ def backbone_info(name: str, cache: dict[str, BackboneInfo] | None = None) -> Ba
     """Read ``name``'s config (hub name, local directory or preset) without loading its weights."""
     if cache is not None and name in cache:
         return cache[name]
-    from lightning_modules.backbones import BackboneError, family_of, load_tokenizer
-
     try:
         _, config = load_tokenizer(name)
         family = family_of(config)
@@ -232,12 +230,10 @@ def backbone_info(name: str, cache: dict[str, BackboneInfo] | None = None) -> Ba
 def module_hyper_parameters(family: str, backbone: str, prompt_length: int, layout: str = "paper") -> dict:
     """The init arguments of the prompt-tuning module (defaults, with this backbone and length) and
     ``_class_path``, as LightningCLI stores them in a fit checkpoint."""
-    from lightning_modules.prompt_tuning import PromptTuningModule
-
     params = inspect.signature(PromptTuningModule.__init__).parameters
     hparams = {n: p.default for n, p in params.items() if n != "self" and p.default is not inspect.Parameter.empty}
     hparams.update(backbone=backbone, prompt_length=prompt_length, layout=layout)
-    return {"_class_path": MODULE_CLASSES[family], **hparams}
+    return {"_class_path": FAMILY_CLASSES[family], **hparams}
 
 
 @dataclass
@@ -264,7 +260,7 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
     info = backbone_info(backbone, cache)
     where = p1_location(source)
     source_family = family or (P1_MODELS[where.model][0] if where else info.family)
-    if source_family not in MODULE_CLASSES:
+    if source_family not in FAMILY_CLASSES:
         raise PromptImportError(f"unknown family {source_family!r}; choose masked_lm or seq2seq")
     if source_family != info.family:
         raise PromptImportError(
@@ -308,23 +304,9 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
     }
     import lightning
 
-    checkpoint = {
-        "epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__,
-        "state_dict": {"prompt.weight": prompt},
-        "hparams_name": "kwargs",
-        "hyper_parameters": module_hyper_parameters(info.family, backbone, prompt.shape[0], layout),
-        "skill_neurons": {"backbone": backbone, "family": info.family, "layout": layout, "prompt_shape": list(prompt.shape),
-                          "imported_from": imported_from},
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
-    os.close(handle)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, out)  # never a half-written checkpoint under the final name
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_checkpoint(out, prompt, module_hyper_parameters(info.family, backbone, prompt.shape[0], layout),
+                     metadata(backbone, info.family, layout, tuple(prompt.shape), imported_from=imported_from),
+                     lightning.__version__)
     return Imported(source, out, backbone, tuple(prompt.shape), imported_from)
 
 
@@ -436,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="backbone (hub name, local directory or preset) the prompt was trained for; file mode: "
                              "default P1's for a …Prompt<Model> folder (roberta-base, t5-base); folder mode: "
                              "MODEL=NAME pairs (Roberta=roberta-base T5=t5-base, the default) or a name per family")
-    parser.add_argument("--family", choices=tuple(MODULE_CLASSES),
+    parser.add_argument("--family", choices=tuple(FAMILY_CLASSES),
                         help="the family the prompt was trained for (default: from the …Prompt<Model> folder, else "
                              "the backbone's); it must be the backbone's")
     parser.add_argument("--layout", choices=LAYOUTS, default="paper",

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightning_modules.report_analyses import adversarial_of_clean
-from lightning_modules.report_base import Context, Section, family_name, fmt, markdown_table
-from lightning_modules.report_paper import COLOURS, adversarial_pairs, embed, panels
-from lightning_modules.report_seed_means import MARK, seed_means
+from skill_neurons.report.analyses import adversarial_of_clean
+from skill_neurons.report.base import Context, Section, family_name, fmt, markdown_table
+from skill_neurons.report.paper import COLOURS, adversarial_pairs, embed, panels
+from skill_neurons.report.seed_means import MARK, seed_means
 
 
 def balanced_section(ctx: Context) -> Section:

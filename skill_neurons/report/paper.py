@@ -9,28 +9,13 @@ from collections import defaultdict
 
 import numpy as np
 
-from lightning_modules.report_analyses import (
-    P1_N_GRID,
-    adversarial_of_clean,
-    histogram_counts,
-    histogram_edges,
-    layer_location,
-    overlap_curve,
-    p1_count,
+from skill_neurons.report.analyses import (
+    P1_N_GRID, adversarial_of_clean, histogram_counts, histogram_edges, layer_location, overlap_curve, p1_count,
 )
-from lightning_modules.report_base import (
-    WIDE,
-    Context,
-    Figure,
-    Section,
-    family_name,
-    fit_accuracies,
-    fmt,
-    markdown_table,
-    pct,
-    slug,
+from skill_neurons.report.base import (
+    WIDE, Context, Figure, Section, family_name, fit_accuracies, fmt, markdown_table, pct, slug,
 )
-from lightning_modules.report_seed_means import MARK, SeedMean, missing_seed_lines, seed_means
+from skill_neurons.report.seed_means import MARK, SeedMean, missing_seed_lines, seed_means
 
 COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]  # per backbone
 NO_MEANS = ("No skill-neuron analyses to average (fit runs get one from SkillNeuronCallback; `--eval-set` names "

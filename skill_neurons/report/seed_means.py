@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lightning_modules.report_base import Context, ReportError, Run, family_rank, seed_label, seed_rank
+from skill_neurons.report.base import Context, ReportError, Run, family_rank, seed_label, seed_rank
 
 MARK = " †"  # a seed mean over fewer seeds than the backbone's other tasks
 

@@ -1,5 +1,5 @@
 """What every section of ``skill-neurons report`` shares: the runs read, the neuron files, the figure canvas,
-numbers and markdown formatting. No section lives here; :mod:`lightning_modules.report` assembles them."""
+numbers and markdown formatting. No section lives here; :mod:`skill_neurons.report.main` assembles them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Lightning callbacks (skill neurons, suppression, run summary, checkpoints) and the run's file formats."""

@@ -1,0 +1,102 @@
+"""The prompt checkpoint: the one owner of its keys, its reader and its writer.
+
+A skill-neurons checkpoint is a Lightning checkpoint whose ``state_dict`` holds only the soft prompt
+(``prompt.weight``, shape (P, H)): the frozen backbone is reloaded by name. Beside it, ``skill_neurons`` holds
+the metadata (backbone, family, layout, prompt shape and, for imported prompts, ``imported_from``), and
+``hyper_parameters`` the module's init arguments with ``_class_path`` (one of :data:`FAMILY_CLASSES`), as
+LightningCLI stores them. The prompt-tuning module writes it (``on_save_checkpoint``), ``import-prompt`` writes
+it from published prompts, the skill-neuron callback reads the best prompt from it, the run summary reads its
+metadata, the CLI checks it before a run.
+
+This module is the bottom layer: torch only, no Lightning, no project imports beyond the file helpers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from callbacks.run_files import atomic_write
+
+PROMPT_KEY = "prompt.weight"
+METADATA_KEY = "skill_neurons"
+BACKBONE_PREFIX = "backbone."  # state_dict keys of the frozen backbone: never saved
+# The family of a backbone -> the LightningModule that tunes it (``class_path`` in configs and checkpoints).
+FAMILY_CLASSES = {"masked_lm": "lightning_modules.MaskedLMPromptTuning",
+                  "seq2seq": "lightning_modules.Seq2SeqPromptTuning"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not a readable skill-neurons prompt checkpoint; the message names the fix."""
+
+
+def class_name(family: str) -> str:
+    """``MaskedLMPromptTuning`` for ``masked_lm``."""
+    return FAMILY_CLASSES[family].rsplit(".", 1)[-1]
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint read with ``weights_only=True``; a truncated or foreign file is one clear error
+    (never the unpickler's advice to load it with ``weights_only=False``)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, random bytes, a pickle that needs code: all the same advice
+        kind = "truncated" if isinstance(err, (OSError, EOFError)) or "zip" in str(err).lower() else "corrupt"
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({kind}: {type(err).__name__}) — it is not "
+                              "a complete checkpoint written by skill-neurons; give another --ckpt_path (e.g. "
+                              "runs/<id>/checkpoints/last.ckpt or best.ckpt)") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no state_dict — it is not a Lightning checkpoint; "
+                              "give a --ckpt_path written by skill-neurons fit or import-prompt")
+    return checkpoint
+
+
+def prompt_of(checkpoint: dict[str, Any]) -> torch.Tensor:
+    """The (P, H) soft prompt of a checkpoint."""
+    state = checkpoint.get("state_dict") or {}
+    if PROMPT_KEY not in state:
+        raise CheckpointError(f"this checkpoint holds no soft prompt ({PROMPT_KEY}); it was not written by "
+                              "skill-neurons")
+    return state[PROMPT_KEY]
+
+
+def read_prompt(path: str | Path) -> torch.Tensor:
+    return prompt_of(read_checkpoint(path))
+
+
+def check_prompt_shape(checkpoint: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """Refuse a checkpoint without a prompt or with a prompt of another shape than the model's."""
+    found = tuple(prompt_of(checkpoint).shape)
+    if found != tuple(shape):
+        raise CheckpointError(f"checkpoint prompt has shape {found} but this model's is {tuple(shape)} — use the "
+                              "checkpoint's prompt_length and backbone")
+
+
+def metadata(backbone: str, family: str, layout: str, prompt_shape: tuple[int, ...], **extra: Any) -> dict:
+    return {"backbone": backbone, "family": family, "layout": layout, "prompt_shape": list(prompt_shape), **extra}
+
+
+def keep_prompt_only(checkpoint: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Drop the frozen backbone from a checkpoint Lightning is saving and add the metadata (in place)."""
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                if not k.startswith(BACKBONE_PREFIX)}
+    checkpoint[METADATA_KEY] = meta
+
+
+def metadata_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    return checkpoint.get(METADATA_KEY) or {}
+
+
+def write_checkpoint(out: str | Path, prompt: torch.Tensor, hyper_parameters: dict[str, Any],
+                     meta: dict[str, Any], lightning_version: str) -> None:
+    """Write a prompt checkpoint that ``--ckpt_path`` loads like a fit checkpoint, atomically."""
+    checkpoint = {
+        "epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning_version,
+        "state_dict": {PROMPT_KEY: prompt}, "hparams_name": "kwargs",
+        "hyper_parameters": hyper_parameters, METADATA_KEY: meta,
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: torch.save(checkpoint, f), binary=True)

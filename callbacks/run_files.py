@@ -1,0 +1,272 @@
+"""The run directory and its ``summary.json``: the one owner of their names, reader, writer and searches.
+
+A run is ``runs/<run_id>/`` holding ``config.yaml`` (the resolved LightningCLI config), ``summary.json`` (the
+run's own record: W&B offline runs cannot be read back through ``wandb.Api``), ``checkpoints/{best,last}.ckpt``
+and ``wandb/``. The :class:`~callbacks.run_summary.RunSummary` callback writes the summary, other callbacks add
+sections with :func:`update_summary`; the CLI, the sweep runner and the report read it with
+:func:`read_summary`. Relative prompt transfer is defined here once (:func:`relative_score`).
+
+This module is the bottom layer: it imports nothing of Lightning, transformers or the project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import string
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, TypedDict
+
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
+BEST_KEY = "val/acc"  # the metric that picks the best epoch and best.ckpt
+FILE_MODE = 0o644  # like the run's other files (mkstemp creates 0600)
+SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+RUN_ID_ALPHABET = string.ascii_lowercase + string.digits  # W&B's run-id alphabet
+
+
+class Summary(TypedDict, total=False):
+    """The sections of ``summary.json`` (every one optional: a run writes them as it goes)."""
+
+    run_id: str
+    run_dir: str
+    stage: str  # fit | validate | test
+    status: str  # running | finished | incomplete | failed | interrupted
+    started: str
+    finished: str
+    ended: str
+    error: str | None
+    missing: list[str] | None
+    settings: dict[str, Any]  # backbone, family, task, seed, prompt_length, layout, learning_rate, ...
+    config: dict[str, Any]  # the flat LightningCLI config, secrets removed
+    data: dict[str, Any]
+    wandb: dict[str, Any]
+    best: dict[str, Any]  # the epoch with the best val/acc: epoch, step and its metrics
+    history: list[dict[str, Any]]
+    fit_metrics: dict[str, float]
+    validate_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    epochs_completed: int
+    global_step: int
+    checkpoints: dict[str, Any]
+    ckpt_path: str | None
+    prompt_source: dict[str, Any]
+    transfer: dict[str, Any]
+    skill_neurons: dict[str, Any]
+    suppression: dict[str, Any]
+
+
+# ------------------------------------------------------------------ run ids
+def new_run_id() -> str:
+    """An 8-character id in W&B's alphabet (lowercase letters and digits)."""
+    return "".join(secrets.choice(RUN_ID_ALPHABET) for _ in range(8))
+
+
+def is_run_id(run_id: str) -> bool:
+    """A run id names one folder: letters, digits, ``_ - .``, no path separators, no ``..``."""
+    return bool(RUN_ID.fullmatch(run_id)) and ".." not in run_id
+
+
+# ------------------------------------------------------------------ atomic files
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> None:
+    """Write ``path`` through a temp file in the same folder, fsync, rename: a reader (or a restart after a
+    crash) sees the old file or the new one, never a half-written one. ``write(f)`` fills the file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def jsonable(value: Any) -> Any:
+    """``json.dump``'s fallback: tensors and numpy scalars become numbers or lists, anything else a string."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int = 1,
+                      default: Callable[[Any], Any] = jsonable) -> None:
+    atomic_write(path, lambda f: json.dump(data, f, indent=indent, default=default))
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ``{}`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ------------------------------------------------------------------ summary.json
+def summary_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / SUMMARY_FILE
+
+
+def has_summary(run_dir: str | Path) -> bool:
+    return summary_path(run_dir).is_file()
+
+
+def read_summary(run_dir: str | Path) -> Summary:
+    """The run's ``summary.json`` (``{}`` when it has none yet or it cannot be read)."""
+    return read_json(summary_path(run_dir))  # type: ignore[return-value]
+
+
+def update_summary(run_dir: str | Path, /, **sections: Any) -> Summary:
+    """Merge ``sections`` into ``run_dir/summary.json`` atomically."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = read_summary(run_dir)
+    summary.update(sections)  # type: ignore[typeddict-item]
+    write_json_atomic(summary_path(run_dir), summary, indent=2)
+    return summary
+
+
+def redact(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a flat config without keys that look like secrets (API keys, tokens, passwords)."""
+    return {k: v for k, v in config.items() if not SECRET.search(k)}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"init_args": {"lr": 1}}}`` -> ``{"model.lr": 1}`` (LightningCLI's command-line keys)."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "init_args":
+                out.update(flatten(value, prefix))
+                continue
+            out.update(flatten(value, f"{prefix}{key}."))
+        if not tree and prefix:
+            out[prefix[:-1]] = {}
+        return out
+    if isinstance(tree, (list, tuple)) and any(isinstance(x, dict) for x in tree):
+        out[prefix[:-1]] = json.loads(json.dumps(tree, default=str))
+        return out
+    out[prefix[:-1]] = tree if isinstance(tree, (str, int, float, bool, type(None), list)) else str(tree)
+    return out
+
+
+def offline_segments(wandb_dir: str | Path, run_id: str) -> list[Path]:
+    """Every offline W&B directory of run ``run_id`` (one per command: a resumed run has several), oldest first;
+    ``wandb sync`` takes them all and uploads them into the one W&B run."""
+    return sorted(Path(wandb_dir).glob(f"offline-run-*-{run_id}"))
+
+
+# ------------------------------------------------------------------ finding runs
+def summary_files(root: str | Path, recursive: bool = False, skip: frozenset[str] = frozenset()):
+    """The ``summary.json`` files of the runs directly under ``root`` (or anywhere below it), in a stable
+    order; folders named in ``skip`` are not entered."""
+    root = Path(root)
+    if not recursive:
+        return sorted(root.glob(f"*/{SUMMARY_FILE}"))
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        if SUMMARY_FILE in files:
+            found.append(Path(folder) / SUMMARY_FILE)
+    return found
+
+
+def finished_fit_runs(roots: list[str | Path], recursive: bool = False) -> list[tuple[Path, Summary]]:
+    """(run directory, summary) of every finished ``fit`` run directly under ``roots`` (or anywhere below them
+    with ``recursive``); unreadable summaries are skipped."""
+    found = {}
+    for root in roots:
+        for file in summary_files(root, recursive):
+            summary = read_json(file)
+            if summary.get("stage") == "fit" and summary.get("status") == "finished":
+                found[file.parent.resolve()] = (file.parent, summary)
+    return [found[key] for key in sorted(found)]
+
+
+def find_run(spec: str) -> Path | None:
+    """A fit run directory: ``runs/<id>`` (any folder with a ``config.yaml``), or ``ROOT?key=value&...`` — the
+    latest finished fit run under ROOT (searched recursively) whose ``summary.json`` settings match
+    (``backbone``, ``task``, ``seed``, ...). None when nothing matches."""
+    root, _, query = spec.partition("?")
+    if not query:
+        return Path(root) if (Path(root) / CONFIG_FILE).is_file() else None
+    wanted = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    matches = [(summary.get("finished", ""), run) for run, summary in finished_fit_runs([root], recursive=True)
+               if all(str(summary.get("settings", {}).get(k)) == v for k, v in wanted.items())]
+    return max(matches)[1] if matches else None
+
+
+# ------------------------------------------------------------------ relative transfer
+# relative(A→B) = 100 · acc(A→B) / acc(B→B). acc(B→B) (the *reference*) is the best clean validation accuracy
+# (best['val/acc']) of the fit run of task B on the same backbone **with the seed of A's prompt** — the same
+# number as evaluating B's own prompt on B, which P1 reads from its B→B transfer runs. This is P1's
+# get_transferability_matrix_new (src/analysis.py): a ratio per seed; a cell of the matrix is the mean of those
+# ratios over seeds. When B has no fit run of that seed, the reference is the mean over B's fit runs and ``how``
+# says so. Adversarial targets get no relative score (P1 leaves those cells empty). summary.json, the W&B
+# summary and the report all use these two functions.
+SAME_SEED = "fit run of B with the prompt's seed (best val/acc)"
+MEAN_OVER_SEEDS = "mean over B's fit runs (best val/acc); none has the prompt's seed"
+NO_REFERENCE = "no finished fit run of B on this backbone"
+
+
+def reference_accuracy(candidates: list[tuple[str, Any, float]], seed: Any) -> tuple[float | None, list[str], str]:
+    """acc(B→B) from B's fit runs ``candidates`` = [(run id, seed, best val/acc as a fraction)] for a prompt of
+    seed ``seed``: (reference or None, the run ids it comes from, how it was found)."""
+    same = [c for c in candidates if seed is not None and c[1] == seed]
+    chosen = same or candidates
+    if not chosen:
+        return None, [], NO_REFERENCE
+    reference = sum(c[2] for c in chosen) / len(chosen)
+    return reference, [str(c[0]) for c in chosen], SAME_SEED if same else MEAN_OVER_SEEDS
+
+
+def relative_score(accuracy: float | None, reference: float | None) -> float | None:
+    """100 · accuracy / reference (both fractions, or both %), None without a positive reference."""
+    if accuracy is None or reference is None or reference <= 0:
+        return None
+    return 100.0 * accuracy / reference
+
+
+def transfer_record(source: dict[str, Any], target_task: str, backbone: str, accuracy: float,
+                    runs_roots: list[Path]) -> dict[str, Any]:
+    """Transfer of a prompt from ``source['task']`` (A) to ``target_task`` (B): the accuracy and, when B's own
+    fit runs with this backbone are in one of ``runs_roots``, the relative score."""
+    own = [summary for _, summary in finished_fit_runs(runs_roots)
+           if summary.get("settings", {}).get("task") == target_task
+           and summary.get("settings", {}).get("backbone") == backbone
+           and (summary.get("best") or {}).get(BEST_KEY) is not None]
+    candidates = [(o.get("run_id"), o["settings"].get("seed"), o["best"][BEST_KEY]) for o in own]
+    reference, runs, how = reference_accuracy(candidates, source.get("seed"))
+    return {
+        "source_task": source.get("task"), "target_task": target_task, "accuracy": accuracy,
+        "reference_accuracy": reference, "reference_runs": runs, "reference": how,
+        "relative": relative_score(accuracy, reference),
+    }

@@ -1,0 +1,118 @@
+"""``skill-neurons``: the console entry point — the Lightning stages and the project's tools.
+
+    skill-neurons fit --config configs/quickstart.yaml
+    skill-neurons fit --config configs/roberta/sst2.yaml --model.learning_rate=3e-3 --seed_everything=34
+    skill-neurons fit --config configs/roberta/sst2.yaml --ckpt_path runs/<id>/checkpoints/last.ckpt  # resume
+    skill-neurons validate --from_run runs/<id>              # its best prompt, with its own config
+    skill-neurons analyse runs/<id>                          # (re)run only the skill-neuron analysis
+    skill-neurons sweep sweeps/quickstart.yaml | report runs/ | import-prompt ...
+
+``fit``/``validate``/``test``/``predict`` are the LightningCLI (:mod:`skill_neurons.lightning_cli`); ``sweep``,
+``report`` and ``import-prompt`` are tools with ``main(argv) -> exit code`` that never import Lightning unless
+they need it. The project's errors (a bad task, backbone, data file, checkpoint, option) end the command with
+one line on stderr and exit code 2; ``--debug`` or ``SKILL_NEURONS_DEBUG=1`` shows the traceback instead.
+Process-wide settings (warning filters) are made here, at the entry point, never on import of a library module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import warnings
+
+from skill_neurons.runs import RUNS_DIR_ENV, CLIError, analyse_args, take_from_run
+
+DEBUG_ENV = "SKILL_NEURONS_DEBUG"
+# skill-neurons <tool> ...: each module has main(argv) -> exit code.
+TOOLS = {"sweep": "skill_neurons.sweep.command", "report": "skill_neurons.report.main",
+         "import-prompt": "skill_neurons.import_prompt"}
+STAGES = ("fit", "validate", "test", "predict")
+
+
+# The project's errors: each is a user's mistake with a message that names the fix (module, class).
+USER_ERRORS = (("callbacks.neuron_files", "SkillNeuronError"), ("callbacks.prompt_checkpoint", "CheckpointError"),
+               ("datamodules.tasks", "TaskError"), ("lightning_modules.backbones", "BackboneError"),
+               ("lightning_modules.ffn", "FFNLookupError"))
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The classes of :data:`USER_ERRORS` that exist in this process: an error can only have been raised by a
+    module that was imported, so classifying one never imports the Lightning side."""
+    loaded = [getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules]
+    return (CLIError, *loaded)
+
+
+def quiet_libraries() -> None:
+    """Process-wide settings of a stage's output: Lightning's notes that are expected here (a checkpoint holds
+    only the prompt; the frozen backbone is in eval mode on purpose) and the libraries' progress bars."""
+    warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point of ``skill-neurons``.
+
+    A trial started by the sweep runner gets ``$SKILL_NEURONS_RUNS_DIR``: it is the default of ``--runs_dir``
+    (placed right after the subcommand, so a ``--runs_dir`` given in a config file or on the command line still
+    wins). A project error (:func:`user_errors`, also when a library wrapped it) is printed as one line and
+    exits 2; ``--debug`` (anywhere) or ``SKILL_NEURONS_DEBUG=1`` re-raises it.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        _run(argv, from_console=args is None)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None or debug:
+            raise
+        message = " ".join(str(cause).split())
+        print(f"skill-neurons: error: {message}  (--debug or {DEBUG_ENV}=1 shows the traceback)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The project error behind ``err`` (itself, or in its chain of causes: jsonargparse wraps errors raised
+    while instantiating a class), or None for anything else."""
+    errors = user_errors()
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, errors):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _run(argv: list[str], from_console: bool) -> None:
+    if argv and argv[0] in TOOLS:  # commands that are not Lightning stages
+        module = importlib.import_module(TOOLS[argv[0]])
+        raise SystemExit(module.main(argv[1:]))
+    if argv and argv[0] == "analyse":
+        argv = analyse_args(argv[1:])
+    if argv and argv[0] in STAGES:
+        argv, head = take_from_run(argv)
+        runs_dir = os.environ.get(RUNS_DIR_ENV)
+        if runs_dir:
+            head.append(f"--runs_dir={runs_dir}")
+        argv = [argv[0], *head, *argv[1:]]
+    quiet_libraries()
+    from skill_neurons.lightning_cli import SkillNeuronsCLI
+
+    if from_console:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv = [sys.argv[0], *argv]
+        SkillNeuronsCLI()
+    else:
+        SkillNeuronsCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""``skill-neurons report``: the paper's tables and figures from run folders, read without Lightning."""

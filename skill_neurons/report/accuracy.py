@@ -1,0 +1,176 @@
+"""The runs table and clean vs adversarial accuracy (table and ``accuracy.png``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from skill_neurons.report.base import (
+    FAMILY_ORDER, WIDE, Context, Figure, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table,
+    mean_sd, mixed_settings, pct, seed_label, seed_rank, test_accuracies,
+)
+
+
+def runs_section(ctx: Context) -> Section:
+    """What was read: counts by kind, unfinished runs, files that are not run summaries."""
+    section = Section("runs")
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for run in ctx.runs:
+        counts[run.kind][0 if run.finished else 1] += 1
+    unfinished = [r for r in ctx.runs if not r.finished]
+    section.lines += [f"Read {len(ctx.runs)} run summaries from {', '.join(f'`{a}`' for a in ctx.inputs.arguments)}.",
+                      ""]
+    section.lines += markdown_table(["kind", "finished", "unfinished (skipped)"],
+                                    [[k, v[0], v[1]] for k, v in sorted(counts.items())])
+    if any(r.kind == "validate" for r in ctx.finished):
+        section.lines += [("Plain `validate` runs enter only the skill-neuron sections (when they analysed "
+                          f"'{ctx.eval_set}' and no fit run analysed the same prompt)."), ""]
+    if unfinished:
+        section.lines += ["Unfinished runs (status is not `finished`), skipped:", ""]
+        section.lines += [f"- {r.describe()}: status `{r.summary.get('status')}`" for r in unfinished] + [""]
+    if ctx.inputs.invalid:
+        section.lines += ["Files skipped (not run summaries):", ""]
+        section.lines += [f"- warning: {line}" for line in ctx.inputs.invalid] + [""]
+    rows = [{"run_id": r.run_id, "kind": r.kind, "status": r.summary.get("status"), "backbone": r.backbone,
+             "family": r.family, "task": r.task, "seed": r.seed, "source": r.source} for r in ctx.runs]
+    section.lines += ["<details><summary>All runs</summary>", ""]
+    section.lines += markdown_table(["run", "kind", "status", "backbone", "task", "seed"],
+                                    [[f"`{r['run_id']}`", r["kind"], r["status"], r["backbone"], r["task"],
+                                      seed_label(r["seed"])] for r in rows])
+    section.lines += ["</details>", ""]
+    section.tables["runs"] = rows
+    section.data.update(read=len(ctx.runs), finished=len(ctx.finished),
+                        by_kind={k: {"finished": v[0], "unfinished": v[1]} for k, v in counts.items()},
+                        unfinished=[r.run_id for r in unfinished], invalid=list(ctx.inputs.invalid))
+    return section
+
+
+# --- accuracy
+
+
+def accuracy_rows(ctx: Context, runs: list[Run], read: Callable[[Run], dict[str, float]], clean: str,
+                  stage: str, notes: list[str]) -> list[dict[str, Any]]:
+    """One row per backbone × task × evaluation set: accuracies in %, mean ± sd over the runs (seeds).
+    Groups that mix settings other than the seed get a line in ``notes``."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.family, run.backbone, run.task)].append(run)
+    order = ctx.task_order({k[2] for k in groups})
+    rows = []
+    for family, backbone, task in sorted(groups, key=lambda k: (family_rank(k[0]), k[1], order.index(k[2]))):
+        members = sorted(groups[(family, backbone, task)], key=lambda r: seed_rank(r.seed))
+        notes += mixed_settings(members, f"{backbone} · {task} ({stage})")
+        values: dict[str, list[tuple[Run, float]]] = defaultdict(list)
+        for run in members:
+            for name, value in read(run).items():
+                values[name].append((run, pct(value)))
+        chance = next((r.chance for r in members if r.chance is not None), None)
+        for name in [clean, *sorted(n for n in values if n != clean)]:
+            if name not in values:
+                continue
+            numbers = [v for _, v in values[name]]
+            mean, sd = mean_sd(numbers)
+            rows.append({"stage": stage, "backbone": backbone, "family": family, "task": task,
+                         "task_type": ctx.task_types().get(task), "set": name,
+                         "kind": "clean" if name == clean else "adversarial", "n": len(numbers),
+                         "seeds": [r.seed for r, _ in values[name]], "runs": [r.run_id for r, _ in values[name]],
+                         "values": numbers, "mean": mean, "sd": sd, "chance": chance,
+                         "below_chance": bool(chance is not None and mean < chance)})
+    return rows
+
+
+def accuracy_cell(row: dict[str, Any] | None) -> str:
+    """``85.3 ± 1.2``, with `` ↓`` when the mean is below chance."""
+    return fmt(row["mean"], row["sd"], mark=" ↓" if row["below_chance"] else "") if row else "—"
+
+
+def accuracy_markdown(rows: list[dict[str, Any]], clean: str) -> list[str]:
+    """| backbone | task | seeds | chance | clean | adversarial set | adversarial | — one line per adv set."""
+    table = []
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["backbone"], row["task"])].append(row)
+    for (backbone, task), members in groups.items():
+        clean_row = next((r for r in members if r["kind"] == "clean"), None)
+        adversarial = [r for r in members if r["kind"] == "adversarial"] or [None]
+        first = clean_row or members[0]
+        chance = first["chance"]
+        for adv in adversarial:
+            table.append([f"{backbone} ({family_name(first['family'])})", f"{task} ({first['task_type'] or '?'})",
+                          ", ".join(seed_label(s) for s in (clean_row or adv)["seeds"]),
+                          fmt(chance) if chance is not None else "?", accuracy_cell(clean_row),
+                          adv["set"] if adv else "—", accuracy_cell(adv)])
+    return markdown_table(["backbone", "task (type)", "seeds", "chance", f"clean ({clean})", "adversarial set",
+                           "adversarial"], table)
+
+
+def accuracy_section(ctx: Context) -> Section:
+    """Backbone × task accuracy of fit runs' best epoch (and of test runs), clean vs each adversarial set."""
+    section = Section("accuracy")
+    fits, tests = ctx.of_kind("fit"), ctx.of_kind("test")
+    notes: list[str] = []
+    rows = accuracy_rows(ctx, fits, fit_accuracies, "validation", "fit", notes)
+    test_rows = accuracy_rows(ctx, tests, test_accuracies, "test", "test", notes)
+    if not rows and not test_rows:
+        return section.leave_out(
+            f"No finished fit runs with a best epoch among the {len(ctx.runs)} runs read (the table uses `best` "
+            "of summary.json, the epoch with the best clean `val/acc`; runs come from `skill-neurons fit`).")
+    section.lines += [("**Formula** (P1 `src/analysis.py::get_results`, `get_mean_std`): accuracy in %, mean ± sd "
+                      "over seeds, at each fit run's best epoch (the epoch with the best clean validation accuracy). "
+                      "Ours: the sample sd (n − 1) where P1's `get_mean_std` uses `np.std` (n); report.json has every "
+                      "seed's value. Chance = 100 / number of classes; ↓ marks a mean below chance."), ""]
+    if not {r["family"] for r in rows + test_rows} >= set(FAMILY_ORDER):
+        present = sorted({r["family"] for r in rows + test_rows}, key=family_rank)
+        absent = [f for f in FAMILY_ORDER if f not in present]
+        section.lines += [(f"No {', '.join(f'{family_name(f)} ({f})' for f in absent)} fit runs among the "
+                          f"{len(ctx.runs)} runs read — the table has {', '.join(map(family_name, present))} "
+                          "backbones only."), ""]
+    if rows:
+        section.lines += accuracy_markdown(rows, "validation")
+        section.figures.append(accuracy_figure(ctx, rows))
+    else:
+        section.lines += ["No finished fit runs with a best epoch (only test runs below).", ""]
+    if test_rows:
+        section.lines += ["Test split (from `skill-neurons test` runs):", ""]
+        section.lines += accuracy_markdown(test_rows, "test")
+    section.lines += [*notes, ""] if notes else []
+    section.tables["accuracy"] = rows + test_rows
+    section.data.update(rows=rows + test_rows, units="accuracy in %, sd = sample standard deviation (n - 1)",
+                        notes=notes)
+    return section
+
+
+def accuracy_figure(ctx: Context, rows: list[dict[str, Any]]) -> Figure:
+    """Grouped bars per backbone × task: clean and adversarial accuracy (± sd), chance marked."""
+    fig, axes, figure = ctx.figure("accuracy", "Accuracy (%) at the best epoch, clean vs adversarial, mean ± sd "
+                                   "over seeds; black lines: chance", WIDE)
+    ax = axes[0][0]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["backbone"], row["task"])].append(row)
+    adversarial_colours = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink"]
+    labelled = set()
+    for x, ((backbone, task), members) in enumerate(groups.items()):
+        width = 0.8 / len(members)
+        for k, row in enumerate(members):
+            colour = "tab:blue" if row["kind"] == "clean" else adversarial_colours[(k - 1) % len(adversarial_colours)]
+            label = "clean" if row["kind"] == "clean" else row["set"]
+            ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=row["sd"] or 0, color=colour,
+                   capsize=3, label=None if label in labelled else label)
+            labelled.add(label)
+        if members[0]["chance"] is not None:
+            ax.hlines(members[0]["chance"], x - 0.45, x + 0.45, colors="black", linewidth=1.2)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{b}\n{t}" for b, t in groups], fontsize="small")
+    ax.set_xlim(-0.6, max(len(groups), 4) - 0.4)  # a few groups do not stretch over the whole width
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Accuracy at the best epoch: clean vs adversarial")
+    ax.legend(loc="lower right", fontsize="small")
+    return ctx.save(fig, figure)
+
+
+# --- transfer
+
+

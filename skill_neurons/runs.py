@@ -1,0 +1,84 @@
+"""Which run a command works on: run ids, ranks, ``--from_run`` and ``skill-neurons analyse`` (no Lightning)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from callbacks.run_files import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, find_run, is_run_id
+
+RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
+RUNS_DIR_ENV = "SKILL_NEURONS_RUNS_DIR"  # a sweep trial's default --runs_dir
+RANK_ENVS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
+
+
+class CLIError(ValueError):
+    """A mistake in the command line (run id, checkpoint, --from_run); the message names the fix."""
+
+
+def check_run_id(run_id: str, origin: str = "--run_id") -> str:
+    """A run id names one folder under ``--runs_dir``: letters, digits, ``_ - .``, no path separators."""
+    if not is_run_id(run_id):
+        raise CLIError(f"{origin}={run_id!r} is not a run id: use letters, digits, '_', '-' and '.' (no path "
+                       "separators, no '..'), at most 128 characters — the run's folder is --runs_dir/<run_id>")
+    return run_id
+
+
+def launched_rank_is_zero() -> bool:
+    """False in a process that a launcher (Lightning's DDP launcher, torchrun, SLURM) started as a rank other
+    than global rank 0: such a process joins the run rank 0 claimed."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_ENVS)
+
+
+def analyse_args(rest: list[str]) -> list[str]:
+    """``skill-neurons analyse runs/<id> [options]``: (re)run only the skill-neuron analysis of a fit run whose
+    training is complete — a resume of its ``last.ckpt`` with its own config (the training loop has nothing
+    left to do, so only the analysis of the best checkpoint runs, in the same run directory)."""
+    if not rest or rest[0].startswith("-"):
+        raise CLIError("analyse needs a run directory: skill-neurons analyse runs/<id> [options]")
+    run = Path(rest[0])
+    config, last = run / CONFIG_FILE, run / CHECKPOINT_DIR / LAST_CHECKPOINT
+    for path in (config, last):
+        if not path.is_file():
+            raise CLIError(f"analyse {rest[0]!r}: {path} does not exist — give the folder of a fit run (runs/<id>)")
+    return ["fit", "--config", str(config), f"--ckpt_path={last}", *rest[1:]]
+
+
+def find_fit_run(spec: str) -> Path:
+    """A fit run directory: ``runs/<id>``, or ``ROOT?key=value&...`` — the latest finished fit run under ROOT
+    (searched recursively) whose ``summary.json`` settings match (``backbone``, ``task``, ``seed``, ...)."""
+    run = find_run(spec)
+    if run is not None:
+        return run
+    root, _, query = spec.partition("?")
+    if not query:
+        raise CLIError(f"--from_run {spec!r}: no run directory with a {CONFIG_FILE} there")
+    wanted = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    raise CLIError(f"--from_run {spec!r}: no finished fit run under {root!r} has settings {wanted} — "
+                   "check the folder (e.g. the --dir of the sweep that trained the prompts) and the values")
+
+
+def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``--from_run RUN`` evaluates that fit run's best prompt with its own config: it becomes ``--config
+    RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt --run_id=null``, placed first, so every other
+    option (``--data.task`` for transfer, ``--suppression.*``) overrides it."""
+    rest, spec = [], None
+    iterator = iter(argv)
+    for arg in iterator:
+        if arg == "--from_run":
+            spec = next(iterator, None)
+        elif arg.startswith("--from_run="):
+            spec = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if spec is None:
+        return argv, []
+    if rest[0] == "fit":
+        raise CLIError("--from_run evaluates a trained prompt: use it with validate or test, not fit")
+    run = find_fit_run(spec)
+    best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
+    if not best.is_file():
+        raise CLIError(f"--from_run {spec!r}: {best} does not exist (the run saved no best checkpoint)")
+    return rest, ["--config", str(run / CONFIG_FILE), f"--ckpt_path={best}", "--run_id=null"]
+
+
