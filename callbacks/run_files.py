@@ -18,9 +18,12 @@ import re
 import secrets
 import string
 import tempfile
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypedDict
+
+from datamodules.tasks import TaskError, get_task
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -184,19 +187,53 @@ def offline_segments(wandb_dir: str | Path, run_id: str) -> list[Path]:
     return sorted(Path(wandb_dir).glob(f"offline-run-*-{run_id}"))
 
 
+def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The ``summary.json`` structure of a W&B run, from the config and summary that :class:`RunSummary` and the
+    skill-neuron callback log to W&B (``run.*`` config keys, ``best/*`` and ``skill_neurons/<set>/<metric>``
+    summary keys): the report reads W&B runs through it (``skill_neurons.report.inputs.read_wandb_run``)."""
+    keys = ("backbone", "family", "task", "seed", "prompt_length", "learning_rate", "precision", "world_size")
+    settings = {k: config.get(f"run.{k}") for k in keys}
+    settings["task"] = settings["task"] or config.get("data.task")
+    settings["seed"] = settings["seed"] if settings["seed"] is not None else config.get("seed_everything")
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("_")}
+    best = {k[len("best/"):]: v for k, v in numbers.items() if k.startswith("best/")}
+    stage = "fit" if best else "test" if any(k.startswith("test/") for k in numbers) else "validate"
+    data: dict[str, Any] = {"task": settings["task"]}
+    try:
+        spec = get_task(settings["task"])
+        data.update(task_type=spec.type, label_names=list(spec.label_names))
+    except TaskError:  # a user's task: labels unknown, so no chance level
+        pass
+    summary: dict[str, Any] = {
+        "run_id": run_id, "stage": stage, "status": "finished" if state == "finished" else str(state),
+        "settings": settings, "config": config, "data": data,
+        f"{stage}_metrics": {k: v for k, v in numbers.items() if not k.startswith("best/")},
+    }
+    if best:
+        summary["best"] = best
+    for section in ("suppression", "transfer", "prompt_source"):
+        values = {k[len(section) + 1:]: v for k, v in config.items() if k.startswith(f"{section}.")}
+        if values:
+            summary[section] = values
+    sets: dict[str, dict[str, Any]] = defaultdict(dict)
+    for key, value in numbers.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "skill_neurons":
+            sets[parts[1]][parts[2]] = value
+    if sets:
+        clean = "test" if stage == "test" else "validation"
+        for name, values in sets.items():
+            values["split"] = name if name == clean else f"adv/{name}"
+        summary["skill_neurons"] = {"backbone": settings["backbone"], "family": settings["family"],
+                                    "task": settings["task"], "part": config.get("part", "encoder"),
+                                    "sets": dict(sets)}
+    return summary
+
+
 # ------------------------------------------------------------------ finding runs
-def summary_files(root: str | Path, recursive: bool = False, skip: frozenset[str] = frozenset()):
-    """The ``summary.json`` files of the runs directly under ``root`` (or anywhere below it), in a stable
-    order; folders named in ``skip`` are not entered."""
-    root = Path(root)
-    if not recursive:
-        return sorted(root.glob(f"*/{SUMMARY_FILE}"))
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in skip)
-        if SUMMARY_FILE in files:
-            found.append(Path(folder) / SUMMARY_FILE)
-    return found
+def summary_files(root: str | Path, recursive: bool = False) -> list[Path]:
+    """The ``summary.json`` files of the runs directly under ``root`` (or anywhere below it)."""
+    return sorted(Path(root).rglob(SUMMARY_FILE) if recursive else Path(root).glob(f"*/{SUMMARY_FILE}"))
 
 
 def finished_fit_runs(roots: list[str | Path], recursive: bool = False) -> list[tuple[Path, Summary]]:

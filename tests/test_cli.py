@@ -141,14 +141,13 @@ def test_sigkilled_fit_resumes_from_last_checkpoint_in_the_same_run(workdir):
     assert len(wandb_runs) == 2  # the same W&B run id, resumed (synced into one run)
 
 
-@pytest.mark.subprocess
 def test_validate_with_checkpoint_evaluates_clean_and_adversarial(workdir):
-    run_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL, "--trainer.max_epochs=1"],
-            cwd=workdir)
+    cli_in_process(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL,
+                    "--trainer.max_epochs=1"], cwd=workdir, check=True)
     fit_run = only_run_dir(workdir / "runs")
     best = summary_of(fit_run)["checkpoints"]["best"]
-    run_cli(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL, f"--ckpt_path={best}",
-             "--runs_dir=validated"], cwd=workdir)
+    cli_in_process(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *SMALL,
+                    f"--ckpt_path={best}", "--runs_dir=validated"], cwd=workdir, check=True)
     summary = summary_of(only_run_dir(workdir / "validated"))
     assert summary["ckpt_path"] == best
     fit_best = summary_of(fit_run)["best"]

@@ -1,4 +1,6 @@
-"""The paper's experiments end to end through the real CLI on the tiny offline backbone:
+"""The paper's experiments end to end through the real CLI on the tiny offline backbone (the transfer runs, whose
+offline W&B record logs are read, and the sweep's trials in child processes; the other commands through the
+console script's entry point in this process, to spare a Python start each):
 two tasks x two seeds -> suppression (rates 0 and 15%, skill and random) -> transfer -> the shipped suppression
 sweep (seed-mean neurons, clean and own adversarial neurons; trimmed) -> report with every paper figure."""
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import QUICK, ROOT, run_cli, summary_of
+from tests.helpers import QUICK, ROOT, cli_in_process, run_cli, summary_of
 
 TASKS = {"marker": "marker_typo", "sst2_sample": "adv_sst2"}
 SEEDS = (33, 34)
@@ -43,8 +45,8 @@ def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
     base = ["--config", str(ROOT / "configs/quickstart.yaml"), *QUICK]
     for task in TASKS:
         for seed in SEEDS:
-            run_cli(["fit", *base, *SMALL, f"--data.task={task}", f"--seed_everything={seed}",
-                     "--trainer.max_epochs=2", "--runs_dir=runs"], cwd=tmp_path)
+            cli_in_process(["fit", *base, *SMALL, f"--data.task={task}", f"--seed_everything={seed}",
+                            "--trainer.max_epochs=2", "--runs_dir=runs"], cwd=tmp_path, check=True)
     fits = {(task, seed): runs_by(tmp_path / "runs", task=task, seed=seed) for task in TASKS for seed in SEEDS}
     assert all(len(v) == 1 for v in fits.values()), fits
     fits = {key: value[0] for key, value in fits.items()}
@@ -53,8 +55,8 @@ def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
     for run in fits.values():
         for extra in (["--suppression.rate=0"], ["--suppression.rate=15"],
                       ["--suppression.rate=15", "--suppression.selection=random"]):
-            run_cli(["validate", f"--from_run={run}", *QUICK, *SMALL, *extra, "--runs_dir=suppression",
-                     "--trainer.logger=false"], cwd=tmp_path)
+            cli_in_process(["validate", f"--from_run={run}", *QUICK, *SMALL, *extra, "--runs_dir=suppression",
+                            "--trainer.logger=false"], cwd=tmp_path, check=True)
     suppressed = [summary_of(d) for d in (tmp_path / "suppression").iterdir()]
     assert len(suppressed) == 12
     for summary in suppressed:
@@ -71,7 +73,7 @@ def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
     for source in TASKS:
         for target in TASKS:
             run_cli(["validate", f"--from_run=runs?task={source}&seed=33", *QUICK, *SMALL, f"--data.task={target}",
-                     "--runs_dir=transfer"], cwd=tmp_path)  # with the (offline) W&B logger
+                     "--runs_dir=transfer"], cwd=tmp_path)  # a process of its own: its W&B record log is read below
     transfers = [summary_of(d)["transfer"] for d in (tmp_path / "transfer").iterdir()]
     assert sorted((t["source_task"], t["target_task"]) for t in transfers) == sorted(
         (a, b) for a in TASKS for b in TASKS)
@@ -107,7 +109,8 @@ def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
     assert clean_15["validate_metrics"]["val/acc"] == own_15["validate_metrics"]["val/acc"]  # same clean units
 
     # ---- the report: every section, numbers as in the summaries, real figures
-    run_cli(["report", "runs", "suppression", "transfer", "sweep/runs", "--out", "report"], cwd=tmp_path)
+    cli_in_process(["report", "runs", "suppression", "transfer", "sweep/runs", "--out", "report"], cwd=tmp_path,
+                   check=True)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     markdown = (tmp_path / "report" / "report.md").read_text()
     for key in ("accuracy", "transfer", "suppression", "per_layer", "overlap", "paper_boxes", "paper_overlap",

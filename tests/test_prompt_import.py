@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from tests.helpers import QUICK, ROOT, only_run_dir, run_cli, summary_of
+from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
 from torch import nn
 
 from skill_neurons.import_prompt import (
@@ -211,15 +211,14 @@ def test_imported_prompt_is_the_one_the_module_loads(published):
     assert torch.equal(module.prompt.weight.detach(), rows[1:])
 
 
-@pytest.mark.subprocess
 def test_validate_through_the_cli_accepts_the_imported_checkpoint(published):
     source, _ = publish(published, "33", "SST2PromptRoberta")
     ckpt = published / "imported" / "sst2_seed33.ckpt"
     assert main([str(source), "--backbone", "tiny-roberta", "--out", str(ckpt)]) == 0
-    run_cli(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, "--model.prompt_length=99",
-             "--model.layout=standard",
-             "--data.max_train_samples=64", "--data.max_eval_samples=64", f"--ckpt_path={ckpt}",
-             f"--runs_dir={published / 'runs'}"], cwd=published)
+    cli_in_process(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK,
+                    "--model.prompt_length=99", "--model.layout=standard",
+                    "--data.max_train_samples=64", "--data.max_eval_samples=64", f"--ckpt_path={ckpt}",
+                    f"--runs_dir={published / 'runs'}"], cwd=published, check=True)
     summary = summary_of(only_run_dir(published / "runs"))
     assert summary["ckpt_path"] == str(ckpt)
     assert 0.0 <= summary["validate_metrics"]["val/acc"] <= 1.0

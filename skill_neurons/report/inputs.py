@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 from callbacks.neuron_files import OUTPUT_DIR
-from callbacks.run_files import SUMMARY_FILE
+from callbacks.run_files import SUMMARY_FILE, summary_from_wandb
 from skill_neurons.report.base import Inputs, ReportError, Run
 from skill_neurons.wandb_env import offline_reason
 
@@ -102,48 +100,5 @@ def read_wandb_run(path: str, download_dir: Path) -> Run:
     summary = summary_from_wandb(run_id, state, config, metrics)
     summary["run_dir"] = str(directory)
     return Run(summary, directory, f"wandb:{path}")
-
-
-def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    """The ``summary.json`` structure of a W&B run from its config and summary (see :func:`read_wandb_run`)."""
-    keys = ("backbone", "family", "task", "seed", "prompt_length", "learning_rate", "precision", "world_size")
-    settings = {k: config.get(f"run.{k}") for k in keys}
-    settings["task"] = settings["task"] or config.get("data.task")
-    settings["seed"] = settings["seed"] if settings["seed"] is not None else config.get("seed_everything")
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("_")}
-    best = {k[len("best/"):]: v for k, v in numbers.items() if k.startswith("best/")}
-    stage = "fit" if best else "test" if any(k.startswith("test/") for k in numbers) else "validate"
-    data: dict[str, Any] = {"task": settings["task"]}
-    try:
-        from datamodules.tasks import get_task
-
-        spec = get_task(settings["task"])
-        data.update(task_type=spec.type, label_names=list(spec.label_names))
-    except Exception:  # noqa: BLE001, S110 (a user's task: labels unknown, so no chance level)
-        pass
-    summary: dict[str, Any] = {
-        "run_id": run_id, "stage": stage, "status": "finished" if state == "finished" else str(state),
-        "settings": settings, "config": config, "data": data,
-        f"{stage}_metrics": {k: v for k, v in numbers.items() if not k.startswith("best/")},
-    }
-    if best:
-        summary["best"] = best
-    for section in ("suppression", "transfer", "prompt_source"):
-        values = {k[len(section) + 1:]: v for k, v in config.items() if k.startswith(f"{section}.")}
-        if values:
-            summary[section] = values
-    sets: dict[str, dict[str, Any]] = defaultdict(dict)
-    for key, value in numbers.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "skill_neurons":
-            sets[parts[1]][parts[2]] = value
-    if sets:
-        clean = "test" if stage == "test" else "validation"
-        for name, values in sets.items():
-            values["split"] = name if name == clean else f"adv/{name}"
-        summary["skill_neurons"] = {"backbone": settings["backbone"], "family": settings["family"],
-                                    "task": settings["task"], "part": config.get("part", "encoder"),
-                                    "sets": dict(sets)}
-    return summary
 
 

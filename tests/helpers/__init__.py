@@ -56,22 +56,27 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
     return proc
 
 
-def cli_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``skill-neurons ARGS`` run in this process (for error paths: no interpreter start, no imports): its exit
-    code, stdout and stderr, as :func:`run_cli` gives them. The environment is restored afterwards."""
+def cli_in_process(args: list[str], cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
+    """``skill-neurons ARGS`` run in this process — the console script's ``main`` without a new interpreter (no
+    start-up, no imports): its exit code, stdout and stderr, as :func:`run_cli` gives them; ``check`` raises on
+    a non-zero exit as :func:`run_cli` does. The environment and ``sys.argv`` are restored afterwards."""
     from skill_neurons.cli import main
 
-    saved = dict(os.environ)
+    saved_env, saved_argv = dict(os.environ), sys.argv
     out, err = io.StringIO(), io.StringIO()
     code = 0
     try:
+        sys.argv = ["skill-neurons"]
         with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main(list(args))
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
+        sys.argv = saved_argv
         os.environ.clear()
-        os.environ.update(saved)
+        os.environ.update(saved_env)
+    if check and code != 0:
+        raise AssertionError(f"skill-neurons {' '.join(args)} failed ({code}):\n{err.getvalue()[-4000:]}")
     return subprocess.CompletedProcess(["skill-neurons", *args], code, out.getvalue(), err.getvalue())
 
 
