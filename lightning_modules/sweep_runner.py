@@ -10,7 +10,7 @@ stop early (``stop_runs``: hyperband); this runner does what the agent and the s
 
 * A trial is the sweep's ``command`` with ``${args}`` (and ``${program}``, ``${args_json_file}``, ...) rendered
   exactly as ``wandb agent`` renders them (:func:`render_command`), run in the current directory in a process
-  group of its own, with ``WANDB_RUN_ID`` (a new id per attempt), ``WANDB_RUN_GROUP`` (the sweep id),
+  group of its own, with ``WANDB_RUN_ID`` (a new id per attempt), ``WANDB_RUN_GROUP`` (the sweep's name),
   ``WANDB_SWEEP_PARAM_PATH`` and W&B offline (unless ``WANDB_MODE`` says otherwise). Two differences from
   the agent: ``python`` in the command means the interpreter running this runner (its folder goes first on
   ``PATH``), and ``WANDB_DIR`` is the trial's run directory. Output goes to ``DIR/logs/<run id>.log``.
@@ -32,7 +32,7 @@ environment; on Linux the trials already got SIGTERM when the runner died), (2) 
 early-stopped trials are never run again, so a grid ends with each combination done exactly once.
 ``--count N`` counts every trial in DIR, so the same command finishes the same sweep; one runner per DIR.
 Every attempt's offline W&B run is linked into DIR: ``wandb leet DIR`` browses them, ``wandb sync DIR``
-uploads them (grouped by the sweep id).
+uploads them (grouped by the sweep's name: W&B cannot attach offline runs to a sweep).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lightning_modules.sweep_display import planned_trials, progress, sweep_group
 
 STATE_FILE = "state.json"
 RUNS_DIR_ENV = "SKILL_NEURONS_RUNS_DIR"  # where a trial writes <run id>/summary.json
@@ -539,6 +541,7 @@ class SweepRunner:
         self.failures_in_a_row = 0
         self.metric_checked = False
         self.signal_received: int | None = None
+        self.started = time.time()
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -646,7 +649,8 @@ class SweepRunner:
         env = dict(os.environ)
         env.pop("WANDB_SERVICE", None)  # as the agent: the trial starts its own W&B service
         env.update({
-            "WANDB_RUN_ID": run_id, "SKILL_NEURONS_RUN_ID": run_id, "WANDB_RUN_GROUP": self.sweep_id,
+            "WANDB_RUN_ID": run_id, "SKILL_NEURONS_RUN_ID": run_id,
+            "WANDB_RUN_GROUP": sweep_group(self.config, self.sweep_file),
             "WANDB_SWEEP_PARAM_PATH": str((self.dir / "params" / f"config-{run_id}.yaml").resolve()),
             "WANDB_DIR": str(self.run_dir(run_id).resolve()),
             RUNS_DIR_ENV: str((self.dir / "runs").resolve()), MARKER_ENV: f"{self.sweep_id}/{run_id}",
@@ -721,7 +725,11 @@ class SweepRunner:
         self.running[trial.number] = _Running(trial, proc, slot)
         params = " ".join(f"{k}={v}" for k, v in trial.params.items())
         again = f" (attempt {len(trial.attempts)})" if len(trial.attempts) > 1 else ""
-        self.say(f"trial {trial.number}{again} started: run {run_id}, {params}"
+        done = [a.ended - a.started for t in self.trials for a in t.attempts[-1:] if a.ended and t.state in
+                ("finished", "failed", "stopped")]
+        shown = progress(trial.number, planned_trials(self.config, self.count), time.time() - self.started, done,
+                         self.workers)
+        self.say(f"{shown}: started{again}: run {run_id}, {params}"
                  + (f", GPU {gpu}" if gpu is not None else ""))
 
     def _read_report(self, trial: Trial) -> None:
@@ -974,8 +982,9 @@ def format_table(state: dict[str, Any], trials: list[Trial], directory: Path, ob
     goal = f"; objective {metric['name']} ({metric.get('goal', 'minimize')})" if metric.get("name") else ""
     title = (f"sweep {state.get('sweep_id')} ({config.get('method')}, {state.get('sweep_file')}): "
              f"{len(trials)} trials — {counts or 'none yet'}{goal}")
+    group = sweep_group(config, state.get("sweep_file", ""))
     foot = [(("* best trial. " if best is not None else "") + f"Offline W&B runs: browse with `wandb leet "
-             f"{directory}`, upload with `wandb sync {directory}` (group {state.get('sweep_id')}).")] if trials else []
+             f"{directory}`, upload with `wandb sync {directory}` (group {group}).")] if trials else []
     return "\n".join([title, *lines, *foot])
 
 
