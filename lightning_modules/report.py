@@ -52,7 +52,8 @@ import torch
 from callbacks.neuron_statistics import mean_over_prompts, mean_predictivity_of, overlap_at, top_percent_mask
 from callbacks.run_summary import SUMMARY_FILE
 from callbacks.neuron_files import OUTPUT_DIR, set_name
-from callbacks.skill_neurons import per_layer_boxplot
+from callbacks.figure_style import (FAMILY, GREY, LEGEND_FONT, SELECTION, chance_line, per_layer_boxplot, set_colour,
+                                   set_colours)
 from lightning_modules.report_balance import balanced_section
 from lightning_modules.report_base import (  # noqa: F401 (WIDE, SQUARE, TITLES: re-exported for callers)
     FAMILY_ORDER,
@@ -367,25 +368,27 @@ def accuracy_figure(ctx: Context, rows: list[dict[str, Any]]) -> Figure:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["backbone"], row["task"])].append(row)
-    adversarial_colours = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink"]
     labelled = set()
     for x, ((backbone, task), members) in enumerate(groups.items()):
         width = 0.8 / len(members)
         for k, row in enumerate(members):
-            colour = "tab:blue" if row["kind"] == "clean" else adversarial_colours[(k - 1) % len(adversarial_colours)]
-            label = "clean" if row["kind"] == "clean" else row["set"]
-            ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=row["sd"] or 0, color=colour,
-                   capsize=3, label=None if label in labelled else label)
+            colour = set_colour(k - 1, row["kind"] == "clean")
+            label = "clean" if row["kind"] == "clean" else "adversarial" if k == 1 else f"adversarial ({row['set']})"
+            ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=row["sd"] or None, color=colour,
+                   capsize=3 if row["sd"] else 0, label=None if label in labelled else label)  # n = 1: no bar
             labelled.add(label)
         if members[0]["chance"] is not None:
-            ax.hlines(members[0]["chance"], x - 0.45, x + 0.45, colors="black", linewidth=1.2)
+            ax.hlines(members[0]["chance"], x - 0.45, x + 0.45, colors="black", linewidth=1.2,
+                      label=None if "chance" in labelled else "chance")
+            labelled.add("chance")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{b}\n{t}" for b, t in groups], fontsize="small")
-    ax.set_xlim(-0.6, max(len(groups), 4) - 0.4)  # a few groups do not stretch over the whole width
+    pad = max(0.0, (4 - len(groups)) / 2)  # a few groups sit in the middle, not stretched over the whole width
+    ax.set_xlim(-0.6 - pad, len(groups) - 0.4 + pad)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Accuracy at the best epoch: clean vs adversarial")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=LEGEND_FONT)
     return ctx.save(fig, figure)
 
 
@@ -482,7 +485,6 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
     name = slug("suppression", backbone, task, perturbation, *([std] if std is not None else []), part,
                 adversarial_neurons, source)
     fig, axes, figure = ctx.figure(name, f"Suppression: {title}", WIDE, ncols=len(sets))
-    styles = {"skill": ("tab:red", "-"), "random": ("tab:grey", "--")}
     for ax, set_ in zip(axes[0], sets):
         for selection in sorted({r["selection"] for r in rows}, key=lambda s: (s != "skill", s)):
             points = sorted((r["rate"], r["mean"], r["sem"] or 0.0) for r in rows
@@ -490,11 +492,11 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
             if not points:
                 continue
             rate, mean, sem = (np.array(v, dtype=float) for v in zip(*points))
-            colour, line = styles.get(selection, ("tab:blue", ":"))
+            colour, line = SELECTION.get(selection, (GREY, ":"))
             ax.plot(rate, mean, line, color=colour, marker="o", label=f"{selection} units")
             ax.fill_between(rate, mean - sem, mean + sem, color=colour, alpha=0.2)
         if chance is not None:
-            ax.axhline(chance, color="black", linewidth=0.8, linestyle=":", label="chance")
+            chance_line(ax, chance, f"chance ({chance:g}%)")
         ax.set_title("clean (validation)" if set_ == "validation" else f"adversarial: {set_}", fontsize="medium")
         ax.set_xlabel("units suppressed per layer (%)")
         ax.set_ylabel("accuracy (%)")
@@ -586,8 +588,7 @@ def per_layer_figure(ctx: Context, key: tuple, combined: dict[str, torch.Tensor]
     family, backbone, part, task, shape = key
     fig, axes, figure = ctx.figure(slug("per_layer", backbone, part, task),
                                    f"Predictivity per layer, {backbone} · {task} ({part})", WIDE)
-    colours = ["tab:blue" if name == ctx.eval_set else ["tab:red", "tab:orange", "tab:purple"][(k - 1) % 3]
-               for k, name in enumerate(combined)]
+    colours = set_colours(list(combined), ctx.eval_set)
     ax = axes[0][0]
     runs = [r for r in ctx.neuron_runs() if (r.backbone, r.part, r.task) == (backbone, part, task)]
     baselines = {name: b for name in combined
@@ -686,14 +687,13 @@ def overlap_figure(ctx: Context, rows: list[dict], percents: list[float]) -> Fig
     fig, axes, figure = ctx.figure("overlap", "overlap@n% of clean and adversarial skill neurons, mean ± sd over "
                                    "seeds (dotted: expected overlap of random picks)", WIDE)
     ax = axes[0][0]
-    colours = {"masked_lm": "tab:blue", "seq2seq": "tab:orange"}
     markers = "osD^v<>ph*"
     for k, row in enumerate(rows):
         means = [row[f"overlap@{n:g}_mean"] for n in percents]
         if any(m is None for m in means):
             continue
         sds = [row[f"overlap@{n:g}_sd"] or 0.0 for n in percents]
-        ax.errorbar(percents, means, yerr=sds, color=colours.get(row["family"], "tab:green"),
+        ax.errorbar(percents, means, yerr=sds, color=FAMILY.get(row["family"], GREY),
                     marker=markers[k % len(markers)], capsize=3,
                     label=f"{row['backbone']} · {row['task']} · {row['set']}")
     ax.plot(percents, [n / 100 for n in percents], ":", color="grey", label="random (n/100)")
@@ -701,7 +701,7 @@ def overlap_figure(ctx: Context, rows: list[dict], percents: list[float]) -> Fig
     ax.set_ylabel("overlap@n%")
     ax.set_ylim(0, 1.05)
     ax.set_title("Clean vs adversarial skill neurons")
-    ax.legend(fontsize="x-small", ncol=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", ncol=1 + len(rows) // 16)
     return ctx.save(fig, figure)
 
 
