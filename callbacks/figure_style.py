@@ -42,6 +42,13 @@ def set_colours(names: list[str], clean_name: str) -> list[str]:
     return [CLEAN if n == clean_name else set_colour(adversarial.index(n), False) for n in names]
 
 
+def centred_limits(groups: int, at_least: int) -> tuple[float, float]:
+    """x-limits for ``groups`` groups of bars at 0, 1, ...: room for ``at_least`` groups, the groups in the middle
+    (a single group is not stretched over the whole width, nor pushed to the left)."""
+    pad = max(0.0, (at_least - groups) / 2)
+    return -0.6 - pad, groups - 0.4 + pad
+
+
 def chance_line(ax, y: float, label: str = "chance", colour: str = BLACK, margin: float = 0.04) -> None:
     """A dotted horizontal line at ``y``, labelled in the legend, with the y-axis extended by ``margin`` (a
     fraction of the axis span) below and above it, so the line never sits on the axis edge."""

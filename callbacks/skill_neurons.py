@@ -37,6 +37,7 @@ import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
     OUTPUT_DIR,
@@ -55,7 +56,10 @@ from callbacks.neuron_statistics import (
     top_neurons,
     top_percent_mask,
 )
+from callbacks.figure_style import RUN_DPI, per_layer_boxplot, run_figure_size, set_colours
+from callbacks.progress import pass_bar, progress_enabled
 from callbacks.run_summary import run_dir_of, update_summary
+from callbacks.wandb_config import artifact_name
 from lightning_modules.ffn import PARTS, FFNLookupError, ffn_hooks, ffn_shape
 
 THRESHOLD_ROLE = "train"
@@ -79,27 +83,6 @@ def balanced_view(counts: PredictivityAccumulator) -> torch.Tensor:
     """The class-balanced predictivity in the layout of ``predictivity``: (L, P, N) binary, (C, L, P, N) else."""
     balanced = counts.balanced_predictivity_per_class()
     return balanced[1] if counts.num_classes == 2 else balanced
-
-
-def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: str, ylabel: str,
-                      baselines: dict[str, float] | None = None) -> None:
-    """Box plots of (L, N) scores per layer, one box per named set side by side; dotted in the set's colour:
-    its majority-class share (the predictivity of a unit that never changes), 0.5 where it is not given."""
-    layers = next(iter(scores.values())).shape[0]
-    width = 0.8 / max(1, len(scores))
-    for k, ((name, score), colour) in enumerate(zip(scores.items(), colours)):
-        centres = [layer + (k - (len(scores) - 1) / 2) * width for layer in range(layers)]
-        parts = ax.boxplot(list(score.float().numpy()), positions=centres, widths=width * 0.9, patch_artist=True,
-                           showfliers=False, manage_ticks=False)
-        for box in parts["boxes"]:
-            box.set_facecolor(colour)
-        ax.plot([], [], color=colour, linewidth=8, label=name)
-    for (name, _), colour in zip(scores.items(), colours):
-        ax.axhline((baselines or {}).get(name, 0.5), color=colour, linewidth=1.0, linestyle=":")
-    ax.set_xticks(range(layers))
-    ax.set_xlabel(f"{part} layer")
-    ax.set_ylabel(ylabel)
-    ax.legend(loc="upper left", fontsize="small")
 
 
 def _span(positions: list[int]) -> str:
@@ -181,12 +164,16 @@ class SkillNeuronCallback(Callback):
         self.results: dict[str, dict[str, torch.Tensor]] = {}
         self.metrics: dict[str, float] = {}
         self._fit_analysed = False
+        self._progress = False  # show the passes' progress (set per analysis on rank 0; see callbacks/progress.py)
 
     # ------------------------------------------------------------------ checks (before any work)
     def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
         """Whether the analysis runs after ``stage``: switched on for it, and the model is not perturbed
         (a run that suppresses neurons measures accuracy; its neurons are those of the unperturbed prompt)."""
         callbacks = trainer.callbacks if trainer is not None else []
+        first = next((cb for cb in callbacks if isinstance(cb, SkillNeuronCallback)), self)
+        if self is not first:
+            return False  # a second SkillNeuronCallback: the first one analyses (and warned in setup)
         return bool(self.stages.get(stage)) and not any(getattr(cb, "perturbs_neurons", False) for cb in callbacks)
 
     def data_roles(self, stage: str, trainer: Trainer | None = None) -> tuple[str, ...]:
@@ -236,8 +223,13 @@ class SkillNeuronCallback(Callback):
                 )
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Repeat the checks (cheap), for DataModules that do not call ``check_run`` in ``prepare_data``."""
+        """Repeat the checks (cheap), for DataModules that do not call ``check_run`` in ``prepare_data``; warn
+        once when the trainer has more than one SkillNeuronCallback (only the first one runs)."""
         self.check_run(trainer, pl_module, getattr(trainer, "datamodule", None), stage)
+        found = [cb for cb in trainer.callbacks if isinstance(cb, SkillNeuronCallback)]
+        if len(found) > 1 and self is found[0]:
+            rank_zero_warn(f"the trainer has {len(found)} SkillNeuronCallbacks: only the first one runs the analysis "
+                           "— remove the others (a config that lists it already needs no --trainer.callbacks+=)")
 
     # ------------------------------------------------------------------ when it runs
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -300,6 +292,7 @@ class SkillNeuronCallback(Callback):
         datamodule = trainer.datamodule
         was_training = pl_module.training
         pl_module.eval()
+        self._progress = trainer.is_global_zero and progress_enabled(trainer.progress_bar_callback is not None)
         try:
             with torch.no_grad(), trainer.precision_plugin.forward_context():
                 self.results = self.passes(pl_module, datamodule, datamodule.eval_roles(stage),
@@ -366,10 +359,13 @@ class SkillNeuronCallback(Callback):
         def on_units(layer: int, units: torch.Tensor) -> None:
             update(layer, units, current)
 
-        with ffn_hooks(pl_module.backbone, on_units, self.part):
+        what = f"thresholds ({role})" if role == THRESHOLD_ROLE else f"predictivity ({set_name(role)})"
+        with ffn_hooks(pl_module.backbone, on_units, self.part), \
+                pass_bar(len(loader), f"Skill neurons: {what}", self._progress) as bar:
             for batch in loader:
                 current.update(move_data_to_device(batch, pl_module.device))
                 pl_module.run_to_neurons(current, self.part)
+                bar.update(1)
 
     # ------------------------------------------------------------------ summaries
     def _metrics(self, datamodule, stage: str) -> dict[str, float]:
@@ -464,16 +460,16 @@ class SkillNeuronCallback(Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        layers = common["shape"]["layers"]
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * layers * len(roles)), 4.0), dpi=100)
+        width, height = run_figure_size(common["shape"]["layers"], len(roles))
+        fig, ax = plt.subplots(figsize=(width / RUN_DPI, height / RUN_DPI), dpi=RUN_DPI)
         scores = {set_name(role): self.results[role]["score"] for role in roles}
         baselines = {set_name(role): self.metrics[f"skill_neurons/{set_name(role)}/majority_baseline"]
                      for role in roles}
-        per_layer_boxplot(ax, scores, [plt.get_cmap("tab10")(k) for k in range(len(roles))], common["part"],
+        per_layer_boxplot(ax, scores, set_colours(list(scores), set_name(roles[0])), common["part"],
                           "neuron score (max predictivity over positions)", baselines)
         ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, dpi=RUN_DPI)
         plt.close(fig)
 
     def _log_wandb(self, logger: WandbLogger, columns, rows, figure: Path, out: Path, common: dict) -> None:
@@ -484,7 +480,11 @@ class SkillNeuronCallback(Callback):
         run.log({"skill_neurons/top_neurons": wandb.Table(columns=columns, data=rows),
                  "skill_neurons/per_layer_predictivity": wandb.Image(str(figure))})
         if self.log_artifact:
-            artifact = wandb.Artifact(f"skill-neurons-{run.id}", type="skill-neurons",
-                                      metadata={k: v for k, v in common.items() if v is not None})
+            # One artifact per configuration: the seeds' runs are its versions, aliased by seed and run id.
+            name = artifact_name(common["backbone"], common["task"], common["layout"], common["stage"])
+            seed = run.config.get("seed_everything")
+            artifact = wandb.Artifact(name, type="skill-neurons", metadata={
+                **{k: v for k, v in common.items() if v is not None}, "run_id": run.id, "seed": seed})
             artifact.add_dir(str(out))
-            run.log_artifact(artifact)
+            run.log_artifact(artifact, aliases=["latest", f"run-{run.id}", *([f"seed-{seed}"] if seed is not None
+                                                                             else [])])

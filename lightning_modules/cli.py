@@ -43,6 +43,8 @@ from datamodules.tasks import TaskError
 from lightning_modules.backbones import BackboneError
 from lightning_modules.ffn import FFNLookupError
 from lightning_modules import tracking
+from lightning_modules.cli_options import parser_kwargs
+from lightning_modules.quiet import quiet_known_noise
 from lightning_modules.prompt_tuning import PromptTuningModule
 
 RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
@@ -128,7 +130,7 @@ class SkillNeuronsCLI(LightningCLI):
             PromptTuningModule, PromptDataModule, subclass_mode_model=True, args=args, run=run,
             save_config_kwargs={"overwrite": True},  # run directories are unique; a resume rewrites its own
             trainer_defaults={"logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "skill-neurons"}}},
-            parser_kwargs={"description": "Prompt tuning, skill neurons and adversarial robustness."},
+            parser_kwargs=parser_kwargs(),
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -204,6 +206,8 @@ class SkillNeuronsCLI(LightningCLI):
                 args = logger.init_args
                 args.save_dir, args.id = str(run_dir), run_id
                 args["resume"] = "allow"
+                name, job = tracking.run_identity(config.as_dict(), self.subcommand)  # readable name, job type
+                args["name"], args["job_type"] = args.get("name") or name, args.get("job_type") or job
                 if not os.environ.get("WANDB_MODE") and not wandb_has_credentials() and not args.get("offline"):
                     args.offline = True
                     print("skill-neurons: no W&B credentials found — logging offline in "
@@ -325,7 +329,8 @@ class SkillNeuronsCLI(LightningCLI):
 
 
 # skill-neurons <tool> ...: each module has main(argv) -> exit code.
-TOOLS = {"report": "lightning_modules.report", "import-prompt": "lightning_modules.prompt_import"}
+TOOLS = {"report": "lightning_modules.report", "import-prompt": "lightning_modules.prompt_import",
+         "wandb-view": "lightning_modules.wandb_view"}
 
 
 def main(args: list[str] | None = None) -> None:
@@ -338,6 +343,7 @@ def main(args: list[str] | None = None) -> None:
     is printed as one line and exits 2; ``--debug`` (anywhere) or ``SKILL_NEURONS_DEBUG=1`` re-raises it.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    quiet_known_noise()
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     try:

@@ -52,9 +52,9 @@ import torch
 from callbacks.neuron_statistics import mean_over_prompts, mean_predictivity_of, overlap_at, top_percent_mask
 from callbacks.run_summary import SUMMARY_FILE
 from callbacks.neuron_files import OUTPUT_DIR, set_name
-from callbacks.figure_style import (FAMILY, GREY, LEGEND_FONT, SELECTION, chance_line, per_layer_boxplot, set_colour,
-                                   set_colours)
+from callbacks import figure_style as style
 from lightning_modules.report_balance import balanced_section
+from lightning_modules.report_lineage import declare_artifacts, used_artifacts
 from lightning_modules.report_base import (  # noqa: F401 (WIDE, SQUARE, TITLES: re-exported for callers)
     FAMILY_ORDER,
     OVERLAP_PERCENTS,
@@ -372,23 +372,21 @@ def accuracy_figure(ctx: Context, rows: list[dict[str, Any]]) -> Figure:
     for x, ((backbone, task), members) in enumerate(groups.items()):
         width = 0.8 / len(members)
         for k, row in enumerate(members):
-            colour = set_colour(k - 1, row["kind"] == "clean")
+            colour = style.set_colour(k - 1, row["kind"] == "clean")
             label = "clean" if row["kind"] == "clean" else "adversarial" if k == 1 else f"adversarial ({row['set']})"
             ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=row["sd"] or None, color=colour,
                    capsize=3 if row["sd"] else 0, label=None if label in labelled else label)  # n = 1: no bar
             labelled.add(label)
         if members[0]["chance"] is not None:
-            ax.hlines(members[0]["chance"], x - 0.45, x + 0.45, colors="black", linewidth=1.2,
-                      label=None if "chance" in labelled else "chance")
-            labelled.add("chance")
+            ax.hlines(members[0]["chance"], x - 0.45, x + 0.45, colors="black", linewidth=1.2)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{b}\n{t}" for b, t in groups], fontsize="small")
-    pad = max(0.0, (4 - len(groups)) / 2)  # a few groups sit in the middle, not stretched over the whole width
-    ax.set_xlim(-0.6 - pad, len(groups) - 0.4 + pad)
+    ax.set_xlim(*style.centred_limits(len(groups), at_least=4))  # a few groups sit in the middle
+    ax.plot([], [], color="black", linewidth=1.2, label="chance")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Accuracy at the best epoch: clean vs adversarial")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=LEGEND_FONT)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=style.LEGEND_FONT)
     return ctx.save(fig, figure)
 
 
@@ -492,11 +490,11 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
             if not points:
                 continue
             rate, mean, sem = (np.array(v, dtype=float) for v in zip(*points))
-            colour, line = SELECTION.get(selection, (GREY, ":"))
+            colour, line = style.SELECTION.get(selection, (style.GREY, ":"))
             ax.plot(rate, mean, line, color=colour, marker="o", label=f"{selection} units")
             ax.fill_between(rate, mean - sem, mean + sem, color=colour, alpha=0.2)
         if chance is not None:
-            chance_line(ax, chance, f"chance ({chance:g}%)")
+            style.chance_line(ax, chance, f"chance ({chance:g}%)")
         ax.set_title("clean (validation)" if set_ == "validation" else f"adversarial: {set_}", fontsize="medium")
         ax.set_xlabel("units suppressed per layer (%)")
         ax.set_ylabel("accuracy (%)")
@@ -588,12 +586,12 @@ def per_layer_figure(ctx: Context, key: tuple, combined: dict[str, torch.Tensor]
     family, backbone, part, task, shape = key
     fig, axes, figure = ctx.figure(slug("per_layer", backbone, part, task),
                                    f"Predictivity per layer, {backbone} · {task} ({part})", WIDE)
-    colours = set_colours(list(combined), ctx.eval_set)
+    colours = style.set_colours(list(combined), ctx.eval_set)
     ax = axes[0][0]
     runs = [r for r in ctx.neuron_runs() if (r.backbone, r.part, r.task) == (backbone, part, task)]
     baselines = {name: b for name in combined
                  if (b := next((majority_baseline(r, name) for r in runs if majority_baseline(r, name)), None))}
-    per_layer_boxplot(ax, combined, colours, part, "score (max predictivity over positions), mean over seeds",
+    style.per_layer_boxplot(ax, combined, colours, part, "score (max predictivity over positions), mean over seeds",
                       baselines)
     ax.set_title(f"{backbone} ({family_name(family)}) · {task}: predictivity per layer")
     return ctx.save(fig, figure)
@@ -693,7 +691,7 @@ def overlap_figure(ctx: Context, rows: list[dict], percents: list[float]) -> Fig
         if any(m is None for m in means):
             continue
         sds = [row[f"overlap@{n:g}_sd"] or 0.0 for n in percents]
-        ax.errorbar(percents, means, yerr=sds, color=FAMILY.get(row["family"], GREY),
+        ax.errorbar(percents, means, yerr=sds, color=style.FAMILY.get(row["family"], style.GREY),
                     marker=markers[k % len(markers)], capsize=3,
                     label=f"{row['backbone']} · {row['task']} · {row['set']}")
     ax.plot(percents, [n / 100 for n in percents], ":", color="grey", label="random (n/100)")
@@ -787,7 +785,7 @@ def log_to_wandb(out: Path, sections: list[Section], project: str, document: dic
         mode = "offline"
         print(f"skill-neurons report: no W&B credentials found — logging offline in {out}/wandb", file=sys.stderr)
     run = wandb.init(project=project, job_type="report", dir=str(out), mode=mode,
-                     config={k: document[k] for k in ("percent", "eval_set", "inputs", "command")})
+                     config={k: document.get(k) for k in ("percent", "eval_set", "inputs", "command", "artifacts")})
     try:
         payload: dict[str, Any] = {}
         for section in sections:
@@ -805,7 +803,8 @@ def log_to_wandb(out: Path, sections: list[Section], project: str, document: dic
         run.log_artifact(artifact)
         offline = run.settings.mode in ("offline", "dryrun")
         info = {"id": run.id, "project": run.project, "mode": "offline" if offline else "online",
-                "dir": str(Path(run.dir).parent), "url": None if offline else run.url}
+                "dir": str(Path(run.dir).parent), "url": None if offline else run.url,
+                "artifacts": declare_artifacts(run, document.get("artifacts") or [])}  # lineage: neuron files read
     finally:
         run.finish()
     return info
@@ -838,6 +837,7 @@ def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set:
     sections = build_sections(ctx)
     document = write_report(ctx, sections, out, command or f"skill-neurons report {' '.join(arguments)} --out {out}")
     if use_wandb:
+        document["artifacts"] = used_artifacts(ctx)  # the neuron-file artifact versions it read
         document["wandb"] = log_to_wandb(out, sections, project, document)
         (out / "report.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     return document
