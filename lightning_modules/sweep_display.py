@@ -10,6 +10,7 @@ sweep file's stem when it has none) instead.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,13 @@ def progress(number: int, total: int | None, elapsed: float, durations: list[flo
     text = f"trial {number}" + (f" of {total}" if total is not None else "") + f" · {duration(elapsed)} elapsed"
     eta = eta_seconds(total, durations, workers) if total is not None else None
     return text + (f" · about {duration(eta)} left" if eta is not None else "")
+
+
+def progress_of(number: int, config: dict[str, Any], count: int | None, started: float, trials: list,
+                workers: int) -> str:
+    """:func:`progress` for the runner: N from the sweep config and ``--count``, elapsed since ``started`` (a
+    ``time.time()``), the durations of the trials (with ``state`` and ``attempts``, each with
+    ``started``/``ended``) whose last attempt ended."""
+    done = [t.attempts[-1].ended - t.attempts[-1].started for t in trials
+            if t.attempts and t.attempts[-1].ended and t.state in ("finished", "failed", "stopped")]
+    return progress(number, planned_trials(config, count), time.time() - started, done, workers)

@@ -59,7 +59,7 @@ from typing import Any
 
 import yaml
 
-from lightning_modules.sweep_display import planned_trials, progress, sweep_group
+from lightning_modules.sweep_display import progress_of, sweep_group
 
 STATE_FILE = "state.json"
 RUNS_DIR_ENV = "SKILL_NEURONS_RUNS_DIR"  # where a trial writes <run id>/summary.json
@@ -541,7 +541,7 @@ class SweepRunner:
         self.failures_in_a_row = 0
         self.metric_checked = False
         self.signal_received: int | None = None
-        self.started = time.time()
+        self.started, self.group = time.time(), sweep_group(self.raw_config, self.sweep_file)  # W&B group: its name
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -573,7 +573,7 @@ class SweepRunner:
             self.state = state
         else:
             self.state = {"version": 1, "sweep_id": new_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        self.state.update(config=self.raw_config, sweep_file=str(self.sweep_file), cwd=os.getcwd())
+        self.state.update(config=self.raw_config, sweep_file=str(self.sweep_file), cwd=os.getcwd(), group=self.group)
         (self.dir / "sweep.yaml").write_text(yaml.safe_dump(self.raw_config, sort_keys=False))
         self._save()
 
@@ -649,8 +649,7 @@ class SweepRunner:
         env = dict(os.environ)
         env.pop("WANDB_SERVICE", None)  # as the agent: the trial starts its own W&B service
         env.update({
-            "WANDB_RUN_ID": run_id, "SKILL_NEURONS_RUN_ID": run_id,
-            "WANDB_RUN_GROUP": sweep_group(self.config, self.sweep_file),
+            "WANDB_RUN_ID": run_id, "SKILL_NEURONS_RUN_ID": run_id, "WANDB_RUN_GROUP": self.group,
             "WANDB_SWEEP_PARAM_PATH": str((self.dir / "params" / f"config-{run_id}.yaml").resolve()),
             "WANDB_DIR": str(self.run_dir(run_id).resolve()),
             RUNS_DIR_ENV: str((self.dir / "runs").resolve()), MARKER_ENV: f"{self.sweep_id}/{run_id}",
@@ -725,12 +724,8 @@ class SweepRunner:
         self.running[trial.number] = _Running(trial, proc, slot)
         params = " ".join(f"{k}={v}" for k, v in trial.params.items())
         again = f" (attempt {len(trial.attempts)})" if len(trial.attempts) > 1 else ""
-        done = [a.ended - a.started for t in self.trials for a in t.attempts[-1:] if a.ended and t.state in
-                ("finished", "failed", "stopped")]
-        shown = progress(trial.number, planned_trials(self.config, self.count), time.time() - self.started, done,
-                         self.workers)
-        self.say(f"{shown}: started{again}: run {run_id}, {params}"
-                 + (f", GPU {gpu}" if gpu is not None else ""))
+        self.say(f"{progress_of(trial.number, self.config, self.count, self.started, self.trials, self.workers)}"
+                 f": started{again}: run {run_id}, {params}" + (f", GPU {gpu}" if gpu is not None else ""))
 
     def _read_report(self, trial: Trial) -> None:
         if trial.run_id:
@@ -982,7 +977,7 @@ def format_table(state: dict[str, Any], trials: list[Trial], directory: Path, ob
     goal = f"; objective {metric['name']} ({metric.get('goal', 'minimize')})" if metric.get("name") else ""
     title = (f"sweep {state.get('sweep_id')} ({config.get('method')}, {state.get('sweep_file')}): "
              f"{len(trials)} trials — {counts or 'none yet'}{goal}")
-    group = sweep_group(config, state.get("sweep_file", ""))
+    group = state.get("group") or state.get("sweep_id")  # a sweep started before groups were named: its id
     foot = [(("* best trial. " if best is not None else "") + f"Offline W&B runs: browse with `wandb leet "
              f"{directory}`, upload with `wandb sync {directory}` (group {group}).")] if trials else []
     return "\n".join([title, *lines, *foot])
