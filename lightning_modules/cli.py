@@ -206,8 +206,6 @@ class SkillNeuronsCLI(LightningCLI):
                 args = logger.init_args
                 args.save_dir, args.id = str(run_dir), run_id
                 args["resume"] = "allow"
-                name, job = tracking.run_identity(config.as_dict(), self.subcommand)  # readable name, job type
-                args["name"], args["job_type"] = args.get("name") or name, args.get("job_type") or job
                 if not os.environ.get("WANDB_MODE") and not wandb_has_credentials() and not args.get("offline"):
                     args.offline = True
                     print("skill-neurons: no W&B credentials found — logging offline in "
@@ -267,6 +265,10 @@ class SkillNeuronsCLI(LightningCLI):
             self._release()
             raise
         self.trainer.callbacks.append(RNGState())
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for logger in self.trainer.loggers:  # not in config.yaml: a reused config (--from_run) gets its own
+            if isinstance(logger, tracking.WandbLogger):
+                logger.identify(*tracking.run_identity(config.as_dict(), self.subcommand or "fit"))
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the stage; on failure remove an empty claimed run directory; always close the W&B run."""

@@ -46,6 +46,12 @@ class WandbLogger(lightning_wandb.WandbLogger):
         if self._wandb_init.get("anonymous") is None:  # Lightning passes None, which W&B warns has no effect
             self._wandb_init.pop("anonymous", None)
 
+    def identify(self, name: str, job_type: str) -> None:
+        """The run's readable name and job type (:func:`run_identity`), unless the config gave them; call it
+        before the run starts."""
+        self._wandb_init["name"] = self._name = self._wandb_init.get("name") or name
+        self._wandb_init["job_type"] = self._wandb_init.get("job_type") or job_type
+
     @property
     @rank_zero_experiment
     def experiment(self):

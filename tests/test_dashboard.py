@@ -303,3 +303,19 @@ def test_the_run_figure_has_the_documented_size(quickstart):
 
     _, _, run = quickstart
     assert png_size(run / "skill_neurons" / "per_layer_predictivity.png") == run_figure_size(2, 2) == (600, 400)
+
+
+@pytest.mark.slow
+def test_a_transfer_evaluation_of_the_quickstart_prompt_is_named_and_typed_as_such(quickstart):
+    work, _, fit = quickstart
+    assert yaml.safe_load((fit / "config.yaml").read_text())["trainer"]["logger"]["init_args"].get("name") is None
+    proc = run_cli(["validate", "--from_run", str(fit), "--data.task=sst2_sample", "--data.max_eval_samples=64"],
+                   cwd=work, env={"WANDB_MODE": "", "WANDB_SILENT": "false", "PYTHONWARNINGS": "default"})
+    for what, line in NOISE.items():  # --from_run once added LightningCLI's args warning
+        assert line not in proc.stdout + proc.stderr, what
+    run = next(d for d in (work / "runs").iterdir() if d.is_dir() and d != fit)
+    record = next((run / "wandb").glob("offline-run-*"))
+    run_record = next(json.loads(line)["run"] for line in leet("--json", str(record)).splitlines()
+                      if '"type":"run"' in line)
+    assert run_record["display_name"] == "tiny-roberta·marker·s33→sst2_sample"
+    assert run_record["job_type"] == "transfer"
