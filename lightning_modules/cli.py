@@ -45,6 +45,7 @@ from lightning_modules.ffn import FFNLookupError
 from lightning_modules import tracking
 from lightning_modules.cli_options import parser_kwargs
 from lightning_modules.quiet import quiet_known_noise
+from lightning_modules.run_identity import run_identity
 from lightning_modules.prompt_tuning import PromptTuningModule
 
 RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
@@ -268,7 +269,7 @@ class SkillNeuronsCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         for logger in self.trainer.loggers:  # not in config.yaml: a reused config (--from_run) gets its own
             if isinstance(logger, tracking.WandbLogger):
-                logger.identify(*tracking.run_identity(config.as_dict(), self.subcommand or "fit"))
+                logger.identify(*run_identity(config.as_dict(), self.subcommand or "fit"))
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the stage; on failure remove an empty claimed run directory; always close the W&B run."""

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.loggers import wandb as lightning_wandb
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-
-from callbacks.run_summary import read_summary
-from callbacks.wandb_config import job_type, run_name, task_name
 
 INIT_TIMEOUT_S = 30.0
 CLASS_PATH = "lightning_modules.tracking.WandbLogger"
@@ -47,8 +42,8 @@ class WandbLogger(lightning_wandb.WandbLogger):
             self._wandb_init.pop("anonymous", None)
 
     def identify(self, name: str, job_type: str) -> None:
-        """The run's readable name and job type (:func:`run_identity`), unless the config gave them; call it
-        before the run starts."""
+        """The run's readable name and job type (``lightning_modules.run_identity``), unless the config gave
+        them; call it before the run starts."""
         self._wandb_init["name"] = self._name = self._wandb_init.get("name") or name
         self._wandb_init["job_type"] = self._wandb_init.get("job_type") or job_type
 
@@ -74,27 +69,3 @@ class WandbLogger(lightning_wandb.WandbLogger):
             self._wandb_init["mode"] = "offline"
             self._wandb_init.pop("settings", None)
             return super().experiment
-
-
-def run_identity(config: dict[str, Any], stage: str) -> tuple[str, str]:
-    """(W&B run name, job type) of a command (:mod:`callbacks.wandb_config`), from its resolved config
-    as a dict and, for ``validate``/``test``, the evaluated checkpoint: the task and seed its prompt was trained
-    with (from the checkpoint and, for ``runs/<id>/checkpoints/*.ckpt``, that run's ``summary.json``)."""
-    backbone = ((config.get("model") or {}).get("init_args") or {}).get("backbone")
-    task, seed = task_name((config.get("data") or {}).get("task")), config.get("seed_everything")
-    suppression = config.get("suppression") or {}
-    source_task = None
-    ckpt_path = config.get("ckpt_path")
-    if stage != "fit" and ckpt_path and Path(ckpt_path).is_file():
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        imported = (checkpoint.get("skill_neurons") or {}).get("imported_from") or {}
-        backbone = (checkpoint.get("hyper_parameters") or {}).get("backbone") or backbone
-        trained_on = (checkpoint.get("datamodule_hyper_parameters") or {}).get("task")
-        source_task = task_name(trained_on) or imported.get("task")
-        folder = Path(ckpt_path).resolve().parent
-        settings = read_summary(folder.parent).get("settings", {}) if folder.name == "checkpoints" else {}
-        seed = settings.get("seed", imported.get("seed", seed))
-    rate = suppression.get("rate")
-    return (run_name(stage, backbone, task, seed, suppression=suppression if rate is not None else None,
-                     source_task=source_task),
-            job_type(stage, rate, source_task, task))

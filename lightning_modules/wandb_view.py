@@ -58,7 +58,8 @@ def panels(sets: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
              "metrics": ["val/acc", *(f"adv/{s}/acc" for s in sets)]},
         ],
         "transfer": [
-            {"kind": "bar", "title": "Relative transfer (100 · acc(A→B) / acc(B→B))", "metrics": ["transfer/relative"]},
+            {"kind": "bar", "title": "Relative transfer (100 · acc(A→B) / acc(B→B))",
+             "metrics": ["transfer/relative"]},
         ],
     }
 

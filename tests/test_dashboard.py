@@ -63,7 +63,7 @@ def test_every_sweep_file_names_the_project_also_those_make_configs_writes():
     generated = {**make_configs.experiment_sweeps("runs"), "paper_grid": make_configs.paper_grid()}
     for name, text in generated.items():
         assert yaml.safe_load(text)["project"] == "skill-neurons", name
-        assert text == (ROOT / "sweeps" / f"{name}.yaml").read_text(), f"sweeps/{name}.yaml is not what make_configs writes"
+        assert text == (ROOT / "sweeps" / f"{name}.yaml").read_text(), f"sweeps/{name}.yaml differs from make_configs"
 
 
 def test_sweep_group_grid_size_and_progress_line():
@@ -96,7 +96,8 @@ def test_run_names_and_job_types_say_what_a_run_did():
             job_type("validate", None, "sst2", "qnli"), job_type("test", None, "sst2", "sst2")] == \
         ["fit", "validate", "test", "suppression", "transfer", "test"]
     assert artifact_name("google/flan-t5-base", "sst2", "paper") == "skill-neurons-flan-t5-base-sst2-paper"
-    assert artifact_name("roberta-base", "my task", None, "validate") == "skill-neurons-roberta-base-my_task-standard-validate"
+    assert artifact_name("roberta-base", "my task", None, "validate") == \
+        "skill-neurons-roberta-base-my_task-standard-validate"
 
 
 def test_wandb_config_has_no_nulls_no_per_run_paths_and_callbacks_as_keys():
