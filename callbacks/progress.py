@@ -30,9 +30,29 @@ def progress_enabled(has_progress_bar: bool, stream: IO | None = None) -> bool:
     return bool(has_progress_bar and isatty is not None and isatty())
 
 
-def pass_bar(total: int, description: str, enabled: bool, stream: IO | None = None) -> Any:
-    """A ``tqdm`` bar over ``total`` batches (disabled: a no-op with the same interface)."""
+def pass_bar(total: int, description: str, enabled: bool, stream: IO | None = None, live: Any = None) -> Any:
+    """A bar over ``total`` batches: a task of ``live`` — the ``rich.progress.Progress`` of Lightning's
+    ``RichProgressBar`` while it is on screen (it redirects stderr then, and a bar of our own would vanish into
+    it) — or a ``tqdm`` bar on ``stream`` (stderr); disabled: a no-op with the same interface."""
+    if enabled and live is not None:
+        return _RichTask(live, total, description)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=description, unit="batch", disable=not enabled, leave=True, dynamic_ncols=True,
                 file=stream if stream is not None else sys.stderr)
+
+
+class _RichTask:
+    """One task of a live ``rich.progress.Progress``, used like a ``tqdm`` bar (``with``, ``update``)."""
+
+    def __init__(self, progress: Any, total: int, description: str):
+        self.progress, self.task = progress, progress.add_task(description, total=total)
+
+    def __enter__(self) -> _RichTask:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.refresh()
+
+    def update(self, n: int = 1) -> None:
+        self.progress.update(self.task, advance=n)

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -164,7 +165,7 @@ class SkillNeuronCallback(Callback):
         self.results: dict[str, dict[str, torch.Tensor]] = {}
         self.metrics: dict[str, float] = {}
         self._fit_analysed = False
-        self._progress = False  # show the passes' progress (set per analysis on rank 0; see callbacks/progress.py)
+        self._progress, self._live = False, None  # the passes' progress (per analysis, rank 0; callbacks/progress.py)
 
     # ------------------------------------------------------------------ checks (before any work)
     def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
@@ -293,6 +294,9 @@ class SkillNeuronCallback(Callback):
         was_training = pl_module.training
         pl_module.eval()
         self._progress = trainer.is_global_zero and progress_enabled(trainer.progress_bar_callback is not None)
+        bar = trainer.progress_bar_callback  # Lightning's rich bar, still on screen at on_train_end: add to it
+        live = bar.progress if isinstance(bar, RichProgressBar) else None
+        self._live = live if live is not None and live.live.is_started else None
         try:
             with torch.no_grad(), trainer.precision_plugin.forward_context():
                 self.results = self.passes(pl_module, datamodule, datamodule.eval_roles(stage),
@@ -361,7 +365,7 @@ class SkillNeuronCallback(Callback):
 
         what = f"thresholds ({role})" if role == THRESHOLD_ROLE else f"predictivity ({set_name(role)})"
         with ffn_hooks(pl_module.backbone, on_units, self.part), \
-                pass_bar(len(loader), f"Skill neurons: {what}", self._progress) as bar:
+                pass_bar(len(loader), f"Skill neurons: {what}", self._progress, live=self._live) as bar:
             for batch in loader:
                 current.update(move_data_to_device(batch, pl_module.device))
                 pl_module.run_to_neurons(current, self.part)
