@@ -32,6 +32,7 @@ accuracy of class 1 is exactly the binary accuracy, and class 0's predictivity e
 import math
 
 import torch
+from scipy import stats
 
 
 def _as_bool_keep(keep, batch_size, device):
@@ -429,25 +430,15 @@ def mean_over_prompts(scores):
 # rank correlation of neuron scores (across seeds, across tasks)
 
 
-def average_ranks(values):
-    """(M,) float64 ranks 1..M of a 1-D tensor, ties sharing their average rank (as scipy.stats.rankdata)."""
-    values = values.reshape(-1)
-    _, inverse, counts = torch.unique(values, sorted=True, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).to(torch.float64)  # last rank of each distinct value
-    averages = ends - (counts.to(torch.float64) - 1) / 2  # (U,) mean of the ranks a tie group spans
-    return averages[inverse]
-
-
 def spearman(a, b):
-    """Spearman's rho of two score tensors of the same shape (e.g. (L, N) scores of two seeds), flattened."""
+    """Spearman's rho of two score tensors of the same shape (e.g. (L, N) scores of two seeds), flattened
+    (``scipy.stats.spearmanr``: ties share their average rank)."""
     if a.shape != b.shape:
         raise ValueError(f"score shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    ra, rb = average_ranks(a.detach().cpu()), average_ranks(b.detach().cpu())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = torch.sqrt((ra * ra).sum() * (rb * rb).sum())
-    if float(denominator) == 0.0:
+    x, y = (t.detach().cpu().to(torch.float64).reshape(-1).numpy() for t in (a, b))
+    if (x == x[0]).all() or (y == y[0]).all():
         raise ValueError("Spearman correlation is undefined for a constant score tensor")
-    return float((ra * rb).sum() / denominator)
+    return float(stats.spearmanr(x, y).statistic)
 
 
 def spearman_matrix(scores):

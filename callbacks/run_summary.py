@@ -23,6 +23,7 @@ from callbacks.run_files import (
     BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, jsonable, offline_segments, read_summary, redact, transfer_record,
     update_summary,
 )
+from callbacks.wandb_config import chart_step, clean_config
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -109,12 +110,11 @@ class RunSummary(Callback):
     def _setup_wandb(self, logger: WandbLogger, settings: dict[str, Any]) -> dict[str, Any]:
         run = logger.experiment
         run.define_metric("trainer/global_step")
-        run.define_metric("val/acc", summary="max")
+        run.define_metric("val/acc", summary="max,last")
         run.define_metric("val/loss", summary="min")
         run.define_metric("adv/*", summary="last")
-        flat = redact(self.config)
-        run.config.update(flat, allow_val_change=True)
-        run.config.update({f"run.{k}": v for k, v in settings.items()}, allow_val_change=True)
+        run.config.update(clean_config(redact(self.config)), allow_val_change=True)  # hyper-parameters only
+        run.config.update(clean_config({f"run.{k}": v for k, v in settings.items()}), allow_val_change=True)
         offline = run.settings.mode in ("offline", "dryrun")
         files_dir = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>
         segments = offline_segments(files_dir.parent, run.id) if offline else []
@@ -132,7 +132,7 @@ class RunSummary(Callback):
                    if not k.startswith("train/") and not k.endswith("_best")}
         if BEST_KEY not in metrics:
             return
-        entry = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
+        entry = {"epoch": trainer.current_epoch, "step": chart_step(trainer), **metrics}  # W&B's x-axis step
         self._history = [h for h in self._history if h["epoch"] != trainer.current_epoch] + [entry]
         if self._best is None or metrics[BEST_KEY] > self._best[BEST_KEY]:
             self._best = entry

@@ -35,10 +35,11 @@ import torch
 import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.contracts import PromptData, neurons_perturbed
-from callbacks.neuron_figures import per_layer_boxplot
 from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
     OUTPUT_DIR,
     SkillNeuronError,
@@ -51,9 +52,12 @@ from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron
 from callbacks.neuron_statistics import (
     PredictivityAccumulator, ThresholdAccumulator, mean_predictivity_of, overlap_at, top_neurons, top_percent_mask,
 )
+from callbacks.figure_style import RUN_DPI, per_layer_boxplot, run_figure_size, set_colours
+from callbacks.progress import pass_bar, progress_enabled
 from callbacks.prompt_checkpoint import read_prompt
 from callbacks.run_files import update_summary
 from callbacks.run_summary import run_dir_of
+from callbacks.wandb_config import artifact_name
 from lightning_modules.ffn import PARTS, FFNLookupError, Part, ffn_hooks, ffn_shape
 from lightning_modules.prompt_tuning import PromptTuningModule
 
@@ -159,12 +163,17 @@ class SkillNeuronCallback(Callback):
         self.results: dict[str, dict[str, torch.Tensor]] = {}
         self.metrics: dict[str, float] = {}
         self._fit_analysed = False
+        self._progress, self._live = False, None  # the passes' progress (per analysis, rank 0; callbacks/progress.py)
 
     # ------------------------------------------------------------------ checks (before any work)
     def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
         """Whether the analysis runs after ``stage``: switched on for it, and the model is not perturbed
         (a run that suppresses neurons measures accuracy; its neurons are those of the unperturbed prompt)."""
-        return bool(self.stages.get(stage)) and not neurons_perturbed(trainer.callbacks if trainer is not None else [])
+        callbacks = trainer.callbacks if trainer is not None else []
+        first = next((cb for cb in callbacks if isinstance(cb, SkillNeuronCallback)), self)
+        if self is not first:
+            return False  # a second SkillNeuronCallback: the first one analyses (and warned in setup)
+        return bool(self.stages.get(stage)) and not neurons_perturbed(callbacks)
 
     def data_roles(self, stage: str, trainer: Trainer | None = None) -> tuple[str, ...]:
         """Splits the DataModule must load for this stage beyond its own: the train split (thresholds)."""
@@ -212,11 +221,16 @@ class SkillNeuronCallback(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Ask the DataModule for the train split (thresholds) and check the run (the CLI did both already,
-        before the stage started; repeated here, cheaply, for a Trainer used without the CLI)."""
+        before the stage started; repeated here, cheaply, for a Trainer used without the CLI); warn once when the
+        trainer has more than one SkillNeuronCallback (only the first one runs)."""
         datamodule = getattr(trainer, "datamodule", None)
         if isinstance(datamodule, PromptData):
             datamodule.require(*self.data_roles(stage, trainer))
         self.check_run(trainer, pl_module, datamodule, stage)
+        found = [cb for cb in trainer.callbacks if isinstance(cb, SkillNeuronCallback)]
+        if len(found) > 1 and self is found[0]:
+            rank_zero_warn(f"the trainer has {len(found)} SkillNeuronCallbacks: only the first one runs the analysis "
+                           "— remove the others (a config that lists it already needs no --trainer.callbacks+=)")
 
     # ------------------------------------------------------------------ when it runs
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -279,6 +293,10 @@ class SkillNeuronCallback(Callback):
         datamodule = trainer.datamodule
         was_training = pl_module.training
         pl_module.eval()
+        self._progress = trainer.is_global_zero and progress_enabled(trainer.progress_bar_callback is not None)
+        bar = trainer.progress_bar_callback  # Lightning's rich bar, still on screen at on_train_end: add to it
+        live = bar.progress if isinstance(bar, RichProgressBar) else None
+        self._live = live if live is not None and live.live.is_started else None
         try:
             with torch.no_grad(), trainer.precision_plugin.forward_context():
                 self.results = self.passes(pl_module, datamodule, datamodule.eval_roles(stage),
@@ -345,10 +363,13 @@ class SkillNeuronCallback(Callback):
         def on_units(layer: int, units: torch.Tensor) -> None:
             update(layer, units, current)
 
-        with ffn_hooks(pl_module.backbone, on_units, self.part):
+        what = f"thresholds ({role})" if role == THRESHOLD_ROLE else f"predictivity ({set_name(role)})"
+        with ffn_hooks(pl_module.backbone, on_units, self.part), \
+                pass_bar(len(loader), f"Skill neurons: {what}", self._progress, live=self._live) as bar:
             for batch in loader:
                 current.update(move_data_to_device(batch, pl_module.device))
                 pl_module.run_to_neurons(current, self.part)
+                bar.update(1)
 
     # ------------------------------------------------------------------ summaries
     def _metrics(self, datamodule, stage: str) -> dict[str, float]:
@@ -443,16 +464,16 @@ class SkillNeuronCallback(Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        layers = common["shape"]["layers"]
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * layers * len(roles)), 4.0), dpi=100)
+        width, height = run_figure_size(common["shape"]["layers"], len(roles))
+        fig, ax = plt.subplots(figsize=(width / RUN_DPI, height / RUN_DPI), dpi=RUN_DPI)
         scores = {set_name(role): self.results[role]["score"] for role in roles}
         baselines = {set_name(role): self.metrics[f"skill_neurons/{set_name(role)}/majority_baseline"]
                      for role in roles}
-        per_layer_boxplot(ax, scores, [plt.get_cmap("tab10")(k) for k in range(len(roles))], common["part"],
+        per_layer_boxplot(ax, scores, set_colours(list(scores), set_name(roles[0])), common["part"],
                           "neuron score (max predictivity over positions)", baselines)
         ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, dpi=RUN_DPI)
         plt.close(fig)
 
     def _log_wandb(self, logger: WandbLogger, columns, rows, figure: Path, out: Path, common: dict) -> None:
@@ -463,7 +484,11 @@ class SkillNeuronCallback(Callback):
         run.log({"skill_neurons/top_neurons": wandb.Table(columns=columns, data=rows),
                  "skill_neurons/per_layer_predictivity": wandb.Image(str(figure))})
         if self.log_artifact:
-            artifact = wandb.Artifact(f"skill-neurons-{run.id}", type="skill-neurons",
-                                      metadata={k: v for k, v in common.items() if v is not None})
+            # One artifact per configuration: the seeds' runs are its versions, aliased by seed and run id.
+            name = artifact_name(common["backbone"], common["task"], common["layout"], common["stage"])
+            seed = run.config.get("seed_everything")
+            artifact = wandb.Artifact(name, type="skill-neurons", metadata={
+                **{k: v for k, v in common.items() if v is not None}, "run_id": run.id, "seed": seed})
             artifact.add_dir(str(out))
-            run.log_artifact(artifact)
+            run.log_artifact(artifact, aliases=["latest", f"run-{run.id}", *([f"seed-{seed}"] if seed is not None
+                                                                             else [])])

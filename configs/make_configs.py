@@ -84,7 +84,12 @@ PAPER_GRID = """\
 # parameter (LightningCLI's --config); it sorts first, so the seed (and any key you add) overrides the file, as
 # on the command line.
 #   skill-neurons sweep sweeps/paper_grid.yaml --workers 4       # one GPU per trial, no W&B server needed
-#   wandb sweep sweeps/paper_grid.yaml && wandb agent <entity>/<project>/<sweep id>
+#   wandb sweep sweeps/paper_grid.yaml && wandb agent <entity>/skill-neurons/<sweep id>
+# `project` keeps the sweep and its runs in the project of `skill-neurons fit` (without it `wandb sweep` names
+# the project after the folder); add `entity: <team>` to log into a team. Run `wandb agent` from the
+# repository root: the config paths below are relative to it.
+name: paper_grid
+project: skill-neurons
 program: skill_neurons/cli.py
 method: grid
 metric:
@@ -136,7 +141,12 @@ SWEEP_HEADER = """\
 # `skill-neurons sweep sweeps/paper_grid.yaml --dir D`, regenerate with
 #   python configs/make_configs.py --prompt-runs D
 #   skill-neurons sweep sweeps/{name}.yaml                  # no W&B server needed
-#   wandb sweep sweeps/{name}.yaml && wandb agent <entity>/<project>/<sweep id>
+#   wandb sweep sweeps/{name}.yaml && wandb agent <entity>/skill-neurons/<sweep id>
+# `project` keeps the sweep and its runs in the project of `skill-neurons fit` (without it `wandb sweep` names
+# the project after the folder); add `entity: <team>` to log into a team. Run `wandb agent` from the
+# repository root: the config paths below are relative to it.
+name: {name}
+project: skill-neurons
 program: skill_neurons/cli.py
 method: grid
 metric:

@@ -14,7 +14,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datamodules.sources import prepare_split
+from datamodules.sources import BIG_SPLIT_ROWS, prepare_split, progress_bars_if
 from datamodules.tasks import (
     MARKERS,
     P1_ROBERTA_BASE_IDS,
@@ -362,8 +362,9 @@ class PromptDataModule(LightningDataModule):
             return {"input_ids": ids, "mask_index": mask_index}
 
         cache = _cache_file(self.hparams.cache_dir, fingerprint)
-        return rows.map(encode, batched=True, remove_columns=list(task.text_fields), new_fingerprint=fingerprint,
-                        cache_file_name=cache, desc="tokenising")
+        with progress_bars_if(len(rows) >= BIG_SPLIT_ROWS):
+            return rows.map(encode, batched=True, remove_columns=list(task.text_fields), new_fingerprint=fingerprint,
+                            cache_file_name=cache, desc="tokenising")
 
     def state_for_summary(self) -> dict:
         """What the run's summary records about the data: task, splits (with content hashes), settings."""

@@ -8,6 +8,7 @@ file or column, a label outside the declared ones, an empty split, a hub name wh
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -18,6 +19,24 @@ import datasets
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.tasks import Source, TaskError, TaskSpec
+
+BIG_FILE_BYTES = 10_000_000  # datasets shows its progress bars when reading a local file this large or larger
+BIG_SPLIT_ROWS = 20_000  # ... and when tokenising a split this long or longer (seconds of work, not instant)
+
+
+@contextlib.contextmanager
+def progress_bars_if(show: bool):
+    """datasets' progress bars off while a small file is read or a small split tokenised (they would flash past),
+    as they are for everything big; the previous setting (on by default, or ``HF_DATASETS_DISABLE_PROGRESS_BARS``)
+    comes back afterwards. Hub downloads always keep theirs."""
+    hide = not show and datasets.is_progress_bar_enabled()
+    if hide:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hide:
+            datasets.enable_progress_bars()
 
 
 def offline() -> bool:
@@ -107,7 +126,8 @@ def load_raw(source: Source, cache_dir: str | None = None) -> datasets.Dataset:
         verbosity = datasets.logging.get_verbosity()
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its builders log a file's error before raising it
         try:
-            return datasets.load_dataset(builder, **kwargs)
+            with progress_bars_if(path.stat().st_size >= BIG_FILE_BYTES):
+                return datasets.load_dataset(builder, **kwargs)
         except Exception as err:  # the file builders raise many types; re-raise with the file named
             if any("corresponds to no data" in str(e) or "No columns to parse" in str(e) for e in _chain(err)):
                 return datasets.Dataset.from_dict({})  # a file without rows: prepare_split says "empty"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    logging as hf_logging,
     AutoConfig,
     AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
@@ -116,9 +118,23 @@ def _tiny_twin(name: str) -> str:
     return {"random-roberta-base": "tiny-roberta", "random-t5-base": "tiny-t5"}[name]
 
 
+@contextlib.contextmanager
+def local_files_quietly():
+    """No progress bars of transformers while it reads or writes local files (instant for these backbones); the
+    bars stay on everywhere else, so a hub download shows its progress."""
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(loader, name: str):
     try:
-        return loader(name)
+        with local_files_quietly() if Path(name).is_dir() else contextlib.nullcontext():
+            return loader(name)
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         if Path(name).exists():
@@ -166,8 +182,9 @@ def build_tiny_preset(name: str) -> Path:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model, tokenizer = _tiny_roberta(text) if name == "tiny-roberta" else _tiny_t5(text)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with local_files_quietly():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         (tmp / "preset.json").write_text(json.dumps({"preset": name, "version": PRESET_VERSION}))
         try:
             tmp.rename(target)  # atomic: concurrent builders (DDP ranks) race harmlessly

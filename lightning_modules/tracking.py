@@ -38,6 +38,14 @@ class WandbLogger(lightning_wandb.WandbLogger):
         if not kwargs.get("offline"):
             kwargs["settings"] = bounded_settings(kwargs.get("settings"))
         super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # Lightning passes None, which W&B warns has no effect
+            self._wandb_init.pop("anonymous", None)
+
+    def identify(self, name: str, job_type: str) -> None:
+        """The run's readable name and job type (``skill_neurons.run_identity``), unless the config gave
+        them; call it before the run starts."""
+        self._wandb_init["name"] = self._name = self._wandb_init.get("name") or name
+        self._wandb_init["job_type"] = self._wandb_init.get("job_type") or job_type
 
     @property
     @rank_zero_experiment
@@ -45,6 +53,8 @@ class WandbLogger(lightning_wandb.WandbLogger):
         """The W&B run; an online start that fails (no network, bad key) becomes an offline run."""
         import wandb
 
+        if self._experiment is None and self._save_dir:
+            os.makedirs(self._save_dir, exist_ok=True)  # W&B looks for a git repository there (and warns if missing)
         if self._experiment is not None or self._offline or wandb.run is not None:
             return super().experiment
         try:

@@ -11,7 +11,8 @@
 ``report`` and ``import-prompt`` are tools with ``main(argv) -> exit code`` that never import Lightning unless
 they need it. The project's errors (a bad task, backbone, data file, checkpoint, option) end the command with
 one line on stderr and exit code 2; ``--debug`` or ``SKILL_NEURONS_DEBUG=1`` shows the traceback instead.
-Process-wide settings (warning filters) are made here, at the entry point, never on import of a library module.
+Process-wide settings (warning and log filters, :mod:`skill_neurons.quiet`) are made here, at the entry point,
+never on import of a library module.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import warnings
 
+from skill_neurons.quiet import quiet_known_noise
 from skill_neurons.runs import RUNS_DIR_ENV, CLIError, analyse_args, take_from_run
 
 DEBUG_ENV = "SKILL_NEURONS_DEBUG"
 # skill-neurons <tool> ...: each module has main(argv) -> exit code.
 TOOLS = {"sweep": "skill_neurons.sweep.command", "report": "skill_neurons.report.main",
-         "import-prompt": "skill_neurons.import_prompt"}
+         "import-prompt": "skill_neurons.import_prompt", "wandb-view": "skill_neurons.wandb_view"}
 STAGES = ("fit", "validate", "test", "predict")
 
 
@@ -43,18 +44,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (CLIError, *loaded)
 
 
-def quiet_libraries() -> None:
-    """Process-wide settings of a stage's output: Lightning's notes that are expected here (a checkpoint holds
-    only the prompt; the frozen backbone is in eval mode on purpose) and the libraries' progress bars."""
-    warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
-
-
 def main(args: list[str] | None = None) -> None:
     """Console entry point of ``skill-neurons``.
 
@@ -64,6 +53,7 @@ def main(args: list[str] | None = None) -> None:
     exits 2; ``--debug`` (anywhere) or ``SKILL_NEURONS_DEBUG=1`` re-raises it.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    quiet_known_noise()
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     try:
@@ -104,7 +94,6 @@ def _run(argv: list[str], from_console: bool) -> None:
         if runs_dir:
             head.append(f"--runs_dir={runs_dir}")
         argv = [argv[0], *head, *argv[1:]]
-    quiet_libraries()
     from skill_neurons.lightning_cli import SkillNeuronsCLI
 
     if from_console:  # LightningCLI reads sys.argv itself (and warns when given both)

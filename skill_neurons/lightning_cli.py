@@ -29,6 +29,8 @@ from callbacks.suppression import NeuronSuppression
 from datamodules.prompt_datamodule import PromptDataModule, check_sizes
 from lightning_modules import tracking
 from lightning_modules.prompt_tuning import PromptTuningModule
+from skill_neurons.cli_options import parser_kwargs
+from skill_neurons.run_identity import run_identity
 from skill_neurons.runs import RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero
 from skill_neurons.wandb_env import NO_CREDENTIALS, offline_reason
 
@@ -54,7 +56,7 @@ class SkillNeuronsCLI(LightningCLI):
             PromptTuningModule, PromptDataModule, subclass_mode_model=True, args=args, run=run,
             save_config_kwargs={"overwrite": True},  # run directories are unique; a resume rewrites its own
             trainer_defaults={"logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "skill-neurons"}}},
-            parser_kwargs={"description": "Prompt tuning, skill neurons and adversarial robustness."},
+            parser_kwargs=parser_kwargs(),
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -189,6 +191,10 @@ class SkillNeuronsCLI(LightningCLI):
             self._release()
             raise
         self.trainer.callbacks.append(RNGState())
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for logger in self.trainer.loggers:  # not in config.yaml: a reused config (--from_run) gets its own
+            if isinstance(logger, tracking.WandbLogger):
+                logger.identify(*run_identity(config.as_dict(), self.subcommand or "fit"))
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the stage; on failure remove an empty claimed run directory; always close the W&B run."""
@@ -249,5 +255,3 @@ class SkillNeuronsCLI(LightningCLI):
 
     def after_test(self) -> None:
         self._sync_hint()
-
-

@@ -25,8 +25,8 @@ from tests.helpers import ROOT, subprocess_env
 PACKAGES = ("callbacks", "datamodules", "lightning_modules", "skill_neurons")
 MIDDLE_ORDER = ("lightning_modules", "datamodules", "callbacks")
 BOTTOM = {
-    "callbacks", "callbacks.contracts", "callbacks.neuron_figures", "callbacks.neuron_files",
-    "callbacks.neuron_statistics", "callbacks.prompt_checkpoint", "callbacks.run_files",
+    "callbacks", "callbacks.contracts", "callbacks.figure_style", "callbacks.neuron_files", "callbacks.progress",
+    "callbacks.neuron_statistics", "callbacks.prompt_checkpoint", "callbacks.run_files", "callbacks.wandb_config",
     "datamodules", "datamodules.synthetic", "datamodules.tasks",
     "lightning_modules", "lightning_modules.backbones", "lightning_modules.ffn",
 }

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
+from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, summary_of
 from torch import nn
 
 from skill_neurons.import_prompt import (

@@ -8,63 +8,19 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from lightning import LightningModule, Trainer, seed_everything
+from lightning import LightningModule, Trainer
 from torch import nn
 
 from callbacks.skill_neurons import SkillNeuronCallback, SkillNeuronError, load_neuron_file, shard
-from datamodules import PromptDataModule
 from datamodules.prompt_datamodule import Collator
 from lightning_modules import MaskedLMPromptTuning, Seq2SeqPromptTuning
 from lightning_modules.ffn import FFNLookupError, ffn_hooks, ffn_shape, ffn_sites
 from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
-
-MARKER = ROOT / "datamodules" / "data" / "marker"
-P = 4
-
-
-def marker_task(seq2seq_words=("contradiction", "entailment")) -> dict:
-    """The shipped marker files as a user task; for T5 the label words are several sub-tokens long."""
-    columns = {"sentence": "sentence", "label": "label"}
-    return {
-        "name": "marker_words", "text_fields": ["sentence"], "label_names": ["absent", "present"],
-        "verbalizers": {"masked_lm": ["no", "yes"], "seq2seq": list(seq2seq_words)},
-        "splits": {"train": {"file": str(MARKER / "train.jsonl"), "columns": columns},
-                   "validation": {"file": str(MARKER / "validation.jsonl"), "columns": columns}},
-        "adversarial": {"typos": {"file": str(MARKER / "adversarial.jsonl"), "columns": columns}},
-        # P1's single-sentence formats (layout: paper)
-        "paper": {"masked_lm": {"segments": ["{cls}", "{sentence}", "{sep}"], "extra_length": 2},
-                  "seq2seq": {"segments": ["{sentence}", "{eos}"]}},
-    }
-
-
-def make(family: str, layout: str = "standard", **dm_kwargs):
-    seed_everything(0)
-    cls, backbone = {"masked_lm": (MaskedLMPromptTuning, "tiny-roberta"),
-                     "seq2seq": (Seq2SeqPromptTuning, "tiny-t5")}[family]
-    model = cls(backbone=backbone, prompt_length=P, layout=layout).eval()
-    kwargs = dict(task=marker_task(), backbone=backbone, prompt_length=P, max_train_samples=48,
-                  max_eval_samples=37, eval_batch_size=16, layout=layout)
-    dm = PromptDataModule(**{**kwargs, **dm_kwargs})
-    dm.prepare_data()
-    dm.setup("fit")
-    model.label_token_ids = torch.tensor(dm.label_token_ids)
-    model.mask_index = dm.mask_index
-    return model, dm
-
-
-def validate(model, dm, root: Path, callback: SkillNeuronCallback, **trainer_kwargs) -> Trainer:
-    settings = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(root),
-                    callbacks=[callback])
-    trainer = Trainer(**{**settings, **trainer_kwargs})
-    trainer.validate(model, datamodule=dm)
-    return trainer
-
+from tests.helpers.tiny import MARKER, P, make, marker_task, validate
 
 # ---------------------------------------------------------------- brute force (independent of ffn.py)
 def brute_force_activations(model, dm, role: str, part: str) -> tuple[np.ndarray, np.ndarray]:
@@ -330,7 +286,8 @@ def test_planted_signal_is_found_and_shuffled_labels_stay_at_chance(tmp_path, ti
     # the offline run's record log (uploaded by `wandb sync`) holds the summary keys and the artifact
     records = next(offline.glob("*.wandb")).read_bytes()
     assert b"skill_neurons/shuffled/overlap@15" in records
-    assert f"skill-neurons-{run.name}".encode() in records and b"validation.safetensors" in records
+    # one artifact per configuration (backbone, task, layout); the run is a version of it
+    assert b"skill-neurons-tiny-roberta-marker-paper" in records and b"validation.safetensors" in records
 
 
 # ---------------------------------------------------------------- where neurons live

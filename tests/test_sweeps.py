@@ -209,7 +209,8 @@ def test_trial_argv_and_environment_are_what_wandb_agent_gives(here, capsys):
     state = state_of(here / "d")
     (trial,) = state["trials"]
     env = start["env"]
-    assert env["WANDB_RUN_ID"] == trial["attempts"][0]["run_id"] and env["WANDB_RUN_GROUP"] == state["sweep_id"]
+    assert env["WANDB_RUN_ID"] == trial["attempts"][0]["run_id"]
+    assert env["WANDB_RUN_GROUP"] == sweep.stem  # a sweep without `name:` is grouped by its file's stem
     assert env["WANDB_MODE"] == "offline"
     params = yaml.safe_load(Path(env["WANDB_SWEEP_PARAM_PATH"]).read_text())
     assert params["lr"] == {"value": 1e-05} and params["nothing"] == {"value": None}
@@ -234,13 +235,13 @@ def test_quickstart_grid_runs_its_four_trials_with_the_real_cli_and_stops(tmp_pa
         assert summary["config"]["seed_everything"] == t["params"]["seed_everything"]
         assert t["metrics"]["best/val/acc"] == summary["best"]["val/acc"]
         assert len(list((tmp_path / "grid").glob(f"offline-run-*-{run.name}"))) == 1  # linked for leet/sync
-    # the offline W&B runs are grouped by the sweep id
+    # the offline W&B runs are grouped by the sweep's name
     wandb = str(Path(sys.executable).parent / "wandb")
     one_run = str(next((tmp_path / "grid").glob("offline-run-*")))
     record = subprocess.run([wandb, "leet", "inspect", "--json", one_run], capture_output=True, text=True,
                             timeout=60, check=True)
     run_record = next(json.loads(line)["run"] for line in record.stdout.splitlines() if '"type":"run"' in line)
-    assert run_record["run_group"] == state["sweep_id"]
+    assert run_record["run_group"] == state["config"]["name"] == "quickstart"  # W&B has no offline sweeps
     # the table: one row per trial (its run directory last), the best one starred
     lines = proc.stdout[proc.stdout.index(f"sweep {state['sweep_id']} (grid"):].splitlines()
     assert "4 trials — 4 finished; objective val/acc (maximize)" in lines[0]

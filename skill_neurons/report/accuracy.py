@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from callbacks import figure_style as style
 from skill_neurons.report.base import (
     FAMILY_ORDER, WIDE, Context, Figure, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table,
     mean_sd, mixed_settings, pct, seed_label, seed_rank, test_accuracies,
@@ -149,25 +150,25 @@ def accuracy_figure(ctx: Context, rows: list[dict[str, Any]]) -> Figure:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["backbone"], row["task"])].append(row)
-    adversarial_colours = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink"]
     labelled = set()
     for x, ((backbone, task), members) in enumerate(groups.items()):
         width = 0.8 / len(members)
         for k, row in enumerate(members):
-            colour = "tab:blue" if row["kind"] == "clean" else adversarial_colours[(k - 1) % len(adversarial_colours)]
-            label = "clean" if row["kind"] == "clean" else row["set"]
-            ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=row["sd"] or 0, color=colour,
-                   capsize=3, label=None if label in labelled else label)
+            colour = style.set_colour(k - 1, row["kind"] == "clean")
+            label = "clean" if row["kind"] == "clean" else "adversarial" if k == 1 else f"adversarial ({row['set']})"
+            ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=row["sd"] or None, color=colour,
+                   capsize=3 if row["sd"] else 0, label=None if label in labelled else label)  # n = 1: no bar
             labelled.add(label)
         if members[0]["chance"] is not None:
             ax.hlines(members[0]["chance"], x - 0.45, x + 0.45, colors="black", linewidth=1.2)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{b}\n{t}" for b, t in groups], fontsize="small")
-    ax.set_xlim(-0.6, max(len(groups), 4) - 0.4)  # a few groups do not stretch over the whole width
+    ax.set_xlim(*style.centred_limits(len(groups), at_least=4))  # a few groups sit in the middle
+    ax.plot([], [], color="black", linewidth=1.2, label="chance")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Accuracy at the best epoch: clean vs adversarial")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=style.LEGEND_FONT)
     return ctx.save(fig, figure)
 
 

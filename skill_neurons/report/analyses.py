@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats
 
 P1_N_GRID = (2, 4, 6, 8, 10, 12, 14)  # range(2, topn + 1, 2) with P1's topn = 14
 BIN_WIDTH = 0.05  # P1 get_bin_boundaries
@@ -119,29 +120,13 @@ def histogram_counts(values, edges: np.ndarray) -> list[int]:
     return np.histogram(np.asarray(values, dtype=np.float64), bins=edges)[0].astype(int).tolist()
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..M, ties sharing their average rank (``scipy.stats.rankdata``)."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    for end in range(1, len(values) + 1):
-        if end == len(values) or sorted_values[end] != sorted_values[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2
-            start = end
-    return ranks
-
-
 def spearman_rho(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's ρ of two 1-D vectors (``scipy.stats.spearmanr(a, b)[0]``); NaN when one is constant or has
-    fewer than two values."""
-    if len(a) < 2:
+    """Spearman's ρ of two 1-D vectors (``scipy.stats.spearmanr(a, b)[0]``, ties at their average rank); NaN
+    when one is constant or has fewer than two values (where scipy warns and returns NaN)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or (a == a[0]).all() or (b == b[0]).all():
         return float("nan")
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+    return float(stats.spearmanr(a, b).statistic)
 
 
 def top_in_index_order(score: np.ndarray, percent: float) -> np.ndarray:

@@ -48,6 +48,7 @@ from skill_neurons.report.accuracy import accuracy_section, runs_section
 from skill_neurons.report.balance import balanced_section
 from skill_neurons.report.base import SQUARE, TITLES, WIDE, Context, ReportError, Section
 from skill_neurons.report.inputs import read_runs
+from skill_neurons.report.lineage import declare_artifacts, used_artifacts
 from skill_neurons.report.neurons import overlap_section, per_layer_section
 from skill_neurons.report.paper import boxes_section, histogram_section, location_section
 from skill_neurons.report.paper import overlap_section as paper_overlap_section
@@ -136,7 +137,7 @@ def log_to_wandb(out: Path, sections: list[Section], project: str, document: dic
         mode = "offline"
         print(f"skill-neurons report: no W&B credentials found — logging offline in {out}/wandb", file=sys.stderr)
     run = wandb.init(project=project, job_type="report", dir=str(out), mode=mode,
-                     config={k: document[k] for k in ("percent", "eval_set", "inputs", "command")})
+                     config={k: document.get(k) for k in ("percent", "eval_set", "inputs", "command", "artifacts")})
     try:
         payload: dict[str, Any] = {}
         for section in sections:
@@ -154,7 +155,8 @@ def log_to_wandb(out: Path, sections: list[Section], project: str, document: dic
         run.log_artifact(artifact)
         offline = run.settings.mode in ("offline", "dryrun")
         info = {"id": run.id, "project": run.project, "mode": "offline" if offline else "online",
-                "dir": str(Path(run.dir).parent), "url": None if offline else run.url}
+                "dir": str(Path(run.dir).parent), "url": None if offline else run.url,
+                "artifacts": declare_artifacts(run, document.get("artifacts") or [])}  # lineage: neuron files read
     finally:
         run.finish()
     return info
@@ -187,6 +189,7 @@ def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set:
     sections = build_sections(ctx)
     document = write_report(ctx, sections, out, command or f"skill-neurons report {' '.join(arguments)} --out {out}")
     if use_wandb:
+        document["artifacts"] = used_artifacts(ctx)  # the neuron-file artifact versions it read
         document["wandb"] = log_to_wandb(out, sections, project, document)
         (out / "report.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     return document

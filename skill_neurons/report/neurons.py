@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from callbacks.neuron_figures import per_layer_boxplot
-from callbacks.run_files import SUMMARY_FILE
+from callbacks import figure_style as style
 from callbacks.neuron_statistics import mean_over_prompts, mean_predictivity_of, overlap_at, top_percent_mask
+from callbacks.run_files import SUMMARY_FILE
 from skill_neurons.report.base import (
     OVERLAP_PERCENTS, TOLERANCE, WIDE, Context, Figure, Run, Section, family_name, fmt, markdown_table, mean_sd,
     slug,
@@ -99,14 +99,13 @@ def per_layer_figure(ctx: Context, key: tuple, combined: dict[str, torch.Tensor]
     family, backbone, part, task, shape = key
     fig, axes, figure = ctx.figure(slug("per_layer", backbone, part, task),
                                    f"Predictivity per layer, {backbone} · {task} ({part})", WIDE)
-    colours = ["tab:blue" if name == ctx.eval_set else ["tab:red", "tab:orange", "tab:purple"][(k - 1) % 3]
-               for k, name in enumerate(combined)]
+    colours = style.set_colours(list(combined), ctx.eval_set)
     ax = axes[0][0]
     runs = [r for r in ctx.neuron_runs() if (r.backbone, r.part, r.task) == (backbone, part, task)]
     baselines = {name: b for name in combined
                  if (b := next((majority_baseline(r, name) for r in runs if majority_baseline(r, name)), None))}
-    per_layer_boxplot(ax, combined, colours, part, "score (max predictivity over positions), mean over seeds",
-                      baselines)
+    style.per_layer_boxplot(ax, combined, colours, part, "score (max predictivity over positions), mean over seeds",
+                            baselines)
     ax.set_title(f"{backbone} ({family_name(family)}) · {task}: predictivity per layer")
     return ctx.save(fig, figure)
 
@@ -239,21 +238,20 @@ def overlap_figure(ctx: Context, rows: list[OverlapRow], percents: list[float]) 
     fig, axes, figure = ctx.figure("overlap", "overlap@n% of clean and adversarial skill neurons, mean ± sd over "
                                    "seeds (dotted: expected overlap of random picks)", WIDE)
     ax = axes[0][0]
-    colours = {"masked_lm": "tab:blue", "seq2seq": "tab:orange"}
     markers = "osD^v<>ph*"
     for k, row in enumerate(rows):
         means = [row.stats[f"overlap@{n:g}"][0] for n in percents]
         if any(m is None for m in means):
             continue
         sds = [row.stats[f"overlap@{n:g}"][1] or 0.0 for n in percents]
-        ax.errorbar(percents, means, yerr=sds, color=colours.get(row.family, "tab:green"),
+        ax.errorbar(percents, means, yerr=sds, color=style.FAMILY.get(row.family, style.GREY),
                     marker=markers[k % len(markers)], capsize=3, label=f"{row.backbone} · {row.task} · {row.set}")
     ax.plot(percents, [n / 100 for n in percents], ":", color="grey", label="random (n/100)")
     ax.set_xlabel("n (% of units per layer)")
     ax.set_ylabel("overlap@n%")
     ax.set_ylim(0, 1.05)
     ax.set_title("Clean vs adversarial skill neurons")
-    ax.legend(fontsize="x-small", ncol=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", ncol=1 + len(rows) // 16)
     return ctx.save(fig, figure)
 
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from callbacks.figure_style import BACKBONES, CLEAN, GREY, MEDIAN, VERMILLION
 from skill_neurons.report.analyses import (
     P1_N_GRID, adversarial_of_clean, histogram_counts, histogram_edges, layer_location, overlap_curve, p1_count,
 )
@@ -17,7 +18,7 @@ from skill_neurons.report.base import (
 )
 from skill_neurons.report.seed_means import MARK, SeedMean, missing_seed_lines, seed_means
 
-COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]  # per backbone
+COLOURS = list(BACKBONES)  # per backbone (callbacks/figure_style.py)
 NO_MEANS = ("No skill-neuron analyses to average (fit runs get one from SkillNeuronCallback; `--eval-set` names "
             "the clean set).")
 
@@ -274,13 +275,16 @@ def boxes_section(ctx: Context) -> Section:
         ax.patch.set_visible(False)
         found = [next(r for r in rows if r["backbone"] == backbone and r["part"] == m.part and r["task"] == m.task
                       and r["set"] == name) for m, name in datasets]
-        ax.boxplot([m.sets[name].reshape(-1) for m, name in datasets], positions=range(len(datasets)), widths=0.6,
-                   showfliers=False, patch_artist=True, boxprops={"facecolor": "tab:blue", "alpha": 0.8})
-        bars.bar(range(len(datasets)), [r["accuracy"] or 0.0 for r in found], 0.8, color="tab:green", alpha=0.25,
+        boxes = ax.boxplot([m.sets[name].reshape(-1) for m, name in datasets], positions=range(len(datasets)),
+                           widths=0.6, showfliers=False, patch_artist=True, medianprops=MEDIAN)["boxes"]
+        for box, (_, name) in zip(boxes, datasets):
+            box.set(facecolor=CLEAN if name == ctx.eval_set else VERMILLION, alpha=0.8)
+        bars.bar(range(len(datasets)), [r["accuracy"] or 0.0 for r in found], 0.8, color=GREY, alpha=0.25,
                  edgecolor="black", label="model accuracy (%)")
         for x, row in enumerate(found):
             if row["majority_baseline"] is not None:
-                ax.hlines(row["majority_baseline"], x - 0.4, x + 0.4, colors="black", linewidth=2)
+                ax.hlines(row["majority_baseline"], x - 0.4, x + 0.4, colors="black", linewidth=2, linestyle=":",
+                          label="chance (majority share)" if x == 0 else None)
         ax.set_xticks(range(len(datasets)))
         ax.set_xticklabels([f"{m.task}{m.mark}" if name == ctx.eval_set else f"{name}\n(adv)" for m, name in datasets],
                            rotation=30, ha="right", fontsize="small")
@@ -288,7 +292,8 @@ def boxes_section(ctx: Context) -> Section:
         ax.set_ylabel("neuron score s̄ (seed mean)")
         bars.set_ylim(0, 100)
         bars.set_ylabel("model accuracy (%)")
-        bars.legend(loc="upper right", fontsize="small")
+        handles = [h for a in (ax, bars) for h in a.get_legend_handles_labels()[0]]
+        bars.legend(handles=handles, loc="lower right", fontsize="small")
         ax.set_title(f"{backbone} ({family_name(members[0].family)}): neuron predictivity per dataset")
         embed(section, ctx.save(fig, figure))
     section.tables["paper_boxes"] = rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from callbacks import figure_style as style
 from skill_neurons.report.base import (
     WIDE, Context, Figure, Run, Section, family_rank, fit_accuracies, fmt, markdown_table, mean_sem, pct, slug,
     validate_accuracies,
@@ -101,7 +102,6 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
     name = slug("suppression", backbone, task, perturbation, *([std] if std is not None else []), part,
                 adversarial_neurons, source)
     fig, axes, figure = ctx.figure(name, f"Suppression: {title}", WIDE, ncols=len(sets))
-    styles = {"skill": ("tab:red", "-"), "random": ("tab:grey", "--")}
     for ax, set_ in zip(axes[0], sets):
         for selection in sorted({r["selection"] for r in rows}, key=lambda s: (s != "skill", s)):
             points = sorted((r["rate"], r["mean"], r["sem"] or 0.0) for r in rows
@@ -109,11 +109,11 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
             if not points:
                 continue
             rate, mean, sem = (np.array(v, dtype=float) for v in zip(*points))
-            colour, line = styles.get(selection, ("tab:blue", ":"))
+            colour, line = style.SELECTION.get(selection, (style.GREY, ":"))
             ax.plot(rate, mean, line, color=colour, marker="o", label=f"{selection} units")
             ax.fill_between(rate, mean - sem, mean + sem, color=colour, alpha=0.2)
         if chance is not None:
-            ax.axhline(chance, color="black", linewidth=0.8, linestyle=":", label="chance")
+            style.chance_line(ax, chance, f"chance ({chance:g}%)")
         ax.set_title("clean (validation)" if set_ == "validation" else f"adversarial: {set_}", fontsize="medium")
         ax.set_xlabel("units suppressed per layer (%)")
         ax.set_ylabel("accuracy (%)")

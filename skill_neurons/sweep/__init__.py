@@ -10,7 +10,7 @@ stop early (``stop_runs``: hyperband); this runner does what the agent and the s
 
 * A trial is the sweep's ``command`` with ``${args}`` (and ``${program}``, ``${args_json_file}``, ...) rendered
   exactly as ``wandb agent`` renders them (:func:`render_command`), run in the current directory in a process
-  group of its own, with ``WANDB_RUN_ID`` (a new id per attempt), ``WANDB_RUN_GROUP`` (the sweep id),
+  group of its own, with ``WANDB_RUN_ID`` (a new id per attempt), ``WANDB_RUN_GROUP`` (the sweep's name),
   ``WANDB_SWEEP_PARAM_PATH`` and W&B offline (unless ``WANDB_MODE`` says otherwise). Two differences from
   the agent: ``python`` in the command means the interpreter running this runner (its folder goes first on
   ``PATH``), and ``WANDB_DIR`` is the trial's run directory. Output goes to ``DIR/logs/<run id>.log``.
@@ -32,5 +32,5 @@ environment; on Linux the trials already got SIGTERM when the runner died), (2) 
 early-stopped trials are never run again, so a grid ends with each combination done exactly once.
 ``--count N`` counts every trial in DIR, so the same command finishes the same sweep; one runner per DIR.
 Every attempt's offline W&B run is linked into DIR: ``wandb leet DIR`` browses them, ``wandb sync DIR``
-uploads them (grouped by the sweep id).
+uploads them (grouped by the sweep's name: W&B cannot attach offline runs to a sweep).
 """

@@ -23,6 +23,7 @@ from skill_neurons.sweep.config import (
     ENGINE_STATES, KILL_DELAY_S, MARKER_ENV, RUNS_DIR_ENV, STATE_FILE, SweepError, check_sweep_config, engine,
     load_sweep_file, plain, render_command, save_param_file,
 )
+from skill_neurons.sweep.display import progress_of, sweep_group
 from skill_neurons.sweep.processes import LAUNCHER, RunnerLock, Running, is_skill_neurons_cli, kill_marked, visible_gpus
 from skill_neurons.sweep.state import Attempt, Trial, format_table, objective_of, read_state, save_state, trial_report
 
@@ -68,6 +69,7 @@ class SweepRunner:
         self.failures_in_a_row = 0
         self.metric_checked = False
         self.signal_received: int | None = None
+        self.started, self.group = time.time(), sweep_group(self.raw_config, self.sweep_file)  # W&B group: its name
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -99,7 +101,7 @@ class SweepRunner:
             self.state = state
         else:
             self.state = {"version": 1, "sweep_id": new_run_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        self.state.update(config=self.raw_config, sweep_file=str(self.sweep_file), cwd=os.getcwd())
+        self.state.update(config=self.raw_config, sweep_file=str(self.sweep_file), cwd=os.getcwd(), group=self.group)
         (self.dir / "sweep.yaml").write_text(yaml.safe_dump(self.raw_config, sort_keys=False))
         self._save()
 
@@ -175,7 +177,7 @@ class SweepRunner:
         env = dict(os.environ)
         env.pop("WANDB_SERVICE", None)  # as the agent: the trial starts its own W&B service
         env.update({
-            "WANDB_RUN_ID": run_id, "SKILL_NEURONS_RUN_ID": run_id, "WANDB_RUN_GROUP": self.sweep_id,
+            "WANDB_RUN_ID": run_id, "SKILL_NEURONS_RUN_ID": run_id, "WANDB_RUN_GROUP": self.group,
             "WANDB_SWEEP_PARAM_PATH": str((self.dir / "params" / f"config-{run_id}.yaml").resolve()),
             "WANDB_DIR": str(self.run_dir(run_id).resolve()),
             RUNS_DIR_ENV: str((self.dir / "runs").resolve()), MARKER_ENV: f"{self.sweep_id}/{run_id}",
@@ -250,8 +252,8 @@ class SweepRunner:
         self.running[trial.number] = Running(trial, proc, slot)
         params = " ".join(f"{k}={v}" for k, v in trial.params.items())
         again = f" (attempt {len(trial.attempts)})" if len(trial.attempts) > 1 else ""
-        self.say(f"trial {trial.number}{again} started: run {run_id}, {params}"
-                 + (f", GPU {gpu}" if gpu is not None else ""))
+        self.say(f"{progress_of(trial.number, self.config, self.count, self.started, self.trials, self.workers)}"
+                 f": started{again}: run {run_id}, {params}" + (f", GPU {gpu}" if gpu is not None else ""))
 
     def _read_report(self, trial: Trial) -> None:
         if trial.run_id:

@@ -129,8 +129,9 @@ def format_table(state: dict[str, Any], trials: list[Trial], directory: Path, ob
     goal = f"; objective {metric['name']} ({metric.get('goal', 'minimize')})" if metric.get("name") else ""
     title = (f"sweep {state.get('sweep_id')} ({config.get('method')}, {state.get('sweep_file')}): "
              f"{len(trials)} trials — {counts or 'none yet'}{goal}")
+    group = state.get("group") or state.get("sweep_id")  # a sweep started before groups were named: its id
     foot = [(("* best trial. " if best is not None else "") + f"Offline W&B runs: browse with `wandb leet "
-             f"{directory}`, upload with `wandb sync {directory}` (group {state.get('sweep_id')}).")] if trials else []
+             f"{directory}`, upload with `wandb sync {directory}` (group {group}).")] if trials else []
     return "\n".join([title, *lines, *foot])
 
 

@@ -1,0 +1,35 @@
+"""The W&B name and job type of a ``skill-neurons`` command (command layer: reads the evaluated checkpoint and
+its run's ``summary.json``; the naming rules themselves are :mod:`callbacks.wandb_config`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from callbacks.prompt_checkpoint import metadata_of, read_checkpoint
+from callbacks.run_files import CHECKPOINT_DIR, read_summary
+from callbacks.wandb_config import job_type, run_name, task_name
+
+
+def run_identity(config: dict[str, Any], stage: str) -> tuple[str, str]:
+    """(W&B run name, job type) of a command, from its resolved config as a dict and, for ``validate``/``test``,
+    the evaluated checkpoint: the task and seed its prompt was trained with (from the checkpoint and, for
+    ``runs/<id>/checkpoints/*.ckpt``, that run's ``summary.json``)."""
+    backbone = ((config.get("model") or {}).get("init_args") or {}).get("backbone")
+    task, seed = task_name((config.get("data") or {}).get("task")), config.get("seed_everything")
+    suppression = config.get("suppression") or {}
+    source_task = None
+    ckpt_path = config.get("ckpt_path")
+    if stage != "fit" and ckpt_path and Path(ckpt_path).is_file():
+        checkpoint = read_checkpoint(ckpt_path)
+        imported = metadata_of(checkpoint).get("imported_from") or {}
+        backbone = (checkpoint.get("hyper_parameters") or {}).get("backbone") or backbone
+        trained_on = (checkpoint.get("datamodule_hyper_parameters") or {}).get("task")
+        source_task = task_name(trained_on) or imported.get("task")
+        folder = Path(ckpt_path).resolve().parent
+        settings = read_summary(folder.parent).get("settings", {}) if folder.name == CHECKPOINT_DIR else {}
+        seed = settings.get("seed", imported.get("seed", seed))
+    rate = suppression.get("rate")
+    return (run_name(stage, backbone, task, seed, suppression=suppression if rate is not None else None,
+                     source_task=source_task),
+            job_type(stage, rate, source_task, task))
