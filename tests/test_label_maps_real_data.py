@@ -25,6 +25,7 @@ def norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
+@pytest.mark.slow  # reads and tokenises a whole GLUE split
 def test_sst2_first_train_row_is_negative_and_reads_negative():
     ds, record = rows("sst2", Source(file=str(shared_data("glue_sst2", "train.tsv"))), "train")
     assert ds[0]["sentence"].strip() == "hide new secretions from the parental units"
@@ -49,6 +50,7 @@ def test_qnli_string_labels_map_to_hub_ids_and_entailment_words():
     assert word("qnli", "masked_lm", 1) == "no" and word("qnli", "seq2seq", 1) == "contradiction"
 
 
+@pytest.mark.slow  # reads and tokenises a whole GLUE split
 def test_mnli_binary_drops_neutral_and_keeps_entailment_first():
     ds, record = rows("mnli", Source(file=str(shared_data("glue_mnli", "dev_matched.jsonl"))))
     assert record["label_counts"] == {"entailment": 3479, "contradiction": 3213}

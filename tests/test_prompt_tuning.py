@@ -19,6 +19,7 @@ def trainer(tmp_path, **kwargs) -> Trainer:
     return Trainer(**{**defaults, **kwargs})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls, backbone", FAMILIES)
 def test_prompt_alone_learns_marker_task_and_backbone_is_bit_identical(tmp_path, tiny_backbones, cls, backbone):
     seed_everything(0)
