@@ -30,6 +30,9 @@ class PromptDataModule(LightningDataModule):
       form); for masked LMs a ``<mask>`` right after the first special token, ``mask_index`` its position
       among the text tokens. The text is truncated (longest segment first) to ``max_text_length`` tokens, and
       further if ``prompt_length`` plus the text would exceed the backbone's positions.
+    - ``standard`` causal LMs: the task's ``causal_lm_template()`` (text fields, then a cue such as
+      ``Sentiment:``) as one string with the tokenizer's special tokens (Llama's ``<s>``), cut from the *left*
+      to ``max_text_length`` so the cue, after which the label is read, always stays; ``mask_index`` -1.
     - ``paper``: P1's tokens for the task (``TaskSpec.paper``, from its formatters): segments encoded one by
       one, cut at the end to ``max_text_length`` plus P1's extra length; no ``<mask>`` in the text (the
       masked LM reads the label at prompt slot 0), ``mask_index`` -1. Label words use P1's id rule: the
@@ -48,6 +51,10 @@ class PromptDataModule(LightningDataModule):
         layout: ``paper`` (P1's inputs) or ``standard``; linked from ``model.layout`` by the CLI.
         max_text_length: most tokens of the text, special tokens included, not counting prompt or mask
             (``paper``: P1's ``max_len``, to which P1's formats add 0–3 tokens).
+        padding_side: where a batch pads its shorter texts: ``right`` (default) or ``left`` (causal LMs only:
+            their position ids follow the attention mask, so both give the same activations; masked LMs and T5
+            number positions by index and need ``right``). A tokenizer without a pad token (GPT-2, Llama) pads
+            with its end-of-sequence id; padded positions are masked either way.
         batch_size: training batch size (per device).
         eval_batch_size: evaluation batch size (default: ``batch_size``).
         adversarial: names of the task's adversarial sets to evaluate (default: all it declares; [] none).
@@ -68,6 +75,7 @@ class PromptDataModule(LightningDataModule):
         prompt_length: int = 8,
         layout: Literal["paper", "standard"] = "standard",
         max_text_length: int = 128,
+        padding_side: Literal["right", "left"] = "right",
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         adversarial: list[str] | None = None,
@@ -197,7 +205,7 @@ class PromptDataModule(LightningDataModule):
         if self._max_positions is not None:
             mask = 1 if self.family == "masked_lm" else 0
             budget = min(budget, self._max_positions - self.hparams.prompt_length - mask)
-        specials = tok.num_special_tokens_to_add(pair=len(self.task.template) == 2)
+        specials = tok.num_special_tokens_to_add(pair=len(self.task.template) == 2 and self.family != "causal_lm")
         if budget - specials < 1:
             raise TaskError(
                 f"prompt_length={self.hparams.prompt_length} leaves no room for text: the backbone takes "
@@ -231,6 +239,11 @@ class PromptDataModule(LightningDataModule):
         return [cb for cb in callbacks if hasattr(cb, "data_roles") and hasattr(cb, "check_run")]
 
     def _load(self, stage: str | None) -> None:
+        if self.hparams.padding_side not in ("right", "left"):
+            raise TaskError(f"data.padding_side={self.hparams.padding_side!r}: use right or left")
+        if self.hparams.padding_side == "left" and self.family != "causal_lm":
+            raise TaskError(f"data.padding_side=left is for causal LMs only: {self.hparams.backbone!r} is a "
+                            f"{self.family} model, whose positions are numbered by index — use data.padding_side=right")
         self.label_token_ids
         sources = self._sources(stage)
         for callback in self._data_callbacks():
@@ -299,7 +312,7 @@ class PromptDataModule(LightningDataModule):
         return DataLoader(
             ds, batch_size=batch_size or self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=shuffle,
             sampler=sampler,
-            collate_fn=Collator(self.tokenizer.pad_token_id), num_workers=self.hparams.num_workers,
+            collate_fn=Collator(pad_id_of(self.tokenizer), self.hparams.padding_side), num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(), persistent_workers=self.hparams.num_workers > 0,
         )
 
@@ -309,8 +322,9 @@ class PromptDataModule(LightningDataModule):
         mask_id = tok.mask_token_id if family == "masked_lm" else None
         specials = set(tok.all_special_ids)
         paper = task.paper_format(family) if self.layout == "paper" else None
+        causal = task.causal_lm_template() if family == "causal_lm" and paper is None else None
         key = json.dumps([record["sha256"], tok.name_or_path, len(tok), family, budget, task.template,
-                          type(tok).__name__, _vocab_digest(tok)]
+                          type(tok).__name__, _vocab_digest(tok)] + ([causal] if causal else [])
                          + ([self.layout, dataclasses.asdict(paper)] if paper else []))
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -319,6 +333,10 @@ class PromptDataModule(LightningDataModule):
                 rows = [dict(zip(task.text_fields, values)) for values in zip(*(batch[f] for f in task.text_fields))]
                 return {"input_ids": [p1_tokens(tok, paper, row, budget) for row in rows],
                         "mask_index": [-1] * len(rows)}
+            if causal is not None:
+                texts = [causal.format(**dict(zip(task.text_fields, values)))
+                         for values in zip(*(batch[f] for f in task.text_fields))]
+                return {"input_ids": causal_tokens(tok, texts, budget), "mask_index": [-1] * len(texts)}
             segments = [[seg.format(**dict(zip(task.text_fields, values))) for seg in task.template]
                         for values in zip(*(batch[f] for f in task.text_fields))]
             first = [s[0] for s in segments]
@@ -350,19 +368,41 @@ class PromptDataModule(LightningDataModule):
         }
 
 
-class Collator:
-    """Pads a list of encoded examples into tensors: input_ids/attention_mask (B, T), the rest (B,)."""
+def pad_id_of(tokenizer) -> int:
+    """The id that pads batches: the pad token, else (GPT-2, Llama: no pad token) the end-of-sequence token,
+    else 0. Padded positions are masked out of attention and never read, so any id serves."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return candidate
 
-    def __init__(self, pad_id: int):
+
+def causal_tokens(tokenizer, texts: list[str], budget: int) -> list[list[int]]:
+    """A causal LM's tokens of each text (special tokens included), cut from the left to ``budget``: the end
+    of the text is its cue, after which the label is read, so it must survive truncation."""
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        return tokenizer(texts, truncation=True, max_length=budget)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
+
+
+class Collator:
+    """Pads a list of encoded examples into tensors: input_ids/attention_mask (B, T), the rest (B,).
+    ``padding_side="left"`` puts the padding before the text (causal LMs only)."""
+
+    def __init__(self, pad_id: int, padding_side: str = "right"):
         self.pad_id = pad_id
+        self.left = padding_side == "left"
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(e["input_ids"]) for e in examples)
         ids = torch.full((len(examples), longest), self.pad_id, dtype=torch.long)  # (B, T)
         attention = torch.zeros((len(examples), longest), dtype=torch.long)  # (B, T)
         for row, e in enumerate(examples):
-            ids[row, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
-            attention[row, : len(e["input_ids"])] = 1
+            at = slice(longest - len(e["input_ids"]), longest) if self.left else slice(0, len(e["input_ids"]))
+            ids[row, at] = torch.tensor(e["input_ids"])
+            attention[row, at] = 1
         return {
             "input_ids": ids, "attention_mask": attention,
             "mask_index": torch.tensor([e["mask_index"] for e in examples]),
@@ -426,6 +466,8 @@ def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec, layout: str = "
                     f"{tokenizer.name_or_path!r} as one token (it becomes {shown}) — choose a word that is, "
                     f"in verbalizers.masked_lm"
                 )
+        elif family == "causal_lm":
+            pieces = causal_label_pieces(tokenizer, task, word)
         else:
             # T5: the label is read from the first decoder step, i.e. the word's first sub-token.
             pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -437,9 +479,28 @@ def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec, layout: str = "
         first = [tokenizer.convert_ids_to_tokens(i) for i in ids]
         raise TaskError(
             f"label words {list((*words, *extra))} of task {task.name!r} share their first sub-token ({first}), so the "
-            f"first decoder step cannot tell them apart — choose words that start differently"
+            f"{'next-token logits' if family == 'causal_lm' else 'first decoder step'} cannot tell them apart — "
+            f"choose words that start differently (verbalizers.{family})"
         )
     return ids
+
+
+def causal_label_pieces(tokenizer, task: TaskSpec, word: str) -> list[int]:
+    """The tokens a causal LM produces for ``word`` right after the task's template: the template's cue
+    followed by a space and the word (the leading-space rule: GPT-2 scores ``Ġpositive``, Llama ``▁positive``,
+    not the word's form at the start of a text). Raises if the word is unknown or merges with the cue."""
+    cue = task.causal_lm_template().format(**{f: "" for f in task.text_fields}).lstrip()
+    before = tokenizer(cue, add_special_tokens=False)["input_ids"]
+    after = tokenizer(cue + ("" if cue[-1:].isspace() else " ") + word, add_special_tokens=False)["input_ids"]
+    if after[:len(before)] != before or len(after) == len(before):
+        raise TaskError(f"verbalizer word {word!r} of task {task.name!r} merges with the end of its causal "
+                        f"template {cue!r} in {tokenizer.name_or_path!r}'s tokens — end causal_template with a "
+                        "cue such as 'Answer:'")
+    pieces = after[len(before):]
+    if pieces[0] == tokenizer.unk_token_id:
+        raise TaskError(f"verbalizer word {word!r} of task {task.name!r} is not in the vocabulary of "
+                        f"{tokenizer.name_or_path!r} — choose another word in verbalizers.causal_lm")
+    return pieces
 
 
 def _vocab_digest(tokenizer) -> str:

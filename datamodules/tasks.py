@@ -16,7 +16,8 @@ Users declare their own task as a mapping with the same fields (YAML under ``dat
         name: my_reviews
         text_fields: [review]
         label_names: [bad, good]
-        verbalizers: {masked_lm: [negative, positive], seq2seq: [negative, positive]}
+        verbalizers: {masked_lm: [negative, positive], seq2seq: [negative, positive], causal_lm: [negative, positive]}
+        causal_template: "Review: {review}\nThe review is"   # optional; default from the type, see below
         splits:
           train: {file: data/train.csv, columns: {review: text}}
           validation: {file: data/dev.csv, columns: {review: text}}
@@ -31,7 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("masked_lm", "seq2seq")
+FAMILIES = ("masked_lm", "seq2seq", "causal_lm")
+# P1's layout exists for the two families P1 used; a causal LM reads its label after the template's text.
+PAPER_FAMILIES = ("masked_lm", "seq2seq")
+# Causal LMs read the label as the next token after the text, so their template ends in a cue: the task's text
+# fields (one per line), a space, then the cue of the task's type (``TaskSpec.causal_template`` overrides it).
+CAUSAL_CUES = {"sentiment": "Sentiment:", "nli": "Entailment:", "paraphrase": "Same meaning:",
+               "ethics": "Acceptable:", "synthetic": "Answer:"}
+DEFAULT_CAUSAL_CUE = "Answer:"
 LAYOUTS = ("paper", "standard")
 # Markers usable as a whole segment of a P1 format: the tokenizer's own special token goes there.
 MARKERS = {"{cls}": "cls_token_id", "{sep}": "sep_token_id", "{eos}": "eos_token_id"}
@@ -151,6 +159,7 @@ class TaskSpec:
     drop_labels: tuple[Any, ...] = ()
     description: str = ""
     paper: dict[str, PaperFormat] = field(default_factory=dict)
+    causal_template: str = ""
 
     def __post_init__(self):
         if not self.template:
@@ -175,8 +184,9 @@ class TaskSpec:
             if name not in self.label_names:
                 raise TaskError(f"task {self.name!r}: label_map sends {raw!r} to unknown label {name!r}")
         for family, fmt in self.paper.items():
-            if family not in FAMILIES:
-                raise TaskError(f"task {self.name!r}: paper format for unknown family {family!r} (use {FAMILIES})")
+            if family not in PAPER_FAMILIES:
+                raise TaskError(f"task {self.name!r}: paper format for family {family!r} — P1's layout exists for "
+                                f"{PAPER_FAMILIES} only (a causal LM uses layout 'standard' and causal_template)")
             for segment in fmt.segments:
                 for fname in ([] if segment in MARKERS else _format_fields(segment)):
                     if fname not in self.text_fields:
@@ -184,6 +194,12 @@ class TaskSpec:
             if fmt.words and len(fmt.words) != len(self.label_names):
                 raise TaskError(f"task {self.name!r}: paper words {list(fmt.words)} must give one word per label "
                                 f"{list(self.label_names)}")
+        for fname in _format_fields(self.causal_template):
+            if fname not in self.text_fields:
+                raise TaskError(f"task {self.name!r}: causal_template uses {{{fname}}}, not in {self.text_fields}")
+        if self.causal_template and not self.causal_template.rstrip():
+            raise TaskError(f"task {self.name!r}: causal_template is blank — give the text and a cue, e.g. "
+                            "'{sentence} Sentiment:'")
         if "train" not in self.splits or "validation" not in self.splits:
             raise TaskError(f"task {self.name!r} needs 'train' and 'validation' splits, got {list(self.splits)}")
         for role in self.splits:
@@ -214,8 +230,19 @@ class TaskSpec:
             )
         return self.verbalizers[family]
 
+    def causal_lm_template(self) -> str:
+        """The text a causal LM reads before predicting the label word: ``causal_template`` if declared, else
+        the text fields one per line, a space and the cue of the task's type (``"{sentence} Sentiment:"``)."""
+        if self.causal_template:
+            return self.causal_template
+        return "\n".join("{%s}" % f for f in self.text_fields) + " " + CAUSAL_CUES.get(self.type, DEFAULT_CAUSAL_CUE)
+
     def paper_format(self, family: str) -> PaperFormat:
         """P1's format of this task for ``family`` (``layout: paper``); raises if the task has none."""
+        if family not in PAPER_FAMILIES:
+            raise TaskError(f"layout 'paper' is P1's input for masked LMs and encoder–decoders; P1 has no {family} "
+                            "model — use --model.layout=standard (the causal LM reads the label after the task's "
+                            "causal_template)")
         if family not in self.paper:
             raise TaskError(
                 f"task {self.name!r} has no P1 input format for {family} backbones, so layout 'paper' cannot run "
@@ -281,10 +308,11 @@ def _format_fields(segment: str) -> list[str]:
 
 GLUE = "nyu-mll/glue"
 ADV_GLUE = "AI-Secure/adv_glue"
-SENTIMENT = {"masked_lm": ("negative", "positive"), "seq2seq": ("negative", "positive")}
+SENTIMENT = {"masked_lm": ("negative", "positive"), "seq2seq": ("negative", "positive"),
+             "causal_lm": ("negative", "positive")}
 # Label 0 is entailment in the hub's ids, so the "yes"/"entailment" word comes first.
-ENTAILMENT = {"masked_lm": ("yes", "no"), "seq2seq": ("entailment", "contradiction")}
-PARAPHRASE_NOT_FIRST = {"masked_lm": ("false", "true"), "seq2seq": ("false", "true")}
+ENTAILMENT = {"masked_lm": ("yes", "no"), "seq2seq": ("entailment", "contradiction"), "causal_lm": ("yes", "no")}
+PARAPHRASE_NOT_FIRST = {"masked_lm": ("false", "true"), "seq2seq": ("false", "true"), "causal_lm": ("false", "true")}
 
 
 def _hub(path: str, config: str | None, split: str, **kw) -> Source:
@@ -331,7 +359,8 @@ def _p1_paraphrase(first: str, second: str) -> dict[str, PaperFormat]:
 ETHICS = "hendrycks/ethics"
 # ETHICS's hub "validation" split is the release's test.csv, the set P1 evaluates (3596 deontology / 2704
 # justice rows, as src/data/*_test.csv); the hub's "test" split is test_hard.
-ETHICS_VERBALIZERS = {"masked_lm": ("unacceptable", "acceptable"), "seq2seq": ("unacceptable", "acceptable")}
+ETHICS_VERBALIZERS = {"masked_lm": ("unacceptable", "acceptable"), "seq2seq": ("unacceptable", "acceptable"),
+                      "causal_lm": ("no", "yes")}  # "unacceptable"/"acceptable" may share a first sub-token
 
 
 def _ethics(config: str) -> dict[str, Source]:
@@ -390,7 +419,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="mnli3", type="nli", text_fields=("premise", "hypothesis"),
             label_names=("entailment", "neutral", "contradiction"),
-            verbalizers={"masked_lm": ("yes", "maybe", "no"), "seq2seq": ("entailment", "neutral", "contradiction")},
+            verbalizers={"masked_lm": ("yes", "maybe", "no"), "seq2seq": ("entailment", "neutral", "contradiction"),
+                         "causal_lm": ("yes", "maybe", "no")},
             splits=_glue("mnli", validation="validation_matched"),
             adversarial={"adv_mnli": _adv("adv_mnli", "mnli"), "adv_mnli_mm": _adv("adv_mnli_mismatched", "mnli-mm")},
             description="three-way MNLI",
@@ -432,7 +462,7 @@ TASKS: dict[str, TaskSpec] = {
         # ---- shipped samples (no network needed) ----
         TaskSpec(
             name="marker", type="synthetic", text_fields=("sentence",), label_names=("absent", "present"),
-            verbalizers={"masked_lm": ("no", "yes"), "seq2seq": ("no", "yes")},
+            verbalizers={"masked_lm": ("no", "yes"), "seq2seq": ("no", "yes"), "causal_lm": ("no", "yes")},
             splits={"train": Source(file=str(SAMPLES_DIR / "marker" / "train.jsonl")),
                     "validation": Source(file=str(SAMPLES_DIR / "marker" / "validation.jsonl"))},
             adversarial={"marker_typo": Source(file=str(SAMPLES_DIR / "marker" / "adversarial.jsonl"))},

@@ -82,8 +82,10 @@ P1_MODELS = {"Roberta": ("masked_lm", "roberta-base"), "RobertaLarge": ("masked_
              "T5Small": ("seq2seq", "t5-small"), "T5XXL": ("seq2seq", "google/t5-xxl-lm-adapt")}
 # Imported without --backbone in directory mode: the two models of the paper.
 DEFAULT_BACKBONES = {"Roberta": "roberta-base", "T5": "t5-base"}
+# the same map as lightning_modules.prompt_tuning.FAMILY_CLASSES (not imported here: it pulls in Lightning)
 MODULE_CLASSES = {"masked_lm": "lightning_modules.MaskedLMPromptTuning",
-                  "seq2seq": "lightning_modules.Seq2SeqPromptTuning"}
+                  "seq2seq": "lightning_modules.Seq2SeqPromptTuning",
+                  "causal_lm": "lightning_modules.CausalLMPromptTuning"}
 MASK_SLOTS = ("drop", "keep")
 LAYOUTS = ("paper", "standard")
 # seed_33 … seed_36, and seed_su: the prompts of Su et al. (Prompt-Transferability) that P1 uses as a fifth.
@@ -267,7 +269,7 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
     where = p1_location(source)
     source_family = family or (P1_MODELS[where.model][0] if where else info.family)
     if source_family not in MODULE_CLASSES:
-        raise PromptImportError(f"unknown family {source_family!r}; choose masked_lm or seq2seq")
+        raise PromptImportError(f"unknown family {source_family!r}; choose one of {', '.join(MODULE_CLASSES)}")
     if source_family != info.family:
         raise PromptImportError(
             f"{source} is a {source_family} prompt but backbone {backbone!r} is a {info.family} model — a prompt "
@@ -275,6 +277,9 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
         )
     if layout not in LAYOUTS:
         raise PromptImportError(f"unknown --layout {layout!r}; choose paper or standard")
+    if layout == "paper" and source_family == "causal_lm":
+        raise PromptImportError("layout 'paper' is P1's input for RoBERTa and T5; P1 has no causal LM — import a "
+                                "causal-LM prompt with --layout standard")
     if mask_slot is None:
         mask_slot = "drop" if source_family == "masked_lm" and layout == "standard" else "keep"
     if mask_slot not in MASK_SLOTS:

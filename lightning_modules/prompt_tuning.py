@@ -1,8 +1,11 @@
-"""The shared prompt-tuning LightningModule; the backbone families subclass it (masked_lm.py, seq2seq.py)."""
+"""The shared prompt-tuning LightningModule; the backbone families subclass it (masked_lm.py, seq2seq.py,
+causal_lm.py)."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -19,6 +22,28 @@ PROMPT_KEY = "prompt.weight"
 # Intended, so not worth a warning: checkpoints leave the backbone out, and the backbone runs in eval mode.
 warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
+# family -> the class that tunes it (the CLI's --model; prompt_import.py uses the same map)
+FAMILY_CLASSES = {"masked_lm": "MaskedLMPromptTuning", "seq2seq": "Seq2SeqPromptTuning",
+                  "causal_lm": "CausalLMPromptTuning"}
+
+
+@dataclass(frozen=True)
+class AnalysedPositions:
+    """Which sequence positions' FFN units the skill-neuron analysis reads, and how to read them.
+
+    ``select(units, batch)`` takes one layer's units (B, S, N) of a forward of ``batch`` (S = prompt + text)
+    and returns the analysed ones (B, count, N). ``absolute`` lists the positions when they are the same for
+    every example (prompt slots, a fixed ``<mask>``), and is ``None`` when they depend on the example (a causal
+    LM's last text position moves with the text's length and the padding); ``description`` then says what is read.
+    """
+
+    choice: str
+    count: int
+    absolute: list[int] | None
+    select: Callable[[torch.Tensor, dict], torch.Tensor]
+    description: str = ""
 
 
 class PromptTuningModule(LightningModule):
@@ -78,7 +103,7 @@ class PromptTuningModule(LightningModule):
         self.save_hyperparameters(logger=False)
         loaded = load_backbone(backbone)
         if loaded.family != self.family:
-            right = {"masked_lm": "MaskedLMPromptTuning", "seq2seq": "Seq2SeqPromptTuning"}[loaded.family]
+            right = FAMILY_CLASSES[loaded.family]
             raise BackboneError(
                 f"backbone {backbone!r} is a {loaded.family} model, but {type(self).__name__} tunes "
                 f"{self.family} models — use --model=lightning_modules.{right} (class_path in a config)"
@@ -185,6 +210,14 @@ class PromptTuningModule(LightningModule):
             raise ValueError(f"positions={choice!r} does not exist for a {self.family} model — choose one of "
                              f"{list(self.position_choices())}")
         return list(range(self.prompt.length))
+
+    def analysed_positions(self, part: str = "encoder", choice: str = "prompt") -> AnalysedPositions:
+        """The positions the skill-neuron analysis reads (see :class:`AnalysedPositions`): here the fixed
+        ``neuron_positions``; families whose positions depend on the example override it (causal LMs)."""
+        positions = self.neuron_positions(part, choice)
+        # a view, no copy, for the common case of positions 0..P'-1
+        index = slice(0, len(positions)) if positions == list(range(len(positions))) else positions
+        return AnalysedPositions(choice, len(positions), positions, lambda units, batch: units[:, index])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of the scored words, (B, C)."""

@@ -76,7 +76,7 @@ from callbacks.skill_neurons import (
     set_name,
 )
 
-FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like"}
+FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like", "causal_lm": "GPT-like (decoder-only)"}
 FAMILY_ORDER = ("masked_lm", "seq2seq")
 TYPE_ORDER = ("sentiment", "nli", "paraphrase", "ethics")  # METHOD.md's task types, in its order
 OVERLAP_PERCENTS = (1, 5, 10, 15)  # the n of overlap@n% P1 reports (the callback's default too)
