@@ -20,6 +20,10 @@
 #   2. train_step  random-roberta-base  eager    ours vs PEFT   (reference: PEFT 36 ms/step)
 #   3. train_step  random-t5-base       sdpa     ours vs PEFT   (reference: PEFT 102 ms/step)
 #   4. analysis --preset sst2 (67,349 + 872 + 148 examples), bf16-mixed, batch 256, peak memory at 1x and 10x
+#   5. fsdp_check.py  tiny-llama under strategy=fsdp vs one device (issue 14; FSDP cannot run on CPU): frozen
+#      backbone bit-identical, prompt trained, prompt-only checkpoint, skill-neuron analysis (positions=last)
+#      equal to the single-device one. Only with FSDP_ONLY=1, which runs this step alone:
+#      run(command="FSDP_ONLY=1 bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=300)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -109,6 +113,10 @@ if [[ "${SMOKE:-0}" == 1 ]]; then  # rehearse this script on a CPU machine: tiny
     P1=(--batch-size 4 --prompt-length 4 --text-length 12 --precision 32 --device cpu --warmup 1 --steps 2 --blocks 2)
     SST2=(--backbone tiny-roberta --prompt-length 4 --text-length 16 --train 64 --eval 16 --adv 16 --batch-size 16
           --device cpu --repeats 1)
+fi
+if [[ "${FSDP_ONLY:-0}" == 1 ]]; then
+    run fsdp_causal_lm 240 python3 benchmarks/fsdp_check.py --backbone tiny-llama --devices 1
+    cat "$RESULTS"; exit 0
 fi
 run train_step_roberta_sdpa 120 python3 benchmarks/train_step.py --backbone $ROBERTA --attn sdpa "${P1[@]}"
 run train_step_roberta_eager 90 python3 benchmarks/train_step.py --backbone $ROBERTA --attn eager "${P1[@]}"
