@@ -192,7 +192,7 @@ def test_prompt_alone_learns_marker_task_and_backbone_is_bit_identical(tmp_path,
     dm = PromptDataModule(task="marker", backbone=backbone, prompt_length=8, batch_size=32, eval_batch_size=200)
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0,
-                      max_steps=300, enable_checkpointing=False)
+                      max_steps=600, enable_checkpointing=False)
     trainer.fit(model, dm)
     assert trainer.callback_metrics["val/acc"] >= 0.90
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
