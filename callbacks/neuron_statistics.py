@@ -13,6 +13,9 @@ Definitions (Wang et al. 2022 and Ackermann & Ohmer 2024 agree; see METHOD.md, "
                                scores are averaged afterwards (max first, then mean): mean_over_prompts().
     skill neurons              top n% of units PER LAYER by score: top_percent_mask().
     overlap@n%                 |topn(A) ∩ topn(B)| / |topn| per layer, mean over layers: overlap_at().
+    balanced predictivity      (beyond the papers) max(bacc, 1 - bacc), bacc = mean over the classes of the
+                               agreement rate on that class's examples; a constant unit scores 0.5, while its
+                               raw predictivity is the majority-class share: balanced_predictivity_per_class().
 
 Shapes: B batch, L layers, P prompt positions, N FFN units per layer, C classes.
 
@@ -253,6 +256,37 @@ class PredictivityAccumulator:
         """(C, L, P, N) float32 max(acc_c, 1 - acc_c), computed from integer counts (exactly symmetric)."""
         correct, n = self._correct_counts()
         return (torch.maximum(correct, n - correct).to(torch.float64) / n).to(torch.float32)
+
+    def _balanced_counts(self):
+        """(C, L, P, N) int64 numerator and (C, 1) denominator of the class-balanced one-vs-rest accuracy:
+        bacc_c = (f_c / n_c + (n - n_c - (f - f_c)) / (n - n_c)) / 2 = num / den with
+        num = f_c · (n - n_c) + (n - n_c - (f - f_c)) · n_c and den = 2 · n_c · (n - n_c)."""
+        n = self._check_classes()
+        class_count = self.class_count[:, None]  # (C, 1) examples of class c
+        rest = n - class_count  # (C, 1) examples of the other classes
+        fire_total = self.fire_count.sum(dim=0, keepdim=True)  # (1, L*P*N)
+        numerator = self.fire_count * rest + (rest - (fire_total - self.fire_count)) * class_count  # (C, L*P*N)
+        return numerator.reshape(self.num_classes, *self.shape), (2 * class_count * rest).reshape(-1, 1, 1, 1)
+
+    def balanced_predictivity_per_class(self):
+        """(C, L, P, N) float32 class-balanced predictivity max(bacc_c, 1 - bacc_c), bacc_c = the mean of the
+        agreement rates on class c's examples and on the others'. A unit that never changes scores exactly
+        0.5 whatever the class shares; on a balanced set (n_c = n - n_c) it equals predictivity_per_class()."""
+        numerator, denominator = self._balanced_counts()
+        if bool((denominator == 0).any()):
+            raise ValueError(f"balanced predictivity needs every class present (examples per class: "
+                             f"{self.class_count.tolist()})")
+        best = torch.maximum(numerator, denominator - numerator)
+        return (best.to(torch.float64) / denominator.to(torch.float64)).to(torch.float32)
+
+    def balanced_score(self):
+        """(L, N) float32 max over prompt positions (and classes) of balanced_predictivity_per_class()."""
+        return self.balanced_predictivity_per_class().amax(dim=2).amax(dim=0)
+
+    def majority_baseline(self):
+        """The largest class share: the (raw) predictivity of a unit that never changes."""
+        n = self._check_classes()
+        return int(self.class_count.max()) / n
 
     def score_per_class(self):
         """(C, L, N) float32 max over prompt positions of predictivity_per_class()."""

@@ -15,13 +15,17 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from callbacks.relative_transfer import reference_accuracy, relative_score
 
 SUMMARY_FILE = "summary.json"
 BEST_KEY = "val/acc"
+FILE_MODE = 0o644  # like the run's other files (mkstemp creates 0600)
 SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
 
 
@@ -63,8 +67,29 @@ def update_summary(run_dir: str | Path, /, **sections: Any) -> dict[str, Any]:
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".summary-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(summary, f, indent=2, default=_jsonable)
+    os.chmod(tmp, FILE_MODE & ~_umask())
     os.replace(tmp, run_dir / SUMMARY_FILE)
     return summary
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def offline_segments(wandb_dir: str | Path, run_id: str) -> list[Path]:
+    """Every offline W&B directory of run ``run_id`` (one per command: a resumed run has several), oldest first;
+    ``wandb sync`` takes them all and uploads them into the one W&B run."""
+    return sorted(Path(wandb_dir).glob(f"offline-run-*-{run_id}"))
+
+
+@runtime_checkable
+class PromisesOutputs(Protocol):
+    """A callback whose outputs a run must hold before it counts as ``finished`` (e.g. the skill-neuron files)."""
+
+    def promised_outputs(self, trainer: Trainer, stage: str) -> list[str]:
+        """Paths relative to the run directory that ``stage`` writes."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -123,20 +148,18 @@ def prompt_source(ckpt_path: str | Path) -> dict[str, Any]:
 def transfer_record(source: dict[str, Any], target_task: str, backbone: str, accuracy: float,
                     runs_roots: list[Path]) -> dict[str, Any]:
     """Transfer of a prompt from ``source['task']`` (A) to ``target_task`` (B): the accuracy and, when B's own
-    fit runs with this backbone are in one of ``runs_roots``, the relative score 100 · acc(A→B) / acc(B→B),
-    with acc(B→B) = B's best clean validation accuracy (the run of the source's seed if there is one, else
-    the mean over B's runs)."""
+    fit runs with this backbone are in one of ``runs_roots``, the relative score as
+    :mod:`callbacks.relative_transfer` defines it (the one definition the report uses too)."""
     own = [summary for _, summary in finished_fit_runs(runs_roots)
            if summary.get("settings", {}).get("task") == target_task
            and summary.get("settings", {}).get("backbone") == backbone
            and (summary.get("best") or {}).get(BEST_KEY) is not None]
-    same_seed = [o for o in own if source.get("seed") is not None and o["settings"].get("seed") == source["seed"]]
-    reference_runs = same_seed or own
-    reference = (sum(o["best"][BEST_KEY] for o in reference_runs) / len(reference_runs)) if reference_runs else None
+    candidates = [(o.get("run_id"), o["settings"].get("seed"), o["best"][BEST_KEY]) for o in own]
+    reference, runs, how = reference_accuracy(candidates, source.get("seed"))
     return {
         "source_task": source.get("task"), "target_task": target_task, "accuracy": accuracy,
-        "reference_accuracy": reference, "reference_runs": [o.get("run_id") for o in reference_runs],
-        "relative": 100.0 * accuracy / reference if reference else None,
+        "reference_accuracy": reference, "reference_runs": runs, "reference": how,
+        "relative": relative_score(accuracy, reference),
     }
 
 
@@ -200,10 +223,11 @@ class RunSummary(Callback):
         run.config.update({f"run.{k}": v for k, v in settings.items()}, allow_val_change=True)
         offline = run.settings.mode in ("offline", "dryrun")
         files_dir = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>
+        segments = offline_segments(files_dir.parent, run.id) if offline else []
         return {
             "id": run.id, "project": run.project, "mode": "offline" if offline else "online",
             "dir": str(files_dir), "url": None if offline else run.url,
-            "sync_command": f"wandb sync {files_dir}" if offline else None,
+            "sync_command": f"wandb sync {' '.join(map(str, segments or [files_dir]))}" if offline else None,
         }
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -226,9 +250,16 @@ class RunSummary(Callback):
     def _finish(self, trainer: Trainer, stage: str) -> None:
         if not trainer.is_global_zero:
             return
+        metrics = _floats(trainer.callback_metrics)
+        if stage == "fit" and self._history:
+            # A resume whose training was already complete runs no epoch: keep the last epoch's evaluation.
+            last = {k: v for k, v in self._history[-1].items() if k not in ("epoch", "step")}
+            metrics = {**last, **metrics}
+        missing = [path for cb in trainer.callbacks if isinstance(cb, PromisesOutputs)
+                   for path in cb.promised_outputs(trainer, stage) if not (Path(self.run_dir) / path).exists()]
         sections: dict[str, Any] = {
-            "status": "finished", "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            f"{stage}_metrics": _floats(trainer.callback_metrics),
+            "status": "incomplete" if missing else "finished", "missing": missing or None,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), f"{stage}_metrics": metrics,
             "epochs_completed": trainer.current_epoch, "global_step": trainer.global_step,
         }
         checkpoint = getattr(trainer, "checkpoint_callback", None)
@@ -259,6 +290,15 @@ class RunSummary(Callback):
                     logger.experiment.summary.update({f"transfer/{k}": v for k, v in sections["transfer"].items()
                                                       if isinstance(v, (int, float, str))})
         return sections
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A run that stops on an error is ``failed``, one stopped by Ctrl-C or SIGTERM ``interrupted``."""
+        if not trainer.is_global_zero or not self.run_dir or not (Path(self.run_dir) / SUMMARY_FILE).exists():
+            return  # nothing recorded yet (the run failed before it started): leave no summary behind
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        update_summary(self.run_dir, status="interrupted" if interrupted else "failed",
+                       ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       error=None if interrupted else f"{type(exception).__name__}: {exception}"[:2000])
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the final metrics (``fit_metrics``) and checkpoint paths."""

@@ -38,10 +38,18 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loggers import WandbLogger
 
+from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
+    OUTPUT_DIR,
+    SkillNeuronError,
+    combine_neuron_files,
+    load_neuron_file,
+    neuron_file_of,
+    save_neuron_file,
+    set_name,
+)
 from callbacks.neuron_statistics import (
     PredictivityAccumulator,
     ThresholdAccumulator,
-    mean_over_prompts,
     mean_predictivity_of,
     overlap_at,
     top_neurons,
@@ -50,17 +58,7 @@ from callbacks.neuron_statistics import (
 from callbacks.run_summary import run_dir_of, update_summary
 from lightning_modules.ffn import PARTS, FFNLookupError, ffn_hooks, ffn_shape
 
-OUTPUT_DIR = "skill_neurons"
 THRESHOLD_ROLE = "train"
-
-
-class SkillNeuronError(ValueError):
-    """A skill-neuron analysis that cannot give a meaningful answer (the message names the fix)."""
-
-
-def set_name(role: str) -> str:
-    """``adv/adv_sst2`` -> ``adv_sst2``; ``validation`` and ``test`` stay."""
-    return role.split("/", 1)[1] if role.startswith("adv/") else role
 
 
 def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
@@ -77,71 +75,16 @@ def threshold_indices(num_rows: int, max_samples: int | None, seed: int) -> list
     return sorted(torch.randperm(num_rows, generator=generator)[:max_samples].tolist())
 
 
-def save_neuron_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """One evaluation set's statistics as safetensors; metadata values are JSON-encoded strings."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
+def balanced_view(counts: PredictivityAccumulator) -> torch.Tensor:
+    """The class-balanced predictivity in the layout of ``predictivity``: (L, P, N) binary, (C, L, P, N) else."""
+    balanced = counts.balanced_predictivity_per_class()
+    return balanced[1] if counts.num_classes == 2 else balanced
 
 
-def load_neuron_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a file written by :func:`save_neuron_file`: (tensors, metadata)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-        metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return tensors, metadata
-
-
-def neuron_file_of(run: str | Path, eval_set: str = "validation") -> Path:
-    """The skill-neuron file of one evaluation set of a run: a run directory (``runs/<id>``) or a file path."""
-    path = Path(run)
-    if path.is_file():
-        return path
-    file = path / OUTPUT_DIR / f"{set_name(eval_set)}.safetensors"
-    if not file.is_file():
-        known = sorted(p.stem for p in (path / OUTPUT_DIR).glob("*.safetensors"))
-        raise SkillNeuronError(
-            f"{file} does not exist — {'the run has sets ' + ', '.join(known) if known else 'the run has no skill-neuron analysis'}"
-            " (runs get one at the end of fit with SkillNeuronCallback; choose the set with its name)"
-        )
-    return file
-
-
-def combine_neuron_files(runs: list[str | Path], eval_set: str = "validation") -> tuple[torch.Tensor, dict]:
-    """Skill-neuron scores of several prompts (seeds) combined as METHOD.md orders it: each run's score is
-    already the max over prompt positions; the combined score is the mean of those maxima over runs.
-
-    Returns the (L, N) mean score and metadata (runs, files, backbone, task, per-run scores as a list).
-    Runs of different backbones or shapes are refused (their neurons are not the same neurons)."""
-    if not runs:
-        raise SkillNeuronError("no runs given to combine — pass one or more run directories or neuron files")
-    scores, metas, files = [], [], []
-    for run in runs:
-        file = neuron_file_of(run, eval_set)
-        tensors, meta = load_neuron_file(file)
-        scores.append(tensors["score"])
-        metas.append(meta)
-        files.append(str(file))
-    for key in ("backbone", "part"):
-        values = {str(m.get(key)) for m in metas}
-        if len(values) > 1:
-            raise SkillNeuronError(f"cannot combine neuron files of different {key}s {sorted(values)}: {files}")
-    shapes = {tuple(score.shape) for score in scores}
-    if len(shapes) > 1:
-        raise SkillNeuronError(f"cannot combine neuron files of different shapes {sorted(shapes)}: {files}")
-    combined = mean_over_prompts(scores)  # (L, N)
-    meta = {"runs": [str(r) for r in runs], "files": files, "backbone": metas[0].get("backbone"),
-            "part": metas[0].get("part"), "tasks": sorted({str(m.get("task")) for m in metas}),
-            "split": metas[0].get("split"), "combined": "mean over runs of the max over prompt positions"}
-    return combined, meta
-
-
-def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: str, ylabel: str) -> None:
-    """Box plots of (L, N) scores per layer, one box per named set side by side, chance (0.5) dotted."""
+def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: str, ylabel: str,
+                      baselines: dict[str, float] | None = None) -> None:
+    """Box plots of (L, N) scores per layer, one box per named set side by side; dotted in the set's colour:
+    its majority-class share (the predictivity of a unit that never changes), 0.5 where it is not given."""
     layers = next(iter(scores.values())).shape[0]
     width = 0.8 / max(1, len(scores))
     for k, ((name, score), colour) in enumerate(zip(scores.items(), colours)):
@@ -151,7 +94,8 @@ def per_layer_boxplot(ax, scores: dict[str, torch.Tensor], colours: list, part: 
         for box in parts["boxes"]:
             box.set_facecolor(colour)
         ax.plot([], [], color=colour, linewidth=8, label=name)
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    for (name, _), colour in zip(scores.items(), colours):
+        ax.axhline((baselines or {}).get(name, 0.5), color=colour, linewidth=1.0, linestyle=":")
     ax.set_xticks(range(layers))
     ax.set_xlabel(f"{part} layer")
     ax.set_ylabel(ylabel)
@@ -196,6 +140,9 @@ class SkillNeuronCallback(Callback):
         table_rows: rows of the top-neuron table (W&B and ``top_neurons.csv``).
         on_fit / on_validate / on_test: run after that stage.
         log_artifact: upload the files as a W&B artifact.
+        balanced: also compute the class-balanced predictivity (beyond the papers; see
+            ``neuron_statistics.PredictivityAccumulator.balanced_predictivity_per_class``), stored beside the
+            raw one (``balanced_predictivity``, ``balanced_score``) with ``balanced_*`` summary metrics.
     """
 
     def __init__(
@@ -212,6 +159,7 @@ class SkillNeuronCallback(Callback):
         on_validate: bool = True,
         on_test: bool = True,
         log_artifact: bool = True,
+        balanced: bool = False,
     ):
         if part not in PARTS:
             raise SkillNeuronError(f"SkillNeuronCallback(part={part!r}): use 'encoder' or 'decoder'")
@@ -231,8 +179,10 @@ class SkillNeuronCallback(Callback):
         self.table_rows = table_rows
         self.stages = {"fit": on_fit, "validate": on_validate, "test": on_test}
         self.log_artifact = log_artifact
+        self.balanced = balanced
         self.results: dict[str, dict[str, torch.Tensor]] = {}
         self.metrics: dict[str, float] = {}
+        self._fit_analysed = False
 
     # ------------------------------------------------------------------ checks (before any work)
     def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
@@ -296,10 +246,34 @@ class SkillNeuronCallback(Callback):
         self.check_run(trainer, pl_module, getattr(trainer, "datamodule", None), stage)
 
     # ------------------------------------------------------------------ when it runs
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A new fit has not been analysed yet."""
+        self._fit_analysed = False
+
+    def promised_outputs(self, trainer: Trainer, stage: str) -> list[str]:
+        """The neuron files ``stage`` writes (the run summary marks a run ``finished`` only when they exist)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if not self.runs_in(stage, trainer) or trainer.fast_dev_run or not hasattr(datamodule, "eval_roles"):
+            return []
+        return [f"{OUTPUT_DIR}/{set_name(role)}.safetensors" for role in datamodule.eval_roles(stage)]
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A resume whose training was already complete (killed during the analysis, or ``skill-neurons analyse``)
+        runs no training loop and so no ``on_train_end``: analyse now, on the device the model trained on."""
+        if self._fit_analysed or not self.runs_in("fit", trainer) or trainer.fast_dev_run:
+            return
+        device = pl_module.device
+        pl_module.to(trainer.strategy.root_device)  # the strategy's teardown moved it to the CPU
+        try:
+            self.on_train_end(trainer, pl_module)
+        finally:
+            pl_module.to(device)
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """End of ``fit``: analyse the best checkpoint's prompt (P1 keeps the best epoch's prompt)."""
         if not self.runs_in("fit", trainer) or trainer.fast_dev_run:
             return
+        self._fit_analysed = True
         path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
         path = trainer.strategy.broadcast(path)
         final = pl_module.prompt.weight.detach().clone()
@@ -378,6 +352,8 @@ class SkillNeuronCallback(Callback):
                 "threshold": threshold, "accuracy": counts.accuracy(), "predictivity": counts.predictivity(),
                 "score": counts.score(), "class_count": counts.class_count.clone(),
                 "threshold_examples": thresholds.count.clone(),
+                **({"balanced_predictivity": balanced_view(counts), "balanced_score": counts.balanced_score()}
+                   if self.balanced else {}),
             }
         return {role: {k: v.cpu() for k, v in tensors.items()} for role, tensors in results.items()}
 
@@ -408,6 +384,12 @@ class SkillNeuronCallback(Callback):
             score = self.results[role]["score"]
             prefix = f"skill_neurons/{set_name(role)}"
             metrics[f"{prefix}/best_predictivity"] = float(score.max())
+            class_count = self.results[role]["class_count"]
+            metrics[f"{prefix}/majority_baseline"] = int(class_count.max()) / int(class_count.sum())
+            balanced = self.results[role].get("balanced_score")
+            for n in self.top_percents if balanced is not None else ():
+                metrics[f"{prefix}/balanced_top{n:g}_mean"] = mean_predictivity_of(top_percent_mask(balanced, n),
+                                                                                   balanced)
             for n in self.top_percents:
                 metrics[f"{prefix}/top{n:g}_mean"] = mean_predictivity_of(top_percent_mask(score, n), score)
             if role == roles[0]:
@@ -416,6 +398,10 @@ class SkillNeuronCallback(Callback):
                 metrics[f"{prefix}/overlap@{n:g}"] = overlap_at(clean, score, n)
                 metrics[f"{prefix}/clean_top{n:g}_predictivity"] = mean_predictivity_of(
                     top_percent_mask(clean, n), score)
+                if balanced is not None:
+                    clean_balanced = self.results[roles[0]]["balanced_score"]
+                    metrics[f"{prefix}/balanced_clean_top{n:g}_predictivity"] = mean_predictivity_of(
+                        top_percent_mask(clean_balanced, n), balanced)
         return metrics
 
     def _top_rows(self, roles: list[str]) -> tuple[list[str], list[list]]:
@@ -456,11 +442,13 @@ class SkillNeuronCallback(Callback):
             examples = int(r["class_count"].sum())
             file = out / f"{name}.safetensors"
             save_neuron_file(file, {k: r[k] for k in ("threshold", "accuracy", "predictivity", "score",
-                                                     "class_count")},
+                                                     "class_count", "balanced_predictivity", "balanced_score")
+                                    if k in r},
                              {**common, "split": role, "examples": examples})
             prefix = f"skill_neurons/{name}/"
             sets[name] = {
                 "split": role, "examples": examples, "class_count": r["class_count"].tolist(),
+                "majority_baseline": int(r["class_count"].max()) / examples,
                 "file": str(file), **{k[len(prefix):]: v for k, v in self.metrics.items() if k.startswith(prefix)},
                 "per_layer_top5_mean": [mean_predictivity_of(top_percent_mask(r["score"][i:i + 1], 5),
                                                              r["score"][i:i + 1]) for i in range(layers)],
@@ -485,8 +473,10 @@ class SkillNeuronCallback(Callback):
         layers = common["shape"]["layers"]
         fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * layers * len(roles)), 4.0), dpi=100)
         scores = {set_name(role): self.results[role]["score"] for role in roles}
+        baselines = {set_name(role): self.metrics[f"skill_neurons/{set_name(role)}/majority_baseline"]
+                     for role in roles}
         per_layer_boxplot(ax, scores, [plt.get_cmap("tab10")(k) for k in range(len(roles))], common["part"],
-                          "neuron score (max predictivity over positions)")
+                          "neuron score (max predictivity over positions)", baselines)
         ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
         fig.tight_layout()
         fig.savefig(path)

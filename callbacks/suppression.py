@@ -19,6 +19,10 @@ analysis reads), during ``validate``/``test`` only:
   and the mean over those positions everywhere else (the threshold exists only at analysed positions).
 
 ``rate: 0`` selects no unit and registers no hook: accuracy equals plain validation bit for bit.
+``neuron_source``: ``own`` (default) takes the units from ``neurons`` (the run the checkpoint belongs to, unless
+given); ``seed_mean`` (P1, ``src/utils.py::init_mask`` loads ``{task}Prompt{model}_mean.npy``) from the mean
+score of every finished fit run of the same task, backbone and prompt length beside that run (the task's
+prompts, one per seed), so every prompt of a task suppresses the same units.
 ``adversarial_neurons``: ``clean`` (default; P1's ``--adv_nonAdv``) suppresses the clean set's skill neurons
 on the adversarial sets too; ``own`` uses each adversarial set's own skill-neuron file for its loader.
 ``rate: null`` (the CLI default) switches the callback off.
@@ -34,16 +38,12 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from callbacks.neuron_statistics import num_selected, top_percent_mask
-from callbacks.run_summary import run_dir_of, update_summary
-from callbacks.skill_neurons import (
-    SkillNeuronError,
-    combine_neuron_files,
-    load_neuron_file,
-    set_name,
-)
+from callbacks.run_summary import finished_fit_runs, read_summary, run_dir_of, update_summary
+from callbacks.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
 from lightning_modules.ffn import PARTS, ffn_shape, hook_ffn, remove_hooks
 
 SELECTIONS = ("skill", "random")
+NEURON_SOURCES = ("own", "seed_mean")
 PERTURBATIONS = ("zero", "gaussian", "mean")
 _MASK32 = 0xFFFFFFFF
 
@@ -107,6 +107,8 @@ class NeuronSuppression(Callback):
             ``own`` (each adversarial loader uses that set's own neuron file).
         part: ``encoder`` (default) or ``decoder`` (encoder–decoders).
         seed: seed of the random control and of the gaussian noise.
+        neuron_source: ``own`` (the ``neurons`` runs) or ``seed_mean`` (the finished fit runs of their task,
+            backbone and prompt length in the folder holding each of them).
     """
 
     def __init__(
@@ -120,12 +122,13 @@ class NeuronSuppression(Callback):
         adversarial_neurons: str = "clean",
         part: str = "encoder",
         seed: int = 0,
+        neuron_source: str = "own",
     ):
         if rate is not None and not 0 <= rate <= 100:
             raise SkillNeuronError(f"suppression.rate={rate}: give a percentage of units per layer in [0, 100]")
         for name, value, allowed in (("selection", selection, SELECTIONS), ("perturbation", perturbation, PERTURBATIONS),
                                      ("adversarial_neurons", adversarial_neurons, ("clean", "own")),
-                                     ("part", part, PARTS)):
+                                     ("part", part, PARTS), ("neuron_source", neuron_source, NEURON_SOURCES)):
             if value not in allowed:
                 raise SkillNeuronError(f"suppression.{name}={value!r}: use one of {', '.join(allowed)}")
         if perturbation == "gaussian" and not std > 0:
@@ -133,6 +136,7 @@ class NeuronSuppression(Callback):
         self.rate, self.selection, self.perturbation, self.std = rate, selection, perturbation, std
         self.neurons = list(neurons) if neurons else None
         self.eval_set, self.adversarial_neurons, self.part, self.seed = eval_set, adversarial_neurons, part, seed
+        self.neuron_source = neuron_source
         self.masks: list[torch.Tensor] = []  # per evaluation loader: (L, N) bool
         self.values: list[tuple | None] = []  # per loader: (L, P, N) thresholds and their positions, for "mean"
         self.record: dict = {}
@@ -169,7 +173,7 @@ class NeuronSuppression(Callback):
         layers, units = ffn_shape(pl_module.backbone, self.part)
         datamodule = trainer.datamodule
         roles = datamodule.eval_roles(stage)
-        sources = self.neurons or [self._checkpoint_run(trainer)]
+        sources = self._sources([Path(n) for n in self.neurons] if self.neurons else [self._checkpoint_run(trainer)])
         clean_score, meta = combine_neuron_files(sources, self.eval_set)
         if tuple(clean_score.shape) != (layers, units):
             raise SkillNeuronError(
@@ -188,6 +192,7 @@ class NeuronSuppression(Callback):
             "std": self.std if self.perturbation == "gaussian" else None, "seed": self.seed, "part": self.part,
             "units_per_layer": num_selected(units, self.rate), "neurons_from": [str(s) for s in sources],
             "eval_set": self.eval_set, "adversarial_neurons": self.adversarial_neurons,
+            "neuron_source": self.neuron_source,
             "selected_units": {set_name(role): int(mask.sum()) for role, mask in zip(roles, self.masks)},
         }
 
@@ -197,6 +202,24 @@ class NeuronSuppression(Callback):
             raise SkillNeuronError("suppression needs skill-neuron files: give --suppression.neurons=[runs/<id>] "
                                    "(or validate a checkpoint from runs/<id>/checkpoints/, whose run is used)")
         return Path(ckpt).resolve().parent.parent
+
+    def _sources(self, runs: list[Path]) -> list[Path]:
+        """The runs whose neuron files give the units: ``runs`` themselves (``own``), or (``seed_mean``) every
+        finished fit run beside each of them with its task, backbone and prompt length."""
+        if self.neuron_source == "own":
+            return runs
+        found = set()
+        for run in runs:
+            own = read_summary(run).get("settings", {})
+            keys = ("task", "backbone", "prompt_length")
+            beside = [directory.resolve() for directory, summary in finished_fit_runs([run.parent])
+                      if all(summary.get("settings", {}).get(k) == own.get(k) for k in keys)]
+            if not beside:
+                raise SkillNeuronError(f"suppression.neuron_source=seed_mean: no finished fit run of task "
+                                       f"{own.get('task')!r} and backbone {own.get('backbone')!r} in {run.parent} — "
+                                       "validate a checkpoint of a finished fit run there, or use neuron_source=own")
+            found.update(beside)
+        return sorted(found)
 
     def _select(self, score: torch.Tensor, pl_module, datamodule) -> torch.Tensor:
         if self.selection == "skill":

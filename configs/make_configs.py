@@ -168,7 +168,8 @@ def prompt_runs(root: str) -> str:
 def experiment_sweeps(root: str) -> dict[str, str]:
     """sweeps/suppression.yaml and sweeps/transfer.yaml (METHOD.md, "Experiments built on it")."""
     suppression = SWEEP_HEADER.format(
-        what="Suppression: every trained prompt x rate (% of units per layer) x skill neurons or the random control",
+        what="Suppression: every trained prompt x rate (% of units per layer) x skill neurons or the random control "
+             "x clean or own adversarial neurons",
         name="suppression", runs=prompt_runs(root)) + f"""\
   suppression.rate:
     values: {RATES}
@@ -176,6 +177,12 @@ def experiment_sweeps(root: str) -> dict[str, str]:
     values: [skill, random]
   suppression.perturbation:
     values: [zero]
+  # P1: every prompt of a task suppresses the task's seed-mean skill neurons (its fit runs beside the prompt);
+  # on the adversarial sets once the clean skill neurons and once the set's own (P1's --adv_nonAdv)
+  suppression.neuron_source:
+    values: [seed_mean]
+  suppression.adversarial_neurons:
+    values: [clean, own]
 """ + SWEEP_COMMAND
     transfer = SWEEP_HEADER.format(
         what="Transfer: every trained prompt (task A) evaluated on every task B, with B's template and verbalizer",

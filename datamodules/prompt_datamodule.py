@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,10 +15,27 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.sources import prepare_split
-from datamodules.tasks import MARKERS, P1_ROBERTA_BASE_IDS, Source, TaskError, TaskSpec, as_source, get_task
+from datamodules.tasks import (
+    MARKERS, P1_ROBERTA_BASE_IDS, SPLIT_ROLES, Source, TaskError, TaskSpec, as_source, get_task,
+)
 from lightning_modules.backbones import family_of, load_tokenizer, max_input_length_of
 
 CLEAN_EVAL = "validation"
+# An evaluation set's name becomes a metric prefix and a file name (skill_neurons/<name>.safetensors).
+SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_sizes(**sizes: int | None) -> None:
+    """Sizes and counts are whole numbers >= 1 (``None`` means "not set" where that is allowed):
+    ``batch_size=0`` would otherwise fall back to ``eval_batch_size``, ``max_train_samples=0`` empty the split."""
+    for name, value in sizes.items():
+        if value is None and name != "batch_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            flag = f"--model.{name}" if name == "prompt_length" else f"--data.{name}"
+            raise TaskError(f"{flag}={value!r}: give a whole number of at least 1"
+                            + ("" if name in ("batch_size", "prompt_length", "max_text_length") else
+                               " (or leave it unset for all)" if name.startswith("max_") else " (or leave it unset)"))
 
 
 class PromptDataModule(LightningDataModule):
@@ -89,6 +107,8 @@ class PromptDataModule(LightningDataModule):
         cache_dir: str | None = None,
     ):
         super().__init__()
+        check_sizes(batch_size=batch_size, eval_batch_size=eval_batch_size, max_train_samples=max_train_samples,
+                    max_eval_samples=max_eval_samples, prompt_length=prompt_length, max_text_length=max_text_length)
         self.save_hyperparameters(logger=False)
         self.task = self._resolve_task(get_task(task), files, adversarial, adversarial_files, extra_adversarial)
         self.datasets: dict[str, datasets.Dataset] = {}
@@ -113,7 +133,12 @@ class PromptDataModule(LightningDataModule):
             splits[role] = base.with_file(path)
         adv = dict(task.adversarial)
         for name, spec in (extra_adversarial or {}).items():
+            if name in adv:
+                raise TaskError(f"data.extra_adversarial names {name!r}, which task {task.name!r} already has as an "
+                                "adversarial set — give the extra set another name (or replace the file of that set "
+                                "with data.adversarial_files)")
             adv[name] = as_source(spec)
+        _check_set_names(adv)
         for name, path in (adversarial_files or {}).items():
             if name not in adv:
                 raise TaskError(f"data.adversarial_files names {name!r}, but task {task.name!r} has "
@@ -409,6 +434,23 @@ class Collator:
             "labels": torch.tensor([e["label"] for e in examples]),
             "idx": torch.tensor([e["idx"] for e in examples]),
         }
+
+
+def _check_set_names(adversarial: dict) -> None:
+    """Adversarial set names must not clash with the clean splits (their metrics and neuron files would overwrite
+    the clean ones), with each other up to case (file names on case-insensitive disks), or hold path characters."""
+    seen: dict[str, str] = {}
+    for name in adversarial:
+        if name.casefold() in SPLIT_ROLES:
+            raise TaskError(f"adversarial set {name!r} has the name of a clean split ({', '.join(SPLIT_ROLES)}); its "
+                            "results would replace the clean ones — rename it in data.extra_adversarial")
+        if not SET_NAME.fullmatch(name):
+            raise TaskError(f"adversarial set name {name!r}: use letters, digits, '_', '-' and '.' (it becomes the "
+                            "file name skill_neurons/<name>.safetensors and the metric prefix adv/<name>/)")
+        if name.casefold() in seen:
+            raise TaskError(f"adversarial sets {seen[name.casefold()]!r} and {name!r} differ only in case; their "
+                            "files would clash — rename one in data.extra_adversarial")
+        seen[name.casefold()] = name
 
 
 def p1_tokens(tokenizer, paper, row: dict[str, Any], budget: int) -> list[int]:

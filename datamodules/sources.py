@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import datasets
+from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.tasks import Source, TaskError, TaskSpec
 
@@ -26,14 +28,69 @@ def offline() -> bool:
     ) not in ("0", "", "false", "False")
 
 
+def file_digest(path: Path) -> str:
+    """A content digest of a file (``datasets`` keys its cache on path and modification time only, so an
+    edited file with the same size and time would be served stale)."""
+    digest = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while err is not None and id(err) not in seen:
+        out.append(err)
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def _read_problem(path: Path, fmt: str, err: BaseException) -> str | None:
+    """What is wrong with a local file that a file builder could not read, with the line to look at."""
+    raw = path.read_bytes()
+    if any(isinstance(e, UnicodeDecodeError) for e in _chain(err)) or fmt in ("csv", "tsv", "json"):
+        for number, line in enumerate(raw.splitlines(), start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                byte = line[bad.start]
+                return (f"line {number} is not UTF-8 (byte 0x{byte:02x} at column {bad.start + 1}) — save the file "
+                        "as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8)")
+    if fmt == "json":
+        text = raw.decode("utf-8-sig")
+        broken = None
+        for number, line in enumerate(text.splitlines(), start=1):
+            try:
+                if line.strip():
+                    json.loads(line)
+            except json.JSONDecodeError as bad:
+                broken = (number, bad)
+                break
+        if broken is None:
+            return None  # valid JSON Lines: the builder's message is about the structure
+        try:
+            json.loads(text)
+            return None  # one (pretty-printed) JSON document
+        except json.JSONDecodeError as whole:
+            number, bad = broken if broken[0] > 1 else (whole.lineno, whole)  # JSON Lines broken at a later line
+            return f"line {number} is not valid JSON ({bad.msg} at column {bad.colno}) — fix or remove it"
+    return None
+
+
 def load_raw(source: Source, cache_dir: str | None = None) -> datasets.Dataset:
     """All rows of ``source`` as they are in the file or on the hub."""
     if source.file is not None:
         path = Path(source.file)
+        if path.is_dir():
+            raise TaskError(f"data file {source.file!r} is a directory — give a file (csv/tsv/json/jsonl/parquet)")
         if not path.is_file():
             raise TaskError(f"data file {source.file!r} does not exist — check the path (relative to {os.getcwd()})")
         fmt = source.format
-        kwargs: dict = {"data_files": str(path), "split": "train", "cache_dir": cache_dir}
+        # The config name carries a digest of the content, so an edited file is never served from the cache.
+        kwargs: dict = {"data_files": str(path), "split": "train", "cache_dir": cache_dir,
+                        "name": f"content-{file_digest(path)}"}
         if fmt in ("csv", "tsv"):
             quoting = source.quoting or ("none" if fmt == "tsv" else "minimal")
             kwargs.update(
@@ -49,12 +106,21 @@ def load_raw(source: Source, cache_dir: str | None = None) -> datasets.Dataset:
                 kwargs["field"] = source.json_field
         else:
             builder = "parquet"
+        verbosity = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its builders log a file's error before raising it
         try:
             return datasets.load_dataset(builder, **kwargs)
         except Exception as err:  # the file builders raise many types; re-raise with the file named
-            if "corresponds to no data" in str(err) or "No columns to parse" in str(err):
+            if any("corresponds to no data" in str(e) or "No columns to parse" in str(e) for e in _chain(err)):
                 return datasets.Dataset.from_dict({})  # a file without rows: prepare_split says "empty"
-            raise TaskError(f"cannot read {source.describe()} as {fmt}: {type(err).__name__}: {err}") from None
+            problem = _read_problem(path, fmt, err)
+            if problem:
+                raise TaskError(f"cannot read {source.describe()} as {fmt}: {problem}") from None
+            cause = _chain(err)[-1]
+            raise TaskError(f"cannot read {source.describe()} as {fmt}: {type(cause).__name__}: "
+                            f"{' '.join(str(cause).split())[:300]}") from None
+        finally:
+            datasets.logging.set_verbosity(verbosity)
     try:
         return datasets.load_dataset(source.hub, source.hub_config, split=source.hub_split, cache_dir=cache_dir)
     except Exception as err:  # network, missing config or split: all need the same advice
@@ -86,21 +152,31 @@ def prepare_split(task: TaskSpec, source: Source, role: str, cache_dir: str | No
         )
     raw = raw.select_columns(list(dict.fromkeys(wanted.values())))
     raw_labels = raw[wanted["label"]]
-    ids, keep = [], []
+    texts = [raw[wanted[f]] for f in task.text_fields]
+    ids, keep, empty = [], [], []
     for row, value in enumerate(raw_labels):
         try:
             label = task.label_id(value)
         except TaskError as err:
             raise TaskError(f"{role} split ({source.describe()}), row {row}: {err}") from None
-        if label is not None:
-            keep.append(row)
-            ids.append(label)
+        if label is None:
+            continue
+        if any(column[row] is None or not str(column[row]).strip() for column in texts):
+            empty.append(row)  # a null or blank text is no example: dropped, counted and shown
+            continue
+        keep.append(row)
+        ids.append(label)
+    if empty:
+        rank_zero_warn(f"{role} split ({source.describe()}): dropped {len(empty)} row(s) with a null or empty text "
+                       f"(rows {', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''}); "
+                       "summary.json records the count")
     if limit is not None:
         keep, ids = keep[:limit], ids[:limit]
     if not keep:
         raise TaskError(
             f"{role} split of task {task.name!r} ({source.describe()}) is empty"
             + (" after dropping labels " + str(list(task.drop_labels)) if len(raw) else "")
+            + (f" and {len(empty)} rows with null or empty text" if empty else "")
             + " — point it at a file with examples"
         )
     rows = raw.select(keep)
@@ -117,6 +193,7 @@ def prepare_split(task: TaskSpec, source: Source, role: str, cache_dir: str | No
         "source": source.describe(),
         "rows": len(ds),
         "dropped": len(raw) - len(rows) if limit is None else None,
+        "dropped_empty_text": len(empty),
         "label_counts": {task.label_names[k]: ids.count(k) for k in range(len(task.label_names))},
         "sha256": digest.hexdigest(),
     }

@@ -23,6 +23,12 @@ Users declare their own task as a mapping with the same fields (YAML under ``dat
           validation: {file: data/dev.csv, columns: {review: text}}
         adversarial:
           typos: {file: data/dev_typos.jsonl, columns: {review: text}}
+        paper:   # optional: how layout 'paper' (P1's input) formats it, per family (see PaperFormat)
+          masked_lm: {segments: ["{cls}", "{review}", "{sep}"], extra_length: 2}
+          seq2seq: {segments: ["{review}", "{eos}"]}
+
+Every built-in task of P1 declares P1's formats under ``paper`` (read from Robust-Neurons' formatters, cited
+at the declarations below); ``layout: paper`` refuses a task without one for the backbone's family.
 """
 
 from __future__ import annotations
@@ -113,6 +119,8 @@ class Source:
             raise TaskError(f"a data source needs exactly one of 'hub' or 'file', got {self.describe()}")
         if self.hub is not None and self.hub_split is None:
             raise TaskError(f"hub source {self.hub!r} needs 'hub_split' (e.g. train, validation)")
+        if self.file is not None and Path(self.file).is_dir():
+            raise TaskError(f"data file {self.file!r} is a directory — give a file in it ({', '.join(FILE_FORMATS)})")
         if self.file is not None and self.format is None:
             raise TaskError(
                 f"cannot tell the format of {self.file!r}: use one of {', '.join(FILE_FORMATS)} as suffix"

@@ -40,10 +40,8 @@ How P1's rows map onto this project's prompt
 
 What still differs is listed in the README ("Reproducing the paper"). ``--layout standard`` maps the prompt
 onto this project's own input instead (``[prompt] <s> <mask> text </s>``; an approximation of P1's setting):
-``--mask-slot drop`` (its default for masked LMs) imports rows 1 … 99, ``keep`` all 100.
-
-Either way the evaluation uses the verbalizer of ``--data.task`` for the checkpoint's layout: the built-in
-tasks declare P1's words and formats for ``paper``.
+``--mask-slot drop`` (its default for masked LMs) imports rows 1 … 99, ``keep`` all 100. The evaluation uses
+the verbalizer of ``--data.task`` for the layout: the built-in tasks declare P1's words and formats.
 
 Output: a checkpoint ``skill-neurons validate``/``test`` accept with ``--ckpt_path`` — ``state_dict`` with
 ``prompt.weight`` (float32, (P, H)), ``skill_neurons`` (backbone, family, prompt_shape and ``imported_from``:

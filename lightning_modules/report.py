@@ -18,21 +18,12 @@ and writes
   credentials, as the training CLI does.
 
 Sections (METHOD.md, "Experiments built on it"), each replaced by one line saying why when its runs are
-missing:
-
-1. **Runs read**: counts by kind; unfinished runs (listed, skipped) and files that are not run summaries.
-2. **Accuracy: clean vs adversarial**: backbone × task from fit runs' best epoch (``best``), mean ± sd
-   (sample sd, n − 1) over seeds, chance level ``1/len(label_names)``, means below chance marked ↓.
-3. **Prompt transfer between tasks**: relative score ``100 · acc(A→B) / acc(B→B)`` per seed, then
-   mean ± sd over seeds; heat map per backbone, tasks ordered by task type, then name (see
-   :func:`transfer_section` for where ``acc(B→B)`` comes from).
-4. **Suppression of skill neurons**: accuracy vs suppression rate, skill vs random units, clean and each
-   adversarial set, mean ± s.e.m. over seeds.
-5. **Predictivity per layer**, 6. **Overlap of clean and adversarial skill neurons**,
-   7. **Adversarial predictivity of clean skill neurons: RoBERTa vs T5**, 8. **Spearman correlation across
-   seeds**, 9. **Spearman correlation across tasks**: recomputed from the neuron files with
-   ``callbacks.neuron_statistics`` at ``--percent`` (overlap at 1, 5, 10, 15 and ``--percent``), and checked
-   against the numbers the runs wrote into their ``summary.json``.
+missing, in :data:`report_base.TITLES` order: runs read; accuracy; transfer (:mod:`report_transfer`); the paper's
+neuron analyses computed as P1 computes them (:mod:`report_paper`, :mod:`report_spearman`, numbers from
+:mod:`report_analyses`, seed means from :mod:`report_seed_means`); suppression (:mod:`report_suppression` and the
+per-backbone detail here); class-balanced predictivity (:mod:`report_balance`); our per-seed variants (per-layer
+boxes, per-seed overlap checked against ``summary.json``). Before any section, :func:`report_seed_means.check_inputs`
+refuses runs of mixed layouts / analysed positions and neuron files of different shapes for one backbone.
 
 Run kinds: a run with a ``suppression`` section is a suppression run; one with ``transfer`` (and no
 ``suppression``) a transfer run; otherwise its ``stage`` (fit / validate / test). The neuron sections use
@@ -45,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import statistics
@@ -54,141 +44,54 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from callbacks.neuron_statistics import (
-    mean_over_prompts,
-    mean_predictivity_of,
-    overlap_at,
-    spearman_matrix,
-    top_percent_mask,
-)
+from callbacks.neuron_statistics import mean_over_prompts, mean_predictivity_of, overlap_at, top_percent_mask
 from callbacks.run_summary import SUMMARY_FILE
-from callbacks.skill_neurons import (
-    OUTPUT_DIR,
-    SkillNeuronError,
-    neuron_file_of,
-    per_layer_boxplot,
-    set_name,
+from callbacks.neuron_files import OUTPUT_DIR, set_name
+from callbacks.skill_neurons import per_layer_boxplot
+from lightning_modules.report_balance import balanced_section
+from lightning_modules.report_base import (  # noqa: F401 (WIDE, SQUARE, TITLES: re-exported for callers)
+    FAMILY_ORDER,
+    OVERLAP_PERCENTS,
+    SQUARE,
+    TITLES,
+    TOLERANCE,
+    WIDE,
+    Context,
+    Figure,
+    Inputs,
+    ReportError,
+    Run,
+    Section,
+    family_name,
+    family_rank,
+    fit_accuracies,
+    fmt,
+    markdown_table,
+    mean_sd,
+    mean_sem,
+    mixed_settings,
+    pct,
+    seed_label,
+    seed_rank,
+    slug,
+    test_accuracies,
+    validate_accuracies,
 )
+from lightning_modules.report_paper import boxes_section, histogram_section, location_section
+from lightning_modules.report_paper import overlap_section as paper_overlap_section
+from lightning_modules.report_seed_means import check_inputs, majority_baseline
+from lightning_modules.report_spearman import spearman_seeds_section, spearman_tasks_section
+from lightning_modules.report_suppression import neuron_source, paper_suppression_section
+from lightning_modules.report_transfer import transfer_section
 
-FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like", "causal_lm": "GPT-like (decoder-only)"}
-FAMILY_ORDER = ("masked_lm", "seq2seq")
-TYPE_ORDER = ("sentiment", "nli", "paraphrase", "ethics")  # METHOD.md's task types, in its order
-OVERLAP_PERCENTS = (1, 5, 10, 15)  # the n of overlap@n% P1 reports (the callback's default too)
-DPI = 100
-WIDE = (1200, 600)  # pixels (width, height) of line, bar and box plots
-SQUARE = (800, 800)  # pixels of heat maps
 SKIP_DIRS = {"wandb", "checkpoints", OUTPUT_DIR, "__pycache__", "node_modules"}
 WANDB_PATH = re.compile(r"^(?:https?://[^/]+/)?([\w.-]+)/([\w.-]+)/(?:runs/)?([\w-]+)/?$")
-TITLES = {
-    "runs": "Runs read",
-    "accuracy": "Accuracy: clean vs adversarial",
-    "transfer": "Prompt transfer between tasks",
-    "suppression": "Suppression of skill neurons",
-    "per_layer": "Predictivity per layer",
-    "overlap": "Overlap of clean and adversarial skill neurons",
-    "adversarial_predictivity": "Adversarial predictivity of clean skill neurons: RoBERTa vs T5",
-    "spearman_seeds": "Spearman correlation across seeds",
-    "spearman_tasks": "Spearman correlation across tasks",
-}
-TOLERANCE = 1e-6  # recomputed vs summary.json numbers (both float64 from the same float32 scores)
-
-
-class ReportError(ValueError):
-    """Input the report cannot use at all (the message names the fix)."""
-
-
 # ----------------------------------------------------------------------------- runs
-
-
-@dataclass
-class Run:
-    """One run's ``summary.json`` (or the same structure built from a W&B run) and where its files are."""
-
-    summary: dict[str, Any]
-    directory: Path  # the run directory (neuron files under directory/skill_neurons/)
-    source: str  # what was read: a summary.json path or a W&B run path
-
-    @property
-    def run_id(self) -> str:
-        return str(self.summary.get("run_id") or self.directory.name)
-
-    @property
-    def finished(self) -> bool:
-        return self.summary.get("status") == "finished"
-
-    @property
-    def kind(self) -> str:
-        """``suppression``, ``transfer``, or the stage (``fit``, ``validate``, ``test``)."""
-        if self.summary.get("suppression"):
-            return "suppression"
-        if self.summary.get("transfer"):
-            return "transfer"
-        return str(self.summary.get("stage") or "unknown")
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.summary.get("settings") or {}
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self.summary.get("data") or {}
-
-    @property
-    def neurons(self) -> dict[str, Any]:
-        return self.summary.get("skill_neurons") or {}
-
-    @property
-    def backbone(self) -> str:
-        return str(self.settings.get("backbone") or self.neurons.get("backbone") or "unknown backbone")
-
-    @property
-    def family(self) -> str:
-        family = self.settings.get("family") or self.neurons.get("family")
-        if family:
-            return str(family)
-        return "seq2seq" if "t5" in self.backbone.lower() else "masked_lm"
-
-    @property
-    def task(self) -> str:
-        return str(self.settings.get("task") or self.data.get("task") or self.neurons.get("task") or "unknown task")
-
-    @property
-    def task_type(self) -> str | None:
-        return self.data.get("task_type")
-
-    @property
-    def seed(self) -> Any:
-        """The seed of the prompt: the source prompt's for transfer/suppression runs, else the run's own."""
-        source = self.summary.get("prompt_source") or {}
-        return source.get("seed", self.settings.get("seed"))
-
-    @property
-    def chance(self) -> float | None:
-        """Chance accuracy in %: 100 / number of classes (None when the labels are unknown)."""
-        labels = self.data.get("label_names") or self.neurons.get("label_names")
-        return 100.0 / len(labels) if labels else None
-
-    @property
-    def part(self) -> str:
-        return str(self.neurons.get("part") or "encoder")
-
-    def describe(self) -> str:
-        return f"`{self.run_id}` ({self.kind}, {self.backbone}, {self.task}, seed {self.seed})"
-
-
-@dataclass
-class Inputs:
-    """What was read: runs, files that were not run summaries, the arguments."""
-
-    runs: list[Run]
-    invalid: list[str]
-    arguments: list[str]
 
 
 def find_summaries(path: Path) -> list[Path]:
@@ -327,242 +230,6 @@ def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics:
     return summary
 
 
-# ----------------------------------------------------------------------------- numbers and formatting
-
-
-def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n − 1); the sd is None for fewer than two values."""
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def mean_sem(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and standard error of the mean (sample sd / sqrt(n)); None for fewer than two values."""
-    mean, sd = mean_sd(values)
-    return mean, (sd / math.sqrt(len(values)) if sd is not None else None)
-
-
-def fmt(mean: float | None, spread: float | None = None, digits: int = 1, mark: str = "") -> str:
-    """``85.3 ± 1.2`` (no ± for a single value, — for none)."""
-    if mean is None:
-        return "—"
-    text = f"{mean:.{digits}f}"
-    if spread is not None:
-        text += f" ± {spread:.{digits}f}"
-    return text + mark
-
-
-def pct(value: Any) -> float | None:
-    """A fraction in [0, 1] as a percentage (None stays None)."""
-    return None if value is None else 100.0 * float(value)
-
-
-def seed_label(seed: Any) -> str:
-    return "?" if seed is None else str(seed)
-
-
-def slug(*parts: Any) -> str:
-    """A file name from parts: ``google/flan-t5-base``, ``sst2`` -> ``google-flan-t5-base_sst2``."""
-    return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", str(p)).strip("-") for p in parts)
-
-
-def markdown_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def family_name(family: str) -> str:
-    return FAMILY_NAMES.get(family, family)
-
-
-def family_rank(family: str) -> int:
-    return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
-
-
-def seed_rank(seed: Any) -> tuple:
-    return (0, seed, "") if isinstance(seed, (int, float)) else (1, 0, str(seed))
-
-
-def run_labels(runs: list[Run]) -> list[str]:
-    """``seed 33`` per run, with the run id where several runs share a seed (e.g. a learning-rate sweep)."""
-    seeds = [r.seed for r in runs]
-    return [f"seed {seed_label(r.seed)}" + (f" ({r.run_id})" if seeds.count(r.seed) > 1 else "") for r in runs]
-
-
-def mixed_settings(runs: list[Run], what: str) -> list[str]:
-    """A line per setting (other than the seed) that differs among runs averaged together, or none."""
-    lines = []
-    for key in ("prompt_length", "learning_rate", "precision"):
-        values = sorted({str(r.settings.get(key)) for r in runs})
-        if len(values) > 1:
-            lines.append(f"Note: {what} averages runs with different {key} ({', '.join(values)}) — pass the runs "
-                         "of one setting to compare like with like.")
-    return lines
-
-
-# ----------------------------------------------------------------------------- sections
-
-
-@dataclass
-class Figure:
-    """One PNG of the report: ``figures/<name>.png`` of ``size`` pixels."""
-
-    name: str
-    caption: str
-    path: Path
-    size: tuple[int, int]
-
-
-@dataclass
-class Section:
-    """A report section: markdown lines, figures, tables (lists of flat dicts, for report.json and W&B)."""
-
-    key: str
-    lines: list[str] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
-    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-    missing: str | None = None  # why the section is left out
-
-    @property
-    def title(self) -> str:
-        return TITLES[self.key]
-
-    def leave_out(self, reason: str) -> Section:
-        self.missing = reason
-        self.lines = [reason]
-        return self
-
-
-class NeuronScores:
-    """The (L, N) neuron scores of runs' skill-neuron files, read once each.
-
-    Only ``score`` is read: the (L, P, N) tensors of a full grid of runs would not fit in memory."""
-
-    def __init__(self):
-        self._cache: dict[str, torch.Tensor | None] = {}
-        self.missing: list[str] = []
-
-    def file(self, run: Run, name: str) -> Path | None:
-        """The run's file of set ``name``: in its directory, else where its summary.json says."""
-        try:
-            return neuron_file_of(run.directory, name)
-        except SkillNeuronError:
-            pass
-        recorded = (run.neurons.get("sets") or {}).get(name, {}).get("file")
-        for candidate in ([Path(recorded), run.directory / recorded] if recorded else []):
-            if candidate.is_file():
-                return candidate
-        return None
-
-    def score(self, run: Run, name: str) -> torch.Tensor | None:
-        """(L, N) float32 score of the run's set ``name``, or None (noted in ``missing``) without a file."""
-        key = f"{run.source}::{name}"
-        if key not in self._cache:
-            path = self.file(run, name)
-            score = None
-            if path is None:
-                self.missing.append(f"{run.describe()}: no neuron file for set '{name}' (looked in "
-                                    f"{run.directory / OUTPUT_DIR})")
-            else:
-                from safetensors import safe_open
-
-                try:
-                    with safe_open(str(path), framework="pt") as f:
-                        score = f.get_tensor("score").to(torch.float32)  # (L, N)
-                except Exception as error:  # noqa: BLE001 (a broken file leaves the run out, with why)
-                    self.missing.append(f"{run.describe()}: cannot read {path} ({error})")
-            self._cache[key] = score
-        return self._cache[key]
-
-
-@dataclass
-class Context:
-    """Everything the sections share."""
-
-    inputs: Inputs
-    figures_dir: Path
-    percent: float
-    eval_set: str
-    scores: NeuronScores = field(default_factory=NeuronScores)
-    _types: dict[str, str] | None = None
-
-    @property
-    def runs(self) -> list[Run]:
-        return self.inputs.runs
-
-    @property
-    def finished(self) -> list[Run]:
-        return [r for r in self.runs if r.finished]
-
-    def of_kind(self, *kinds: str) -> list[Run]:
-        return [r for r in self.finished if r.kind in kinds]
-
-    def task_types(self) -> dict[str, str]:
-        """Task -> task type (``data.task_type`` of the runs)."""
-        if self._types is not None:
-            return self._types
-        types = {}
-        for run in self.runs:
-            if run.task_type:
-                types.setdefault(run.task, run.task_type)
-            target = (run.summary.get("transfer") or {}).get("target_task")
-            if target and run.task_type and run.task == target:
-                types.setdefault(target, run.task_type)
-        self._types = types
-        return types
-
-    def task_order(self, tasks: set[str] | list[str]) -> list[str]:
-        """Tasks ordered by task type (METHOD.md's order, then others alphabetically), then name."""
-        types = self.task_types()
-
-        def key(task: str) -> tuple:
-            kind = types.get(task) or "~unknown"
-            return (TYPE_ORDER.index(kind) if kind in TYPE_ORDER else len(TYPE_ORDER), kind, task)
-
-        return sorted(set(tasks), key=key)
-
-    def neuron_runs(self) -> list[Run]:
-        """One analysis per prompt (a fit run and a ``validate --ckpt_path`` run of its checkpoint analyse the
-        same prompt: fit runs first, then the latest finished) among the finished runs that analysed
-        ``eval_set`` (suppression and transfer runs excluded)."""
-        chosen: dict[tuple, Run] = {}
-        rank = {"fit": 0, "test": 1, "validate": 2}
-        candidates = [r for r in self.of_kind("fit", "validate", "test")
-                      if self.eval_set in (r.neurons.get("sets") or {})]
-        candidates.sort(key=lambda r: str(r.summary.get("finished", "")), reverse=True)  # latest first
-        candidates.sort(key=lambda r: rank.get(r.kind, 3))  # stable: fit runs first, latest first among equals
-        for run in candidates:
-            checkpoint = run.neurons.get("prompt_checkpoint")
-            # runs/<id>/checkpoints/best.ckpt: the tail names the prompt whatever the working directory was
-            prompt = "/".join(Path(checkpoint).parts[-3:]) if checkpoint and checkpoint.endswith(".ckpt") else run.source
-            chosen.setdefault((run.backbone, run.part, run.task, prompt), run)
-        order = self.task_order({r.task for r in chosen.values()})
-        return sorted(chosen.values(), key=lambda r: (family_rank(r.family), r.backbone, r.part,
-                                                      order.index(r.task), seed_rank(r.seed)))
-
-    def adversarial_sets(self, run: Run) -> list[str]:
-        """The run's analysed adversarial sets (``adv/...`` splits)."""
-        sets = run.neurons.get("sets") or {}
-        return sorted(name for name, info in sets.items() if name != self.eval_set and (
-            str(info.get("split", "")).startswith("adv/") or name not in ("validation", "test")))
-
-    def figure(self, name: str, caption: str, size: tuple[int, int], nrows: int = 1, ncols: int = 1):
-        """A new matplotlib Figure (no pyplot state, Agg canvas) of exactly ``size`` pixels, and its axes."""
-        from matplotlib.figure import Figure as MplFigure
-
-        fig = MplFigure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
-        axes = fig.subplots(nrows, ncols, squeeze=False)
-        return fig, axes, Figure(name, caption, self.figures_dir / f"{name}.png", size)
-
-    def save(self, fig, figure: Figure) -> Figure:
-        fig.tight_layout()
-        fig.savefig(figure.path, dpi=DPI)  # no bbox_inches="tight": the size stays exactly figure.size
-        return figure
-
-
 def runs_section(ctx: Context) -> Section:
     """What was read: counts by kind, unfinished runs, files that are not run summaries."""
     section = Section("runs")
@@ -598,30 +265,6 @@ def runs_section(ctx: Context) -> Section:
 
 
 # --- accuracy
-
-
-def _accuracies(metrics: dict[str, Any] | None, clean_key: str, clean: str, adversarial: str) -> dict[str, float]:
-    """Accuracy (fraction) per set: ``clean`` from ``clean_key``, adversarial sets from keys matching
-    ``adversarial`` (a regex whose group 1 is the set's name)."""
-    metrics = metrics or {}
-    out = {clean: metrics[clean_key]} if metrics.get(clean_key) is not None else {}
-    out.update({m.group(1): v for k, v in metrics.items() if v is not None and (m := re.fullmatch(adversarial, k))})
-    return out
-
-
-def fit_accuracies(run: Run) -> dict[str, float]:
-    """Accuracy per evaluation set of a fit run's best epoch: ``validation`` and adversarial sets."""
-    return _accuracies(run.summary.get("best"), "val/acc", "validation", r"adv/(.+)/acc")
-
-
-def test_accuracies(run: Run) -> dict[str, float]:
-    """Accuracy per set of a test run: ``test`` and adversarial sets."""
-    return _accuracies(run.summary.get("test_metrics"), "test/acc", "test", r"test/adv/(.+)/acc")
-
-
-def validate_accuracies(run: Run) -> dict[str, float]:
-    """Accuracy per set of a validate run: ``validation`` and adversarial sets."""
-    return _accuracies(run.summary.get("validate_metrics"), "val/acc", "validation", r"adv/(.+)/acc")
 
 
 def accuracy_rows(ctx: Context, runs: list[Run], read: Callable[[Run], dict[str, float]], clean: str,
@@ -691,9 +334,10 @@ def accuracy_section(ctx: Context) -> Section:
         return section.leave_out(
             f"No finished fit runs with a best epoch among the {len(ctx.runs)} runs read (the table uses `best` "
             "of summary.json, the epoch with the best clean `val/acc`; runs come from `skill-neurons fit`).")
-    section.lines += [("Accuracy in %, mean ± sd (sample sd, n − 1) over seeds, at each fit run's best epoch "
-                      "(the epoch with the best clean validation accuracy). Chance = 100 / number of classes; "
-                      "↓ marks a mean below chance."), ""]
+    section.lines += [("**Formula** (P1 `src/analysis.py::get_results`, `get_mean_std`): accuracy in %, mean ± sd "
+                      "over seeds, at each fit run's best epoch (the epoch with the best clean validation accuracy). "
+                      "Ours: the sample sd (n − 1) where P1's `get_mean_std` uses `np.std` (n); report.json has every "
+                      "seed's value. Chance = 100 / number of classes; ↓ marks a mean below chance."), ""]
     if not {r["family"] for r in rows + test_rows} >= set(FAMILY_ORDER):
         present = sorted({r["family"] for r in rows + test_rows}, key=family_rank)
         absent = [f for f in FAMILY_ORDER if f not in present]
@@ -748,170 +392,6 @@ def accuracy_figure(ctx: Context, rows: list[dict[str, Any]]) -> Figure:
 # --- transfer
 
 
-def transfer_accuracy(run: Run) -> float | None:
-    """A transfer run's accuracy in %: ``transfer.accuracy``, else its ``validate_metrics['val/acc']``."""
-    value = (run.summary.get("transfer") or {}).get("accuracy")
-    if value is None:
-        value = (run.summary.get("validate_metrics") or {}).get("val/acc")
-    return pct(value)
-
-
-def transfer_reference(diagonal: dict[tuple, list[float]], fitted: dict[tuple, list[float]], target: str,
-                       seed: Any) -> tuple[float | None, str]:
-    """acc(B→B) in % for a prompt of seed ``seed`` and how it was found; ``diagonal`` and ``fitted`` map
-    (task, seed) to the accuracies of B→B transfer runs and of fit runs' best epochs."""
-    if diagonal.get((target, seed)):
-        return statistics.fmean(diagonal[(target, seed)]), "B→B transfer run, same seed"
-    same = [v for (t, _), vs in diagonal.items() if t == target for v in vs]
-    if same:
-        return statistics.fmean(same), "B→B transfer runs, mean over seeds"
-    if fitted.get((target, seed)):
-        return statistics.fmean(fitted[(target, seed)]), "fit run of B, same seed (best val/acc)"
-    same = [v for (t, _), vs in fitted.items() if t == target for v in vs]
-    if same:
-        return statistics.fmean(same), "fit runs of B, mean over seeds (best val/acc)"
-    return None, "no B→B transfer run and no fit run of B"
-
-
-def transfer_section(ctx: Context) -> Section:
-    """Relative transfer scores per backbone: ``100 · acc(A→B) / acc(B→B)``.
-
-    For each transfer run A→B with prompt seed s, ``acc(B→B)`` is, in this order: the mean of the B→B
-    transfer runs with seed s; the mean of all B→B transfer runs; the best ``val/acc`` of the fit run of B
-    with seed s (same backbone); the mean over seeds of the fit runs of B. The relative score is computed
-    per run, then averaged over the runs (seeds) of the cell: mean ± sd. A cell A→A whose reference comes
-    from A→A transfer runs is 100.0 by construction (exactly)."""
-    section = Section("transfer")
-    runs = ctx.of_kind("transfer")
-    if not runs:
-        return section.leave_out(
-            f"No transfer runs among the {len(ctx.runs)} runs read (runs with a `transfer` section and no "
-            "`suppression` come from the transfer experiment: task A's prompt evaluated on task B with "
-            "`skill-neurons validate`).")
-    section.lines += [("Relative score = 100 · acc(A→B) / acc(B→B), per seed (the A→B run's prompt seed is "
-                      "matched with the B→B run, or the fit run of B, of the same seed when there is one), "
-                      "then mean ± sd over seeds. Rows: source task A (the prompt), columns: target task B. "
-                      "Tasks are ordered by task type, then name."), ""]
-    section.data["backbones"] = {}
-    all_cells = []
-    by_backbone: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        by_backbone[run.backbone].append(run)
-    fits = ctx.of_kind("fit")
-    for backbone in sorted(by_backbone, key=lambda b: (family_rank(by_backbone[b][0].family), b)):
-        family = by_backbone[backbone][0].family
-        entries = []  # (source, target, seed, accuracy %, run)
-        skipped = []
-        for run in by_backbone[backbone]:
-            info = run.summary["transfer"]
-            source = info.get("source_task") or (run.summary.get("prompt_source") or {}).get("task")
-            target = info.get("target_task") or run.task
-            accuracy = transfer_accuracy(run)
-            if source is None or target is None or accuracy is None:
-                skipped.append(run.describe())
-                continue
-            entries.append((str(source), str(target), run.seed, accuracy, run))
-        diagonal: dict[tuple, list[float]] = defaultdict(list)
-        for source, target, seed, accuracy, _ in entries:
-            if source == target:
-                diagonal[(target, seed)].append(accuracy)
-        fitted: dict[tuple, list[float]] = defaultdict(list)
-        for run in fits:
-            if run.backbone == backbone and fit_accuracies(run).get("validation") is not None:
-                fitted[(run.task, run.seed)].append(pct(fit_accuracies(run)["validation"]))
-
-        tasks = ctx.task_order({e[0] for e in entries} | {e[1] for e in entries})
-        cells: dict[tuple[str, str], dict[str, Any]] = {}
-        for source, target, seed, accuracy, run in entries:
-            ref, how = transfer_reference(diagonal, fitted, target, seed)
-            if ref is None:
-                relative = None
-            elif source == target and how.startswith("B→B"):
-                relative = 100.0  # by construction: the run is (one of) its own reference
-            else:
-                relative = 100.0 * (accuracy / ref) if ref > 0 else None
-            cell = cells.setdefault((source, target), {"backbone": backbone, "family": family, "source": source,
-                                                        "target": target, "seeds": [], "runs": [],
-                                                        "accuracy_values": [], "reference_values": [],
-                                                        "relative_values": [], "references": []})
-            cell["seeds"].append(seed)
-            cell["runs"].append(run.run_id)
-            cell["accuracy_values"].append(accuracy)
-            cell["reference_values"].append(ref)
-            cell["relative_values"].append(relative)
-            if how not in cell["references"]:
-                cell["references"].append(how)
-        for cell in cells.values():
-            cell["n"] = len(cell["runs"])
-            cell["accuracy_mean"], cell["accuracy_sd"] = mean_sd(cell["accuracy_values"])
-            relatives = [v for v in cell["relative_values"] if v is not None]
-            cell["relative_mean"], cell["relative_sd"] = mean_sd(relatives)
-            cell["reference"] = "; ".join(cell.pop("references"))
-        matrix = [[cells.get((a, b), {}).get("relative_mean") for b in tasks] for a in tasks]
-        accuracy_matrix = [[cells.get((a, b), {}).get("accuracy_mean") for b in tasks] for a in tasks]
-        ordered = [cells[(a, b)] for a in tasks for b in tasks if (a, b) in cells]
-        all_cells += ordered
-        section.data["backbones"][backbone] = {"family": family, "tasks": tasks, "relative_matrix": matrix,
-                                               "accuracy_matrix": accuracy_matrix, "cells": ordered,
-                                               "skipped": skipped}
-        section.lines += [f"### {backbone} ({family_name(family)})", ""]
-        section.lines += markdown_table(
-            ["source ↓ / target →", *tasks],
-            [[a, *(fmt(cells[(a, b)]["relative_mean"], cells[(a, b)]["relative_sd"]) if (a, b) in cells else "—"
-                   for b in tasks)] for a in tasks])
-        figure = transfer_figure(ctx, backbone, family, tasks, matrix)
-        section.figures.append(figure)
-        section.lines += [f"![{figure.caption}](figures/{figure.path.name})", ""]
-        section.lines += ["Accuracy (%) of the transferred prompts, mean ± sd over seeds:", ""]
-        section.lines += markdown_table(
-            ["source ↓ / target →", *tasks],
-            [[a, *(fmt(cells[(a, b)]["accuracy_mean"], cells[(a, b)]["accuracy_sd"]) if (a, b) in cells else "—"
-                   for b in tasks)] for a in tasks])
-        references = sorted({(c["target"], c["reference"]) for c in ordered if not c["reference"].startswith("B→B")})
-        if references:
-            section.lines += ["acc(B→B) not from B→B transfer runs: " +
-                              "; ".join(f"{t}: {how}" for t, how in references) + ".", ""]
-        if skipped:
-            section.lines += [(f"Skipped transfer runs without source task, target task or accuracy: "
-                              f"{', '.join(skipped)}."), ""]
-    section.tables["transfer"] = [{k: v for k, v in c.items() if not k.endswith("_values")} for c in all_cells]
-    return section
-
-
-def transfer_figure(ctx: Context, backbone: str, family: str, tasks: list[str], matrix: list[list]) -> Figure:
-    """Heat map of relative transfer scores (rows: source, columns: target), task-type groups separated."""
-    import numpy as np
-
-    fig, axes, figure = ctx.figure(slug("transfer", backbone), f"Relative transfer score (%), {backbone}",
-                                   SQUARE)
-    ax = axes[0][0]
-    values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=min(0.0, np.nanmin(values)),
-                      vmax=max(100.0, np.nanmax(values)))
-    for i in range(len(tasks)):
-        for j in range(len(tasks)):
-            if not np.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize="small",
-                        color="white" if values[i, j] < 60 else "black")
-    types = ctx.task_types()
-    for k in range(1, len(tasks)):
-        if types.get(tasks[k]) != types.get(tasks[k - 1]):
-            ax.axhline(k - 0.5, color="white", linewidth=2)
-            ax.axvline(k - 0.5, color="white", linewidth=2)
-    ax.set_xticks(range(len(tasks)))
-    ax.set_xticklabels([f"{t}\n({types.get(t, '?')})" for t in tasks], rotation=45, ha="right", fontsize="small")
-    ax.set_yticks(range(len(tasks)))
-    ax.set_yticklabels([f"{t} ({types.get(t, '?')})" for t in tasks], fontsize="small")
-    ax.set_xlabel("target task B (evaluated on)")
-    ax.set_ylabel("source task A (prompt from)")
-    ax.set_title(f"{backbone} ({family_name(family)}): 100 · acc(A→B) / acc(B→B)")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="relative score (%)")
-    return ctx.save(fig, figure)
-
-
-# --- suppression
-
-
 def suppression_section(ctx: Context) -> Section:
     """Accuracy vs suppression rate, skill vs random units, clean and adversarial, mean ± s.e.m. over seeds."""
     section = Section("suppression")
@@ -928,11 +408,11 @@ def suppression_section(ctx: Context) -> Section:
         info = run.summary["suppression"]
         std = info.get("std") if info.get("perturbation") == "gaussian" else None
         groups[(run.family, run.backbone, run.task, info.get("perturbation", "zero"), std,
-                info.get("part", "encoder"), info.get("adversarial_neurons", "clean"))].append(run)
+                info.get("part", "encoder"), info.get("adversarial_neurons", "clean"), neuron_source(info))].append(run)
     order = ctx.task_order({k[2] for k in groups})
     rows = []
     for key in sorted(groups, key=lambda k: (family_rank(k[0]), k[1], order.index(k[2]), str(k[3:]))):
-        family, backbone, task, perturbation, std, part, adversarial_neurons = key
+        family, backbone, task, perturbation, std, part, adversarial_neurons, source = key
         members = groups[key]
         chance = next((r.chance for r in members if r.chance is not None), None)
         points: dict[tuple[str, float, str], list[tuple[Run, float]]] = defaultdict(list)
@@ -947,6 +427,7 @@ def suppression_section(ctx: Context) -> Section:
             mean, sem = mean_sem(numbers)
             group_rows.append({"backbone": backbone, "family": family, "task": task, "perturbation": perturbation,
                                "std": std, "part": part, "adversarial_neurons": adversarial_neurons,
+                               "neuron_source": source,
                                "selection": selection, "rate": rate, "set": name,
                                "kind": "clean" if name == "validation" else "adversarial", "n": len(numbers),
                                "seeds": [r.seed for r, _ in points[(selection, rate, name)]],
@@ -954,7 +435,8 @@ def suppression_section(ctx: Context) -> Section:
                                "values": numbers, "mean": mean, "sem": sem, "chance": chance})
         rows += group_rows
         what = f"{perturbation}" + (f" (std {std:g})" if std is not None else "")
-        title = f"{backbone} · {task} · {what} · {part} units · adversarial sets suppress the {adversarial_neurons} skill neurons"
+        title = (f"{backbone} · {task} · {what} · {part} units · neurons: {source} · adversarial sets suppress the "
+                 f"{adversarial_neurons} skill neurons")
         section.lines += [f"### {title}", ""]
         table: dict[tuple[str, float], dict[str, dict]] = defaultdict(dict)
         for row in group_rows:
@@ -996,9 +478,9 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
     """One panel per evaluation set: accuracy vs rate, skill (solid) vs random (dashed), ± s.e.m. bands."""
     import numpy as np
 
-    _, backbone, task, perturbation, std, part, adversarial_neurons = key
+    _, backbone, task, perturbation, std, part, adversarial_neurons, source = key
     name = slug("suppression", backbone, task, perturbation, *([std] if std is not None else []), part,
-                adversarial_neurons)
+                adversarial_neurons, source)
     fig, axes, figure = ctx.figure(name, f"Suppression: {title}", WIDE, ncols=len(sets))
     styles = {"skill": ("tab:red", "-"), "random": ("tab:grey", "--")}
     for ax, set_ in zip(axes[0], sets):
@@ -1107,7 +589,11 @@ def per_layer_figure(ctx: Context, key: tuple, combined: dict[str, torch.Tensor]
     colours = ["tab:blue" if name == ctx.eval_set else ["tab:red", "tab:orange", "tab:purple"][(k - 1) % 3]
                for k, name in enumerate(combined)]
     ax = axes[0][0]
-    per_layer_boxplot(ax, combined, colours, part, "score (max predictivity over positions), mean over seeds")
+    runs = [r for r in ctx.neuron_runs() if (r.backbone, r.part, r.task) == (backbone, part, task)]
+    baselines = {name: b for name in combined
+                 if (b := next((majority_baseline(r, name) for r in runs if majority_baseline(r, name)), None))}
+    per_layer_boxplot(ax, combined, colours, part, "score (max predictivity over positions), mean over seeds",
+                      baselines)
     ax.set_title(f"{backbone} ({family_name(family)}) · {task}: predictivity per layer")
     return ctx.save(fig, figure)
 
@@ -1163,6 +649,9 @@ def overlap_section(ctx: Context, runs: list[Run]) -> Section:
             values = [m[metric] for m in members if m.get(metric) is not None]
             row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(values)
         rows.append(row)
+    section.lines += [("Ours, per seed (the paper's seed-mean version is the section \"Overlap of clean and "
+                       "adversarial skill neurons vs n\"): the numbers each run's SkillNeuronCallback wrote, recomputed "
+                       "from its files as a check, with the callback's sizing k = ceil(n/100 · N)."), ""]
     section.lines += [(f"overlap@n% = |top-n% clean ∩ top-n% adversarial| / |top-n%| per layer, mean over layers "
                       f"(1.0: the same neurons; a random pick overlaps n/100 on average). \"adv. pred.\": mean "
                       f"adversarial score of the clean top-{p:g}% neurons; \"clean pred.\": their clean score. "
@@ -1216,191 +705,6 @@ def overlap_figure(ctx: Context, rows: list[dict], percents: list[float]) -> Fig
     return ctx.save(fig, figure)
 
 
-def adversarial_predictivity_section(ctx: Context, runs: list[Run]) -> Section:
-    """Histogram of the adversarial score of the clean top-n% neurons, pooled per family (RoBERTa vs T5)."""
-    section = Section("adversarial_predictivity")
-    p = ctx.percent
-    pooled: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        clean = ctx.scores.score(run, ctx.eval_set)
-        if clean is None:
-            continue
-        mask = top_percent_mask(clean, p)  # (L, N) the clean skill neurons
-        for name in ctx.adversarial_sets(run):
-            adversarial = ctx.scores.score(run, name)
-            if adversarial is None or adversarial.shape != clean.shape:
-                continue
-            entry = pooled.setdefault(run.family, {"adversarial": [], "clean": [], "backbones": set(), "runs": set(),
-                                                   "pairs": 0})
-            entry["adversarial"].append(adversarial[mask])  # (L·k,)
-            entry["clean"].append(clean[mask])
-            entry["backbones"].add(run.backbone)
-            entry["runs"].add(run.run_id)
-            entry["pairs"] += 1
-    if not pooled:
-        return section.leave_out(no_neuron_runs(ctx) if not runs else
-                                 f"No adversarial neuron files among the {len(runs)} runs analysed on "
-                                 f"'{ctx.eval_set}' (needs `skill_neurons/<adversarial set>.safetensors`).")
-    rows, values = [], {}
-    for family in sorted(pooled, key=family_rank):
-        entry = pooled[family]
-        adversarial = torch.cat(entry["adversarial"]).to(torch.float64)
-        clean = torch.cat(entry["clean"]).to(torch.float64)
-        values[family] = adversarial.numpy()
-        rows.append({"family": family, "family_name": family_name(family), "backbones": sorted(entry["backbones"]),
-                     "runs": len(entry["runs"]), "run_set_pairs": entry["pairs"], "percent": p,
-                     "neurons": int(adversarial.numel()), "mean": float(adversarial.mean()),
-                     "sd": float(adversarial.std()) if adversarial.numel() > 1 else None,
-                     "median": float(adversarial.median()), "clean_mean": float(clean.mean())})
-    section.lines += [(f"Adversarial score of the clean top-{p:g}% neurons (per layer) of every run and adversarial "
-                      "set, pooled per model family. Mean ± sd over neurons."), ""]
-    absent = [f for f in FAMILY_ORDER if f not in pooled]
-    if absent:
-        section.lines += [(f"No {', '.join(f'{family_name(f)} ({f})' for f in absent)} runs with an adversarial "
-                          f"skill-neuron analysis among the {len(ctx.runs)} runs read — the comparison shows "
-                          f"{', '.join(family_name(f) for f in pooled)} backbones only."), ""]
-    section.lines += markdown_table(
-        ["family", "backbones", "runs", "neurons", "adversarial predictivity", "median", "clean predictivity"],
-        [[r["family_name"], ", ".join(r["backbones"]), r["runs"], r["neurons"], fmt(r["mean"], r["sd"], digits=3),
-          f"{r['median']:.3f}", f"{r['clean_mean']:.3f}"] for r in rows])
-    section.figures.append(histogram_figure(ctx, values, p))
-    section.lines += [f"![{section.figures[0].caption}](figures/{section.figures[0].path.name})", ""]
-    section.tables["adversarial_predictivity"] = rows
-    section.data.update(rows=rows)
-    return section
-
-
-def histogram_figure(ctx: Context, values: dict[str, Any], percent: float) -> Figure:
-    """Overlaid density histograms of the adversarial predictivity of clean skill neurons, per family."""
-    import numpy as np
-
-    fig, axes, figure = ctx.figure("adversarial_predictivity", f"Adversarial predictivity of the clean top-{percent:g}% "
-                                   "neurons, RoBERTa-like vs T5-like", WIDE)
-    ax = axes[0][0]
-    bins = np.linspace(0.5, 1.0, 26)
-    colours = {"masked_lm": "tab:blue", "seq2seq": "tab:orange"}
-    for family, data in values.items():
-        colour = colours.get(family, "tab:green")
-        ax.hist(np.clip(data, 0.5, 1.0), bins=bins, density=True, alpha=0.5, color=colour,
-                label=f"{family_name(family)} (n = {len(data)})")
-        ax.axvline(float(np.mean(data)), color=colour, linestyle="--")
-    ax.set_xlabel("adversarial predictivity (score on the adversarial set)")
-    ax.set_ylabel("density")
-    ax.set_title(f"Clean top-{percent:g}% skill neurons on adversarial data (dashed: means)")
-    ax.legend()
-    return ctx.save(fig, figure)
-
-
-def spearman_figure(ctx: Context, name: str, caption: str, labels: list[str], matrix: torch.Tensor,
-                    title: str) -> Figure:
-    """Heat map of a Spearman matrix in [-1, 1], values written in the cells."""
-    fig, axes, figure = ctx.figure(name, caption, SQUARE)
-    ax = axes[0][0]
-    image = ax.imshow(matrix.numpy(), cmap="coolwarm", vmin=-1, vmax=1)
-    if len(labels) <= 20:
-        for i in range(len(labels)):
-            for j in range(len(labels)):
-                ax.text(j, i, f"{float(matrix[i, j]):.2f}", ha="center", va="center", fontsize="small")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize="small")
-    ax.set_yticks(range(len(labels)))
-    ax.set_yticklabels(labels, fontsize="small")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="Spearman ρ")
-    return ctx.save(fig, figure)
-
-
-def off_diagonal(matrix: torch.Tensor) -> list[float]:
-    count = matrix.shape[0]
-    return [float(matrix[i, j]) for i in range(count) for j in range(count) if i != j]
-
-
-def spearman_seeds_section(ctx: Context, runs: list[Run]) -> Section:
-    """Spearman correlation of the clean scores of different seeds, per backbone × task."""
-    section = Section("spearman_seeds")
-    groups = {k: v for k, v in neuron_groups(ctx, runs).items() if len(v) > 1}
-    if not groups:
-        return section.leave_out(no_neuron_runs(ctx) if not runs else
-                                 "Needs at least two seeds of the same backbone and task with a skill-neuron analysis "
-                                 f"of '{ctx.eval_set}' (and neuron files of the same shape); none among the "
-                                 f"{len(runs)} analysed runs.")
-    rows, problems = [], []
-    for (family, backbone, part, task, shape), members in groups.items():
-        scores = [ctx.scores.score(r, ctx.eval_set) for r in members]
-        labels = run_labels(members)
-        try:
-            matrix = spearman_matrix(scores)  # (S, S)
-        except ValueError as error:
-            problems.append(f"{backbone} · {task}: {error}")
-            continue
-        others = off_diagonal(matrix)
-        figure = spearman_figure(ctx, slug("spearman_seeds", backbone, part, task),
-                                 f"Spearman ρ of clean scores across seeds, {backbone} · {task}", labels, matrix,
-                                 f"{backbone} · {task}: Spearman ρ across seeds")
-        section.figures.append(figure)
-        rows.append({"backbone": backbone, "family": family, "part": part, "task": task, "n": len(members),
-                     "seeds": [r.seed for r in members], "runs": [r.run_id for r in members], "labels": labels,
-                     "matrix": matrix.tolist(), "mean_rho": statistics.fmean(others), "min_rho": min(others),
-                     "max_rho": max(others)})
-    if not rows:
-        return section.leave_out("Spearman correlation across seeds is undefined here: " + "; ".join(problems))
-    section.lines += [(f"Spearman ρ between the clean ('{ctx.eval_set}') neuron scores (layers × units, flattened) "
-                      "of different seeds; mean, min and max over the pairs. Full matrices in the figures and "
-                      "report.json."), ""]
-    section.lines += markdown_table(
-        ["backbone", "part", "task", "seeds", "mean ρ", "min ρ", "max ρ"],
-        [[r["backbone"], r["part"], r["task"], ", ".join(seed_label(s) for s in r["seeds"]),
-          f"{r['mean_rho']:.3f}", f"{r['min_rho']:.3f}", f"{r['max_rho']:.3f}"] for r in rows])
-    section.lines += [f"![{f.caption}](figures/{f.path.name})" for f in section.figures] + [""]
-    section.lines += [f"Left out: {p}" for p in problems]
-    section.tables["spearman_seeds"] = [{k: v for k, v in r.items() if k != "matrix"} for r in rows]
-    section.data.update(rows=rows)
-    return section
-
-
-def spearman_tasks_section(ctx: Context, runs: list[Run]) -> Section:
-    """Spearman correlation across tasks of the seed-averaged clean scores (``mean_over_prompts``), per
-    backbone; only scores of identical shape (same backbone and part) are compared."""
-    section = Section("spearman_tasks")
-    by_backbone: dict[tuple, dict[str, list[torch.Tensor]]] = defaultdict(dict)
-    for (family, backbone, part, task, shape), members in neuron_groups(ctx, runs).items():
-        by_backbone[(family, backbone, part, shape)][task] = [ctx.scores.score(r, ctx.eval_set) for r in members]
-    by_backbone = {k: v for k, v in by_backbone.items() if len(v) > 1}
-    if not by_backbone:
-        return section.leave_out(no_neuron_runs(ctx) if not runs else
-                                 "Needs skill-neuron analyses of at least two tasks on the same backbone (and part); "
-                                 f"none among the {len(runs)} analysed runs.")
-    section.lines += [(f"Spearman ρ between tasks of the clean ('{ctx.eval_set}') neuron scores averaged over seeds "
-                      "(max over positions, then mean over prompts). Tasks ordered by type, then name."), ""]
-    rows, problems = [], []
-    for (family, backbone, part, shape), tasks in sorted(by_backbone.items(), key=lambda kv: (family_rank(kv[0][0]),
-                                                                                              kv[0][1], kv[0][2])):
-        names = ctx.task_order(tasks)
-        combined = [mean_over_prompts(tasks[t]) for t in names]  # each (L, N)
-        try:
-            matrix = spearman_matrix(combined)  # (T, T)
-        except ValueError as error:
-            problems.append(f"{backbone}: {error}")
-            continue
-        rows.append({"backbone": backbone, "family": family, "part": part, "tasks": names,
-                     "seeds": {t: len(tasks[t]) for t in names}, "matrix": matrix.tolist(),
-                     "mean_rho": statistics.fmean(off_diagonal(matrix))})
-        section.lines += [f"### {backbone} ({family_name(family)}, {part})", ""]
-        section.lines += markdown_table([" ", *names], [[a, *(f"{float(matrix[i, j]):.3f}" for j in range(len(names)))]
-                                                       for i, a in enumerate(names)])
-        figure = spearman_figure(ctx, slug("spearman_tasks", backbone, part),
-                                 f"Spearman ρ of seed-averaged scores across tasks, {backbone}", names, matrix,
-                                 f"{backbone}: Spearman ρ across tasks")
-        section.figures.append(figure)
-        section.lines += [f"![{figure.caption}](figures/{figure.path.name})", ""]
-    if not rows:
-        return section.leave_out("Spearman correlation across tasks is undefined here: " + "; ".join(problems))
-    section.lines += [f"Left out: {p}" for p in problems]
-    section.tables["spearman_tasks"] = [{k: v for k, v in r.items() if k != "matrix"} for r in rows]
-    section.data.update(rows=rows)
-    return section
-
-
 # ----------------------------------------------------------------------------- the report
 
 
@@ -1411,12 +715,17 @@ def build_sections(ctx: Context) -> list[Section]:
         ("runs", lambda: runs_section(ctx)),
         ("accuracy", lambda: accuracy_section(ctx)),
         ("transfer", lambda: transfer_section(ctx)),
+        ("paper_boxes", lambda: boxes_section(ctx)),
+        ("paper_overlap", lambda: paper_overlap_section(ctx)),
+        ("paper_histogram", lambda: histogram_section(ctx)),
+        ("paper_location", lambda: location_section(ctx)),
+        ("spearman_seeds", lambda: spearman_seeds_section(ctx)),
+        ("spearman_tasks", lambda: spearman_tasks_section(ctx)),
+        ("paper_suppression", lambda: paper_suppression_section(ctx)),
         ("suppression", lambda: suppression_section(ctx)),
+        ("balanced", lambda: balanced_section(ctx)),
         ("per_layer", lambda: per_layer_section(ctx, neuron_runs)),
         ("overlap", lambda: overlap_section(ctx, neuron_runs)),
-        ("adversarial_predictivity", lambda: adversarial_predictivity_section(ctx, neuron_runs)),
-        ("spearman_seeds", lambda: spearman_seeds_section(ctx, neuron_runs)),
-        ("spearman_tasks", lambda: spearman_tasks_section(ctx, neuron_runs)),
     ]
     sections = []
     for key, build in builders:
@@ -1432,8 +741,10 @@ def build_sections(ctx: Context) -> list[Section]:
 def render_markdown(ctx: Context, sections: list[Section], command: str) -> str:
     lines = ["# Skill-neuron report", "",
              (f"`{command}` — {time.strftime('%Y-%m-%d %H:%M:%S %z')}; {len(ctx.runs)} runs read, "
-             f"{len(ctx.finished)} finished. Skill neurons: top {ctx.percent:g}% of units per layer on "
-             f"'{ctx.eval_set}'. Numbers as in `report.json`."), ""]
+             f"{len(ctx.finished)} finished. Clean set '{ctx.eval_set}'. Paper sections: seed means, n = 2, 4, …, 14 "
+             f"for overlap and Spearman curves, the model-wide top {ctx.percent:g}% for the histogram, layer location "
+             "and balanced sections, as P1 computes them (formula and P1 function under each section). Numbers as "
+             "in `report.json`."), ""]
     lines += [f"{i}. [{s.title}](#{re.sub(r'[^a-z0-9 -]', '', s.title.lower()).replace(' ', '-')})"
               + (" — left out" if s.missing else "") for i, s in enumerate(sections, 1)] + [""]
     for section in sections:
@@ -1523,6 +834,7 @@ def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set:
     for stale in figures_dir.glob("*.png"):  # a report written again into the same folder
         stale.unlink()
     ctx = Context(inputs, figures_dir, float(percent), set_name(eval_set))
+    check_inputs(ctx)  # mixed layouts or neuron shapes: one error before any section
     sections = build_sections(ctx)
     document = write_report(ctx, sections, out, command or f"skill-neurons report {' '.join(arguments)} --out {out}")
     if use_wandb:
@@ -1541,8 +853,9 @@ def main(argv: list[str] | None = None) -> int:
                         "recursively for summary.json), or W&B run paths entity/project/run_id (online)")
     parser.add_argument("--out", required=True, help="folder for report.md, report.json and figures/")
     parser.add_argument("--percent", type=float, default=5.0,
-                        help="skill neurons = top n%% of units per layer (default 5); overlap is also shown "
-                             "at 1, 5, 10, 15")
+                        help="n of the paper sections at one n: the model-wide top n%% units of the histogram, "
+                             "layer location and balanced sections (default 5); overlap and Spearman curves use "
+                             "P1's n = 2, 4, ..., 14; our per-seed sections use the top n%% per layer")
     parser.add_argument("--eval-set", default="validation",
                         help="the clean evaluation set whose skill-neuron analysis is used (default validation; "
                              "test for runs of `skill-neurons test`)")

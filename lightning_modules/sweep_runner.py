@@ -45,6 +45,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import shlex
 import signal
 import string
@@ -327,6 +328,31 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def backup_of(path: Path) -> Path:
+    return path.with_name(path.name + ".bak")
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write the sweep state atomically, keeping the previous good state as ``state.json.bak``."""
+    if "sweep_id" in read_json(path):
+        shutil.copyfile(path, backup_of(path))
+    write_json_atomic(path, state)
+
+
+def read_state(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The sweep state of ``path``, or, when it is unreadable (a disk that filled, an editor), the previous
+    one from the backup; with a note saying so. ``({}, None)`` when there is no state at all."""
+    state = read_json(path)
+    if "sweep_id" in state or not path.exists():
+        return state, None
+    backup = read_json(backup_of(path))
+    if "sweep_id" in backup:
+        return backup, (f"{path} is corrupt — using the previous state from {backup_of(path)} (the trials "
+                        "recorded since then are started again)")
+    raise SweepError(f"{path} is corrupt and has no readable backup ({backup_of(path)}) — move it away and start "
+                     "the sweep in another --dir, or restore the file")
+
+
 def objective_of(trial: Trial, metric: dict[str, Any]) -> float | None:
     """Best value of ``metric["name"]`` over the trial's history and final metrics (as the engine takes it)."""
     name = metric.get("name")
@@ -529,9 +555,9 @@ class SweepRunner:
             (self.dir / sub).mkdir(exist_ok=True)
         path = self.dir / STATE_FILE
         if path.exists():
-            state = read_json(path)
-            if "sweep_id" not in state:
-                raise SweepError(f"{path} is not a sweep state file — use another --dir")
+            state, note = read_state(path)
+            if note:
+                print(f"skill-neurons sweep: {note}", file=self.out, flush=True)
             self.trials = [Trial.from_json(t) for t in state.get("trials", [])]
             if self.trials:
                 changed = [k for k in ("method", "parameters", "command", "program")
@@ -550,7 +576,7 @@ class SweepRunner:
 
     def _save(self) -> None:
         self.state["trials"] = [dataclasses.asdict(t) for t in self.trials]
-        write_json_atomic(self.dir / STATE_FILE, plain(self.state))
+        save_state(self.dir / STATE_FILE, plain(self.state))
 
     def _recover(self) -> None:
         """Trials left running by a runner that died: kill their leftovers, keep finished ones, requeue the rest."""
@@ -676,7 +702,10 @@ class SweepRunner:
         _save_param_file(self.dir / "params" / f"config-{run_id}.yaml", trial.params)
         if "${args_json_file}" in [str(c) for c in self.config.get("command") or []]:
             (self.dir / "params" / f"config-{run_id}.json").write_text(json.dumps(trial.params))
-        self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        # The skill-neurons CLI claims its run folder itself (and refuses one that exists); other programs get it.
+        self.run_dir(run_id).parent.mkdir(parents=True, exist_ok=True)
+        if not is_skill_neurons_cli(argv):
+            self.run_dir(run_id).mkdir(exist_ok=True)
         launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid())] if sys.platform == "linux" else []
         with open(self.dir / "logs" / f"{run_id}.log", "ab") as log:
             log.write(f"$ {shlex.join(argv)}\n".encode())
@@ -957,9 +986,11 @@ def _short(value: Any, width: int = 28) -> str:
 
 def print_status(directory: Path, out=None) -> int:
     out = out or sys.stdout
-    state = read_json(directory / STATE_FILE)
+    state, note = read_state(directory / STATE_FILE)
     if "sweep_id" not in state:
         raise SweepError(f"no sweep in {directory} ({directory / STATE_FILE} is missing) — give the --dir of a sweep")
+    if note:
+        print(note, file=out)
     trials = [Trial.from_json(t) for t in state.get("trials", [])]
     metric = (state.get("config") or {}).get("metric") or {}
     holder = _Lock.holder(directory)

@@ -215,16 +215,17 @@ def test_hub_backbone_offline_through_cli_names_local_path(workdir):
     assert not (workdir / "runs").exists()
 
 
-def test_from_run_names_what_is_missing(tmp_path, monkeypatch):
+def test_from_run_names_what_is_missing(tmp_path, monkeypatch, capsys):
     from lightning_modules.cli import main
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="no run directory with a config.yaml there"):
-        main(["validate", "--from_run=runs/nope"])
-    with pytest.raises(SystemExit, match=r"no finished fit run under 'runs' has settings \{'task': 'sst2'\}"):
-        main(["validate", "--from_run", "runs?task=sst2"])
-    with pytest.raises(SystemExit, match="use it with validate or test, not fit"):
-        main(["fit", "--from_run=runs/nope"])
+    for argv, message in ((["validate", "--from_run=runs/nope"], "no run directory with a config.yaml there"),
+                          (["validate", "--from_run", "runs?task=sst2"],
+                           "no finished fit run under 'runs' has settings {'task': 'sst2'}"),
+                          (["fit", "--from_run=runs/nope"], "use it with validate or test, not fit")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_from_run_picks_the_matching_fit_run_and_lets_later_options_win(tmp_path):

@@ -403,3 +403,53 @@ def test_spearman_matches_scipy_with_ties_and_matrix_diagonal_is_one():
     assert m[0, 0] == 1.0 and m[0, 2] == pytest.approx(-1.0) and torch.equal(m, m.T)
     with pytest.raises(ValueError, match="constant"):
         spearman(torch.ones(4), torch.arange(4.0))
+
+
+# --- class-balanced predictivity ------------------------------------------------------------------
+
+
+def accumulate(train, evals, labels, num_classes=2):
+    thresholds = ThresholdAccumulator(L, P, N)
+    thresholds.update(train)
+    counts = PredictivityAccumulator(thresholds.threshold(), num_classes)
+    counts.update(evals, labels)
+    return thresholds.threshold(), counts
+
+
+def test_balanced_predictivity_of_a_constant_unit_is_exactly_half_on_an_imbalanced_set():
+    train, evals, _ = make_data(5, n_eval=82)
+    labels = torch.tensor([1] * 50 + [0] * 32)  # AdvGLUE binary MNLI's 50 vs 32
+    evals[:, 1, 2, 3] = -1e6  # never above its threshold
+    evals[:, 0, 0, 4] = 1e6  # always above
+    _, counts = accumulate(train, evals, labels)
+    balanced, raw = counts.balanced_predictivity_per_class()[1], counts.predictivity()
+    assert float(balanced[1, 2, 3]) == 0.5 and float(balanced[0, 0, 4]) == 0.5
+    assert float(raw[1, 2, 3]) == pytest.approx(50 / 82) and counts.majority_baseline() == 50 / 82
+
+
+def test_balanced_predictivity_equals_raw_on_a_balanced_set():
+    train, evals, _ = make_data(6, n_eval=40)
+    labels = torch.tensor([0, 1] * 20)
+    _, counts = accumulate(train, evals, labels)
+    assert torch.equal(counts.balanced_predictivity_per_class(), counts.predictivity_per_class())
+    assert torch.equal(counts.balanced_score(), counts.score())
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_balanced_predictivity_matches_brute_force_mean_of_per_class_agreement(num_classes):
+    train, evals, labels = make_data(7, n_eval=61, num_classes=num_classes)
+    threshold, counts = accumulate(train, evals, labels, num_classes)
+    fire = (evals > threshold).numpy()  # (n, L, P, N)
+    y = labels.numpy()
+    expected = np.zeros((num_classes, L, P, N))
+    for c in range(num_classes):
+        for l in range(L):
+            for t in range(P):
+                for i in range(N):
+                    member = y == c
+                    on_class = np.mean(fire[member, l, t, i])  # agreement with "is class c" on its examples
+                    on_rest = np.mean(~fire[~member, l, t, i])  # agreement on the other examples
+                    accuracy = (on_class + on_rest) / 2
+                    expected[c, l, t, i] = max(accuracy, 1 - accuracy)
+    np.testing.assert_allclose(counts.balanced_predictivity_per_class().numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(counts.balanced_score().numpy(), expected.max(axis=2).max(axis=0), atol=1e-6)

@@ -246,6 +246,26 @@ def test_validate_writes_files_of_backbone_shape_and_hooks_are_gone(tmp_path, ti
     assert hooked == []
 
 
+def test_balanced_option_stores_balanced_predictivity_beside_the_raw_one(tmp_path, tiny_backbones):
+    model, dm = make("masked_lm")
+    plain = SkillNeuronCallback()
+    validate(model, dm, tmp_path / "plain", plain)
+    balanced = SkillNeuronCallback(balanced=True)
+    validate(model, dm, tmp_path / "balanced", balanced)
+    raw, _ = load_neuron_file(tmp_path / "plain" / "skill_neurons" / "validation.safetensors")
+    assert "balanced_score" not in raw and "balanced_predictivity" not in raw
+    tensors, _ = load_neuron_file(tmp_path / "balanced" / "skill_neurons" / "validation.safetensors")
+    assert torch.equal(tensors["predictivity"], raw["predictivity"]) and torch.equal(tensors["score"], raw["score"])
+    assert torch.equal(tensors["balanced_score"], tensors["balanced_predictivity"].amax(dim=1))
+    counts = tensors["class_count"].tolist()
+    summary = json.loads((tmp_path / "balanced" / "summary.json").read_text())["skill_neurons"]["sets"]["validation"]
+    assert summary["majority_baseline"] == max(counts) / sum(counts)
+    assert summary["balanced_top5_mean"] == pytest.approx(
+        float(tensors["balanced_score"].topk(13, dim=1).values.mean()))  # ceil(5% of 256) units per layer
+    if counts[0] != counts[1]:  # an imbalanced set: balancing changes the numbers
+        assert not torch.equal(tensors["balanced_predictivity"], tensors["predictivity"])
+
+
 def test_test_stage_analyses_the_test_split_and_adversarial_sets(tmp_path, tiny_backbones):
     task = marker_task()
     task["splits"]["test"] = dict(task["splits"]["validation"])
@@ -399,7 +419,7 @@ def test_single_class_evaluation_set_fails_before_any_run_directory(tmp_path, ti
 
 # ---------------------------------------------------------------- combining seeds
 def test_combined_score_is_the_mean_over_runs_of_each_runs_max_over_positions(tmp_path):
-    from callbacks.skill_neurons import combine_neuron_files, save_neuron_file
+    from callbacks.neuron_files import combine_neuron_files, save_neuron_file
 
     g = torch.Generator().manual_seed(0)
     runs, predictivities = [], []
@@ -421,3 +441,9 @@ def test_combined_score_is_the_mean_over_runs_of_each_runs_max_over_positions(tm
                                                                                   "part": "encoder"})
     with pytest.raises(SkillNeuronError, match="different shapes"):
         combine_neuron_files([*runs, tmp_path / "other.safetensors"])
+    # a run analysed under another layout (or at other positions) holds other neurons' statistics
+    paper = tmp_path / "paper.safetensors"
+    save_neuron_file(paper, {"score": torch.rand(2, 5)}, {"backbone": "tiny-roberta", "part": "encoder",
+                                                          "layout": "paper", "analysed_positions": "prompt"})
+    with pytest.raises(SkillNeuronError, match=r"different layouts \['paper', 'standard'\]"):
+        combine_neuron_files([*runs, paper])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from lightning import Callback
@@ -179,3 +181,63 @@ def test_bad_settings_name_the_fix(tmp_path, neuron_run):
                       callbacks=[NeuronSuppression(rate=5, neurons=[str(neuron_run)])])
     with pytest.raises(SkillNeuronError, match="suppression perturbs evaluation only"):
         trainer.fit(model, dm)
+
+
+def seed_mean_prompts(root, task="marker_words", seeds=(33, 34, 35)):
+    """Finished fit runs of one task (and one of another task) with neuron files of the tiny RoBERTa's shape."""
+    import json
+
+    import numpy as np
+
+    from callbacks.skill_neurons import save_neuron_file
+
+    scores = {}
+    for seed, run_task in [(s, task) for s in seeds] + [(99, "other_task")]:
+        run = root / f"fit-{run_task}-{seed}"
+        rng = np.random.default_rng(seed)
+        per_set = {name: rng.random((2, 256)).astype(np.float32) for name in ("validation", "typos")}
+        for name, score in per_set.items():
+            save_neuron_file(run / "skill_neurons" / f"{name}.safetensors", {"score": torch.from_numpy(score)},
+                             {"backbone": "tiny-roberta", "part": "encoder", "task": run_task})
+        (run / "summary.json").write_text(json.dumps({
+            "run_id": run.name, "stage": "fit", "status": "finished",
+            "settings": {"task": run_task, "backbone": "tiny-roberta", "prompt_length": P, "seed": seed}}))
+        if run_task == task:
+            scores[seed] = per_set
+    return scores
+
+
+def test_seed_mean_source_suppresses_the_top_units_of_the_mean_over_the_tasks_fit_runs(tmp_path, tiny_backbones):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    scores = seed_mean_prompts(tmp_path)
+    model, dm = make("masked_lm")
+    checkpoint = tmp_path / "fit-marker_words-34" / "checkpoints" / "best.ckpt"
+    trainer = SimpleNamespace(ckpt_path=str(checkpoint), datamodule=dm)
+    for adversarial in ("clean", "own"):
+        callback = NeuronSuppression(rate=10, neuron_source="seed_mean", adversarial_neurons=adversarial)
+        callback.setup(trainer, model, "validate")
+        assert callback.record["neuron_source"] == "seed_mean"
+        assert sorted(Path(p).name for p in callback.record["neurons_from"]) == [
+            "fit-marker_words-33", "fit-marker_words-34", "fit-marker_words-35"]
+        for loader, name in enumerate(("validation", "typos")):
+            source = "validation" if adversarial == "clean" else name
+            mean = np.mean([scores[s][source].astype(np.float64) for s in (33, 34, 35)], axis=0)  # P1 *_mean.npy
+            expected = np.zeros((2, 256), dtype=bool)
+            for layer in range(2):
+                expected[layer, np.argsort(-mean[layer], kind="stable")[:26]] = True  # ceil(10% of 256) per layer
+            assert np.array_equal(callback.masks[loader].numpy(), expected), (adversarial, name)
+    own = NeuronSuppression(rate=10)
+    own.setup(trainer, model, "validate")
+    assert own.record["neuron_source"] == "own" and own.record["neurons_from"] == [str(checkpoint.parent.parent)]
+    # the CLI passes the checkpoint's run as `neurons`: seed_mean then averages the runs beside it
+    given = NeuronSuppression(rate=10, neuron_source="seed_mean", neurons=[str(checkpoint.parent.parent)])
+    given.setup(SimpleNamespace(ckpt_path=None, datamodule=dm), model, "validate")
+    assert len(given.record["neurons_from"]) == 3 and torch.equal(given.masks[0], callback.masks[0])
+    alone = tmp_path / "alone"
+    seed_mean_prompts(alone, task="unrelated")
+    lonely = SimpleNamespace(ckpt_path=str(alone / "x" / "checkpoints" / "best.ckpt"), datamodule=dm)
+    with pytest.raises(SkillNeuronError, match="neuron_source=seed_mean: no finished fit run"):
+        NeuronSuppression(rate=10, neuron_source="seed_mean").setup(lonely, model, "validate")

@@ -458,3 +458,28 @@ def test_a_changed_sweep_file_is_refused_for_a_started_sweep(here, capsys):
     sweep = synthetic_sweep(here, method="grid", parameters={"quality": {"values": [1, 2]}})
     err = sweep_error([str(sweep), "--dir", "d"], capsys)
     assert "started from a different sweep file (parameters differ) — give another --dir" in err
+
+
+def test_a_corrupt_state_file_is_recovered_from_its_backup(here, capsys):
+    sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
+                            parameters={"quality": {"values": [0.5, 1.0]}})
+    assert sweep_runner.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
+    good = state_of(here / "d")
+    backup = json.loads((here / "d" / "state.json.bak").read_text())
+    assert backup["sweep_id"] == good["sweep_id"]  # the state before the last write
+    (here / "d" / "state.json").write_text('{"sweep_id": "x", "trials": [')  # truncated by a full disk
+    capsys.readouterr()
+    assert sweep_runner.main(["--status", "d"]) == 0
+    out = capsys.readouterr().out
+    assert "state.json is corrupt — using the previous state from" in out and good["sweep_id"] in out
+    assert sweep_runner.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
+    recovered = state_of(here / "d")
+    assert recovered["sweep_id"] == good["sweep_id"]
+    assert sorted(t["params"]["quality"] for t in recovered["trials"] if t["state"] == "finished") == [0.5, 1.0]
+
+
+def test_a_corrupt_state_file_without_backup_is_one_clear_error(here, capsys):
+    (here / "d").mkdir()
+    (here / "d" / "state.json").write_text("not json")
+    err = sweep_error(["--status", "d"], capsys)
+    assert "state.json is corrupt and has no readable backup" in err and "missing" not in err

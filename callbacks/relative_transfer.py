@@ -1,0 +1,38 @@
+"""Relative prompt transfer: the one definition that ``summary.json``, the W&B summary and the report use.
+
+    relative(A→B) = 100 · acc(A→B) / acc(B→B)
+
+``acc(B→B)`` (the *reference*) is the best clean validation accuracy (``best['val/acc']``) of the fit run of
+task B on the same backbone **with the seed of A's prompt** — the same number as evaluating B's own prompt on
+B, which P1 reads from its B→B transfer runs. This is P1's ``get_transferability_matrix_new`` (``src/
+analysis.py``): a ratio per seed, and a cell of the matrix is the mean of those ratios over seeds. When B has
+no fit run of that seed, the reference is the mean over B's fit runs and ``how`` says so.
+
+Adversarial targets get no relative score (P1 leaves those cells empty); their absolute accuracy is reported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SAME_SEED = "fit run of B with the prompt's seed (best val/acc)"
+MEAN_OVER_SEEDS = "mean over B's fit runs (best val/acc); none has the prompt's seed"
+NO_REFERENCE = "no finished fit run of B on this backbone"
+
+
+def reference_accuracy(candidates: list[tuple[str, Any, float]], seed: Any) -> tuple[float | None, list[str], str]:
+    """acc(B→B) from B's fit runs ``candidates`` = [(run id, seed, best val/acc as a fraction)] for a prompt of
+    seed ``seed``: (reference or None, the run ids it comes from, how it was found)."""
+    same = [c for c in candidates if seed is not None and c[1] == seed]
+    chosen = same or candidates
+    if not chosen:
+        return None, [], NO_REFERENCE
+    reference = sum(c[2] for c in chosen) / len(chosen)
+    return reference, [str(c[0]) for c in chosen], SAME_SEED if same else MEAN_OVER_SEEDS
+
+
+def relative_score(accuracy: float | None, reference: float | None) -> float | None:
+    """100 · accuracy / reference (both fractions, or both %), None without a positive reference."""
+    if accuracy is None or reference is None or reference <= 0:
+        return None
+    return 100.0 * accuracy / reference

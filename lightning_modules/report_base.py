@@ -1,0 +1,425 @@
+"""What every section of ``skill-neurons report`` shares: the runs read, the neuron files, the figure canvas,
+numbers and markdown formatting. No section lives here; :mod:`lightning_modules.report` assembles them."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from callbacks.neuron_files import OUTPUT_DIR, SkillNeuronError, neuron_file_of
+
+FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like", "causal_lm": "GPT-like (decoder-only)"}
+# The paper's two families, in its order (the accuracy table notes which of them are absent); any other family,
+# such as causal_lm, ranks after them.
+FAMILY_ORDER = ("masked_lm", "seq2seq")
+TYPE_ORDER = ("sentiment", "nli", "paraphrase", "ethics")  # METHOD.md's task types, in its order
+OVERLAP_PERCENTS = (1, 5, 10, 15)  # the n of overlap@n% P1 reports (the callback's default too)
+DPI = 100
+WIDE = (1200, 600)  # pixels (width, height) of line, bar and box plots
+SQUARE = (800, 800)  # pixels of heat maps
+TITLES = {
+    "runs": "Runs read",
+    "accuracy": "Accuracy: clean vs adversarial",
+    "transfer": "Prompt transfer between tasks",
+    "paper_boxes": "Neuron predictivity per dataset and model accuracy",
+    "paper_overlap": "Overlap of clean and adversarial skill neurons vs n",
+    "paper_histogram": "Adversarial predictivity of the clean skill neurons: RoBERTa vs T5",
+    "paper_location": "Layer location of the skill neurons",
+    "spearman_seeds": "Spearman correlation across seeds",
+    "spearman_tasks": "Spearman correlation across tasks",
+    "paper_suppression": "Suppression of skill neurons: RoBERTa and T5",
+    "suppression": "Suppression runs in detail (ours: per backbone, with the rate-0 check)",
+    "balanced": "Class-balanced predictivity (beyond the paper)",
+    "per_layer": "Predictivity per layer (ours)",
+    "overlap": "Overlap per seed, checked against summary.json (ours)",
+}
+TOLERANCE = 1e-6  # recomputed vs summary.json numbers (both float64 from the same float32 scores)
+
+
+class ReportError(ValueError):
+    """Input the report cannot use at all (the message names the fix)."""
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """One run's ``summary.json`` (or the same structure built from a W&B run) and where its files are."""
+
+    summary: dict[str, Any]
+    directory: Path  # the run directory (neuron files under directory/skill_neurons/)
+    source: str  # what was read: a summary.json path or a W&B run path
+
+    @property
+    def run_id(self) -> str:
+        return str(self.summary.get("run_id") or self.directory.name)
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.get("status") == "finished"
+
+    @property
+    def kind(self) -> str:
+        """``suppression``, ``transfer``, or the stage (``fit``, ``validate``, ``test``)."""
+        if self.summary.get("suppression"):
+            return "suppression"
+        if self.summary.get("transfer"):
+            return "transfer"
+        return str(self.summary.get("stage") or "unknown")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.summary.get("settings") or {}
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.summary.get("data") or {}
+
+    @property
+    def neurons(self) -> dict[str, Any]:
+        return self.summary.get("skill_neurons") or {}
+
+    @property
+    def backbone(self) -> str:
+        return str(self.settings.get("backbone") or self.neurons.get("backbone") or "unknown backbone")
+
+    @property
+    def family(self) -> str:
+        family = self.settings.get("family") or self.neurons.get("family")
+        if family:
+            return str(family)
+        return "seq2seq" if "t5" in self.backbone.lower() else "masked_lm"
+
+    @property
+    def task(self) -> str:
+        return str(self.settings.get("task") or self.data.get("task") or self.neurons.get("task") or "unknown task")
+
+    @property
+    def task_type(self) -> str | None:
+        return self.data.get("task_type")
+
+    @property
+    def seed(self) -> Any:
+        """The seed of the prompt: the source prompt's for transfer/suppression runs, else the run's own."""
+        source = self.summary.get("prompt_source") or {}
+        return source.get("seed", self.settings.get("seed"))
+
+    @property
+    def chance(self) -> float | None:
+        """Chance accuracy in %: 100 / number of classes (None when the labels are unknown)."""
+        labels = self.data.get("label_names") or self.neurons.get("label_names")
+        return 100.0 / len(labels) if labels else None
+
+    @property
+    def layout(self) -> tuple[str, str]:
+        """(input layout, analysed positions) from ``settings`` or ``skill_neurons``; runs written before these
+        keys existed are ``("standard", "prompt")``."""
+        sources = (self.settings, self.neurons)
+        layout = next((s["layout"] for s in sources if s.get("layout")), "standard")
+        positions = next((s["analysed_positions"] for s in sources if s.get("analysed_positions")), "prompt")
+        return str(layout), str(positions)
+
+    @property
+    def part(self) -> str:
+        return str(self.neurons.get("part") or "encoder")
+
+    def describe(self) -> str:
+        return f"`{self.run_id}` ({self.kind}, {self.backbone}, {self.task}, seed {self.seed})"
+
+
+@dataclass
+class Inputs:
+    """What was read: runs, files that were not run summaries, the arguments."""
+
+    runs: list[Run]
+    invalid: list[str]
+    arguments: list[str]
+
+
+# ----------------------------------------------------------------------------- numbers and formatting
+
+
+def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n − 1); the sd is None for fewer than two values."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def mean_sem(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (sample sd / sqrt(n)); None for fewer than two values."""
+    mean, sd = mean_sd(values)
+    return mean, (sd / math.sqrt(len(values)) if sd is not None else None)
+
+
+def fmt(mean: float | None, spread: float | None = None, digits: int = 1, mark: str = "") -> str:
+    """``85.3 ± 1.2`` (no ± for a single value, — for none)."""
+    if mean is None:
+        return "—"
+    text = f"{mean:.{digits}f}"
+    if spread is not None:
+        text += f" ± {spread:.{digits}f}"
+    return text + mark
+
+
+def pct(value: Any) -> float | None:
+    """A fraction in [0, 1] as a percentage (None stays None)."""
+    return None if value is None else 100.0 * float(value)
+
+
+def seed_label(seed: Any) -> str:
+    return "?" if seed is None else str(seed)
+
+
+def slug(*parts: Any) -> str:
+    """A file name from parts: ``google/flan-t5-base``, ``sst2`` -> ``google-flan-t5-base_sst2``."""
+    return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", str(p)).strip("-") for p in parts)
+
+
+def markdown_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def family_name(family: str) -> str:
+    return FAMILY_NAMES.get(family, family)
+
+
+def family_rank(family: str) -> int:
+    return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+
+
+def seed_rank(seed: Any) -> tuple:
+    return (0, seed, "") if isinstance(seed, (int, float)) else (1, 0, str(seed))
+
+
+def run_labels(runs: list[Run]) -> list[str]:
+    """``seed 33`` per run, with the run id where several runs share a seed (e.g. a learning-rate sweep)."""
+    seeds = [r.seed for r in runs]
+    return [f"seed {seed_label(r.seed)}" + (f" ({r.run_id})" if seeds.count(r.seed) > 1 else "") for r in runs]
+
+
+def mixed_settings(runs: list[Run], what: str) -> list[str]:
+    """A line per setting (other than the seed) that differs among runs averaged together, or none."""
+    lines = []
+    for key in ("prompt_length", "learning_rate", "precision"):
+        values = sorted({str(r.settings.get(key)) for r in runs})
+        if len(values) > 1:
+            lines.append(f"Note: {what} averages runs with different {key} ({', '.join(values)}) — pass the runs "
+                         "of one setting to compare like with like.")
+    return lines
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class Figure:
+    """One PNG of the report: ``figures/<name>.png`` of ``size`` pixels."""
+
+    name: str
+    caption: str
+    path: Path
+    size: tuple[int, int]
+
+
+@dataclass
+class Section:
+    """A report section: markdown lines, figures, tables (lists of flat dicts, for report.json and W&B)."""
+
+    key: str
+    lines: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    missing: str | None = None  # why the section is left out
+
+    @property
+    def title(self) -> str:
+        return TITLES[self.key]
+
+    def leave_out(self, reason: str) -> Section:
+        self.missing = reason
+        self.lines = [reason]
+        return self
+
+
+class NeuronScores:
+    """The (L, N) neuron scores of runs' skill-neuron files, read once each, and the files' metadata.
+
+    Only ``score`` (and ``balanced_score`` when asked) is read: the (L, P, N) tensors of a full grid of runs
+    would not fit in memory."""
+
+    def __init__(self):
+        self._cache: dict[str, torch.Tensor | None] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        self.paths: dict[str, Path] = {}
+        self.missing: list[str] = []
+
+    def file(self, run: Run, name: str) -> Path | None:
+        """The run's file of set ``name``: in its directory, else where its summary.json says."""
+        try:
+            return neuron_file_of(run.directory, name)
+        except SkillNeuronError:
+            pass
+        recorded = (run.neurons.get("sets") or {}).get(name, {}).get("file")
+        for candidate in ([Path(recorded), run.directory / recorded] if recorded else []):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def score(self, run: Run, name: str, tensor: str = "score") -> torch.Tensor | None:
+        """(L, N) float32 ``tensor`` (``score`` or ``balanced_score``) of the run's set ``name``, or None
+        (a missing file is noted in ``missing``; a file without that tensor is not)."""
+        key = f"{run.source}::{name}::{tensor}"
+        if key not in self._cache:
+            path = self.file(run, name)
+            score = None
+            if path is None:
+                if tensor == "score":
+                    self.missing.append(f"{run.describe()}: no neuron file for set '{name}' (looked in "
+                                        f"{run.directory / OUTPUT_DIR})")
+            else:
+                from safetensors import safe_open
+
+                try:
+                    with safe_open(str(path), framework="pt") as f:
+                        self.paths[f"{run.source}::{name}"] = path
+                        self._meta[f"{run.source}::{name}"] = {k: json.loads(v) for k, v in
+                                                               (f.metadata() or {}).items()}
+                        if tensor in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                            score = f.get_tensor(tensor).to(torch.float32)  # (L, N)
+                except Exception as error:  # noqa: BLE001 (a broken file leaves the run out, with why)
+                    self.missing.append(f"{run.describe()}: cannot read {path} ({error})")
+            self._cache[key] = score
+        return self._cache[key]
+
+    def metadata(self, run: Run, name: str) -> dict[str, Any]:
+        """The metadata of the run's file of set ``name`` (empty without a file)."""
+        self.score(run, name)
+        return self._meta.get(f"{run.source}::{name}", {})
+
+    def path(self, run: Run, name: str) -> Path | None:
+        self.score(run, name)
+        return self.paths.get(f"{run.source}::{name}")
+
+
+@dataclass
+class Context:
+    """Everything the sections share."""
+
+    inputs: Inputs
+    figures_dir: Path
+    percent: float
+    eval_set: str
+    scores: NeuronScores = field(default_factory=NeuronScores)
+    cache: dict[str, Any] = field(default_factory=dict)  # shared results of several sections
+    _types: dict[str, str] | None = None
+
+    @property
+    def runs(self) -> list[Run]:
+        return self.inputs.runs
+
+    @property
+    def finished(self) -> list[Run]:
+        return [r for r in self.runs if r.finished]
+
+    def of_kind(self, *kinds: str) -> list[Run]:
+        return [r for r in self.finished if r.kind in kinds]
+
+    def task_types(self) -> dict[str, str]:
+        """Task -> task type (``data.task_type`` of the runs)."""
+        if self._types is not None:
+            return self._types
+        types = {}
+        for run in self.runs:
+            if run.task_type:
+                types.setdefault(run.task, run.task_type)
+            target = (run.summary.get("transfer") or {}).get("target_task")
+            if target and run.task_type and run.task == target:
+                types.setdefault(target, run.task_type)
+        self._types = types
+        return types
+
+    def task_order(self, tasks: set[str] | list[str]) -> list[str]:
+        """Tasks ordered by task type (METHOD.md's order, then others alphabetically), then name."""
+        types = self.task_types()
+
+        def key(task: str) -> tuple:
+            kind = types.get(task) or "~unknown"
+            return (TYPE_ORDER.index(kind) if kind in TYPE_ORDER else len(TYPE_ORDER), kind, task)
+
+        return sorted(set(tasks), key=key)
+
+    def neuron_runs(self) -> list[Run]:
+        """One analysis per prompt (a fit run and a ``validate --ckpt_path`` run of its checkpoint analyse the
+        same prompt: fit runs first, then the latest finished) among the finished runs that analysed
+        ``eval_set`` (suppression and transfer runs excluded)."""
+        chosen: dict[tuple, Run] = {}
+        rank = {"fit": 0, "test": 1, "validate": 2}
+        candidates = [r for r in self.of_kind("fit", "validate", "test")
+                      if self.eval_set in (r.neurons.get("sets") or {})]
+        candidates.sort(key=lambda r: str(r.summary.get("finished", "")), reverse=True)  # latest first
+        candidates.sort(key=lambda r: rank.get(r.kind, 3))  # stable: fit runs first, latest first among equals
+        for run in candidates:
+            checkpoint = run.neurons.get("prompt_checkpoint")
+            # runs/<id>/checkpoints/best.ckpt: the tail names the prompt whatever the working directory was
+            prompt = "/".join(Path(checkpoint).parts[-3:]) if checkpoint and checkpoint.endswith(".ckpt") else run.source
+            chosen.setdefault((run.backbone, run.part, run.task, prompt), run)
+        order = self.task_order({r.task for r in chosen.values()})
+        return sorted(chosen.values(), key=lambda r: (family_rank(r.family), r.backbone, r.part,
+                                                      order.index(r.task), seed_rank(r.seed)))
+
+    def adversarial_sets(self, run: Run) -> list[str]:
+        """The run's analysed adversarial sets (``adv/...`` splits)."""
+        sets = run.neurons.get("sets") or {}
+        return sorted(name for name, info in sets.items() if name != self.eval_set and (
+            str(info.get("split", "")).startswith("adv/") or name not in ("validation", "test")))
+
+    def figure(self, name: str, caption: str, size: tuple[int, int], nrows: int = 1, ncols: int = 1):
+        """A new matplotlib Figure (no pyplot state, Agg canvas) of exactly ``size`` pixels, and its axes."""
+        from matplotlib.figure import Figure as MplFigure
+
+        fig = MplFigure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        return fig, axes, Figure(name, caption, self.figures_dir / f"{name}.png", size)
+
+    def save(self, fig, figure: Figure) -> Figure:
+        fig.tight_layout()
+        fig.savefig(figure.path, dpi=DPI)  # no bbox_inches="tight": the size stays exactly figure.size
+        return figure
+
+
+# ----------------------------------------------------------------------------- accuracies of a run
+
+def _accuracies(metrics: dict[str, Any] | None, clean_key: str, clean: str, adversarial: str) -> dict[str, float]:
+    """Accuracy (fraction) per set: ``clean`` from ``clean_key``, adversarial sets from keys matching
+    ``adversarial`` (a regex whose group 1 is the set's name)."""
+    metrics = metrics or {}
+    out = {clean: metrics[clean_key]} if metrics.get(clean_key) is not None else {}
+    out.update({m.group(1): v for k, v in metrics.items() if v is not None and (m := re.fullmatch(adversarial, k))})
+    return out
+
+
+def fit_accuracies(run: Run) -> dict[str, float]:
+    """Accuracy per evaluation set of a fit run's best epoch: ``validation`` and adversarial sets."""
+    return _accuracies(run.summary.get("best"), "val/acc", "validation", r"adv/(.+)/acc")
+
+
+def test_accuracies(run: Run) -> dict[str, float]:
+    """Accuracy per set of a test run: ``test`` and adversarial sets."""
+    return _accuracies(run.summary.get("test_metrics"), "test/acc", "test", r"test/adv/(.+)/acc")
+
+
+def validate_accuracies(run: Run) -> dict[str, float]:
+    """Accuracy per set of a validate run: ``validation`` and adversarial sets."""
+    return _accuracies(run.summary.get("validate_metrics"), "val/acc", "validation", r"adv/(.+)/acc")

@@ -1,0 +1,89 @@
+"""Suppression curves as P1 draws them (``src/analysis.py::get_lineplots_perturbation``,
+``get_perturbation_accuracy_runs``): per task, accuracy vs the share of units suppressed per layer, skill
+neurons (solid) vs random units (dashed), RoBERTa and T5 on one plot, the clean set and each adversarial set
+side by side; mean ± s.e.m. over the prompts (seeds)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from lightning_modules.report_analyses import mean_sem
+from lightning_modules.report_base import Context, Section, fmt, markdown_table, pct, slug, validate_accuracies
+from lightning_modules.report_paper import COLOURS, embed, panels
+
+
+def neuron_source(record: dict) -> str:
+    """``seed_mean`` (P1: the task's seed-mean skill neurons), ``own`` (the prompt's own run) or ``given``."""
+    return str(record.get("neuron_source") or "own")
+
+
+def paper_suppression_section(ctx: Context) -> Section:
+    section = Section("paper_suppression")
+    runs = ctx.of_kind("suppression")
+    if not runs:
+        return section.leave_out("No suppression runs (`skill-neurons sweep sweeps/suppression.yaml`).")
+    section.lines += [
+        "**Formula** (P1 `get_perturbation_accuracy_runs`, `get_lineplots_perturbation`, `src/utils.py::init_mask`): "
+        "at rate r the top r% units of every layer by the task's seed-mean clean score (`neuron_source: "
+        "seed_mean`, P1's `*_mean.npy`) are set to 0 at every position; the control zeroes as many random units "
+        "per layer. On adversarial sets `adversarial_neurons: clean` suppresses the clean skill neurons (P1 "
+        "`--adv_nonAdv`), `own` the adversarial set's own. Accuracy in %, mean ± s.e.m. (sd ddof 1 / √n) over the "
+        "prompts (seeds). Units per layer: `units_per_layer` of each run.", ""]
+    groups: dict[tuple, list] = defaultdict(list)
+    for run in runs:
+        info = run.summary["suppression"]
+        groups[(run.task, info.get("perturbation", "zero"), info.get("part", "encoder"),
+                info.get("adversarial_neurons", "clean"), neuron_source(info))].append(run)
+    order = ctx.task_order({k[0] for k in groups})
+    rows = []
+    for key in sorted(groups, key=lambda k: (order.index(k[0]), str(k[1:]))):
+        task, perturbation, part, adversarial_neurons, source = key
+        points: dict[tuple, list] = defaultdict(list)
+        for run in groups[key]:
+            info = run.summary["suppression"]
+            for name, value in validate_accuracies(run).items():
+                points[(run.backbone, run.family, str(info.get("selection")), float(info.get("rate", 0.0)),
+                        name)].append((run, pct(value)))
+        group_rows = []
+        for (backbone, family, selection, rate, name), values in sorted(points.items()):
+            mean, sem = mean_sem([v for _, v in values])
+            group_rows.append({"task": task, "task_type": ctx.task_types().get(task), "perturbation": perturbation,
+                               "part": part, "adversarial_neurons": adversarial_neurons, "neuron_source": source,
+                               "backbone": backbone, "family": family, "selection": selection, "rate": rate,
+                               "set": name, "n": len(values), "seeds": [r.seed for r, _ in values],
+                               "runs": [r.run_id for r, _ in values], "mean": mean, "sem": sem})
+        rows += group_rows
+        sets = ["validation", *sorted({r["set"] for r in group_rows} - {"validation"})]
+        title = (f"{task} · {perturbation} · {part} units · neurons: {source}, adversarial sets: "
+                 f"{adversarial_neurons} skill neurons")
+        section.lines += [f"### {title}", ""]
+        section.lines += markdown_table(
+            ["backbone", "selection", "rate (%)", "seeds", *sets],
+            [[b, sel, f"{rate:g}", max(r["n"] for r in group_rows if (r["backbone"], r["selection"], r["rate"]) ==
+                                       (b, sel, rate)),
+              *(fmt(*next(((r["mean"], r["sem"]) for r in group_rows if (r["backbone"], r["selection"], r["rate"],
+                                                                          r["set"]) == (b, sel, rate, s)),
+                          (None, None))) for s in sets)]
+             for b, sel, rate in dict.fromkeys((r["backbone"], r["selection"], r["rate"]) for r in group_rows)])
+        backbones = list(dict.fromkeys(r["backbone"] for r in group_rows))
+        fig, axes, figure = panels(ctx, slug("paper_suppression", task, perturbation, part, source,
+                                             adversarial_neurons), f"Suppression, {title}", len(sets))
+        for ax, name in zip(axes, sets):
+            for k, backbone in enumerate(backbones):
+                for selection, style in (("skill", "-"), ("random", "--")):
+                    line = sorted((r["rate"], r["mean"], r["sem"] or 0.0) for r in group_rows if
+                                  (r["backbone"], r["selection"], r["set"]) == (backbone, selection, name))
+                    if line:
+                        ax.errorbar([p[0] for p in line], [p[1] for p in line], yerr=[p[2] for p in line],
+                                    linestyle=style, color=COLOURS[k % len(COLOURS)], marker="o", capsize=3,
+                                    linewidth=2, label=f"{backbone} {selection}")
+            ax.set_title("clean (validation)" if name == "validation" else f"adversarial: {name}", fontsize="medium")
+            ax.set_xlabel("suppression rate (% of units per layer)")
+            ax.set_ylabel("accuracy (%)")
+            ax.set_ylim(0, 100)
+            ax.legend(fontsize="small")
+        fig.suptitle(f"Suppression of skill neurons: {task} ({ctx.task_types().get(task, '?')})", fontsize="medium")
+        embed(section, ctx.save(fig, figure))
+    section.tables["paper_suppression"] = [{k: v for k, v in r.items()} for r in rows]
+    section.data.update(rows=rows)
+    return section
