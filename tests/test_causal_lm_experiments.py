@@ -143,3 +143,31 @@ def test_causal_lm_fit_suppression_sweep_transfer_and_report_end_to_end(tmp_path
         assert row["overlap@5_mean"] == pytest.approx(sum(expected) / 2, abs=1e-9)
     paper = [r for r in report["paper_suppression"]["rows"] if r["neuron_source"] == "seed_mean"]
     assert {r["rate"] for r in paper} == {0.0, 15.0}
+
+
+# ---------------------------------------------------------------- bad input through the CLI
+COLLIDING_TASK = {"name": "banana", "type": "synthetic", "text_fields": ["sentence"],
+                  "label_names": ["absent", "present"], "verbalizers": {"causal_lm": ["banana", "bananaz"]},
+                  "splits": {"train": {"file": str(ROOT / "datamodules/data/marker/train.jsonl")},
+                             "validation": {"file": str(ROOT / "datamodules/data/marker/validation.jsonl")}}}
+PROMPT_POSITIONS = {"trainer": {"callbacks": [{"class_path": "callbacks.skill_neurons.SkillNeuronCallback",
+                                               "init_args": {"positions": "prompt"}}]}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"data": {"task": COLLIDING_TASK}},
+     "label words ['banana', 'bananaz'] of task 'banana' share their first sub-token (['Ġbanana', 'Ġbanana']), so "
+     "the next-token logits cannot tell them apart — choose words that start differently (verbalizers.causal_lm)"),
+    (PROMPT_POSITIONS, "a causal LM reads the prompt before the text, so the prompt positions' activations are the "
+                       "same for every example and their predictivity is constant; analyse where the text is: "
+                       "positions=last"),
+    ({"model": {"init_args": {"layout": "paper"}}}, "P1 has no causal LM, so 'tiny-gpt2' runs with "
+                                                    "--model.layout=standard"),
+], ids=["colliding-verbalizers", "prompt-positions", "layout-paper"])
+def test_bad_causal_input_is_one_line_before_anything_is_written(tmp_path, override, message):
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    proc = run_cli(["fit", "--config", str(ROOT / "configs/quickstart_gpt2.yaml"), "--config", "override.yaml",
+                    *QUICK, "--runs_dir=runs"], cwd=tmp_path, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("skill-neurons: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["override.yaml"]  # no run folder, no W&B run
