@@ -204,8 +204,8 @@ class SkillNeuronCallback(Callback):
         if not isinstance(pl_module, PromptTuningModule):
             raise SkillNeuronError(
                 f"SkillNeuronCallback analyses the soft prompt of a prompt-tuning module, but the model is a "
-                f"{type(pl_module).__name__} — use lightning_modules.MaskedLMPromptTuning or "
-                "Seq2SeqPromptTuning, or remove the callback"
+                f"{type(pl_module).__name__} — use lightning_modules.MaskedLMPromptTuning, Seq2SeqPromptTuning or "
+                "CausalLMPromptTuning, or remove the callback"
             )
         try:
             ffn_shape(pl_module.backbone, self.part)

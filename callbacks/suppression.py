@@ -16,7 +16,9 @@ analysis reads), during ``validate``/``test`` only:
   batching, order or the number of processes;
 - ``mean``: replace by the unit's threshold (its train-split mean): ``b[l,t,i]`` at each analysed position
   ``t`` (the neuron file's ``absolute_positions``: the prompt slots, the ``<mask>``, ... as the analysis chose),
-  and the mean over those positions everywhere else (the threshold exists only at analysed positions).
+  and the mean over those positions everywhere else (the threshold exists only at analysed positions). A
+  causal LM's positions (``last``, ``text_mean``) are per example and have no absolute positions: its one
+  threshold row replaces the unit at every position.
 
 ``rate: 0`` selects no unit and registers no hook: accuracy equals plain validation bit for bit.
 ``neuron_source``: ``own`` (default) takes the units from ``neurons`` (the run the checkpoint belongs to, unless
