@@ -14,6 +14,8 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
+from datamodules.causal_text import causal_label_pieces, causal_tokens, pad_id_of
+from datamodules.collator import Collator
 from datamodules.sources import prepare_split
 from datamodules.tasks import (
     MARKERS, P1_ROBERTA_BASE_IDS, SPLIT_ROLES, Source, TaskError, TaskSpec, as_source, get_task,
@@ -393,49 +395,6 @@ class PromptDataModule(LightningDataModule):
         }
 
 
-def pad_id_of(tokenizer) -> int:
-    """The id that pads batches: the pad token, else (GPT-2, Llama: no pad token) the end-of-sequence token,
-    else 0. Padded positions are masked out of attention and never read, so any id serves."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return candidate
-
-
-def causal_tokens(tokenizer, texts: list[str], budget: int) -> list[list[int]]:
-    """A causal LM's tokens of each text (special tokens included), cut from the left to ``budget``: the end
-    of the text is its cue, after which the label is read, so it must survive truncation."""
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        return tokenizer(texts, truncation=True, max_length=budget)["input_ids"]
-    finally:
-        tokenizer.truncation_side = side
-
-
-class Collator:
-    """Pads a list of encoded examples into tensors: input_ids/attention_mask (B, T), the rest (B,).
-    ``padding_side="left"`` puts the padding before the text (causal LMs only)."""
-
-    def __init__(self, pad_id: int, padding_side: str = "right"):
-        self.pad_id = pad_id
-        self.left = padding_side == "left"
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), longest), self.pad_id, dtype=torch.long)  # (B, T)
-        attention = torch.zeros((len(examples), longest), dtype=torch.long)  # (B, T)
-        for row, e in enumerate(examples):
-            at = slice(longest - len(e["input_ids"]), longest) if self.left else slice(0, len(e["input_ids"]))
-            ids[row, at] = torch.tensor(e["input_ids"])
-            attention[row, at] = 1
-        return {
-            "input_ids": ids, "attention_mask": attention,
-            "mask_index": torch.tensor([e["mask_index"] for e in examples]),
-            "labels": torch.tensor([e["label"] for e in examples]),
-            "idx": torch.tensor([e["idx"] for e in examples]),
-        }
-
-
 def _check_set_names(adversarial: dict) -> None:
     """Adversarial set names must not clash with the clean splits (their metrics and neuron files would overwrite
     the clean ones), with each other up to case (file names on case-insensitive disks), or hold path characters."""
@@ -525,24 +484,6 @@ def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec, layout: str = "
             f"choose words that start differently (verbalizers.{family})"
         )
     return ids
-
-
-def causal_label_pieces(tokenizer, task: TaskSpec, word: str) -> list[int]:
-    """The tokens a causal LM produces for ``word`` right after the task's template: the template's cue
-    followed by a space and the word (the leading-space rule: GPT-2 scores ``Ġpositive``, Llama ``▁positive``,
-    not the word's form at the start of a text). Raises if the word is unknown or merges with the cue."""
-    cue = task.causal_lm_template().format(**{f: "" for f in task.text_fields}).lstrip()
-    before = tokenizer(cue, add_special_tokens=False)["input_ids"]
-    after = tokenizer(cue + ("" if cue[-1:].isspace() else " ") + word, add_special_tokens=False)["input_ids"]
-    if after[:len(before)] != before or len(after) == len(before):
-        raise TaskError(f"verbalizer word {word!r} of task {task.name!r} merges with the end of its causal "
-                        f"template {cue!r} in {tokenizer.name_or_path!r}'s tokens — end causal_template with a "
-                        "cue such as 'Answer:'")
-    pieces = after[len(before):]
-    if pieces[0] == tokenizer.unk_token_id:
-        raise TaskError(f"verbalizer word {word!r} of task {task.name!r} is not in the vocabulary of "
-                        f"{tokenizer.name_or_path!r} — choose another word in verbalizers.causal_lm")
-    return pieces
 
 
 def _vocab_digest(tokenizer) -> str:
