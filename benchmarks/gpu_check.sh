@@ -20,6 +20,13 @@
 #   2. train_step  random-roberta-base  eager    ours vs PEFT   (reference: PEFT 36 ms/step)
 #   3. train_step  random-t5-base       sdpa     ours vs PEFT   (reference: PEFT 102 ms/step)
 #   4. analysis --preset sst2 (67,349 + 872 + 148 examples), bf16-mixed, batch 256, peak memory at 1x and 10x
+#   0. fsdp_check.py  tiny-llama under strategy=fsdp (issue 14; FSDP cannot run on CPU), first, as it is short:
+#      frozen backbone bit-identical, prompt trained, prompt-only checkpoint, and the FSDP skill-neuron analysis
+#      (positions=last) equal to the one-device analysis of the same prompt (thresholds to float rounding,
+#      accuracies and scores exactly). When a check fails, its results.jsonl line has "ok": false, "failures"
+#      and "error", and log.txt has one "fsdp_check: FAILED: ..." line per failure. FSDP_ONLY=1 runs it alone:
+#      run(command="FSDP_ONLY=1 bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=300)
+#      (SMOKE=1 rehearses it on a CPU machine with --accelerator cpu --strategy auto; FSDP_ARGS adds arguments.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,9 +97,11 @@ run() {
     echo "$out" >> "$LOG"
     local last
     last=$(printf '%s\n' "$out" | tail -n 1)
-    if (( rc == 0 )) && [[ "$last" == "{"* ]]; then
-        python3 -c 'import json,sys; d=json.loads(sys.argv[2]); print(json.dumps({"step": sys.argv[1], **d}))' \
-            "$step" "$last" >> "$RESULTS"
+    if [[ "$last" == "{"* ]]; then  # a failed check (exit 1) still records what it measured, with the error
+        python3 -c 'import json,sys; d=json.loads(sys.argv[2]); rc=int(sys.argv[3]); print(json.dumps(
+            {"step": sys.argv[1], **d, **({"error": f"exit {rc}: " + "; ".join(d.get("failures") or ["see log.txt"])}
+                                        if rc else {})}))' "$step" "$last" "$rc" >> "$RESULTS" \
+            || echo "{\"step\": \"$step\", \"error\": \"exit $rc, unreadable JSON (see log.txt)\"}" >> "$RESULTS"
     else
         local why="exit $rc"; (( rc == 124 )) && why="timeout after ${limit}s"
         echo "{\"step\": \"$step\", \"error\": \"$why (see log.txt)\"}" >> "$RESULTS"
@@ -109,6 +118,17 @@ if [[ "${SMOKE:-0}" == 1 ]]; then  # rehearse this script on a CPU machine: tiny
     P1=(--batch-size 4 --prompt-length 4 --text-length 12 --precision 32 --device cpu --warmup 1 --steps 2 --blocks 2)
     SST2=(--backbone tiny-roberta --prompt-length 4 --text-length 16 --train 64 --eval 16 --adv 16 --batch-size 16
           --device cpu --repeats 1)
+fi
+FSDP=(--backbone tiny-llama --devices 1)
+[[ "${SMOKE:-0}" == 1 ]] && FSDP+=(--accelerator cpu --strategy auto)
+read -r -a FSDP_EXTRA <<< "${FSDP_ARGS:-}"
+run fsdp_causal_lm "${FSDP_LIMIT:-150}" python3 benchmarks/fsdp_check.py "${FSDP[@]}" "${FSDP_EXTRA[@]}"
+if [[ "${FSDP_ONLY:-0}" == 1 ]]; then
+    cat "$RESULTS"
+    if grep -q '"step": "fsdp_causal_lm".*"error"' "$RESULTS"; then
+        echo "gpu_check: FAILED: fsdp_causal_lm (see results.jsonl and the fsdp_check lines in log.txt)"; exit 1
+    fi
+    exit 0
 fi
 run train_step_roberta_sdpa 120 python3 benchmarks/train_step.py --backbone $ROBERTA --attn sdpa "${P1[@]}"
 run train_step_roberta_eager 90 python3 benchmarks/train_step.py --backbone $ROBERTA --attn eager "${P1[@]}"

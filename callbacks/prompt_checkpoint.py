@@ -25,7 +25,8 @@ METADATA_KEY = "skill_neurons"
 BACKBONE_PREFIX = "backbone."  # state_dict keys of the frozen backbone: never saved
 # The family of a backbone -> the LightningModule that tunes it (``class_path`` in configs and checkpoints).
 FAMILY_CLASSES = {"masked_lm": "lightning_modules.MaskedLMPromptTuning",
-                  "seq2seq": "lightning_modules.Seq2SeqPromptTuning"}
+                  "seq2seq": "lightning_modules.Seq2SeqPromptTuning",
+                  "causal_lm": "lightning_modules.CausalLMPromptTuning"}
 
 
 class CheckpointError(ValueError):

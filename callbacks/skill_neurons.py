@@ -41,13 +41,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.contracts import PromptData, neurons_perturbed
 from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
-    OUTPUT_DIR,
-    SkillNeuronError,
-    combine_neuron_files,
-    load_neuron_file,
-    neuron_file_of,
-    save_neuron_file,
-    set_name,
+    OUTPUT_DIR, SkillNeuronError, combine_neuron_files, load_neuron_file, neuron_file_of, save_neuron_file, set_name,
 )
 from callbacks.neuron_statistics import (
     PredictivityAccumulator, ThresholdAccumulator, mean_predictivity_of, overlap_at, top_neurons, top_percent_mask,
@@ -109,8 +103,10 @@ class SkillNeuronCallback(Callback):
             decoder step, as the decoder never sees the prompt positions).
         positions: which encoder positions are analysed: ``prompt`` (default; P1/P2: the prompt slots
             0..P−1, which under ``layout: paper`` include a masked LM's ``<mask>`` in slot 0), ``mask`` (the
-            ``<mask>`` position alone) or ``prompt+mask`` (masked LMs only). The choice and the absolute
-            positions are recorded in every neuron file and in ``summary.json``.
+            ``<mask>`` position alone) or ``prompt+mask`` (masked LMs only); causal LMs: ``last`` (each
+            example's last text position, where the label is read) or ``text_mean`` (the mean over each
+            example's text positions) — their prompt positions come before the text and cannot depend on it.
+            The choice and the positions are recorded in every neuron file and in ``summary.json``.
         max_threshold_samples: at most this many train examples for thresholds (seeded random subset;
             default: the whole train split).
         threshold_seed: seed of that subset.
@@ -128,7 +124,7 @@ class SkillNeuronCallback(Callback):
     def __init__(
         self,
         part: Part = "encoder",
-        positions: Literal["prompt", "mask", "prompt+mask"] = "prompt",
+        positions: Literal["prompt", "mask", "prompt+mask", "last", "text_mean"] = "prompt",
         max_threshold_samples: int | None = None,
         threshold_seed: int = 0,
         batch_size: int | None = None,
@@ -186,8 +182,8 @@ class SkillNeuronCallback(Callback):
         if not isinstance(pl_module, PromptTuningModule):
             raise SkillNeuronError(
                 f"SkillNeuronCallback analyses the soft prompt of a prompt-tuning module, but the model is a "
-                f"{type(pl_module).__name__} — use lightning_modules.MaskedLMPromptTuning or "
-                "Seq2SeqPromptTuning, or remove the callback"
+                f"{type(pl_module).__name__} — use lightning_modules.MaskedLMPromptTuning, Seq2SeqPromptTuning or "
+                "CausalLMPromptTuning, or remove the callback"
             )
         try:
             ffn_shape(pl_module.backbone, self.part)
@@ -198,7 +194,11 @@ class SkillNeuronCallback(Callback):
                 f"SkillNeuronCallback(positions={self.positions!r}) does not exist for a {pl_module.family} model"
                 + (" analysed at the decoder's first step" if self.part == "decoder" else "")
                 + f" — choose one of {list(pl_module.position_choices()) if self.part == 'encoder' else ['prompt']}"
-                + (" (T5 has no <mask> position)" if pl_module.family == "seq2seq" else ""))
+                + (" (T5 has no <mask> position)" if pl_module.family == "seq2seq" else "")
+                + (" — a causal LM reads the prompt before the text, so the prompt positions' activations are the "
+                   "same for every example and their predictivity is constant; analyse where the text is: "
+                   "positions=last (the position the label is read at) or text_mean"
+                   if pl_module.family == "causal_lm" else ""))
         datasets = getattr(datamodule, "datasets", None)
         if datasets is None or not isinstance(datamodule, PromptData):
             raise SkillNeuronError("SkillNeuronCallback needs a PromptDataModule (it reads its splits by role)")
@@ -317,17 +317,15 @@ class SkillNeuronCallback(Callback):
         every split, all-reduced when ``world > 1``. Call it inside ``torch.no_grad()`` (and the precision
         context). Returns, per role, threshold / accuracy / predictivity / score / class_count on the CPU."""
         layers, units = ffn_shape(pl_module.backbone, self.part)
-        positions = pl_module.neuron_positions(self.part, self.positions)  # absolute positions, in order
-        num_positions = len(positions)
-        if positions == list(range(num_positions)):
-            positions = slice(0, num_positions)  # a view, no copy, for the common case
+        analysed = pl_module.analysed_positions(self.part, self.positions)
+        num_positions, select = analysed.count, analysed.select  # select: (B, S, N) units -> (B, P', N)
         device = pl_module.device
 
         train = datamodule.datasets[THRESHOLD_ROLE]
         rows = threshold_indices(len(train), self.max_threshold_samples, self.threshold_seed)
         thresholds = ThresholdAccumulator(layers, num_positions, units, device=device)
         self._stream(pl_module, datamodule, THRESHOLD_ROLE, shard(rows, rank, world),
-                     lambda layer, units_, batch: thresholds.update(units_[:, positions], layer=layer))
+                     lambda layer, units_, batch: thresholds.update(select(units_, batch), layer=layer))
         if world > 1:
             thresholds.all_reduce(dist.all_reduce)
         threshold = thresholds.threshold()  # (L, P, N)
@@ -337,7 +335,7 @@ class SkillNeuronCallback(Callback):
             counts = PredictivityAccumulator(threshold, datamodule.num_classes)
             rows_eval = list(range(len(datamodule.datasets[role])))
             self._stream(pl_module, datamodule, role, shard(rows_eval, rank, world),
-                         lambda layer, units_, batch, acc=counts: acc.update(units_[:, positions], batch["labels"],
+                         lambda layer, units_, batch, acc=counts: acc.update(select(units_, batch), batch["labels"],
                                                                              layer=layer))
             if world > 1:
                 counts.all_reduce(dist.all_reduce)
@@ -416,6 +414,7 @@ class SkillNeuronCallback(Callback):
         out = run_dir / OUTPUT_DIR
         roles = datamodule.eval_roles(stage)
         layers, positions, units = self.results[roles[0]]["threshold"].shape
+        analysed = pl_module.analysed_positions(self.part, self.positions)
         common = {
             "backbone": pl_module.hparams.get("backbone"), "family": pl_module.family, "part": self.part,
             "task": datamodule.task.name, "label_names": list(datamodule.task.label_names),
@@ -424,8 +423,9 @@ class SkillNeuronCallback(Callback):
             "prompt_checkpoint": str(prompt_source), "stage": stage,
             "shape": {"layers": layers, "positions": positions, "units": units},
             "layout": pl_module.hparams.get("layout", "standard"), "analysed_positions": self.positions,
-            "absolute_positions": pl_module.neuron_positions(self.part, self.positions),
-            "positions": (f"{self.positions}: absolute positions {_span(pl_module.neuron_positions(self.part, self.positions))}"
+            "absolute_positions": analysed.absolute,
+            "positions": (analysed.description if analysed.absolute is None else
+                          f"{self.positions}: absolute positions {_span(analysed.absolute)}"
                           if self.part == "encoder" else "first decoder step"),
             "multiclass": "one-vs-rest (class, layer, position, unit)" if datamodule.num_classes > 2 else None,
         }

@@ -16,7 +16,9 @@ analysis reads), during ``validate``/``test`` only:
   batching, order or the number of processes;
 - ``mean``: replace by the unit's threshold (its train-split mean): ``b[l,t,i]`` at each analysed position
   ``t`` (the neuron file's ``absolute_positions``: the prompt slots, the ``<mask>``, ... as the analysis chose),
-  and the mean over those positions everywhere else (the threshold exists only at analysed positions).
+  and the mean over those positions everywhere else (the threshold exists only at analysed positions). A
+  causal LM's positions (``last``, ``text_mean``) are per example and have no absolute positions: its one
+  threshold row replaces the unit at every position.
 
 ``rate: 0`` selects no unit and registers no hook: accuracy equals plain validation bit for bit.
 ``neuron_source``: ``own`` (default) takes the units from ``neurons`` (the run the checkpoint belongs to, unless
@@ -38,12 +40,7 @@ from typing import Literal, get_args
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from callbacks.neuron_files import (
-    SkillNeuronError,
-    combine_neuron_files,
-    load_neuron_file,
-    set_name,
-)
+from callbacks.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
 from callbacks.neuron_statistics import num_selected, top_percent_mask
 from callbacks.run_files import finished_fit_runs, read_summary, update_summary
 from callbacks.run_summary import run_dir_of

@@ -14,17 +14,11 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
+from datamodules.causal_text import causal_label_pieces, causal_tokens, pad_id_of
+from datamodules.collator import Collator
 from datamodules.sources import BIG_SPLIT_ROWS, prepare_split, progress_bars_if
-from datamodules.tasks import (
-    MARKERS,
-    P1_ROBERTA_BASE_IDS,
-    SPLIT_ROLES,
-    Source,
-    TaskError,
-    TaskSpec,
-    as_source,
-    get_task,
-)
+from datamodules.task_spec import MARKERS, SPLIT_ROLES, Source, TaskError, TaskSpec, as_source
+from datamodules.tasks import P1_ROBERTA_BASE_IDS, get_task
 from lightning_modules.backbones import family_of, load_tokenizer, max_input_length_of
 
 CLEAN_EVAL = "validation"
@@ -55,6 +49,9 @@ class PromptDataModule(LightningDataModule):
       form); for masked LMs a ``<mask>`` right after the first special token, ``mask_index`` its position
       among the text tokens. The text is truncated (longest segment first) to ``max_text_length`` tokens, and
       further if ``prompt_length`` plus the text would exceed the backbone's positions.
+    - ``standard`` causal LMs: the task's ``causal_lm_template()`` (text fields, then a cue such as
+      ``Sentiment:``) as one string with the tokenizer's special tokens (Llama's ``<s>``), cut from the *left*
+      to ``max_text_length`` so the cue, after which the label is read, always stays; ``mask_index`` -1.
     - ``paper``: P1's tokens for the task (``TaskSpec.paper``, from its formatters): segments encoded one by
       one, cut at the end to ``max_text_length`` plus P1's extra length; no ``<mask>`` in the text (the
       masked LM reads the label at prompt slot 0), ``mask_index`` -1. Label words use P1's id rule: the
@@ -73,6 +70,10 @@ class PromptDataModule(LightningDataModule):
         layout: ``paper`` (P1's inputs) or ``standard``; linked from ``model.layout`` by the CLI.
         max_text_length: most tokens of the text, special tokens included, not counting prompt or mask
             (``paper``: P1's ``max_len``, to which P1's formats add 0–3 tokens).
+        padding_side: where a batch pads its shorter texts: ``right`` (default) or ``left`` (causal LMs only:
+            their position ids follow the attention mask, so both give the same activations; masked LMs and T5
+            number positions by index and need ``right``). A tokenizer without a pad token (GPT-2, Llama) pads
+            with its end-of-sequence id; padded positions are masked either way.
         batch_size: training batch size (per device).
         eval_batch_size: evaluation batch size (default: ``batch_size``).
         adversarial: names of the task's adversarial sets to evaluate (default: all it declares; [] none).
@@ -93,6 +94,7 @@ class PromptDataModule(LightningDataModule):
         prompt_length: int = 8,
         layout: Literal["paper", "standard"] = "standard",
         max_text_length: int = 128,
+        padding_side: Literal["right", "left"] = "right",
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         adversarial: list[str] | None = None,
@@ -229,7 +231,7 @@ class PromptDataModule(LightningDataModule):
         if self._max_positions is not None:
             mask = 1 if self.family == "masked_lm" else 0
             budget = min(budget, self._max_positions - self.hparams.prompt_length - mask)
-        specials = tok.num_special_tokens_to_add(pair=len(self.task.template) == 2)
+        specials = tok.num_special_tokens_to_add(pair=len(self.task.template) == 2 and self.family != "causal_lm")
         if budget - specials < 1:
             raise TaskError(
                 f"prompt_length={self.hparams.prompt_length} leaves no room for text: the backbone takes "
@@ -254,6 +256,11 @@ class PromptDataModule(LightningDataModule):
 
     def load(self, stage: str | None) -> None:
         """Read, check and tokenise the splits ``stage`` needs (cached: a split is loaded once)."""
+        if self.hparams.padding_side not in ("right", "left"):
+            raise TaskError(f"data.padding_side={self.hparams.padding_side!r}: use right or left")
+        if self.hparams.padding_side == "left" and self.family != "causal_lm":
+            raise TaskError(f"data.padding_side=left is for causal LMs only: {self.hparams.backbone!r} is a "
+                            f"{self.family} model, whose positions are numbered by index — use data.padding_side=right")
         self.label_token_ids
         self._load_sources(self._sources(stage))
 
@@ -325,7 +332,7 @@ class PromptDataModule(LightningDataModule):
         return DataLoader(
             ds, batch_size=batch_size or self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=shuffle,
             sampler=sampler,
-            collate_fn=Collator(self.tokenizer.pad_token_id), num_workers=self.hparams.num_workers,
+            collate_fn=Collator(pad_id_of(self.tokenizer), self.hparams.padding_side), num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(), persistent_workers=self.hparams.num_workers > 0,
         )
 
@@ -335,8 +342,9 @@ class PromptDataModule(LightningDataModule):
         mask_id = tok.mask_token_id if family == "masked_lm" else None
         specials = set(tok.all_special_ids)
         paper = task.paper_format(family) if self.layout == "paper" else None
+        causal = task.causal_lm_template() if family == "causal_lm" and paper is None else None
         key = json.dumps([record["sha256"], tok.name_or_path, len(tok), family, budget, task.template,
-                          type(tok).__name__, _vocab_digest(tok)]
+                          type(tok).__name__, _vocab_digest(tok)] + ([causal] if causal else [])
                          + ([self.layout, dataclasses.asdict(paper)] if paper else []))
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -345,6 +353,10 @@ class PromptDataModule(LightningDataModule):
                 rows = [dict(zip(task.text_fields, values)) for values in zip(*(batch[f] for f in task.text_fields))]
                 return {"input_ids": [p1_tokens(tok, paper, row, budget) for row in rows],
                         "mask_index": [-1] * len(rows)}
+            if causal is not None:
+                texts = [causal.format(**dict(zip(task.text_fields, values)))
+                         for values in zip(*(batch[f] for f in task.text_fields))]
+                return {"input_ids": causal_tokens(tok, texts, budget), "mask_index": [-1] * len(texts)}
             segments = [[seg.format(**dict(zip(task.text_fields, values))) for seg in task.template]
                         for values in zip(*(batch[f] for f in task.text_fields))]
             first = [s[0] for s in segments]
@@ -374,27 +386,6 @@ class PromptDataModule(LightningDataModule):
             "layout": self.layout, "verbalizer": list(words), "extra_words": list(extra),
             "label_token_ids": self.label_token_ids,
             "eval_sets": self.eval_set_names, "splits": self.split_records,
-        }
-
-
-class Collator:
-    """Pads a list of encoded examples into tensors: input_ids/attention_mask (B, T), the rest (B,)."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), longest), self.pad_id, dtype=torch.long)  # (B, T)
-        attention = torch.zeros((len(examples), longest), dtype=torch.long)  # (B, T)
-        for row, e in enumerate(examples):
-            ids[row, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
-            attention[row, : len(e["input_ids"])] = 1
-        return {
-            "input_ids": ids, "attention_mask": attention,
-            "mask_index": torch.tensor([e["mask_index"] for e in examples]),
-            "labels": torch.tensor([e["label"] for e in examples]),
-            "idx": torch.tensor([e["idx"] for e in examples]),
         }
 
 
@@ -470,6 +461,8 @@ def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec, layout: str = "
                     f"{tokenizer.name_or_path!r} as one token (it becomes {shown}) — choose a word that is, "
                     f"in verbalizers.masked_lm"
                 )
+        elif family == "causal_lm":
+            pieces = causal_label_pieces(tokenizer, task, word)
         else:
             # T5: the label is read from the first decoder step, i.e. the word's first sub-token.
             pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -481,7 +474,8 @@ def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec, layout: str = "
         first = [tokenizer.convert_ids_to_tokens(i) for i in ids]
         raise TaskError(
             f"label words {list((*words, *extra))} of task {task.name!r} share their first sub-token ({first}), so the "
-            f"first decoder step cannot tell them apart — choose words that start differently"
+            f"{'next-token logits' if family == 'causal_lm' else 'first decoder step'} cannot tell them apart — "
+            f"choose words that start differently (verbalizers.{family})"
         )
     return ids
 

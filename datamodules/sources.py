@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 from lightning.pytorch.utilities import rank_zero_warn
 
-from datamodules.tasks import Source, TaskError, TaskSpec
+from datamodules.task_spec import Source, TaskError, TaskSpec
 
 BIG_FILE_BYTES = 10_000_000  # datasets shows its progress bars when reading a local file this large or larger
 BIG_SPLIT_ROWS = 20_000  # ... and when tokenising a split this long or longer (seconds of work, not instant)

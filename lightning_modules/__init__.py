@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-_CLASSES = {"MaskedLMPromptTuning": "masked_lm", "PromptTuningModule": "prompt_tuning",
-            "Seq2SeqPromptTuning": "seq2seq", "SoftPrompt": "soft_prompt"}
+_CLASSES = {"CausalLMPromptTuning": "causal_lm", "MaskedLMPromptTuning": "masked_lm",
+            "PromptTuningModule": "prompt_tuning", "Seq2SeqPromptTuning": "seq2seq", "SoftPrompt": "soft_prompt"}
 __all__ = sorted(_CLASSES)
 
 

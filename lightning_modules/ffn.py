@@ -1,9 +1,10 @@
 """Where a backbone's feed-forward ("skill") neurons live — answered here and nowhere else.
 
 A neuron is one unit of the FFN hidden layer: the value after the nonlinearity, i.e. the *input of the FFN
-down-projection* (METHOD.md, "Skill neurons"). :func:`ffn_sites` finds, for every layer of the encoder (or
-the decoder of an encoder–decoder), the module that carries those units and whether they are its output or
-its input:
+down-projection* (METHOD.md, "Skill neurons"). :func:`ffn_sites` finds, for every layer of the encoder (the
+decoder of an encoder–decoder with ``part="decoder"``; a decoder-only causal LM's one stack of layers, which
+reads the prompt, is its ``encoder`` part), the module that carries those units and whether they are its output
+or its input:
 
 ==========================  ==========================================  =========
 family                      module                                      units are
@@ -15,7 +16,17 @@ T5, T5 v1.1, Flan-T5, mT5   ``block[i].layer[-1].DenseReluDense.wo``     input
                             activated hidden layer)
 BART, mBART, Pegasus ...    ``layers[i].fc2``                            input
 DistilBERT                  ``transformer.layer[i].ffn.lin2``            input
+GPT-2                       ``h[i].mlp.c_proj`` (a ``Conv1D``, weight    input
+                            (in, out), not an ``nn.Linear``)
+Llama, Mistral, Qwen2,      ``layers[i].mlp.down_proj`` (gated: its      input
+Gemma ... (gated MLPs)      input is ``act(gate_proj x) * up_proj x``)
+GPT-NeoX, Pythia            ``layers[i].mlp.dense_4h_to_h``              input
+OPT                         ``decoder.layers[i].fc2`` (the BART rule;    input
+                            OPT flattens its FFN input to (B·S, H))
 ==========================  ==========================================  =========
+
+:func:`hook_ffn` always hands the units over as (B, S, N): a layer that flattens its FFN input to (B·S, N)
+(OPT) is given back its batch and sequence shape, read from the layer's own input.
 
 The skill-neuron recorder (``callbacks/skill_neurons.py``) and the suppression of neurons both go through
 :func:`ffn_sites` and :func:`hook_ffn`; supporting another architecture means adding one rule to
@@ -31,6 +42,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from transformers.pytorch_utils import Conv1D
 
 Part = Literal["encoder", "decoder"]
 PARTS = get_args(Part)
@@ -42,12 +54,14 @@ class FFNLookupError(ValueError):
 
 @dataclass(frozen=True)
 class FFNSite:
-    """One layer's FFN units: ``module``'s output (``where="output"``) or input (``"input"``), width ``units``."""
+    """One layer's FFN units: ``module``'s output (``where="output"``) or input (``"input"``), width ``units``;
+    ``block`` is the whole layer (its input gives the (B, S) shape of units that arrive flattened)."""
 
     layer: int
     module: nn.Module
     where: Literal["input", "output"]
     units: int
+    block: nn.Module | None = None
 
 
 def _intermediate(layer: nn.Module):
@@ -76,12 +90,36 @@ def _lin2(layer: nn.Module):
     return (lin2, "input", lin2.in_features) if isinstance(lin2, nn.Linear) else None
 
 
+def _gpt2_c_proj(layer: nn.Module):
+    # GPT-2's Conv1D computes x @ weight with weight (in, out): its input width is weight.shape[0]. (The
+    # attention's c_proj is layer.attn.c_proj; only the MLP's is the FFN down-projection.)
+    c_proj = getattr(getattr(layer, "mlp", None), "c_proj", None)
+    return (c_proj, "input", c_proj.weight.shape[0]) if isinstance(c_proj, Conv1D) else None
+
+
+def _down_proj(layer: nn.Module):
+    down = getattr(getattr(layer, "mlp", None), "down_proj", None)
+    return (down, "input", down.in_features) if isinstance(down, nn.Linear) else None
+
+
+def _dense_4h_to_h(layer: nn.Module):
+    dense = getattr(getattr(layer, "mlp", None), "dense_4h_to_h", None)
+    return (dense, "input", dense.in_features) if isinstance(dense, nn.Linear) else None
+
+
 # Tried in order on each layer; the first rule that matches gives the module carrying the units.
-_UNIT_RULES: tuple[Callable[[nn.Module], tuple | None], ...] = (_intermediate, _t5_wo, _fc2, _lin2)
+_UNIT_RULES: tuple[Callable[[nn.Module], tuple | None], ...] = (_intermediate, _t5_wo, _fc2, _lin2, _gpt2_c_proj,
+                                                                  _down_proj, _dense_4h_to_h)
 
 
 def is_encoder_decoder(backbone: nn.Module) -> bool:
     return bool(getattr(getattr(backbone, "config", None), "is_encoder_decoder", False))
+
+
+def is_decoder_only(backbone: nn.Module) -> bool:
+    """A causal LM without an encoder (GPT-2, Llama, OPT ...): not an encoder–decoder, and it can generate."""
+    can_generate = getattr(backbone, "can_generate", None)
+    return not is_encoder_decoder(backbone) and callable(can_generate) and bool(can_generate())
 
 
 def _stack(backbone: nn.Module, part: str) -> nn.Module:
@@ -92,18 +130,25 @@ def _stack(backbone: nn.Module, part: str) -> nn.Module:
     if is_encoder_decoder(backbone):
         return backbone.get_encoder() if part == "encoder" else backbone.get_decoder()
     if part == "decoder":
+        if is_decoder_only(backbone):
+            raise FFNLookupError(
+                f"{name} is decoder-only: its one stack of layers reads the prompt and the text and is analysed "
+                "as part='encoder' (the default) — use that"
+            )
         raise FFNLookupError(
             f"{name} is encoder-only: it has no decoder neurons — analyse part='encoder' (the default)"
         )
     base = getattr(backbone, "base_model", backbone)
-    for attr in ("encoder", "transformer"):
+    for attr in ("encoder", "transformer", "decoder"):  # decoder: OPT's OPTModel.decoder holds the layers
         if hasattr(base, attr):
             return getattr(base, attr)
+    if is_decoder_only(backbone):
+        return base  # GPT-2's h, Llama's and GPT-NeoX's layers sit on the base model itself
     raise FFNLookupError(f"cannot find the encoder of {name}; add a rule to lightning_modules/ffn.py")
 
 
 def _layers(stack: nn.Module) -> nn.ModuleList:
-    for attr in ("layer", "block", "layers"):
+    for attr in ("layer", "block", "layers", "h"):
         layers = getattr(stack, attr, None)
         if isinstance(layers, nn.ModuleList) and len(layers):
             return layers
@@ -120,7 +165,7 @@ def ffn_sites(backbone: nn.Module, part: str = "encoder") -> list[FFNSite]:
                 f"layer {index} of {type(layer).__name__} has no FFN this project recognises; add a rule to "
                 "_UNIT_RULES in lightning_modules/ffn.py"
             )
-        sites.append(FFNSite(index, *found))
+        sites.append(FFNSite(index, *found, block=layer))
     return sites
 
 
@@ -150,9 +195,26 @@ def hook_ffn(backbone: nn.Module, fn: UnitFn, part: str = "encoder") -> list[Rem
                 return fn(layer, output)
             handles.append(site.module.register_forward_hook(after))
         else:
-            def before(module, args, layer=site.layer):
-                replaced = fn(layer, args[0])
-                return None if replaced is None else (replaced, *args[1:])
+            shape: dict[str, torch.Size] = {}
+
+            def remember(module, args, kwargs, shape=shape):
+                hidden = args[0] if args else kwargs.get("hidden_states")
+                shape["leading"] = hidden.shape[:-1] if isinstance(hidden, torch.Tensor) else None
+
+            def before(module, args, layer=site.layer, shape=shape):
+                units = args[0]
+                flat = units.ndim == 2  # (B·S, N): OPT flattens the batch and sequence dimensions
+                if flat:
+                    if not shape.get("leading"):
+                        raise FFNLookupError(f"layer {layer}'s FFN units arrive flattened {tuple(units.shape)} and "
+                                             "the layer's input shape is unknown; add a rule to lightning_modules/ffn.py")
+                    units = units.view(*shape["leading"], units.shape[-1])  # (B, S, N)
+                replaced = fn(layer, units)
+                if replaced is None:
+                    return None
+                return (replaced.reshape(args[0].shape) if flat else replaced, *args[1:])
+            if site.block is not None:
+                handles.append(site.block.register_forward_pre_hook(remember, with_kwargs=True))
             handles.append(site.module.register_forward_pre_hook(before))
     return handles
 

@@ -1,7 +1,10 @@
-"""The shared prompt-tuning LightningModule; the backbone families subclass it (masked_lm.py, seq2seq.py)."""
+"""The shared prompt-tuning LightningModule; the backbone families subclass it (masked_lm.py, seq2seq.py,
+causal_lm.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -11,16 +14,28 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from callbacks.prompt_checkpoint import (
-    FAMILY_CLASSES,
-    check_prompt_shape,
-    keep_prompt_only,
-    metadata,
-)
+from callbacks.prompt_checkpoint import FAMILY_CLASSES, check_prompt_shape, keep_prompt_only, metadata
 from lightning_modules.backbones import BackboneError, load_backbone
 from lightning_modules.soft_prompt import SoftPrompt
 
 # Intended, so not worth a warning: checkpoints leave the backbone out, and the backbone runs in eval mode.
+
+
+@dataclass(frozen=True)
+class AnalysedPositions:
+    """Which sequence positions' FFN units the skill-neuron analysis reads, and how to read them.
+
+    ``select(units, batch)`` takes one layer's units (B, S, N) of a forward of ``batch`` (S = prompt + text)
+    and returns the analysed ones (B, count, N). ``absolute`` lists the positions when they are the same for
+    every example (prompt slots, a fixed ``<mask>``), and is ``None`` when they depend on the example (a causal
+    LM's last text position moves with the text's length and the padding); ``description`` then says what is read.
+    """
+
+    choice: str
+    count: int
+    absolute: list[int] | None
+    select: Callable[[torch.Tensor, dict], torch.Tensor]
+    description: str = ""
 
 
 class PromptTuningModule(LightningModule):
@@ -186,6 +201,14 @@ class PromptTuningModule(LightningModule):
             raise ValueError(f"positions={choice!r} does not exist for a {self.family} model — choose one of "
                              f"{list(self.position_choices())}")
         return list(range(self.prompt.length))
+
+    def analysed_positions(self, part: str = "encoder", choice: str = "prompt") -> AnalysedPositions:
+        """The positions the skill-neuron analysis reads (see :class:`AnalysedPositions`): here the fixed
+        ``neuron_positions``; families whose positions depend on the example override it (causal LMs)."""
+        positions = self.neuron_positions(part, choice)
+        # a view, no copy, for the common case of positions 0..P'-1
+        index = slice(0, len(positions)) if positions == list(range(len(positions))) else positions
+        return AnalysedPositions(choice, len(positions), positions, lambda units, batch: units[:, index])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of the scored words, (B, C)."""

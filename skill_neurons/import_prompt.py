@@ -261,7 +261,7 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
     where = p1_location(source)
     source_family = family or (P1_MODELS[where.model][0] if where else info.family)
     if source_family not in FAMILY_CLASSES:
-        raise PromptImportError(f"unknown family {source_family!r}; choose masked_lm or seq2seq")
+        raise PromptImportError(f"unknown family {source_family!r}; choose one of {', '.join(FAMILY_CLASSES)}")
     if source_family != info.family:
         raise PromptImportError(
             f"{source} is a {source_family} prompt but backbone {backbone!r} is a {info.family} model — a prompt "
@@ -269,6 +269,9 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
         )
     if layout not in LAYOUTS:
         raise PromptImportError(f"unknown --layout {layout!r}; choose paper or standard")
+    if layout == "paper" and source_family == "causal_lm":
+        raise PromptImportError("layout 'paper' is P1's input for RoBERTa and T5; P1 has no causal LM — import a "
+                                "causal-LM prompt with --layout standard")
     if mask_slot is None:
         mask_slot = "drop" if source_family == "masked_lm" and layout == "standard" else "keep"
     if mask_slot not in MASK_SLOTS:

@@ -5,14 +5,8 @@ import pytest
 import torch
 
 from callbacks.neuron_statistics import (
-    PredictivityAccumulator,
-    ThresholdAccumulator,
-    mean_over_prompts,
-    mean_predictivity_of,
-    num_selected,
-    overlap_at,
-    top_neurons,
-    top_percent_mask,
+    PredictivityAccumulator, ThresholdAccumulator, mean_over_prompts, mean_predictivity_of, num_selected, overlap_at,
+    top_neurons, top_percent_mask,
 )
 
 L, P, N = 3, 4, 5  # layers, prompt positions, units

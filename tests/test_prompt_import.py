@@ -12,12 +12,7 @@ import torch
 from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, summary_of
 from torch import nn
 
-from skill_neurons.import_prompt import (
-    P1_TASKS,
-    PromptImportError,
-    import_prompt,
-    main,
-)
+from skill_neurons.import_prompt import P1_TASKS, PromptImportError, import_prompt, main
 
 WIDTH = 64  # tiny-roberta hidden_size, tiny-t5 d_model (P1's real prompts: 768)
 

@@ -20,7 +20,7 @@ from datamodules.prompt_datamodule import Collator
 from lightning_modules import MaskedLMPromptTuning, Seq2SeqPromptTuning
 from lightning_modules.ffn import FFNLookupError, ffn_hooks, ffn_shape, ffn_sites
 from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
-from tests.helpers.tiny import MARKER, P, make, marker_task, validate
+from tests.helpers.tiny import MARKER, P, brute_force_statistics, make, marker_task, validate
 
 # ---------------------------------------------------------------- brute force (independent of ffn.py)
 def brute_force_activations(model, dm, role: str, part: str) -> tuple[np.ndarray, np.ndarray]:
@@ -48,18 +48,6 @@ def brute_force_activations(model, dm, role: str, part: str) -> tuple[np.ndarray
         for hook in hooks:
             hook.remove()
     return np.stack(acts), np.array(labels)
-
-
-def brute_force_statistics(train_acts: np.ndarray, eval_acts: np.ndarray, labels: np.ndarray) -> dict:
-    threshold = train_acts.astype(np.float64).mean(axis=0).astype(np.float32)  # (L, P, N)
-    n = len(labels)
-    accuracy = np.zeros(threshold.shape)
-    for x in range(n):  # plain loop over examples
-        accuracy += (eval_acts[x] > threshold) == bool(labels[x])
-    accuracy /= n
-    predictivity = np.maximum(accuracy, 1 - accuracy)
-    return {"threshold": threshold, "accuracy": accuracy, "predictivity": predictivity,
-            "score": predictivity.max(axis=1)}
 
 
 # ---------------------------------------------------------------- correctness

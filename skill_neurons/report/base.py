@@ -15,7 +15,9 @@ import torch
 
 from callbacks.neuron_files import OUTPUT_DIR, SkillNeuronError, neuron_file_of
 
-FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like"}
+FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like", "causal_lm": "GPT-like (decoder-only)"}
+# The paper's two families, in its order (the accuracy table notes which of them are absent); any other family,
+# such as causal_lm, ranks after them.
 FAMILY_ORDER = ("masked_lm", "seq2seq")
 TYPE_ORDER = ("sentiment", "nli", "paraphrase", "ethics")  # METHOD.md's task types, in its order
 OVERLAP_PERCENTS = (1, 5, 10, 15)  # the n of overlap@n% P1 reports (the callback's default too)

@@ -18,11 +18,11 @@ and writes
   credentials, as the training CLI does.
 
 Sections (METHOD.md, "Experiments built on it"), each replaced by one line saying why when its runs are
-missing, in :data:`report_base.TITLES` order: runs read; accuracy; transfer (:mod:`report_transfer`); the paper's
+missing, in :data:`skill_neurons.report.base.TITLES` order: runs read; accuracy; transfer (:mod:`.transfer`); the paper's
 neuron analyses computed as P1 computes them (:mod:`report_paper`, :mod:`report_spearman`, numbers from
-:mod:`report_analyses`, seed means from :mod:`report_seed_means`); suppression (:mod:`report_suppression` and the
+:mod:`.analyses`, seed means from :mod:`.seed_means`); suppression (:mod:`.suppression` and the
 per-backbone detail here); class-balanced predictivity (:mod:`report_balance`); our per-seed variants (per-layer
-boxes, per-seed overlap checked against ``summary.json``). Before any section, :func:`report_seed_means.check_inputs`
+boxes, per-seed overlap checked against ``summary.json``). Before any section, :func:`.seed_means.check_inputs`
 refuses runs of mixed layouts / analysed positions and neuron files of different shapes for one backbone.
 
 Run kinds: a run with a ``suppression`` section is a suppression run; one with ``transfer`` (and no

@@ -117,17 +117,20 @@ def check_inputs(ctx: Context) -> None:
     or analysed positions, and neuron files of different shapes for the same backbone and part."""
     neuron_runs = ctx.neuron_runs()
     analysed = {run.source for run in neuron_runs}
-    layouts: dict[tuple[str, str], list[str]] = defaultdict(list)
+    layouts: dict[tuple[str, str | None], list[str]] = defaultdict(list)
     for run in ctx.finished:
         layout = run.layout
-        for name in (run.neurons.get("sets") or {}) if run.source in analysed else ():
+        sets = (run.neurons.get("sets") or {}) if run.source in analysed else {}
+        for name in sets:
             meta = ctx.scores.metadata(run, name)
             if meta.get("layout") or meta.get("analysed_positions"):
                 layout = (str(meta.get("layout", "standard")), str(meta.get("analysed_positions", "prompt")))
+        if not sets and not any(s.get("analysed_positions") for s in (run.settings, run.neurons)):
+            layout = (layout[0], None)  # no analysis of its own (transfer, suppression): only its layout counts
         layouts[layout].append(f"`{run.run_id}`")
-    if len(layouts) > 1:
-        groups = "; ".join(f"layout {a}, analysed positions {b}: {', '.join(sorted(set(ids)))}"
-                           for (a, b), ids in sorted(layouts.items()))
+    if len({a for a, _ in layouts}) > 1 or len({b for _, b in layouts if b is not None}) > 1:
+        groups = "; ".join(f"layout {a}, analysed positions {b or 'none (no analysis)'}: {', '.join(sorted(set(ids)))}"
+                           for (a, b), ids in sorted(layouts.items(), key=lambda item: (item[0][0], item[0][1] or "")))
         raise ReportError(f"the runs mix input layouts or analysed positions ({groups}) — their neurons are not "
                           "comparable: report the runs of one layout and one choice of positions at a time "
                           "(pass only their directories)")

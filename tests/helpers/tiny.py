@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning import Trainer, seed_everything
 
@@ -53,3 +54,15 @@ def validate(model, dm, root: Path, callback: SkillNeuronCallback, **trainer_kwa
     trainer = Trainer(**{**settings, **trainer_kwargs})
     trainer.validate(model, datamodule=dm)
     return trainer
+
+
+def brute_force_statistics(train_acts: np.ndarray, eval_acts: np.ndarray, labels: np.ndarray) -> dict:
+    threshold = train_acts.astype(np.float64).mean(axis=0).astype(np.float32)  # (L, P, N)
+    n = len(labels)
+    accuracy = np.zeros(threshold.shape)
+    for x in range(n):  # plain loop over examples
+        accuracy += (eval_acts[x] > threshold) == bool(labels[x])
+    accuracy /= n
+    predictivity = np.maximum(accuracy, 1 - accuracy)
+    return {"threshold": threshold, "accuracy": accuracy, "predictivity": predictivity,
+            "score": predictivity.max(axis=1)}
