@@ -213,6 +213,6 @@ def get_task(task: str | dict | TaskSpec) -> TaskSpec:
     if task not in TASKS:
         raise TaskError(
             f"unknown task {task!r} — known tasks: {', '.join(TASKS)} "
-            "(or declare your own task as a mapping under data.task, see datamodules/tasks.py)"
+            "(or declare your own task as a mapping under data.task, see datamodules/task_spec.py)"
         )
     return TASKS[task]

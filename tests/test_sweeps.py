@@ -193,6 +193,7 @@ def test_fallback_copy_of_the_agents_rendering_equals_wandbs_own():
         del os.environ["SWEEP_TEST_VAR"]
 
 
+@pytest.mark.subprocess  # trials (or the CLI's dry run) are child processes
 def test_trial_argv_and_environment_are_what_wandb_agent_gives(here, capsys):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
@@ -268,6 +269,7 @@ def test_random_sweep_with_count_runs_exactly_count_real_trials(tmp_path, tiny_b
 
 
 # ------------------------------------------------------------------------------ engine behaviour
+@pytest.mark.subprocess  # trials (or the CLI's dry run) are child processes
 def test_bayes_proposes_configurations_from_finished_results(here, capsys):
     import numpy as np
 
@@ -294,6 +296,7 @@ def test_bayes_proposes_configurations_from_finished_results(here, capsys):
     assert next_quality({0.5: -0.25, 1.5: -0.75, 2.5: -1.25, 3.5: -1.75}) < 0.5
 
 
+@pytest.mark.subprocess  # trials (or the CLI's dry run) are child processes
 def test_hyperband_stops_a_trial_that_is_clearly_worse(here, capsys):
     sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
                             early_terminate={"type": "hyperband", "min_iter": 2, "eta": 2},
@@ -308,6 +311,7 @@ def test_hyperband_stops_a_trial_that_is_clearly_worse(here, capsys):
     assert [c["event"] for c in calls(here) if "--quality=0.1" in c["argv"]] == ["start"]  # never ended itself
 
 
+@pytest.mark.subprocess  # trials (or the CLI's dry run) are child processes
 def test_workers_pin_one_gpu_each(here, monkeypatch, capsys):
     monkeypatch.setattr(sweep_runner, "visible_gpus", lambda: ["3", "5"])
     sweep = synthetic_sweep(here, method="grid", parameters={"quality": {"values": [1, 2, 3, 4]},
@@ -380,6 +384,7 @@ def sweep_runner_processes(sweep_id: str) -> list[int]:
     return [p for p in found if sweep_processes._alive(p)]
 
 
+@pytest.mark.subprocess  # trials (or the CLI's dry run) are child processes
 def test_restart_keeps_a_trial_that_finished_unrecorded_and_retries_an_interrupted_one(here, capsys):
     sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
                             parameters={"quality": {"values": [0.5, 1.0]}})
@@ -430,6 +435,7 @@ def test_missing_sweep_file_and_missing_status_dir(here, capsys):
     assert "no sweep in nowhere" in sweep_error(["--status", "nowhere"], capsys)
 
 
+@pytest.mark.subprocess  # trials (or the CLI's dry run) are child processes
 def test_parameter_key_the_cli_does_not_accept_is_caught_before_any_trial(tmp_path, tiny_backbones, capsys,
                                                                            monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -441,6 +447,7 @@ def test_parameter_key_the_cli_does_not_accept_is_caught_before_any_trial(tmp_pa
     assert state_of(tmp_path / "d")["trials"] == [] and not any((tmp_path / "d" / "runs").iterdir())
 
 
+@pytest.mark.subprocess  # trials (or the CLI's dry run) are child processes
 def test_metric_that_no_trial_reports_is_named_after_the_first_trial(here, capsys):
     sweep = synthetic_sweep(here, method="grid", metric={"name": "accuracy", "goal": "maximize"},
                             parameters={"quality": {"values": [1, 2, 3]}})
@@ -463,6 +470,7 @@ def test_more_workers_than_gpus_is_refused(here, monkeypatch, capsys):
     assert not (here / "d").exists()
 
 
+@pytest.mark.subprocess  # trials (or the CLI's dry run) are child processes
 def test_a_changed_sweep_file_is_refused_for_a_started_sweep(here, capsys):
     sweep = synthetic_sweep(here, method="grid", parameters={"quality": {"values": [1]}})
     assert sweep_command.main([str(sweep), "--dir", "d", "--poll", "0.02"]) == 0
@@ -471,6 +479,7 @@ def test_a_changed_sweep_file_is_refused_for_a_started_sweep(here, capsys):
     assert "started from a different sweep file (parameters differ) — give another --dir" in err
 
 
+@pytest.mark.subprocess  # trials (or the CLI's dry run) are child processes
 def test_a_corrupt_state_file_is_recovered_from_its_backup(here, capsys):
     sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
                             parameters={"quality": {"values": [0.5, 1.0]}})
