@@ -33,11 +33,6 @@ class CheckpointError(ValueError):
     """A checkpoint that is not a readable skill-neurons prompt checkpoint; the message names the fix."""
 
 
-def class_name(family: str) -> str:
-    """``MaskedLMPromptTuning`` for ``masked_lm``."""
-    return FAMILY_CLASSES[family].rsplit(".", 1)[-1]
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint read with ``weights_only=True``; a truncated or foreign file is one clear error
     (never the unpickler's advice to load it with ``weights_only=False``)."""

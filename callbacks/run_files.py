@@ -138,10 +138,6 @@ def summary_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / SUMMARY_FILE
 
 
-def has_summary(run_dir: str | Path) -> bool:
-    return summary_path(run_dir).is_file()
-
-
 def read_summary(run_dir: str | Path) -> Summary:
     """The run's ``summary.json`` (``{}`` when it has none yet or it cannot be read)."""
     return read_json(summary_path(run_dir))  # type: ignore[return-value]

@@ -13,7 +13,6 @@ from typing import Any
 import yaml
 
 STATE_FILE = "state.json"
-RUNS_DIR_ENV = "SKILL_NEURONS_RUNS_DIR"  # where a trial writes <run id>/summary.json
 MARKER_ENV = "SKILL_NEURONS_SWEEP_TRIAL"  # "<sweep id>/<run id>" in every trial process's environment
 KILL_DELAY_S = 30.0  # SIGTERM -> SIGKILL, as wandb agent's default
 DEFAULT_SWEEP_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # wandb agent's default

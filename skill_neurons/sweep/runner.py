@@ -19,8 +19,9 @@ from typing import Any
 import yaml
 
 from callbacks.run_files import new_run_id, read_json, summary_path
+from skill_neurons.runs import RUN_ID_ENV, RUNS_DIR_ENV
 from skill_neurons.sweep.config import (
-    ENGINE_STATES, KILL_DELAY_S, MARKER_ENV, RUNS_DIR_ENV, STATE_FILE, SweepError, check_sweep_config, engine,
+    ENGINE_STATES, KILL_DELAY_S, MARKER_ENV, STATE_FILE, SweepError, check_sweep_config, engine,
     load_sweep_file, plain, render_command, save_param_file,
 )
 from skill_neurons.sweep.display import progress_of, sweep_group
@@ -177,7 +178,7 @@ class SweepRunner:
         env = dict(os.environ)
         env.pop("WANDB_SERVICE", None)  # as the agent: the trial starts its own W&B service
         env.update({
-            "WANDB_RUN_ID": run_id, "SKILL_NEURONS_RUN_ID": run_id, "WANDB_RUN_GROUP": self.group,
+            "WANDB_RUN_ID": run_id, RUN_ID_ENV: run_id, "WANDB_RUN_GROUP": self.group,
             "WANDB_SWEEP_PARAM_PATH": str((self.dir / "params" / f"config-{run_id}.yaml").resolve()),
             "WANDB_DIR": str(self.run_dir(run_id).resolve()),
             RUNS_DIR_ENV: str((self.dir / "runs").resolve()), MARKER_ENV: f"{self.sweep_id}/{run_id}",
