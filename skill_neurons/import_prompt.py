@@ -40,7 +40,7 @@ How P1's rows map onto this project's prompt
 
 What still differs is listed in the README ("Reproducing the paper"). ``--layout standard`` maps the prompt
 onto this project's own input instead (``[prompt] <s> <mask> text </s>``; an approximation of P1's setting):
-``--mask-slot drop`` (its default for masked LMs) imports rows 1 … 99, ``keep`` all 100. The evaluation uses
+``--mask_slot drop`` (its default for masked LMs) imports rows 1 … 99, ``keep`` all 100. The evaluation uses
 the verbalizer of ``--data.task`` for the layout: the built-in tasks declare P1's words and formats.
 
 Output: a checkpoint ``skill-neurons validate``/``test`` accept with ``--ckpt_path`` — ``state_dict`` with
@@ -69,6 +69,7 @@ import torch
 from callbacks.prompt_checkpoint import FAMILY_CLASSES, metadata, write_checkpoint
 from lightning_modules.backbones import BackboneError, family_of, load_tokenizer
 from lightning_modules.prompt_tuning import PromptTuningModule
+from skill_neurons.flags import old_spellings
 
 PROMPT_FILE = "task_prompt"
 P1_REPOSITORY = "LeonAckermann/Robust-Neurons"
@@ -83,6 +84,8 @@ P1_MODELS = {"Roberta": ("masked_lm", "roberta-base"), "RobertaLarge": ("masked_
 # Imported without --backbone in directory mode: the two models of the paper.
 DEFAULT_BACKBONES = {"Roberta": "roberta-base", "T5": "t5-base"}
 MASK_SLOTS = ("drop", "keep")
+PROG = "skill-neurons import-prompt"
+RENAMED = {"--mask-slot": "--mask_slot"}  # old spelling -> new (kept for one release)
 LAYOUTS = ("paper", "standard")
 # seed_33 … seed_36, and seed_su: the prompts of Su et al. (Prompt-Transferability) that P1 uses as a fifth.
 SEED_DIR = re.compile(r"^seed_?([A-Za-z0-9]+)$|^(\d+)$")
@@ -275,13 +278,13 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
     if mask_slot is None:
         mask_slot = "drop" if source_family == "masked_lm" and layout == "standard" else "keep"
     if mask_slot not in MASK_SLOTS:
-        raise PromptImportError(f"unknown --mask-slot {mask_slot!r}; choose drop or keep")
+        raise PromptImportError(f"unknown --mask_slot {mask_slot!r}; choose drop or keep")
     if mask_slot == "drop" and source_family != "masked_lm":
         raise PromptImportError("T5 prompts have no <mask> slot (P1's T5 input is [100 prompt vectors] text </s>) "
-                                "— leave --mask-slot out (or keep) for seq2seq prompts")
+                                "— leave --mask_slot out (or keep) for seq2seq prompts")
     if layout == "paper" and mask_slot == "drop":
         raise PromptImportError("--layout paper keeps every row (slot 0 is overwritten with <mask> at run time, as in "
-                                "P1) — leave --mask-slot out, or use --layout standard --mask-slot drop")
+                                "P1) — leave --mask_slot out, or use --layout standard --mask_slot drop")
 
     rows, stored_as = load_prompt_tensor(source, key)  # (N, H)
     if rows.shape[1] != info.width:
@@ -406,7 +409,7 @@ def format_table(imported: list[Imported]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="skill-neurons import-prompt",
+        prog=PROG,
         description="Convert P1's published prompts (LeonAckermann/Robust-Neurons continuous_prompts/…/task_prompt) "
                     "into prompt checkpoints for `skill-neurons validate/test --ckpt_path`. Files are read with "
                     "torch.load(weights_only=True) only.",
@@ -427,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layout", choices=LAYOUTS, default="paper",
                         help="paper (default): run the prompt as P1's forward does, all rows kept; standard: this "
                              "project's own input (an approximation)")
-    parser.add_argument("--mask-slot", choices=MASK_SLOTS, default=None,
+    parser.add_argument("--mask_slot", choices=MASK_SLOTS, default=None,
                         help="--layout standard, masked LMs: drop P1's <mask> slot (row 0; default) or keep all rows")
     parser.add_argument("--task", help="this project's task name to record (default: from the P1 folder name)")
     parser.add_argument("--seed", type=int, help="seed to record (default: from the seed_<seed> folder)")
@@ -438,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``skill-neurons import-prompt …``; returns the exit code (0 imported, 2 refused)."""
+    argv = old_spellings(sys.argv[1:] if argv is None else argv, RENAMED, PROG)
     args = build_parser().parse_args(argv)
     try:
         if args.source.is_dir():

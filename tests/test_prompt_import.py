@@ -88,6 +88,19 @@ def test_keep_mask_slot_imports_all_100_rows(published):
     assert result.imported_from["rows"] == [0, 100] and result.imported_from["task"] == "qnli"
 
 
+def test_mask_slot_is_spelled_with_an_underscore_and_the_old_spelling_still_works(published, capsys):
+    source, rows = publish(published, "34", "QNLIPromptRoberta")
+    standard = ["--backbone", "tiny-roberta", "--layout", "standard"]
+    assert main([str(source), *standard, "--mask_slot", "keep", "--out", str(published / "new.ckpt")]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main([str(source), *standard, "--mask-slot=keep", "--out", str(published / "old.ckpt")]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "skill-neurons import-prompt: deprecated spelling: --mask-slot -> --mask_slot (the project's flags use "
+        "underscores, as LightningCLI's do; the old spelling will stop working in the next release)"]
+    for name in ("new", "old"):  # keep: all 100 rows (the default for layout standard drops row 0)
+        assert torch.equal(load(published / f"{name}.ckpt")["state_dict"]["prompt.weight"], rows), name
+
+
 def test_t5_prompts_keep_every_row_and_refuse_dropping_a_mask_slot(published):
     source, rows = publish(published, "35", "MRPCPromptT5")
     result = import_prompt(source, published / "t5.ckpt", "tiny-t5")

@@ -6,10 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from skill_neurons.flags import old_spellings
 from skill_neurons.sweep.config import KILL_DELAY_S, STATE_FILE, SweepError
 from skill_neurons.sweep.processes import RunnerLock
 from skill_neurons.sweep.runner import SweepRunner
 from skill_neurons.sweep.state import Trial, format_table, objective_of, read_state
+
+RENAMED = {"--kill-delay": "--kill_delay"}  # old spelling -> new (kept for one release)
 
 
 def print_status(directory: Path, out=None) -> int:
@@ -51,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="how often a trial interrupted by the runner's death starts again (default 2)")
     parser.add_argument("--status", metavar="DIR", help="print the table of trials of the sweep in DIR and exit")
     parser.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
-    parser.add_argument("--kill-delay", type=float, default=KILL_DELAY_S, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--kill_delay", type=float, default=KILL_DELAY_S, help=argparse.SUPPRESS)
+    args = parser.parse_args(old_spellings(sys.argv[1:] if argv is None else argv, RENAMED, parser.prog))
     try:
         if args.status:
             return print_status(Path(args.status))
