@@ -9,10 +9,11 @@
 
 ``fit``/``validate``/``test``/``predict`` are the LightningCLI (:mod:`skill_neurons.lightning_cli`); ``sweep``,
 ``report`` and ``import-prompt`` are tools with ``main(argv) -> exit code`` that never import Lightning unless
-they need it. The project's errors (a bad task, backbone, data file, checkpoint, option) end the command with
-one line on stderr and exit code 2; ``--debug`` or ``SKILL_NEURONS_DEBUG=1`` shows the traceback instead.
-Process-wide settings (warning and log filters, :mod:`skill_neurons.quiet`) are made here, at the entry point,
-never on import of a library module.
+they need it; ``skill-neurons --help``, a missing or unknown command and ``analyse --help`` are answered by plain
+argparse (:mod:`skill_neurons.cli_options`), so they load no Lightning either. The project's errors (a bad task,
+backbone, data file, checkpoint, option) end the command with one line on stderr and exit code 2; ``--debug`` or
+``SKILL_NEURONS_DEBUG=1`` shows the traceback instead. Process-wide settings (warning and log filters,
+:mod:`skill_neurons.quiet`) are made here, at the entry point, never on import of a library module.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import importlib
 import os
 import sys
 
+from skill_neurons.cli_options import COMMANDS, HELP_FLAGS, analyse_parser, main_parser, wants_help
 from skill_neurons.quiet import quiet_known_noise
 from skill_neurons.runs import RUNS_DIR_ENV, CLIError, analyse_args, take_from_run
 
@@ -83,12 +85,17 @@ def user_error(err: BaseException) -> BaseException | None:
 
 
 def _run(argv: list[str], from_console: bool) -> None:
-    if argv and argv[0] in TOOLS:  # commands that are not Lightning stages
+    if not argv or argv[0] in HELP_FLAGS or not (argv[0].startswith("-") or argv[0] in (*COMMANDS, *STAGES)):
+        main_parser().parse_args(argv[:1])  # help (exit 0), or no or an unknown command (exit 2): no Lightning
+    if argv[0] in TOOLS:  # commands that are not Lightning stages
         module = importlib.import_module(TOOLS[argv[0]])
         raise SystemExit(module.main(argv[1:]))
-    if argv and argv[0] == "analyse":
+    if argv[0] == "analyse":
+        if wants_help(argv[1:]):
+            analyse_parser().print_help()
+            raise SystemExit(0)
         argv = analyse_args(argv[1:])
-    if argv and argv[0] in STAGES:
+    if argv[0] in STAGES and not wants_help(argv[1:]):  # a stage's --help needs no run (nor --from_run's)
         argv, head = take_from_run(argv)
         runs_dir = os.environ.get(RUNS_DIR_ENV)
         if runs_dir:

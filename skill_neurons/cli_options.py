@@ -1,5 +1,9 @@
 """How ``skill-neurons`` parses and explains itself: the parser mode and the ``--help`` texts. No command code.
 
+``skill-neurons --help`` and ``skill-neurons analyse --help`` are plain argparse (:func:`main_parser`,
+:func:`analyse_parser`): they load no Lightning, transformers or datasets, and jsonargparse only when a stage's
+parser is built (:func:`parser_kwargs`).
+
 Configs are read in jsonargparse's ``omegaconf+`` mode: a value may interpolate any other key of the final,
 merged config — from any ``--config`` file or the command line — e.g. ``group: ${data.task}`` or
 ``name: ${model.init_args.backbone}-${data.task}`` under ``trainer.logger.init_args``. The saved
@@ -8,26 +12,43 @@ merged config — from any ``--config`` file or the command line — e.g. ``grou
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
-
-from jsonargparse import set_parsing_settings
 
 PARSER_MODE = "omegaconf+"
 STAGES = ("fit", "validate", "test", "predict")
+HELP_FLAGS = ("-h", "--help")
+
+# The commands `skill-neurons --help` lists, with one line each (each command's own --help says more).
+COMMANDS = {
+    "fit": "prompt-tune a backbone, then find skill neurons (fit --config configs/quickstart.yaml)",
+    "validate": "evaluate a prompt, clean and adversarial (validate --from_run runs/<id>)",
+    "test": "the same on the test split (test --from_run runs/<id>)",
+    "analyse": "(re)run only the skill-neuron analysis of a fit run (analyse runs/<id>)",
+    "sweep": "run a W&B sweep file without a W&B server (sweep sweeps/quickstart.yaml)",
+    "report": "figures and tables over finished runs (report runs/ --out report/)",
+    "import-prompt": "turn P1's released prompts into checkpoints (import-prompt Robust-Neurons/)",
+    "wandb-view": "a W&B report comparing runs clean vs adversarial (needs wandb-workspaces)",
+}
 
 DESCRIPTION = """\
 Prompt tuning, skill neurons and adversarial robustness.
 
-Lightning stages: fit, validate, test (below; `skill-neurons <stage> --help` lists their options).
-Other commands (each with its own --help):
-  sweep          run a W&B sweep file without a W&B server (skill-neurons sweep sweeps/quickstart.yaml)
-  report         figures and tables over finished runs (skill-neurons report runs/ --out report/)
-  import-prompt  turn P1's released prompts into checkpoints (skill-neurons import-prompt Robust-Neurons/)
-  analyse        (re)run only the skill-neuron analysis of a fit run (skill-neurons analyse runs/<id>)
-  wandb-view     create a W&B report comparing runs clean vs adversarial (needs wandb-workspaces)
+commands (skill-neurons <command> --help lists a command's options):
+""" + "\n".join(f"  {name:<14} {line}" for name, line in COMMANDS.items()) + """
 validate and test also take --from_run RUN: evaluate that fit run's best prompt with its own config
 (RUN is runs/<id>, or ROOT?backbone=...&task=...&seed=... for the latest matching finished run under ROOT).
+Flags are spelled with underscores, as LightningCLI's (--run_id, --from_run).
 Configs may interpolate other keys (${data.task}); see the README, "Common tasks"."""
+
+ANALYSE = """\
+(Re)run only the skill-neuron analysis of a fit run whose training is complete (e.g. one stopped during the
+analysis): the run's checkpoints/last.ckpt is resumed with its own config.yaml, in its own folder and W&B run.
+The training loop has nothing left to do, so only the analysis of the best checkpoint runs."""
+
+ANALYSE_OPTIONS = """\
+Any other option is a fit option, applied over the run's config (skill-neurons fit --help lists them),
+e.g. skill-neurons analyse runs/<id> --trainer.accelerator=cpu"""
 
 FROM_RUN = """\
 --from_run RUN evaluates the best prompt of fit run RUN with that run's config (it becomes --config
@@ -36,14 +57,39 @@ a run directory (runs/<id>) or ROOT?key=value&... — the latest finished fit ru
 match (backbone, task, seed, ...). Options such as --data.task (transfer) or --suppression.* apply on top."""
 
 
+def wants_help(argv: list[str]) -> bool:
+    """True when ``argv`` (a command's arguments) asks for its help."""
+    return any(arg in HELP_FLAGS for arg in argv)
+
+
+def main_parser() -> argparse.ArgumentParser:
+    """``skill-neurons`` itself: its ``--help``, and the error for a missing or unknown command."""
+    parser = argparse.ArgumentParser(prog="skill-neurons", usage="skill-neurons [-h] <command> ...",
+                                     description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", metavar="<command>", choices=tuple(COMMANDS), help=argparse.SUPPRESS)
+    return parser
+
+
+def analyse_parser() -> argparse.ArgumentParser:
+    """``skill-neurons analyse --help`` (the command itself is a ``fit``: :func:`skill_neurons.runs.analyse_args`)."""
+    parser = argparse.ArgumentParser(prog="skill-neurons analyse", usage="skill-neurons analyse [-h] RUN [options]",
+                                     description=ANALYSE, epilog=ANALYSE_OPTIONS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", metavar="RUN", help="the fit run's folder (runs/<id>), holding config.yaml and "
+                                                   "checkpoints/last.ckpt")
+    return parser
+
+
 def parser_kwargs() -> dict[str, Any]:
     """LightningCLI's ``parser_kwargs``: the main parser's and each stage's (a stage parses the config files, so
     each gets the parser mode; validate and test explain ``--from_run``)."""
+    from jsonargparse import set_parsing_settings  # here, not at the top: the help above needs no jsonargparse
+
     # A config file's ${data.task} means the data.task of its own stage (fit, validate ...), not of the root
     # namespace that omegaconf+ resolves in (process-wide jsonargparse setting).
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     stage = {"parser_mode": PARSER_MODE}
-    return {"description": DESCRIPTION, **stage, "formatter_class": _formatter(),
+    return {"prog": "skill-neurons", "description": DESCRIPTION, **stage, "formatter_class": _formatter(),
             **{name: dict(stage) for name in STAGES},
             **{name: {**stage, "description": f"{name.capitalize()} a prompt.\n\n{FROM_RUN}",
                       "formatter_class": _formatter()} for name in ("validate", "test")}}
@@ -51,11 +97,9 @@ def parser_kwargs() -> dict[str, Any]:
 
 def _formatter():
     """jsonargparse's help formatter, keeping the line breaks of the descriptions above."""
-    from argparse import RawDescriptionHelpFormatter
-
     from jsonargparse import DefaultHelpFormatter
 
-    class Formatter(DefaultHelpFormatter, RawDescriptionHelpFormatter):
+    class Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
         pass
 
     return Formatter

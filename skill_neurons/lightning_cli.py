@@ -11,6 +11,7 @@ and every callback checks the run (:func:`callbacks.contracts.preflight`), so a 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -41,11 +42,21 @@ def _class_name(class_path: str | None) -> str:
     return (class_path or "").rsplit(".", 1)[-1]
 
 
+def hide_group(parser: LightningArgumentParser, key: str) -> None:
+    """Leave the options of group ``key`` (``--key``, ``--key.*``) out of ``parser``'s help and usage; they
+    still parse."""
+    group = parser.groups[key]
+    group.description = None
+    for action in group._group_actions:
+        action.help = argparse.SUPPRESS
+
+
 class SkillNeuronsCLI(LightningCLI):
     """LightningCLI over the prompt-tuning modules and :class:`PromptDataModule`.
 
     Adds ``--runs_dir``/``--run_id``, a checkpoint callback (``--checkpoint.*``: best by ``val/acc`` and
-    ``last.ckpt`` after every epoch), the RNG state in checkpoints and the run summary; links ``model.backbone`` and ``model.prompt_length`` to the data.
+    ``last.ckpt`` after every epoch), the RNG state in checkpoints and the run summary; links ``model.backbone`` and
+    ``model.prompt_length`` to the data. ``--suppression.*`` (validate/test only) is left out of ``fit --help``.
     """
 
     def __init__(self, args=None, run: bool = True):
@@ -72,6 +83,14 @@ class SkillNeuronsCLI(LightningCLI):
         parser.link_arguments("model.init_args.backbone", "data.backbone")
         parser.link_arguments("model.init_args.prompt_length", "data.prompt_length")
         parser.link_arguments("model.init_args.layout", "data.layout")
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        """LightningCLI's parsers, with ``--suppression.*`` left out of ``fit --help``: suppression perturbs
+        validate/test only, and a fit refuses it. The fit parser still reads the options, so a fit run's own
+        ``config.yaml`` (which holds ``suppression:``) resumes and feeds ``--from_run``."""
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            hide_group(self._subcommand_parsers["fit"], "suppression")
 
     # ------------------------------------------------------------------ run directory, logger, resume
     def _parse_ckpt_path(self) -> None:
@@ -110,10 +129,14 @@ class SkillNeuronsCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         check_sizes(**{k: config.data.get(k) for k in ("batch_size", "eval_batch_size", "max_train_samples",
                                                           "max_eval_samples", "prompt_length", "max_text_length")})
+        suppression = config.get("suppression")
+        if self.subcommand == "fit" and suppression is not None and suppression.get("rate") is not None:
+            raise CLIError("--suppression.* applies to validate and test (it perturbs the evaluation of a trained "
+                           "prompt), not fit — use skill-neurons validate --from_run runs/<id> "
+                           "--suppression.rate=...")
         run_id, runs_dir, origin = self._run_identity(config, ckpt_path)
         os.environ[RUN_ID_ENV] = run_id  # processes started by Lightning's DDP launcher reuse it
         run_dir = Path(runs_dir) / run_id
-        suppression = config.get("suppression")
         if suppression is not None and suppression.get("rate") is not None and not suppression.get("neurons"):
             if not ckpt_path or Path(ckpt_path).parent.name != "checkpoints":
                 raise CLIError("--suppression.rate needs skill-neuron files: give --suppression.neurons="
