@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from callbacks import figure_style as style
+from skill_neurons.report.groups import group_lines
+from skill_neurons.report.seed_means import layout_of
 from skill_neurons.report.base import (
     FAMILY_ORDER, WIDE, Context, Figure, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table,
     mean_sd, mixed_settings, pct, seed_label, seed_rank, test_accuracies,
@@ -24,6 +26,20 @@ def runs_section(ctx: Context) -> Section:
                       ""]
     section.lines += markdown_table(["kind", "finished", "unfinished (skipped)"],
                                     [[k, v[0], v[1]] for k, v in sorted(counts.items())])
+    selection = ctx.selection
+    groups: list[dict[str, Any]] = []
+    if selection is not None:
+        lines, groups = group_lines(ctx.runs, selection, lambda run: layout_of(ctx, run))
+        ctx.cache["groups"] = groups
+        section.lines += [("Compared, per backbone family within its input layout and analysed positions (each "
+                           "backbone × task uses one configuration; its seeds are the runs averaged):"), "", *lines, ""]
+        if selection.filtered:
+            section.lines += [f"Left out by the filters ({selection.filters.describe()}): {len(selection.filtered)} "
+                              "runs.", ""]
+        left = [r for r in ctx.runs if r.source in selection.left_out]
+        if left:
+            section.lines += ["Finished runs not used:", ""]
+            section.lines += [f"- {r.describe()}: {selection.left_out[r.source]}" for r in left] + [""]
     if any(r.kind == "validate" for r in ctx.finished):
         section.lines += [("Plain `validate` runs enter only the skill-neuron sections (when they analysed "
                           f"'{ctx.eval_set}' and no fit run analysed the same prompt)."), ""]
@@ -33,15 +49,21 @@ def runs_section(ctx: Context) -> Section:
     if ctx.inputs.invalid:
         section.lines += ["Files skipped (not run summaries):", ""]
         section.lines += [f"- warning: {line}" for line in ctx.inputs.invalid] + [""]
+    configuration = {r.source: c for r in ctx.runs if selection and (c := selection.configuration(r))}
     rows = [{"run_id": r.run_id, "kind": r.kind, "status": r.summary.get("status"), "backbone": r.backbone,
-             "family": r.family, "task": r.task, "seed": r.seed, "source": r.source} for r in ctx.runs]
+             "family": r.family, "task": r.task, "seed": r.seed, "source": r.source,
+             "configuration": configuration[r.source].id if r.source in configuration else None,
+             "configuration_label": configuration[r.source].label if r.source in configuration else None,
+             "used": bool(ctx.selection.used(r)) if ctx.selection else r.finished} for r in ctx.runs]
     section.lines += ["<details><summary>All runs</summary>", ""]
-    section.lines += markdown_table(["run", "kind", "status", "backbone", "task", "seed"],
+    section.lines += markdown_table(["run", "kind", "status", "backbone", "task", "seed", "configuration", "used"],
                                     [[f"`{r['run_id']}`", r["kind"], r["status"], r["backbone"], r["task"],
-                                      seed_label(r["seed"])] for r in rows])
+                                      seed_label(r["seed"]), configuration[s].name if (s := r["source"]) in
+                                      configuration else "—", "yes" if r["used"] else "no"] for r in rows])
     section.lines += ["</details>", ""]
     section.tables["runs"] = rows
-    section.data.update(read=len(ctx.runs), finished=len(ctx.finished),
+    section.data.update(read=len(ctx.runs), finished=len([r for r in ctx.runs if r.finished]), used=len(ctx.finished),
+                        groups=groups,
                         by_kind={k: {"finished": v[0], "unfinished": v[1]} for k, v in counts.items()},
                         unfinished=[r.run_id for r in unfinished], invalid=list(ctx.inputs.invalid))
     return section

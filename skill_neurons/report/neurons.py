@@ -31,7 +31,7 @@ def neuron_groups(ctx: Context, runs: list[Run]) -> dict[tuple, list[Run]]:
 
 def no_neuron_runs(ctx: Context) -> str:
     return (f"No finished runs with a skill-neuron analysis of '{ctx.eval_set}' among the {len(ctx.runs)} runs "
-            "read (fit runs get one from SkillNeuronCallback, on in every shipped config; `--eval-set` names the "
+            "read (fit runs get one from SkillNeuronCallback, on in every shipped config; `--eval_set` names the "
             "clean set, e.g. `test` for test runs).")
 
 

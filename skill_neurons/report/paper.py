@@ -19,7 +19,7 @@ from skill_neurons.report.base import (
 from skill_neurons.report.seed_means import MARK, SeedMean, missing_seed_lines, seed_means
 
 COLOURS = list(BACKBONES)  # per backbone (callbacks/figure_style.py)
-NO_MEANS = ("No skill-neuron analyses to average (fit runs get one from SkillNeuronCallback; `--eval-set` names "
+NO_MEANS = ("No skill-neuron analyses to average (fit runs get one from SkillNeuronCallback; `--eval_set` names "
             "the clean set).")
 
 
