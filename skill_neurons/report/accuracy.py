@@ -10,7 +10,7 @@ from callbacks import figure_style as style
 from skill_neurons.report.groups import group_lines
 from skill_neurons.report.seed_means import layout_of
 from skill_neurons.report.base import (
-    FAMILY_ORDER, WIDE, Context, Figure, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table,
+    FAMILY_ORDER, Context, Figure, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table,
     mean_sd, mixed_settings, pct, seed_label, seed_rank, test_accuracies,
 )
 
@@ -165,33 +165,48 @@ def accuracy_section(ctx: Context) -> Section:
 
 
 def accuracy_figure(ctx: Context, rows: list[dict[str, Any]]) -> Figure:
-    """Grouped bars per backbone × task: clean and adversarial accuracy (± sd), chance marked."""
-    fig, axes, figure = ctx.figure("accuracy", "Accuracy (%) at the best epoch, clean vs adversarial, mean ± sd "
-                                   "over seeds; black lines: chance", WIDE)
-    ax = axes[0][0]
+    """Grouped bars per backbone × task: clean and adversarial (hatched) accuracy, ± sd clipped to [0, 100],
+    chance marked; :func:`accuracy_size` wide."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["backbone"], row["task"])].append(row)
+    fig, axes, figure = ctx.figure("accuracy", "Accuracy (%) at the best epoch, clean vs adversarial, mean ± sd "
+                                   "over seeds; black lines: chance", accuracy_size(len(groups)))
+    ax = axes[0][0]
     labelled = set()
     for x, ((backbone, task), members) in enumerate(groups.items()):
         width = 0.8 / len(members)
         for k, row in enumerate(members):
             colour = style.set_colour(k - 1, row["kind"] == "clean")
             label = "clean" if row["kind"] == "clean" else "adversarial" if k == 1 else f"adversarial ({row['set']})"
-            ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=row["sd"] or None, color=colour,
-                   capsize=3 if row["sd"] else 0, label=None if label in labelled else label)  # n = 1: no bar
+            ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=clipped_error(row), color=colour,
+                   hatch=None if row["kind"] == "clean" else ("//", "\\\\", "xx", "..")[(k - 1) % 4],
+                   edgecolor="white", capsize=3 if row["sd"] else 0,
+                   label=None if label in labelled else label)  # n = 1: no bar
             labelled.add(label)
         if members[0]["chance"] is not None:
             ax.hlines(members[0]["chance"], x - 0.45, x + 0.45, colors="black", linewidth=1.2)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{b}\n{t}" for b, t in groups], fontsize="small")
-    ax.set_xlim(*style.centred_limits(len(groups), at_least=4))  # a few groups sit in the middle
+    ax.set_xlim(*style.centred_limits(len(groups), at_least=2))
     ax.plot([], [], color="black", linewidth=1.2, label="chance")
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("Accuracy at the best epoch: clean vs adversarial")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=style.LEGEND_FONT)
-    return ctx.save(fig, figure)
+    ax.set_ylim(0, 102)
+    ax.set_title("Accuracy at the best epoch per backbone · task: clean vs adversarial")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize="small", frameon=False)
+    return ctx.save(fig, figure, "accuracy", rows)
+
+
+def accuracy_size(groups: int) -> tuple[int, int]:
+    """Pixels of ``accuracy.png``: 150 per backbone × task group beside a 260-pixel margin, 560 to 1800 wide."""
+    return max(560, min(1800, 260 + 150 * groups)), 560
+
+
+def clipped_error(row: dict[str, Any]) -> list[list[float]] | None:
+    """The ± sd error bar of a row as (down, up) lengths that stay within [0, 100] %."""
+    if not row["sd"]:
+        return None
+    return [[min(row["sd"], row["mean"])], [min(row["sd"], 100.0 - row["mean"])]]
 
 
 # --- transfer

@@ -202,12 +202,6 @@ def seed_rank(seed: Any) -> tuple:
     return (0, seed, "") if isinstance(seed, (int, float)) else (1, 0, str(seed))
 
 
-def run_labels(runs: list[Run]) -> list[str]:
-    """``seed 33`` per run, with the run id where several runs share a seed (e.g. a learning-rate sweep)."""
-    seeds = [r.seed for r in runs]
-    return [f"seed {seed_label(r.seed)}" + (f" ({r.run_id})" if seeds.count(r.seed) > 1 else "") for r in runs]
-
-
 def mixed_settings(runs: list[Run], what: str) -> list[str]:
     """A line per setting (other than the seed) that differs among runs averaged together, or none."""
     lines = []
@@ -337,6 +331,12 @@ class Context:
         """The finished runs the sections use: of the configuration chosen for their backbone × task, no
         repeated seed (see :mod:`skill_neurons.report.groups`)."""
         return [r for r in self.runs if r.finished and (self.selection is None or self.selection.used(r))]
+
+    def run_label(self, run: Run) -> str:
+        """``lr3e-3 · seed 33``: the run's configuration (its label, else its id) and seed."""
+        configuration = self.selection.configuration(run) if self.selection is not None else None
+        name = (configuration.label or configuration.id) if configuration is not None else ""
+        return f"{name} · seed {seed_label(run.seed)}" if name else f"seed {seed_label(run.seed)}"
 
     def configuration_note(self, rows: list[dict[str, Any]]) -> str:
         """Which configuration(s) the runs of table ``rows`` (keys ``runs`` or ``run_id``) are of."""

@@ -65,7 +65,7 @@ def prompt_task(run: Run) -> str:
     return str((run.summary.get("prompt_source") or {}).get("task") or run.task)
 
 
-@dataclass
+@dataclass(eq=False)  # one object per configuration: compared and hashed by identity
 class Configuration:
     """One configuration of one backbone × task, and the finished runs of it the report read."""
 

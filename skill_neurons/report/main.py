@@ -127,6 +127,9 @@ def write_report(ctx: Context, sections: list[Section], out: Path, command: str)
     for section in sections:
         document[section.key] = {
             "title": section.title, "missing": section.missing, **section.data,
+            # the rows behind each figure (named by its "table")
+            "tables": {name: section.tables.get(name, []) for name in dict.fromkeys(f.table for f in section.figures
+                                                                                    if f.table)},
             "figures": [{"file": f"figures/{f.path.name}", "caption": f.caption, "width": f.size[0],
                          "height": f.size[1], "table": f.table, "configuration": f.configuration}
                         for f in section.figures],

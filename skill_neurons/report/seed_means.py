@@ -54,7 +54,8 @@ class SeedMean:
     def row(self) -> dict:
         """The identifying columns of a report.json row."""
         return {"backbone": self.backbone, "family": self.family, "part": self.part, "task": self.task,
-                "task_type": self.task_type, "seeds": self.seeds, "missing_seeds": self.missing_seeds}
+                "task_type": self.task_type, "seeds": self.seeds, "missing_seeds": self.missing_seeds,
+                "runs": [r.run_id for r in self.runs]}
 
 
 def majority_baseline(run: Run, name: str) -> float | None:
