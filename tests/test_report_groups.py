@@ -24,7 +24,7 @@ from callbacks.run_files import read_summary, update_summary
 from skill_neurons.report import base
 from skill_neurons.report.base import TITLES
 from skill_neurons.report.main import main
-from tests.helpers import subprocess_env
+from tests.helpers import QUICK, ROOT, cli_in_process, subprocess_env
 from tests.test_causal_lm_experiments import as_causal
 from tests.test_report import fit_run, suppression_run, transfer_run
 from tests.test_report_paper import fit_run as paper_fit_run
@@ -146,8 +146,8 @@ def test_a_two_learning_rate_by_two_seed_grid_is_two_configurations_of_two_seeds
     for label, lr in (("lr0.01", "0.01"), ("lr3e-3", "0.003")):
         c = configurations[label]
         assert c["seeds"] == [33, 34] and c["settings"]["model.learning_rate"] == float(lr)
-        assert sorted(c["runs"]) == sorted([f"fit-lr{lr}-s{s}" for s in SEEDS]
-                                           + [f"sup-{sel}-fit-lr{lr}-s{s}" for s in SEEDS for sel in ("skill", "random")])
+        suppressions = [f"sup-{sel}-fit-lr{lr}-s{s}" for s in SEEDS for sel in ("skill", "random")]
+        assert sorted(c["runs"]) == sorted([f"fit-lr{lr}-s{s}" for s in SEEDS] + suppressions)
     assert configurations["lr3e-3"]["selected"] and not configurations["lr0.01"]["selected"]
     assert configurations["lr3e-3"]["best_val_acc_mean"] == pytest.approx(100 * (0.9 + 0.0335))
     # every seed mean is over the two seeds of the chosen configuration, never four runs
@@ -292,3 +292,32 @@ def test_every_figure_names_its_configuration_and_has_its_table_in_report_json(d
         assert document[key]["tables"][figure["table"]], (key, figure)
         assert figure["configuration"].startswith(("configuration", "configurations")) or \
             "configurations, one per" in figure["configuration"], figure
+
+
+# ----------------------------------------------------------------------------- the README's sequence, for real
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_readme_quick_starts_then_report_runs_reports_each_family_with_its_two_seeds_as_one_configuration(tmp_path):
+    """The RoBERTa (``paper``), T5 (``standard``) and GPT-2 (last position) quick-starts, two seeds each, shortened
+    (1 epoch, 64 rows), then the console script ``skill-neurons report runs/`` as the README has it."""
+    small = [*QUICK, "--trainer.max_epochs=1", "--data.max_train_samples=64", "--data.max_eval_samples=40"]
+    for config in ("quickstart.yaml", "quickstart_t5.yaml", "quickstart_gpt2.yaml"):
+        for seed in SEEDS:
+            cli_in_process(["fit", "--config", str(ROOT / "configs" / config), *small, f"--seed_everything={seed}"],
+                           cwd=tmp_path, check=True)
+    proc = subprocess.run([*console_script(), "report", "runs/", "--out", "report/"], cwd=tmp_path,
+                          capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wrote report/report.md" in proc.stdout
+    document = json.loads((tmp_path / "report" / "report.json").read_text())
+    groups = {g["family"]: g for g in document["groups"]}
+    assert {family: (g["layout"], g["analysed_positions"]) for family, g in groups.items()} == {
+        "masked_lm": (["paper"], ["prompt"]), "seq2seq": (["standard"], ["prompt"]),
+        "causal_lm": (["standard"], ["last"])}
+    for group in groups.values():  # real configs: the two seeds of a quick-start are one configuration
+        (configuration,) = group["configurations"]
+        assert configuration["seeds"] == list(SEEDS) and configuration["why"] == "the only one"
+    assert not document["left_out"]
+    assert {r["backbone"] for r in document["spearman_seeds"]["rows"]} == {"tiny-roberta", "tiny-t5", "tiny-gpt2"}

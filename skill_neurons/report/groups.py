@@ -136,8 +136,8 @@ class Selection:
             return f"configuration {found[0].label} for each backbone × task ({len(found)} ids in report.json)"
         if len(found) <= 3:
             return "configurations " + "; ".join(f"{c.backbone} · {c.task}: {c.name}" for c in found)
-        return (f"{len(found)} configurations, one per backbone × task ({'chosen' if any('chosen' in c.why for c in found) else 'the best by validation accuracy'}; "
-                "listed in report.json)")
+        how = "as chosen" if any("chosen" in c.why for c in found) else "the best by validation accuracy"
+        return f"{len(found)} configurations, one per backbone × task ({how}; listed in report.json)"
 
 
 def run_config(run: Run, fits: dict[str, Run]) -> tuple[dict[str, Any], Run | None]:
@@ -262,7 +262,7 @@ def check_layouts(runs: list[Run], layout_of) -> None:
         if len({a for a, _ in layouts}) > 1 or len({b for _, b in layouts if b is not None}) > 1:
             groups = "; ".join(f"layout {a}, analysed positions {b or 'none (no analysis)'}: "
                                f"{', '.join(sorted(set(ids)))}"
-                               for (a, b), ids in sorted(layouts.items(), key=lambda item: (item[0][0], item[0][1] or "")))
+                               for (a, b), ids in sorted(layouts.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")))
             options = sorted({a for a, _ in layouts})
             positions = sorted({b for _, b in layouts if b is not None})
             how = (f"--layout {' or '.join(options)}" if len(options) > 1 else
@@ -289,7 +289,8 @@ def group_lines(runs: list[Run], selection: Selection, layout_of) -> tuple[list[
         for run in members:
             kinds[run.kind] += 1
         record = {"family": family, "layout": layouts, "analysed_positions": positions, "parts": parts,
-                  "backbones": sorted({r.backbone for r in members}), "tasks": sorted({prompt_task(r) for r in members}),
+                  "backbones": sorted({r.backbone for r in members}),
+                  "tasks": sorted({prompt_task(r) for r in members}),
                   "configurations": [{"backbone": c.backbone, "task": c.task, "id": c.id, "label": c.label,
                                       "seeds": c.seeds, "why": c.why} for c in configurations],
                   "runs": [r.run_id for r in members], "kinds": dict(kinds)}

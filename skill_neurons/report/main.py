@@ -98,7 +98,7 @@ def build_sections(ctx: Context) -> list[Section]:
 def render_markdown(ctx: Context, sections: list[Section], command: str) -> str:
     lines = ["# Skill-neuron report", "",
              (f"`{command}` — {time.strftime('%Y-%m-%d %H:%M:%S %z')}; {len(ctx.runs)} runs read, "
-             f"{len(ctx.finished)} finished. Clean set '{ctx.eval_set}'. Paper sections: seed means, n = 2, 4, …, 14 "
+             f"{sum(r.finished for r in ctx.runs)} finished, {len(ctx.finished)} used. Clean set '{ctx.eval_set}'. Paper sections: seed means, n = 2, 4, …, 14 "
              f"for overlap and Spearman curves, the model-wide top {ctx.percent:g}% for the histogram, layer location "
              "and balanced sections, as P1 computes them (formula and P1 function under each section). Numbers as "
              "in `report.json`."), ""]
