@@ -213,11 +213,19 @@ def test_eval_set_takes_the_underscore_spelling_and_the_old_one_with_a_deprecati
 
 @pytest.fixture
 def drawn(tmp_path, monkeypatch):
-    """The matplotlib figures of the report over the mixed folder, T5's sst2 seeds spread so that mean + sd
-    passes 100%."""
-    runs = mixed_runs(tmp_path)
+    """The matplotlib figures of a report over RoBERTa and T5 runs of one layout (fits, suppression, transfer),
+    T5's sst2 seeds spread so that mean + sd passes 100%."""
+    for seed in SEEDS:
+        for backbone in ("tiny-roberta", "tiny-t5"):
+            for task in ("sst2", "qnli"):
+                fit_run(tmp_path, backbone, task, seed)
+            for rate in (0.0, 15.0):
+                for selection in ("skill", "random"):
+                    suppression_run(tmp_path, backbone, "sst2", seed, rate, selection)
+        transfer_run(tmp_path, "tiny-t5", "sst2", "qnli", seed)
+    runs = tmp_path / "runs"
     for seed, value in ((33, 0.999), (34, 0.80)):
-        run = runs / "t5" / f"fit-tiny-t5-sst2-{seed}"
+        run = runs / f"fit-tiny-t5-sst2-{seed}"
         update_summary(run, best={**read_summary(run)["best"], "val/acc": value})
     figures = {}
     save = base.Context.save
