@@ -211,10 +211,11 @@ def test_eval_set_takes_the_underscore_spelling_and_the_old_one_with_a_deprecati
 # ----------------------------------------------------------------------------- figures
 
 
-@pytest.fixture
-def drawn(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
     """The matplotlib figures of a report over RoBERTa and T5 runs of one layout (fits, suppression, transfer),
     T5's sst2 seeds spread so that mean + sd passes 100%."""
+    tmp_path = tmp_path_factory.mktemp("drawn")
     for seed in SEEDS:
         for backbone in ("tiny-roberta", "tiny-t5"):
             for task in ("sst2", "qnli"):
@@ -234,8 +235,9 @@ def drawn(tmp_path, monkeypatch):
         figures[figure.name] = fig
         return save(self, fig, figure, *args, **kwargs)
 
-    monkeypatch.setattr(base.Context, "save", keep)
-    assert main([str(runs), "--out", str(tmp_path / "report")]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(base.Context, "save", keep)
+        assert main([str(runs), "--out", str(tmp_path / "report")]) == 0
     return figures, json.loads((tmp_path / "report" / "report.json").read_text())
 
 
