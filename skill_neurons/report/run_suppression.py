@@ -102,8 +102,8 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
     name = slug("suppression", backbone, task, perturbation, *([std] if std is not None else []), part,
                 adversarial_neurons, source)
     fig, axes, figure = ctx.figure(name, f"Suppression: {title}", WIDE, ncols=len(sets))
+    lowest = []  # over every panel: the panels share one accuracy axis
     for ax, set_ in zip(axes[0], sets):
-        lowest = []
         for k, selection in enumerate(sorted({r["selection"] for r in rows}, key=lambda s: (s != "skill", s))):
             points = sorted((r["rate"], r["mean"], r["sem"] or 0.0) for r in rows
                             if r["set"] == set_ and r["selection"] == selection)
@@ -114,10 +114,11 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
             ax.plot(rate, mean, line, color=colour, marker=marker, label=f"{selection} units")
             ax.fill_between(rate, np.clip(mean - sem, 0, 100), np.clip(mean + sem, 0, 100), color=colour, alpha=0.2)
             lowest.append(float((mean - sem).min()))
-        style.accuracy_axis(ax, chance, min(lowest) if lowest else None)
         ax.set_title("clean (validation)" if set_ == "validation" else f"adversarial: {set_}", fontsize="medium")
         ax.set_xlabel("units suppressed per layer (%)")
         ax.set_ylabel("accuracy (%)")
+    for ax in axes[0]:
+        style.accuracy_axis(ax, chance, min(lowest) if lowest else None)
         ax.legend(fontsize="small")
     fig.suptitle(f"Skill vs random units suppressed: {backbone} · {task} · {perturbation}", fontsize="medium")
     return ctx.save(fig, figure, "suppression", rows)

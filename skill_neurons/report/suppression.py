@@ -70,8 +70,8 @@ def paper_suppression_section(ctx: Context) -> Section:
         fig, axes, figure = panels(ctx, slug("paper_suppression", task, perturbation, part, source,
                                              adversarial_neurons), f"Suppression, {title}", len(sets))
         chance = next((100.0 / len(labels) for run in groups[key] if (labels := run.data.get("label_names"))), None)
+        lowest = []  # over every panel: the panels share one accuracy axis
         for ax, name in zip(axes, sets):
-            lowest = []
             for k, (backbone, selection) in enumerate((b, s) for b in backbones for s in ("skill", "random")):
                 line = sorted((r["rate"], r["mean"], r["sem"] or 0.0) for r in group_rows if
                               (r["backbone"], r["selection"], r["set"]) == (backbone, selection, name))
@@ -86,10 +86,11 @@ def paper_suppression_section(ctx: Context) -> Section:
                                 linestyle=style.SELECTION[selection][1], color=colour, marker=marker, capsize=3,
                                 linewidth=2, label=f"{backbone} {selection}")
                     lowest.append(min(m - e for m, e in zip(means, errors[0])))
-            style.accuracy_axis(ax, chance, min(lowest) if lowest else None)
             ax.set_title("clean (validation)" if name == "validation" else f"adversarial: {name}", fontsize="medium")
             ax.set_xlabel("suppression rate (% of units per layer)")
             ax.set_ylabel("accuracy (%)")
+        for ax in axes:
+            style.accuracy_axis(ax, chance, min(lowest) if lowest else None)
             ax.legend(fontsize="small")
         fig.suptitle(f"Suppression of skill neurons vs random units: {task} ({ctx.task_types().get(task, '?')}), "
                      f"{', '.join(backbones)}", fontsize="medium")
