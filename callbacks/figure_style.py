@@ -5,7 +5,10 @@ Plain matplotlib on an ``Axes`` (no Lightning, no transformers), so the report c
 Colours are the Okabe–Ito palette (Okabe & Ito 2008), distinguishable with every common colour-vision
 deficiency: clean data is blue, the first adversarial set vermillion, further adversarial sets orange, reddish
 purple and green. Backbone families (figures that compare RoBERTa with T5) get bluish green and reddish purple;
-suppression lines are black (skill neurons) and grey dashed (random units).
+suppression lines are vermillion solid with circles (skill neurons) and blue dashed with squares (random units).
+Every line of a figure differs from the others in colour *and* in marker or line style (:func:`series`), so a
+figure reads in greyscale too. Accuracy axes (:func:`accuracy_axis`) start at 0, or at chance with the chance
+line drawn, and end at 100: a gap of a point looks like one.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ CLEAN = BLUE
 ADVERSARIAL = (VERMILLION, ORANGE, PURPLE, GREEN)
 FAMILY = {"masked_lm": GREEN, "seq2seq": PURPLE}
 BACKBONES = (GREEN, PURPLE, SKY, ORANGE, BLUE, VERMILLION)  # per backbone, in order of appearance
-SELECTION = {"skill": (BLACK, "-"), "random": (GREY, "--")}  # suppression: colour, line style
+SELECTION = {"skill": (VERMILLION, "-", "o"), "random": (BLUE, "--", "s")}  # suppression: colour, line, marker
+SERIES = (BLUE, VERMILLION, GREEN, ORANGE, PURPLE, SKY, BLACK)  # lines of one figure, in order
+MARKERS = ("o", "s", "D", "^", "v", "P", "X")  # with SERIES: colour and marker both differ up to 7 lines
+LINES = ("-", "--", "-.", ":")
 MEDIAN = {"color": BLACK, "linewidth": 1.8}  # black on every box colour above
 CHANCE = {"color": BLACK, "linewidth": 1.0, "linestyle": ":"}
 LEGEND_FONT = "medium"
@@ -40,6 +46,21 @@ def set_colours(names: list[str], clean_name: str) -> list[str]:
     """Colours of ``names`` (evaluation sets), the clean one blue, the others the adversarial colours in order."""
     adversarial = [n for n in names if n != clean_name]
     return [CLEAN if n == clean_name else set_colour(adversarial.index(n), False) for n in names]
+
+
+def series(index: int) -> tuple[str, str, str]:
+    """(colour, marker, line style) of a figure's ``index``-th line: colours and markers both change from one
+    line to the next (over 7 lines the colours repeat, with another line style)."""
+    return SERIES[index % len(SERIES)], MARKERS[index % len(MARKERS)], LINES[(index // len(SERIES)) % len(LINES)]
+
+
+def accuracy_axis(ax, chance: float | None, lowest: float | None = None) -> None:
+    """An accuracy axis in %: from chance (its line drawn) when no value (``lowest``: the lowest end of any
+    error bar) falls below it, else from 0 (the chance line drawn all the same), to 100 — never a zoom."""
+    low = chance if chance is not None and lowest is not None and lowest >= chance else 0.0
+    ax.set_ylim(low - 2 if low else 0, 102)
+    if chance is not None:
+        ax.axhline(chance, **CHANCE, label=f"chance ({chance:g}%)")
 
 
 def centred_limits(groups: int, at_least: int) -> tuple[float, float]:

@@ -158,4 +158,6 @@ def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
         assert f"figures/{figure.name}" in markdown
         with Image.open(figure) as image:
             image.load()  # decodes every pixel: a truncated file fails here
-            assert image.format == "PNG" and image.size in ((1200, 600), (800, 800)) and figure.stat().st_size > 0
+            assert image.format == "PNG" and figure.stat().st_size > 0
+            # accuracy.png is sized to its backbone x task groups (260 + 150 px each, at least 560 x 560)
+            assert image.size in ((1200, 600), (800, 800)) or (figure.name, image.size) == ("accuracy.png", (560, 560))

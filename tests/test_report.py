@@ -340,9 +340,10 @@ def test_figures_are_pngs_of_the_stated_size_and_linked_from_the_report(full_rep
         with Image.open(path) as image:
             assert image.format == "PNG"
             assert image.size == (figure["width"], figure["height"])
-            assert image.size in (WIDE, SQUARE)
+            assert image.size in (WIDE, SQUARE) or figure["file"] == "figures/accuracy.png"
     sizes = {Path(f["file"]).name: (f["width"], f["height"]) for f in figures}
-    assert sizes["accuracy.png"] == (1200, 600) and sizes["transfer_relative_tiny-roberta.png"] == (800, 800)
+    # accuracy.png is sized to its 2 backbones x 2 tasks groups (260 + 150 px per group), the others WIDE / SQUARE
+    assert sizes["accuracy.png"] == (860, 560) and sizes["transfer_relative_tiny-roberta.png"] == (800, 800)
 
 
 def test_only_roberta_fit_runs_leave_out_t5_transfer_and_suppression_with_reasons(tmp_path):

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 from callbacks import figure_style as style
+from skill_neurons.report.groups import group_lines
+from skill_neurons.report.seed_means import layout_of
 from skill_neurons.report.base import (
-    FAMILY_ORDER, WIDE, Context, Figure, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table,
+    FAMILY_ORDER, Context, Figure, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table,
     mean_sd, mixed_settings, pct, seed_label, seed_rank, test_accuracies,
 )
 
@@ -24,6 +26,20 @@ def runs_section(ctx: Context) -> Section:
                       ""]
     section.lines += markdown_table(["kind", "finished", "unfinished (skipped)"],
                                     [[k, v[0], v[1]] for k, v in sorted(counts.items())])
+    selection = ctx.selection
+    groups: list[dict[str, Any]] = []
+    if selection is not None:
+        lines, groups = group_lines(ctx.runs, selection, lambda run: layout_of(ctx, run))
+        ctx.cache["groups"] = groups
+        section.lines += [("Compared, per backbone family within its input layout and analysed positions (each "
+                           "backbone × task uses one configuration; its seeds are the runs averaged):"), "", *lines, ""]
+        if selection.filtered:
+            section.lines += [f"Left out by the filters ({selection.filters.describe()}): {len(selection.filtered)} "
+                              "runs.", ""]
+        left = [r for r in ctx.runs if r.source in selection.left_out]
+        if left:
+            section.lines += ["Finished runs not used:", ""]
+            section.lines += [f"- {r.describe()}: {selection.left_out[r.source]}" for r in left] + [""]
     if any(r.kind == "validate" for r in ctx.finished):
         section.lines += [("Plain `validate` runs enter only the skill-neuron sections (when they analysed "
                           f"'{ctx.eval_set}' and no fit run analysed the same prompt)."), ""]
@@ -33,15 +49,21 @@ def runs_section(ctx: Context) -> Section:
     if ctx.inputs.invalid:
         section.lines += ["Files skipped (not run summaries):", ""]
         section.lines += [f"- warning: {line}" for line in ctx.inputs.invalid] + [""]
+    configuration = {r.source: c for r in ctx.runs if selection and (c := selection.configuration(r))}
     rows = [{"run_id": r.run_id, "kind": r.kind, "status": r.summary.get("status"), "backbone": r.backbone,
-             "family": r.family, "task": r.task, "seed": r.seed, "source": r.source} for r in ctx.runs]
+             "family": r.family, "task": r.task, "seed": r.seed, "source": r.source,
+             "configuration": configuration[r.source].id if r.source in configuration else None,
+             "configuration_label": configuration[r.source].label if r.source in configuration else None,
+             "used": bool(ctx.selection.used(r)) if ctx.selection else r.finished} for r in ctx.runs]
     section.lines += ["<details><summary>All runs</summary>", ""]
-    section.lines += markdown_table(["run", "kind", "status", "backbone", "task", "seed"],
+    section.lines += markdown_table(["run", "kind", "status", "backbone", "task", "seed", "configuration", "used"],
                                     [[f"`{r['run_id']}`", r["kind"], r["status"], r["backbone"], r["task"],
-                                      seed_label(r["seed"])] for r in rows])
+                                      seed_label(r["seed"]), configuration[s].name if (s := r["source"]) in
+                                      configuration else "—", "yes" if r["used"] else "no"] for r in rows])
     section.lines += ["</details>", ""]
     section.tables["runs"] = rows
-    section.data.update(read=len(ctx.runs), finished=len(ctx.finished),
+    section.data.update(read=len(ctx.runs), finished=len([r for r in ctx.runs if r.finished]), used=len(ctx.finished),
+                        groups=groups,
                         by_kind={k: {"finished": v[0], "unfinished": v[1]} for k, v in counts.items()},
                         unfinished=[r.run_id for r in unfinished], invalid=list(ctx.inputs.invalid))
     return section
@@ -143,33 +165,48 @@ def accuracy_section(ctx: Context) -> Section:
 
 
 def accuracy_figure(ctx: Context, rows: list[dict[str, Any]]) -> Figure:
-    """Grouped bars per backbone × task: clean and adversarial accuracy (± sd), chance marked."""
-    fig, axes, figure = ctx.figure("accuracy", "Accuracy (%) at the best epoch, clean vs adversarial, mean ± sd "
-                                   "over seeds; black lines: chance", WIDE)
-    ax = axes[0][0]
+    """Grouped bars per backbone × task: clean and adversarial (hatched) accuracy, ± sd clipped to [0, 100],
+    chance marked; :func:`accuracy_size` wide."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["backbone"], row["task"])].append(row)
+    fig, axes, figure = ctx.figure("accuracy", "Accuracy (%) at the best epoch, clean vs adversarial, mean ± sd "
+                                   "over seeds; black lines: chance", accuracy_size(len(groups)))
+    ax = axes[0][0]
     labelled = set()
     for x, ((backbone, task), members) in enumerate(groups.items()):
         width = 0.8 / len(members)
         for k, row in enumerate(members):
             colour = style.set_colour(k - 1, row["kind"] == "clean")
             label = "clean" if row["kind"] == "clean" else "adversarial" if k == 1 else f"adversarial ({row['set']})"
-            ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=row["sd"] or None, color=colour,
-                   capsize=3 if row["sd"] else 0, label=None if label in labelled else label)  # n = 1: no bar
+            ax.bar(x - 0.4 + width * (k + 0.5), row["mean"], width * 0.9, yerr=clipped_error(row), color=colour,
+                   hatch=None if row["kind"] == "clean" else ("//", "\\\\", "xx", "..")[(k - 1) % 4],
+                   edgecolor="white", capsize=3 if row["sd"] else 0,
+                   label=None if label in labelled else label)  # n = 1: no bar
             labelled.add(label)
         if members[0]["chance"] is not None:
             ax.hlines(members[0]["chance"], x - 0.45, x + 0.45, colors="black", linewidth=1.2)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{b}\n{t}" for b, t in groups], fontsize="small")
-    ax.set_xlim(*style.centred_limits(len(groups), at_least=4))  # a few groups sit in the middle
+    ax.set_xlim(*style.centred_limits(len(groups), at_least=2))
     ax.plot([], [], color="black", linewidth=1.2, label="chance")
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("Accuracy at the best epoch: clean vs adversarial")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=style.LEGEND_FONT)
-    return ctx.save(fig, figure)
+    ax.set_ylim(0, 102)
+    ax.set_title("Accuracy at the best epoch per backbone · task: clean vs adversarial")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize="small", frameon=False)
+    return ctx.save(fig, figure, "accuracy", rows)
+
+
+def accuracy_size(groups: int) -> tuple[int, int]:
+    """Pixels of ``accuracy.png``: 150 per backbone × task group beside a 260-pixel margin, 560 to 1800 wide."""
+    return max(560, min(1800, 260 + 150 * groups)), 560
+
+
+def clipped_error(row: dict[str, Any]) -> list[list[float]] | None:
+    """The ± sd error bar of a row as (down, up) lengths that stay within [0, 100] %."""
+    if not row["sd"]:
+        return None
+    return [[min(row["sd"], row["mean"])], [min(row["sd"], 100.0 - row["mean"])]]
 
 
 # --- transfer

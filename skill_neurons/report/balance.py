@@ -92,7 +92,7 @@ def balanced_section(ctx: Context) -> Section:
         ax.set_title(f"{task} → {name}", fontsize="medium")
     fig.suptitle("Raw (plain) vs class-balanced (hatched) predictivity; dashed: majority share, dotted: 0.5",
                  fontsize="medium")
-    embed(section, ctx.save(fig, figure))
+    embed(section, ctx.save(fig, figure, "balanced", rows))
     section.tables["balanced"] = rows
     section.tables["balanced_comparison"] = comparisons
     section.data.update(rows=rows, comparisons=comparisons, percent=p)

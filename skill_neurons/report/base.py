@@ -202,12 +202,6 @@ def seed_rank(seed: Any) -> tuple:
     return (0, seed, "") if isinstance(seed, (int, float)) else (1, 0, str(seed))
 
 
-def run_labels(runs: list[Run]) -> list[str]:
-    """``seed 33`` per run, with the run id where several runs share a seed (e.g. a learning-rate sweep)."""
-    seeds = [r.seed for r in runs]
-    return [f"seed {seed_label(r.seed)}" + (f" ({r.run_id})" if seeds.count(r.seed) > 1 else "") for r in runs]
-
-
 def mixed_settings(runs: list[Run], what: str) -> list[str]:
     """A line per setting (other than the seed) that differs among runs averaged together, or none."""
     lines = []
@@ -230,6 +224,8 @@ class Figure:
     caption: str
     path: Path
     size: tuple[int, int]
+    table: str | None = None  # the section table (report.json) the figure draws
+    configuration: str = ""  # which configuration(s) its runs are of, as its title says
 
 
 @dataclass
@@ -321,6 +317,7 @@ class Context:
     figures_dir: Path
     percent: float
     eval_set: str
+    selection: Any = None  # skill_neurons.report.groups.Selection: configurations, runs left out
     scores: NeuronScores = field(default_factory=NeuronScores)
     cache: dict[str, Any] = field(default_factory=dict)  # shared results of several sections
     _types: dict[str, str] | None = None
@@ -331,7 +328,22 @@ class Context:
 
     @property
     def finished(self) -> list[Run]:
-        return [r for r in self.runs if r.finished]
+        """The finished runs the sections use: of the configuration chosen for their backbone × task, no
+        repeated seed (see :mod:`skill_neurons.report.groups`)."""
+        return [r for r in self.runs if r.finished and (self.selection is None or self.selection.used(r))]
+
+    def run_label(self, run: Run) -> str:
+        """``lr3e-3 · seed 33``: the run's configuration (its label, else its id) and seed."""
+        configuration = self.selection.configuration(run) if self.selection is not None else None
+        name = (configuration.label or configuration.id) if configuration is not None else ""
+        return f"{name} · seed {seed_label(run.seed)}" if name else f"seed {seed_label(run.seed)}"
+
+    def configuration_note(self, rows: list[dict[str, Any]]) -> str:
+        """Which configuration(s) the runs of table ``rows`` (keys ``runs`` or ``run_id``) are of."""
+        if self.selection is None:
+            return ""
+        ids = [i for row in rows for i in (row.get("runs") or [row.get("run_id")]) if i]
+        return self.selection.note(list(dict.fromkeys(ids)), self.runs)
 
     def of_kind(self, *kinds: str) -> list[Run]:
         return [r for r in self.finished if r.kind in kinds]
@@ -393,8 +405,16 @@ class Context:
         axes = fig.subplots(nrows, ncols, squeeze=False)
         return fig, axes, Figure(name, caption, self.figures_dir / f"{name}.png", size)
 
-    def save(self, fig, figure: Figure) -> Figure:
+    def save(self, fig, figure: Figure, table: str | None = None, rows: list[dict[str, Any]] | None = None) -> Figure:
+        """Write the figure; ``table`` names the section table behind it (report.json) and ``rows`` (those of
+        its rows it draws) say which configuration(s) it shows: a line under the title says which."""
+        figure.table = table
+        figure.configuration = self.configuration_note(rows or [])
+        if figure.configuration:
+            title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+            fig.suptitle("\n".join(t for t in (title, figure.configuration) if t), fontsize="medium")
         fig.tight_layout()
+        figure.path.parent.mkdir(parents=True, exist_ok=True)  # the folder appears with its first figure
         fig.savefig(figure.path, dpi=DPI)  # no bbox_inches="tight": the size stays exactly figure.size
         return figure
 

@@ -22,12 +22,16 @@ missing, in :data:`skill_neurons.report.base.TITLES` order: runs read; accuracy;
 neuron analyses computed as P1 computes them (:mod:`report_paper`, :mod:`report_spearman`, numbers from
 :mod:`.analyses`, seed means from :mod:`.seed_means`); suppression (:mod:`.suppression` and the
 per-backbone detail here); class-balanced predictivity (:mod:`report_balance`); our per-seed variants (per-layer
-boxes, per-seed overlap checked against ``summary.json``). Before any section, :func:`.seed_means.check_inputs`
-refuses runs of mixed layouts / analysed positions and neuron files of different shapes for one backbone.
+boxes, per-seed overlap checked against ``summary.json``). Before any section, :func:`.groups.select` applies
+the filters (``--backbone``, ``--task``, ``--layout``, ``--positions``) and chooses one configuration per
+backbone × task (``--configuration``, else the best by validation accuracy), and :func:`.seed_means.check_inputs`
+refuses a family whose runs mix layouts / analysed positions and neuron files of different shapes for one
+backbone. Families are reported side by side, each within its own layout and positions (a line per group in
+the runs section).
 
 Run kinds: a run with a ``suppression`` section is a suppression run; one with ``transfer`` (and no
 ``suppression``) a transfer run; otherwise its ``stage`` (fit / validate / test). The neuron sections use
-one analysis per prompt: runs with a skill-neuron analysis of the clean set ``--eval-set`` (suppression and
+one analysis per prompt: runs with a skill-neuron analysis of the clean set ``--eval_set`` (suppression and
 transfer runs excluded, their prompts are perturbed or foreign), one per backbone × part × task × seed,
 fit runs preferred.
 """
@@ -46,7 +50,8 @@ from typing import Any
 from callbacks.neuron_files import set_name
 from skill_neurons.report.accuracy import accuracy_section, runs_section
 from skill_neurons.report.balance import balanced_section
-from skill_neurons.report.base import SQUARE, TITLES, WIDE, Context, ReportError, Section
+from skill_neurons.report.base import SQUARE, TITLES, WIDE, Context, Inputs, ReportError, Section
+from skill_neurons.report.groups import Filters, select
 from skill_neurons.report.inputs import read_runs
 from skill_neurons.report.lineage import declare_artifacts, used_artifacts
 from skill_neurons.report.neurons import overlap_section, per_layer_section
@@ -93,7 +98,7 @@ def build_sections(ctx: Context) -> list[Section]:
 def render_markdown(ctx: Context, sections: list[Section], command: str) -> str:
     lines = ["# Skill-neuron report", "",
              (f"`{command}` — {time.strftime('%Y-%m-%d %H:%M:%S %z')}; {len(ctx.runs)} runs read, "
-             f"{len(ctx.finished)} finished. Clean set '{ctx.eval_set}'. Paper sections: seed means, n = 2, 4, …, 14 "
+             f"{sum(r.finished for r in ctx.runs)} finished, {len(ctx.finished)} used. Clean set '{ctx.eval_set}'. Paper sections: seed means, n = 2, 4, …, 14 "
              f"for overlap and Spearman curves, the model-wide top {ctx.percent:g}% for the histogram, layer location "
              "and balanced sections, as P1 computes them (formula and P1 function under each section). Numbers as "
              "in `report.json`."), ""]
@@ -115,12 +120,19 @@ def write_report(ctx: Context, sections: list[Section], out: Path, command: str)
         "eval_set": ctx.eval_set, "inputs": ctx.inputs.arguments,
         "units": "accuracies and relative scores in %, predictivities and overlaps as fractions",
         "figure_sizes": {"wide": list(WIDE), "square": list(SQUARE)},
+        "groups": ctx.cache.get("groups", []),
+        "configurations": [c.record() for c in ctx.selection.configurations] if ctx.selection else [],
+        "left_out": ctx.selection.left_out if ctx.selection else {},
     }
     for section in sections:
         document[section.key] = {
             "title": section.title, "missing": section.missing, **section.data,
+            # the rows behind each figure (named by its "table")
+            "tables": {name: section.tables.get(name, []) for name in dict.fromkeys(f.table for f in section.figures
+                                                                                    if f.table)},
             "figures": [{"file": f"figures/{f.path.name}", "caption": f.caption, "width": f.size[0],
-                         "height": f.size[1]} for f in section.figures],
+                         "height": f.size[1], "table": f.table, "configuration": f.configuration}
+                        for f in section.figures],
         }
     (out / "report.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     (out / "report.md").write_text(render_markdown(ctx, sections, command))
@@ -151,7 +163,8 @@ def log_to_wandb(out: Path, sections: list[Section], project: str, document: dic
         artifact = wandb.Artifact(f"report-{run.id}", type="report", metadata={"inputs": document["inputs"]})
         artifact.add_file(str(out / "report.md"))
         artifact.add_file(str(out / "report.json"))
-        artifact.add_dir(str(out / "figures"), name="figures")
+        if (out / "figures").is_dir():
+            artifact.add_dir(str(out / "figures"), name="figures")
         run.log_artifact(artifact)
         offline = run.settings.mode in ("offline", "dryrun")
         info = {"id": run.id, "project": run.project, "mode": "offline" if offline else "online",
@@ -173,19 +186,23 @@ def wandb_table(rows: list[dict[str, Any]]):
 
 
 def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set: str = "validation",
-                use_wandb: bool = False, project: str = "skill-neurons", command: str = "") -> dict[str, Any]:
-    """Read the runs, write ``out/report.md``, ``out/report.json`` and ``out/figures/*.png``; log to W&B
-    with ``use_wandb``. Returns the report.json document (with ``wandb`` info when logged)."""
+                use_wandb: bool = False, project: str = "skill-neurons", command: str = "",
+                filters: Filters | None = None) -> dict[str, Any]:
+    """Read the runs, keep those the ``filters`` select, choose one configuration per backbone × task (see
+    :mod:`skill_neurons.report.groups`), write ``out/report.md``, ``out/report.json`` and ``out/figures/*.png``;
+    log to W&B with ``use_wandb``. Returns the report.json document (with ``wandb`` info when logged).
+    Input it cannot use raises :class:`ReportError` before anything is written."""
     if not 0 < percent <= 100:
         raise ReportError(f"--percent {percent:g}: give a percentage of units per layer in (0, 100]")
-    out.mkdir(parents=True, exist_ok=True)
     inputs = read_runs(arguments, out / "wandb-runs")
+    kept, selection = select(inputs.runs, filters or Filters())
+    inputs = Inputs(kept, inputs.invalid, inputs.arguments)
     figures_dir = out / "figures"
-    figures_dir.mkdir(exist_ok=True)
+    ctx = Context(inputs, figures_dir, float(percent), set_name(eval_set), selection=selection)
+    check_inputs(ctx, kept)  # mixed layouts within a family or neuron shapes: one error before any section
+    out.mkdir(parents=True, exist_ok=True)
     for stale in figures_dir.glob("*.png"):  # a report written again into the same folder
         stale.unlink()
-    ctx = Context(inputs, figures_dir, float(percent), set_name(eval_set))
-    check_inputs(ctx)  # mixed layouts or neuron shapes: one error before any section
     sections = build_sections(ctx)
     document = write_report(ctx, sections, out, command or f"skill-neurons report {' '.join(arguments)} --out {out}")
     if use_wandb:
@@ -193,6 +210,15 @@ def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set:
         document["wandb"] = log_to_wandb(out, sections, project, document)
         (out / "report.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     return document
+
+
+class Deprecated(argparse.Action):
+    """An old spelling of an option (``--eval-set``): works as the new one, with one line on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"skill-neurons report: {option_string} is deprecated, use {self.metavar} (the old spelling goes in "
+              "the next release)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,17 +234,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="n of the paper sections at one n: the model-wide top n%% units of the histogram, "
                              "layer location and balanced sections (default 5); overlap and Spearman curves use "
                              "P1's n = 2, 4, ..., 14; our per-seed sections use the top n%% per layer")
-    parser.add_argument("--eval-set", default="validation",
+    parser.add_argument("--eval_set", default="validation",
                         help="the clean evaluation set whose skill-neuron analysis is used (default validation; "
                              "test for runs of `skill-neurons test`)")
+    parser.add_argument("--eval-set", dest="eval_set", action=Deprecated, metavar="--eval_set",
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    pick = parser.add_argument_group(
+        "which runs", "Filters (repeat an option for several values) and the configuration each backbone × task uses "
+        "(default: the best by mean best validation accuracy over its seeds)")
+    pick.add_argument("--backbone", action="append", default=[], help="keep runs of this backbone (tiny-roberta) "
+                      "or family (masked_lm, seq2seq, causal_lm)")
+    pick.add_argument("--task", action="append", default=[], help="keep runs of this task (a transfer run: its "
+                      "source or target task)")
+    pick.add_argument("--layout", action="append", default=[], help="keep runs of this input layout (standard, "
+                      "paper, ...): needed when one family's runs mix layouts")
+    pick.add_argument("--positions", action="append", default=[], help="keep runs analysed at these positions "
+                      "(prompt, last, text_mean, ...): needed when one family's runs mix them")
+    pick.add_argument("--configuration", action="append", default=[], help="use this configuration where a "
+                      "backbone × task has several: its id (or first digits) or short label (lr3e-3), as report.md "
+                      "lists them")
     parser.add_argument("--wandb", action="store_true", help="also log the figures and tables to a W&B run "
                         "(job type report; offline without credentials)")
     parser.add_argument("--project", default="skill-neurons", help="W&B project of --wandb (default skill-neurons)")
     args = parser.parse_args(argv)
     command = "skill-neurons report " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
+        filters = Filters(args.backbone, args.task, args.layout, args.positions, args.configuration)
         document = make_report(args.runs, Path(args.out), args.percent, args.eval_set, args.wandb, args.project,
-                               command)
+                               command, filters)
     except ReportError as error:
         print(f"skill-neurons report: error: {error}", file=sys.stderr, flush=True)
         return 2

@@ -31,7 +31,7 @@ def neuron_groups(ctx: Context, runs: list[Run]) -> dict[tuple, list[Run]]:
 
 def no_neuron_runs(ctx: Context) -> str:
     return (f"No finished runs with a skill-neuron analysis of '{ctx.eval_set}' among the {len(ctx.runs)} runs "
-            "read (fit runs get one from SkillNeuronCallback, on in every shipped config; `--eval-set` names the "
+            "read (fit runs get one from SkillNeuronCallback, on in every shipped config; `--eval_set` names the "
             "clean set, e.g. `test` for test runs).")
 
 
@@ -77,7 +77,8 @@ def per_layer_section(ctx: Context, runs: list[Run]) -> Section:
                     if recorded and any(abs(a - b) > TOLERANCE for a, b in zip(values, recorded)):
                         checks.append(f"{run.describe()} set {name}: recomputed per-layer top-5% means {values} "
                                       f"differ from summary.json's {recorded}")
-        section.figures.append(per_layer_figure(ctx, key, combined))
+        section.figures.append(per_layer_figure(ctx, key, combined, [r for r in rows if r["task"] == task and
+                                                                    (r["backbone"], r["part"]) == (backbone, part)]))
     layers = max(r["layers"] for r in rows)
     section.lines += markdown_table(
         ["backbone", "part", "task", "set", "seeds", *[f"L{i}" for i in range(layers)]],
@@ -94,7 +95,7 @@ def per_layer_section(ctx: Context, runs: list[Run]) -> Section:
     return section
 
 
-def per_layer_figure(ctx: Context, key: tuple, combined: dict[str, torch.Tensor]) -> Figure:
+def per_layer_figure(ctx: Context, key: tuple, combined: dict[str, torch.Tensor], rows: list[dict]) -> Figure:
     """Box plots per layer of the seed-averaged score, clean and each adversarial set side by side."""
     family, backbone, part, task, shape = key
     fig, axes, figure = ctx.figure(slug("per_layer", backbone, part, task),
@@ -106,8 +107,8 @@ def per_layer_figure(ctx: Context, key: tuple, combined: dict[str, torch.Tensor]
                  if (b := next((majority_baseline(r, name) for r in runs if majority_baseline(r, name)), None))}
     style.per_layer_boxplot(ax, combined, colours, part, "score (max predictivity over positions), mean over seeds",
                             baselines)
-    ax.set_title(f"{backbone} ({family_name(family)}) · {task}: predictivity per layer")
-    return ctx.save(fig, figure)
+    ax.set_title(f"{backbone} ({family_name(family)}) · {task}: predictivity per layer, clean vs adversarial")
+    return ctx.save(fig, figure, "per_layer", rows)
 
 
 @dataclass
@@ -238,21 +239,20 @@ def overlap_figure(ctx: Context, rows: list[OverlapRow], percents: list[float]) 
     fig, axes, figure = ctx.figure("overlap", "overlap@n% of clean and adversarial skill neurons, mean ± sd over "
                                    "seeds (dotted: expected overlap of random picks)", WIDE)
     ax = axes[0][0]
-    markers = "osD^v<>ph*"
-    for k, row in enumerate(rows):
+    drawn = [row for row in rows if all(row.stats[f"overlap@{n:g}"][0] is not None for n in percents)]
+    for k, row in enumerate(drawn):  # every line its own colour and marker
         means = [row.stats[f"overlap@{n:g}"][0] for n in percents]
-        if any(m is None for m in means):
-            continue
         sds = [row.stats[f"overlap@{n:g}"][1] or 0.0 for n in percents]
-        ax.errorbar(percents, means, yerr=sds, color=style.FAMILY.get(row.family, style.GREY),
-                    marker=markers[k % len(markers)], capsize=3, label=f"{row.backbone} · {row.task} · {row.set}")
-    ax.plot(percents, [n / 100 for n in percents], ":", color="grey", label="random (n/100)")
+        colour, marker, line = style.series(k)
+        ax.errorbar(percents, means, yerr=sds, color=colour, marker=marker, linestyle=line, capsize=3,
+                    label=f"{row.backbone} · {row.task} · {row.set}")
+    ax.plot(percents, [n / 100 for n in percents], ":", color=style.GREY, label="random (n/100)")
     ax.set_xlabel("n (% of units per layer)")
     ax.set_ylabel("overlap@n%")
     ax.set_ylim(0, 1.05)
-    ax.set_title("Clean vs adversarial skill neurons")
+    ax.set_title("Clean vs adversarial skill neurons: overlap@n% per backbone · task · adversarial set")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", ncol=1 + len(rows) // 16)
-    return ctx.save(fig, figure)
+    return ctx.save(fig, figure, "overlap", [r.record() for r in drawn])
 
 
 # ----------------------------------------------------------------------------- the report

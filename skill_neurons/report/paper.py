@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from callbacks.figure_style import BACKBONES, CLEAN, GREY, MEDIAN, VERMILLION
+from callbacks.figure_style import BACKBONES, CLEAN, GREY, MARKERS, MEDIAN, VERMILLION
 from skill_neurons.report.analyses import (
     P1_N_GRID, adversarial_of_clean, histogram_counts, histogram_edges, layer_location, overlap_curve, p1_count,
 )
@@ -19,13 +19,18 @@ from skill_neurons.report.base import (
 from skill_neurons.report.seed_means import MARK, SeedMean, missing_seed_lines, seed_means
 
 COLOURS = list(BACKBONES)  # per backbone (callbacks/figure_style.py)
-NO_MEANS = ("No skill-neuron analyses to average (fit runs get one from SkillNeuronCallback; `--eval-set` names "
+NO_MEANS = ("No skill-neuron analyses to average (fit runs get one from SkillNeuronCallback; `--eval_set` names "
             "the clean set).")
 
 
 def backbone_colours(means: list[SeedMean]) -> dict[str, str]:
     backbones = list(dict.fromkeys(m.backbone for m in means))
     return {b: COLOURS[k % len(COLOURS)] for k, b in enumerate(backbones)}
+
+
+def backbone_marker(colours: dict[str, str], backbone: str) -> str:
+    """A marker per backbone, in the order of :func:`backbone_colours`: lines differ in colour and marker."""
+    return MARKERS[list(colours).index(backbone) % len(MARKERS)]
 
 
 def by_type(ctx: Context, tasks: list[str]) -> dict[str, list[str]]:
@@ -103,8 +108,9 @@ def overlap_section(ctx: Context) -> Section:
                           and r["task"] == task and r["set"] == name and r["mean"] is not None]
                 if points:
                     ax.errorbar([r["n"] for r in points], [r["mean"] for r in points],
-                                yerr=[r["sem"] or 0.0 for r in points], color=colours[mean.backbone], marker="o",
-                                capsize=3, linewidth=2, label=mean.backbone + mean.mark)
+                                yerr=[r["sem"] or 0.0 for r in points], color=colours[mean.backbone],
+                                marker=backbone_marker(colours, mean.backbone), capsize=3, linewidth=2,
+                                label=mean.backbone + mean.mark)
             ax.plot(P1_N_GRID, [n / 100 for n in P1_N_GRID], ":", color="grey", label="random (n/100)")
             ax.set_title(f"{task} vs {name}", fontsize="medium")
             ax.set_xlabel("top n% per layer")
@@ -112,8 +118,8 @@ def overlap_section(ctx: Context) -> Section:
             ax.set_ylabel("overlap (mean ± s.e.m. over layers)")
             ax.set_ylim(0, 1.05)
             ax.legend(fontsize="small")
-        fig.suptitle(f"Clean vs adversarial skill neurons: {kind}", fontsize="medium")
-        embed(section, ctx.save(fig, figure))
+        fig.suptitle(f"Overlap of clean and adversarial skill neurons per backbone: {kind}", fontsize="medium")
+        embed(section, ctx.save(fig, figure, "paper_overlap", [r for r in rows if r["task"] in tasks]))
     section.tables["paper_overlap"] = [{k: v for k, v in r.items() if k != "per_layer"} for r in rows]
     section.data.update(rows=rows, n_grid=list(P1_N_GRID))
     return section
@@ -180,8 +186,8 @@ def histogram_section(ctx: Context) -> Section:
             ax.set_xlabel("adversarial predictivity")
             ax.set_ylabel("number of neurons (log)")
             ax.legend(fontsize="small")
-        fig.suptitle(f"Clean skill neurons on adversarial data: {kind}", fontsize="medium")
-        embed(section, ctx.save(fig, figure))
+        fig.suptitle(f"Clean skill neurons on adversarial data, per backbone: {kind}", fontsize="medium")
+        embed(section, ctx.save(fig, figure, "paper_histogram", [r for r in rows if r["task"] in tasks]))
     section.tables["paper_histogram"] = rows
     section.data.update(rows=rows, percent=p)
     return section
@@ -223,8 +229,8 @@ def location_section(ctx: Context) -> Section:
             ax.set_xlabel("layer")
             ax.set_ylabel("skill neurons")
             ax.legend(fontsize="small")
-        fig.suptitle(f"Where the skill neurons sit: {kind}", fontsize="medium")
-        embed(section, ctx.save(fig, figure))
+        fig.suptitle(f"Where the skill neurons sit, per backbone: {kind}", fontsize="medium")
+        embed(section, ctx.save(fig, figure, "paper_location", [r for r in rows if r["task"] in tasks]))
     section.tables["paper_location"] = rows
     section.data.update(rows=rows, percent=p)
     return section
@@ -294,8 +300,9 @@ def boxes_section(ctx: Context) -> Section:
         bars.set_ylabel("model accuracy (%)")
         handles = [h for a in (ax, bars) for h in a.get_legend_handles_labels()[0]]
         bars.legend(handles=handles, loc="lower right", fontsize="small")
-        ax.set_title(f"{backbone} ({family_name(members[0].family)}): neuron predictivity per dataset")
-        embed(section, ctx.save(fig, figure))
+        ax.set_title(f"{backbone} ({family_name(members[0].family)}): neuron predictivity per dataset, clean vs "
+                     "adversarial")
+        embed(section, ctx.save(fig, figure, "paper_boxes", found))
     section.tables["paper_boxes"] = rows
     section.data.update(rows=rows)
     return section

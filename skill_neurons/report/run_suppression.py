@@ -102,24 +102,26 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
     name = slug("suppression", backbone, task, perturbation, *([std] if std is not None else []), part,
                 adversarial_neurons, source)
     fig, axes, figure = ctx.figure(name, f"Suppression: {title}", WIDE, ncols=len(sets))
+    lowest = []  # over every panel: the panels share one accuracy axis
     for ax, set_ in zip(axes[0], sets):
-        for selection in sorted({r["selection"] for r in rows}, key=lambda s: (s != "skill", s)):
+        for k, selection in enumerate(sorted({r["selection"] for r in rows}, key=lambda s: (s != "skill", s))):
             points = sorted((r["rate"], r["mean"], r["sem"] or 0.0) for r in rows
                             if r["set"] == set_ and r["selection"] == selection)
             if not points:
                 continue
             rate, mean, sem = (np.array(v, dtype=float) for v in zip(*points))
-            colour, line = style.SELECTION.get(selection, (style.GREY, ":"))
-            ax.plot(rate, mean, line, color=colour, marker="o", label=f"{selection} units")
-            ax.fill_between(rate, mean - sem, mean + sem, color=colour, alpha=0.2)
-        if chance is not None:
-            style.chance_line(ax, chance, f"chance ({chance:g}%)")
+            colour, line, marker = style.SELECTION.get(selection, style.series(k + 2))
+            ax.plot(rate, mean, line, color=colour, marker=marker, label=f"{selection} units")
+            ax.fill_between(rate, np.clip(mean - sem, 0, 100), np.clip(mean + sem, 0, 100), color=colour, alpha=0.2)
+            lowest.append(float((mean - sem).min()))
         ax.set_title("clean (validation)" if set_ == "validation" else f"adversarial: {set_}", fontsize="medium")
         ax.set_xlabel("units suppressed per layer (%)")
         ax.set_ylabel("accuracy (%)")
+    for ax in axes[0]:
+        style.accuracy_axis(ax, chance, min(lowest) if lowest else None)
         ax.legend(fontsize="small")
-    fig.suptitle(f"{backbone} · {task} · {perturbation}", fontsize="medium")
-    return ctx.save(fig, figure)
+    fig.suptitle(f"Skill vs random units suppressed: {backbone} · {task} · {perturbation}", fontsize="medium")
+    return ctx.save(fig, figure, "suppression", rows)
 
 
 # --- skill neurons

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skill_neurons.report.base import Context, ReportError, Run, family_rank, seed_label, seed_rank
+from skill_neurons.report.groups import check_layouts
 
 MARK = " †"  # a seed mean over fewer seeds than the backbone's other tasks
 
@@ -53,7 +54,8 @@ class SeedMean:
     def row(self) -> dict:
         """The identifying columns of a report.json row."""
         return {"backbone": self.backbone, "family": self.family, "part": self.part, "task": self.task,
-                "task_type": self.task_type, "seeds": self.seeds, "missing_seeds": self.missing_seeds}
+                "task_type": self.task_type, "seeds": self.seeds, "missing_seeds": self.missing_seeds,
+                "runs": [r.run_id for r in self.runs]}
 
 
 def majority_baseline(run: Run, name: str) -> float | None:
@@ -112,28 +114,26 @@ def missing_seed_lines(means: list[SeedMean]) -> list[str]:
     return lines
 
 
-def check_inputs(ctx: Context) -> None:
-    """Refuse, before any section is computed, runs that cannot be analysed together: different input layouts
-    or analysed positions, and neuron files of different shapes for the same backbone and part."""
+def layout_of(ctx: Context, run: Run) -> tuple[str, str | None]:
+    """(input layout, analysed positions) of a run as its neuron files record them (its summary's for older
+    files); positions None for a run without an analysis of its own (transfer, suppression)."""
+    layout = run.layout
+    sets = (run.neurons.get("sets") or {}) if run.kind in ("fit", "validate", "test") else {}
+    for name in sets:
+        meta = ctx.scores.metadata(run, name)
+        if meta.get("layout") or meta.get("analysed_positions"):
+            layout = (str(meta.get("layout", "standard")), str(meta.get("analysed_positions", "prompt")))
+    if not sets and not any(s.get("analysed_positions") for s in (run.settings, run.neurons)):
+        layout = (layout[0], None)  # no analysis of its own (transfer, suppression): only its layout counts
+    return layout
+
+
+def check_inputs(ctx: Context, runs: list[Run]) -> None:
+    """Refuse, before any section is computed, runs that cannot be analysed together: a backbone family whose
+    ``runs`` (the finished runs the filters keep) mix input layouts or analysed positions, and neuron files of
+    different shapes for the same backbone and part."""
+    check_layouts([r for r in runs if r.finished], lambda run: layout_of(ctx, run))
     neuron_runs = ctx.neuron_runs()
-    analysed = {run.source for run in neuron_runs}
-    layouts: dict[tuple[str, str | None], list[str]] = defaultdict(list)
-    for run in ctx.finished:
-        layout = run.layout
-        sets = (run.neurons.get("sets") or {}) if run.source in analysed else {}
-        for name in sets:
-            meta = ctx.scores.metadata(run, name)
-            if meta.get("layout") or meta.get("analysed_positions"):
-                layout = (str(meta.get("layout", "standard")), str(meta.get("analysed_positions", "prompt")))
-        if not sets and not any(s.get("analysed_positions") for s in (run.settings, run.neurons)):
-            layout = (layout[0], None)  # no analysis of its own (transfer, suppression): only its layout counts
-        layouts[layout].append(f"`{run.run_id}`")
-    if len({a for a, _ in layouts}) > 1 or len({b for _, b in layouts if b is not None}) > 1:
-        groups = "; ".join(f"layout {a}, analysed positions {b or 'none (no analysis)'}: {', '.join(sorted(set(ids)))}"
-                           for (a, b), ids in sorted(layouts.items(), key=lambda item: (item[0][0], item[0][1] or "")))
-        raise ReportError(f"the runs mix input layouts or analysed positions ({groups}) — their neurons are not "
-                          "comparable: report the runs of one layout and one choice of positions at a time "
-                          "(pass only their directories)")
     shapes: dict[tuple[str, str], dict[tuple, list[str]]] = defaultdict(lambda: defaultdict(list))
     for run in neuron_runs:
         for name in run.neurons.get("sets") or {}:

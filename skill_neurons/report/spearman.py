@@ -9,7 +9,7 @@ import numpy as np
 
 from skill_neurons.report.analyses import P1_N_GRID, mean_sem, pair_values, spearman_matrix
 from skill_neurons.report.base import SQUARE, Context, Section, fmt, markdown_table, seed_label, slug
-from skill_neurons.report.paper import NO_MEANS, backbone_colours, by_type, embed, panels
+from skill_neurons.report.paper import NO_MEANS, backbone_colours, backbone_marker, by_type, embed, panels
 from skill_neurons.report.seed_means import MARK, missing_seed_lines, seed_means
 
 RHO_FORMULA = ("ρ_l = Spearman ρ of the two (layer l) score vectors, averaged over the layers; for the curves "
@@ -17,7 +17,8 @@ RHO_FORMULA = ("ρ_l = Spearman ρ of the two (layer l) score vectors, averaged 
                "(the `topn` branch of P1's functions; n = 100 is every unit)")
 
 
-def heatmap(ctx: Context, name: str, caption: str, labels: list[str], matrix: np.ndarray, title: str):
+def heatmap(ctx: Context, name: str, caption: str, labels: list[str], matrix: np.ndarray, title: str, table: str,
+            rows: list[dict]):
     """Heat map of a ρ matrix in [-1, 1], values in the cells."""
     fig, axes, figure = ctx.figure(name, caption, SQUARE)
     ax = axes[0][0]
@@ -32,7 +33,7 @@ def heatmap(ctx: Context, name: str, caption: str, labels: list[str], matrix: np
     ax.set_yticklabels(labels, fontsize="small")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, shrink=0.8, label="Spearman ρ (mean over layers)")
-    return ctx.save(fig, figure)
+    return ctx.save(fig, figure, table, rows)
 
 
 def spearman_seeds_section(ctx: Context) -> Section:
@@ -69,8 +70,8 @@ def spearman_seeds_section(ctx: Context) -> Section:
     for row, mean in zip(rows, means):
         embed(section, heatmap(ctx, slug("spearman_seeds", mean.backbone, mean.part, mean.task),
                                f"Spearman ρ across seeds (per layer, mean over layers), {mean.label}",
-                               [f"seed {seed_label(s)}" for s in mean.seeds], np.array(row["matrix"]),
-                               f"{mean.label}: ρ across seeds"))
+                               [ctx.run_label(r) for r in mean.runs], np.array(row["matrix"]),
+                               f"{mean.label}: ρ across seeds", "spearman_seeds", [row]))
     colours = backbone_colours(means)
     for kind, tasks in by_type(ctx, list(dict.fromkeys(m.task for m in means))).items():
         fig, axes, figure = panels(ctx, slug("spearman_seeds_curve", kind), f"Spearman ρ across seeds vs top n%, "
@@ -79,8 +80,9 @@ def spearman_seeds_section(ctx: Context) -> Section:
             for mean in [m for m in means if m.task == task]:
                 points = [c for c in curves if (c["backbone"], c["part"], c["task"]) == (mean.backbone, mean.part, task)]
                 ax.errorbar([c["n"] for c in points], [c["mean"] for c in points],
-                            yerr=[c["sem"] or 0.0 for c in points], color=colours[mean.backbone], marker="o",
-                            capsize=3, linewidth=2, label=mean.backbone + mean.mark)
+                            yerr=[c["sem"] or 0.0 for c in points], color=colours[mean.backbone],
+                            marker=backbone_marker(colours, mean.backbone), capsize=3, linewidth=2,
+                            label=mean.backbone + mean.mark)
             ax.set_title(task, fontsize="medium")
             ax.set_xlabel("top n% per layer")
             ax.set_xticks(P1_N_GRID)
@@ -88,8 +90,8 @@ def spearman_seeds_section(ctx: Context) -> Section:
             ax.set_ylim(-1, 1)
             ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
             ax.legend(fontsize="small")
-        fig.suptitle(f"Consistency of skill neurons across seeds: {kind}", fontsize="medium")
-        embed(section, ctx.save(fig, figure))
+        fig.suptitle(f"Consistency of skill neurons across seeds, per backbone: {kind}", fontsize="medium")
+        embed(section, ctx.save(fig, figure, "spearman_seeds_curve", [c for c in curves if c["task"] in tasks]))
     section.tables["spearman_seeds"] = [{k: v for k, v in r.items() if k != "matrix"} for r in rows]
     section.tables["spearman_seeds_curve"] = curves
     section.data.update(rows=rows, curves=curves, n_grid=list(P1_N_GRID))
@@ -120,6 +122,7 @@ def spearman_tasks_section(ctx: Context) -> Section:
         matrix = spearman_matrix(scores)
         rows.append({"backbone": backbone, "family": family, "part": part, "tasks": tasks,
                      "marked": [m.task for m in members if m.missing_seeds], "matrix": matrix.tolist(),
+                     "runs": [r.run_id for m in members for r in m.runs],
                      "mean_rho": float(np.mean(pair_values(matrix)))})
         types = {kind: [tasks.index(t) for t in names] for kind, names in by_type(ctx, tasks).items()}
         types = {kind: list(combinations(idx, 2)) for kind, idx in types.items() if len(idx) > 1}
@@ -136,7 +139,7 @@ def spearman_tasks_section(ctx: Context) -> Section:
                                                          for i, a in enumerate(labels)])
         embed(section, heatmap(ctx, slug("spearman_tasks", backbone, part), f"Spearman ρ of the seed-mean scores "
                                f"across tasks (per layer, mean over layers), {backbone}", labels, matrix,
-                               f"{backbone}: ρ across tasks"))
+                               f"{backbone}: ρ across tasks", "spearman_tasks", [rows[-1]]))
     kinds = list(dict.fromkeys(c["task_type"] for c in curves))
     colours = backbone_colours([m for members in groups.values() for m in members])
     fig, axes, figure = panels(ctx, "spearman_tasks_curve", "Spearman ρ across tasks vs top n%, per task type and "
@@ -146,8 +149,8 @@ def spearman_tasks_section(ctx: Context) -> Section:
             points = [c for c in curves if (c["backbone"], c["part"], c["task_type"]) == (backbone, part, kind)]
             if points:
                 ax.errorbar([c["n"] for c in points], [c["mean"] for c in points],
-                            yerr=[c["sem"] or 0.0 for c in points], color=colours[backbone], marker="o", capsize=3,
-                            linewidth=2, label=backbone)
+                            yerr=[c["sem"] or 0.0 for c in points], color=colours[backbone],
+                            marker=backbone_marker(colours, backbone), capsize=3, linewidth=2, label=backbone)
         ax.set_title(kind if kind != "all" else "all task pairs", fontsize="medium")
         ax.set_xlabel("top n% per layer")
         ax.set_xticks(P1_N_GRID)
@@ -155,7 +158,8 @@ def spearman_tasks_section(ctx: Context) -> Section:
         ax.set_ylim(-1, 1)
         ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
         ax.legend(fontsize="small")
-    embed(section, ctx.save(fig, figure))
+    fig.suptitle("Consistency of skill neurons across tasks, per backbone", fontsize="medium")
+    embed(section, ctx.save(fig, figure, "spearman_tasks_curve", rows))
     section.tables["spearman_tasks"] = [{k: v for k, v in r.items() if k != "matrix"} for r in rows]
     section.tables["spearman_tasks_curve"] = curves
     section.data.update(rows=rows, curves=curves, n_grid=list(P1_N_GRID))

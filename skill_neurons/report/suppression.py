@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from callbacks import figure_style as style
 from skill_neurons.report.analyses import mean_sem
 from skill_neurons.report.base import Context, Section, fmt, markdown_table, pct, slug, validate_accuracies
-from skill_neurons.report.paper import COLOURS, embed, panels
+from skill_neurons.report.paper import embed, panels
 
 
 def neuron_source(record: dict) -> str:
@@ -68,22 +69,32 @@ def paper_suppression_section(ctx: Context) -> Section:
         backbones = list(dict.fromkeys(r["backbone"] for r in group_rows))
         fig, axes, figure = panels(ctx, slug("paper_suppression", task, perturbation, part, source,
                                              adversarial_neurons), f"Suppression, {title}", len(sets))
+        chance = next((100.0 / len(labels) for run in groups[key] if (labels := run.data.get("label_names"))), None)
+        lowest = []  # over every panel: the panels share one accuracy axis
         for ax, name in zip(axes, sets):
-            for k, backbone in enumerate(backbones):
-                for selection, style in (("skill", "-"), ("random", "--")):
-                    line = sorted((r["rate"], r["mean"], r["sem"] or 0.0) for r in group_rows if
-                                  (r["backbone"], r["selection"], r["set"]) == (backbone, selection, name))
-                    if line:
-                        ax.errorbar([p[0] for p in line], [p[1] for p in line], yerr=[p[2] for p in line],
-                                    linestyle=style, color=COLOURS[k % len(COLOURS)], marker="o", capsize=3,
-                                    linewidth=2, label=f"{backbone} {selection}")
+            for k, (backbone, selection) in enumerate((b, s) for b in backbones for s in ("skill", "random")):
+                line = sorted((r["rate"], r["mean"], r["sem"] or 0.0) for r in group_rows if
+                              (r["backbone"], r["selection"], r["set"]) == (backbone, selection, name))
+                if line:
+                    colour, marker, _ = style.series(k)
+                    if len(backbones) == 1:  # as in the per-backbone figures: skill vermillion, random blue
+                        colour, _, marker = style.SELECTION[selection]
+                    means = [p[1] for p in line]
+                    # the error bar clipped to [0, 100]: (down, up) lengths
+                    errors = [[min(p[2], p[1]) for p in line], [min(p[2], 100 - p[1]) for p in line]]
+                    ax.errorbar([p[0] for p in line], means, yerr=errors,
+                                linestyle=style.SELECTION[selection][1], color=colour, marker=marker, capsize=3,
+                                linewidth=2, label=f"{backbone} {selection}")
+                    lowest.append(min(m - e for m, e in zip(means, errors[0])))
             ax.set_title("clean (validation)" if name == "validation" else f"adversarial: {name}", fontsize="medium")
             ax.set_xlabel("suppression rate (% of units per layer)")
             ax.set_ylabel("accuracy (%)")
-            ax.set_ylim(0, 100)
+        for ax in axes:
+            style.accuracy_axis(ax, chance, min(lowest) if lowest else None)
             ax.legend(fontsize="small")
-        fig.suptitle(f"Suppression of skill neurons: {task} ({ctx.task_types().get(task, '?')})", fontsize="medium")
-        embed(section, ctx.save(fig, figure))
+        fig.suptitle(f"Suppression of skill neurons vs random units: {task} ({ctx.task_types().get(task, '?')}), "
+                     f"{', '.join(backbones)}", fontsize="medium")
+        embed(section, ctx.save(fig, figure, "paper_suppression", group_rows))
     section.tables["paper_suppression"] = [{k: v for k, v in r.items()} for r in rows]
     section.data.update(rows=rows)
     return section

@@ -115,7 +115,7 @@ def transfer_section(ctx: Context) -> Section:
                   for b in columns)] for a in tasks])
         for name, matrix, cols, what in (("relative", relative, tasks, "100 · acc(A→B) / acc(B→B)"),
                                          ("absolute", absolute, columns, "acc(A→B) in %")):
-            figure = transfer_figure(ctx, backbone, family, name, tasks, cols, matrix, what, column_task)
+            figure = transfer_figure(ctx, backbone, family, name, tasks, cols, matrix, what, column_task, ordered)
             section.figures.append(figure)
             section.lines += [f"![{figure.caption}](figures/{figure.path.name})", ""]
         fallbacks = sorted({(c["target"], c["reference"]) for c in ordered if c["kind"] == "clean"
@@ -129,7 +129,7 @@ def transfer_section(ctx: Context) -> Section:
 
 
 def transfer_figure(ctx: Context, backbone: str, family: str, name: str, rows: list[str], columns: list[str],
-                    matrix: list[list], what: str, column_task: dict[str, str]):
+                    matrix: list[list], what: str, column_task: dict[str, str], cells: list[dict]):
     """Heat map (rows: source, columns: target), task-type groups separated by white lines."""
     fig, axes, figure = ctx.figure(slug("transfer", name, backbone), f"Transfer ({name}), {backbone}: {what}",
                                    SQUARE)
@@ -157,6 +157,6 @@ def transfer_figure(ctx: Context, backbone: str, family: str, name: str, rows: l
     ax.set_yticklabels([f"{t} ({types.get(t, '?')})" for t in rows], fontsize="small")
     ax.set_xlabel("target (evaluated on)")
     ax.set_ylabel("source task A (prompt from)")
-    ax.set_title(f"{backbone} ({family_name(family)}): {what}")
+    ax.set_title(f"{backbone} ({family_name(family)}): {what}, prompt of task A on task B")
     fig.colorbar(image, ax=ax, shrink=0.8, label="%")
-    return ctx.save(fig, figure)
+    return ctx.save(fig, figure, "transfer", cells)
