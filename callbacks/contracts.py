@@ -7,6 +7,8 @@
 * :class:`PerturbsNeurons` — a callback that changes the model's neurons while it evaluates (suppression):
   the skill-neuron analysis and the transfer record stand aside.
 * :class:`PromisesOutputs` — a callback whose files a run must hold before it counts as ``finished``.
+* :class:`ReportsMetrics` — a callback that computes a stage's metrics itself (``predict`` logs none through
+  Lightning): the run summary records them with the stage's other metrics.
 * :class:`PromptData` — what the callbacks ask of the DataModule (``PromptDataModule`` has it all).
 """
 
@@ -35,6 +37,12 @@ class PerturbsNeurons(Protocol):
 class PromisesOutputs(Protocol):
     def promised_outputs(self, trainer: Any, stage: str) -> list[str]:
         """Paths relative to the run directory that ``stage`` writes."""
+
+
+@runtime_checkable
+class ReportsMetrics(Protocol):
+    def stage_metrics(self, trainer: Any, stage: str) -> dict[str, float]:
+        """Metrics this callback computed in ``stage`` (``{}`` when it computed none)."""
 
 
 @runtime_checkable

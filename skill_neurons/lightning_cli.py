@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.checkpoint import RunCheckpoint
 from callbacks.contracts import preflight
+from callbacks.predictions import PredictionWriter
 from callbacks.prompt_checkpoint import read_checkpoint
 from callbacks.rng_state import RNGState
 from callbacks.run_files import flatten, new_run_id, offline_segments
@@ -184,13 +185,16 @@ class SkillNeuronsCLI(LightningCLI):
         self._claimed = []
 
     def instantiate_classes(self) -> None:
-        """LightningCLI's instantiation, plus the RNG state callback (resumes continue the same trajectory)."""
+        """LightningCLI's instantiation, plus the RNG state callback (resumes continue the same trajectory) and,
+        for ``predict``, the callback that writes the prediction tables."""
         try:
             super().instantiate_classes()
         except BaseException:
             self._release()
             raise
         self.trainer.callbacks.append(RNGState())
+        if self.subcommand == "predict" and not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
         config = self.config[self.subcommand] if self.subcommand else self.config
         for logger in self.trainer.loggers:  # not in config.yaml: a reused config (--from_run) gets its own
             if isinstance(logger, tracking.WandbLogger):
@@ -229,6 +233,9 @@ class SkillNeuronsCLI(LightningCLI):
     def before_test(self) -> None:
         self._pass_config()
 
+    def before_predict(self) -> None:
+        self._pass_config()
+
     def _pass_config(self) -> None:
         """Give the run summary the resolved config with LightningCLI's keys (``model.learning_rate``)."""
         config = self.config[self.subcommand]
@@ -254,4 +261,7 @@ class SkillNeuronsCLI(LightningCLI):
         self._sync_hint()
 
     def after_test(self) -> None:
+        self._sync_hint()
+
+    def after_predict(self) -> None:
         self._sync_hint()
