@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from datamodules.task_spec import SPLIT_ROLES, TaskError, TaskSpec
+from datamodules.task_spec import SPLIT_ROLES, Source, TaskError, TaskSpec
 
 CLEAN_EVAL = "validation"
 CLEAN_SETS = ("validation", "test")  # the labelled clean splits an evaluation can read
@@ -21,6 +21,11 @@ SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 def role_of(name: str) -> str:
     """``validation`` / ``test`` stay; an adversarial set ``name`` is the role ``adv/<name>``."""
     return name if name in CLEAN_SETS else f"adv/{name}"
+
+
+def source_of(task: TaskSpec, role: str) -> Source:
+    """Where the rows of an evaluation ``role`` come from: the task's split, or its adversarial set."""
+    return task.adversarial[role[len("adv/"):]] if role.startswith("adv/") else task.splits[role]
 
 
 def check_set_names(adversarial: dict) -> None:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.causal_text import causal_label_pieces, causal_tokens, pad_id_of
 from datamodules.collator import Collator
-from datamodules.eval_sets import CLEAN_EVAL, check_set_names, predict_roles
+from datamodules.eval_sets import CLEAN_EVAL, check_set_names, predict_roles, source_of
 from datamodules.sources import BIG_SPLIT_ROWS, prepare_split, progress_bars_if
 from datamodules.task_spec import MARKERS, Source, TaskError, TaskSpec, as_source
 from datamodules.tasks import P1_ROBERTA_BASE_IDS, get_task
@@ -286,8 +286,7 @@ class PromptDataModule(LightningDataModule):
         task = self.task
         wanted: dict[str, Source] = {}
         if stage == "predict":
-            return {role: task.splits[role] if role in task.splits else task.adversarial[role[len("adv/"):]]
-                    for role in self.predict_roles}
+            return {role: source_of(task, role) for role in self.predict_roles}
         if stage in (None, "fit", "analysis"):
             wanted["train"] = task.splits["train"]
         if stage == "test":

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from callbacks.wandb_config import job_type, run_name
-from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, summary_of
+from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
 
 # Two epochs on 512 rows at a high learning rate: enough for the tiny backbones to predict both classes (measured:
 # tiny-roberta val/acc 0.775), so the tables' accuracy is no constant; 40 rows per evaluation set.
@@ -131,6 +131,25 @@ def test_predict_sets_chooses_the_sets_and_their_order(roberta):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
+def test_two_process_cpu_ddp_predicts_every_row_once_as_one_process_does(roberta):
+    """Each rank predicts a shard of every set; rank 0 writes them all, in the source's row order."""
+    work, fit_run, _, predicted = roberta
+    run_cli(["predict", "--from_run", str(fit_run), *QUICK, "--runs_dir=ddp", "--trainer.strategy=ddp",
+             "--trainer.devices=2", "--trainer.accelerator=cpu"], cwd=work, timeout=900)
+    ddp = only_run_dir(work / "ddp")
+    assert summary_of(ddp)["status"] == "finished" and summary_of(ddp)["settings"]["world_size"] == 2
+    assert summary_of(ddp)["predict_metrics"] == summary_of(predicted)["predict_metrics"]
+    for name in ("validation", "marker_typo"):
+        columns, two = read_table(ddp / "predictions" / f"{name}.csv")
+        _, one = read_table(predicted / "predictions" / f"{name}.csv")
+        assert len(two) == len(one) == 40
+        for a, b in zip(one, two):  # the shards pad their batches differently: probabilities agree to float32 noise
+            assert [a[c] for c in columns[:6]] == [b[c] for c in columns[:6]]
+            assert [float(a[c]) for c in columns[6:]] == pytest.approx([float(b[c]) for c in columns[6:]], abs=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["quickstart_t5.yaml", "quickstart_gpt2.yaml"])
 def test_t5_and_causal_lm_predictions_are_the_validate_accuracy(tmp_path, tiny_backbones, config):
     fit_run = fit(tmp_path, config)
@@ -166,3 +185,21 @@ def test_predict_runs_are_named_and_typed_predict():
     assert job_type("predict") == "predict" and job_type("predict", None, "sst2", "qnli") == "predict"
     assert run_name("predict", "roberta-base", "sst2", 33) == "roberta-base·sst2·s33·predict"
     assert run_name("predict", "roberta-base", "qnli", 33, source_task="sst2") == "roberta-base·sst2·s33→qnli·predict"
+
+
+def test_predict_sets_load_only_the_chosen_sets_with_their_text(tiny_backbones):
+    from datamodules import PromptDataModule
+    from tests.helpers.tiny import MARKER as TINY_MARKER, marker_task
+
+    task = marker_task()
+    task["splits"]["test"] = {**task["splits"]["validation"], "file": str(TINY_MARKER / "validation.jsonl")}
+    dm = PromptDataModule(task=task, backbone="tiny-roberta", prompt_length=4, max_eval_samples=7,
+                          predict_sets=["typos", "test"])
+    assert dm.eval_roles("predict") == ["adv/typos", "test"] and dm.eval_roles("validate") == ["validation", "adv/typos"]
+    dm.load("predict")
+    assert list(dm.datasets) == ["adv/typos", "test"]  # nothing else is read
+    assert [len(loader.dataset) for loader in dm.predict_dataloader()] == [7, 7]
+    typos = [json.loads(line) for line in (TINY_MARKER / "adversarial.jsonl").read_text().splitlines()[:7]]
+    assert list(dm.source_rows["adv/typos"]["sentence"]) == [row["sentence"] for row in typos]
+    assert list(dm.source_rows["adv/typos"]["idx"]) == list(dm.datasets["adv/typos"]["idx"]) == list(range(7))
+    assert PromptDataModule(task=task, backbone="tiny-roberta").eval_roles("predict") == ["validation", "adv/typos"]
