@@ -47,6 +47,9 @@ class ReportsMetrics(Protocol):
 
 @runtime_checkable
 class PromptData(Protocol):
+    task: Any  # the task declaration (datamodules.task_spec.TaskSpec): name, text fields, label names
+    source_rows: dict[str, Any]  # loaded evaluation splits before tokenising (text fields, label, idx), by role
+
     def load(self, stage: str | None) -> None:
         """Read, check and tokenise the splits ``stage`` needs."""
 
@@ -61,6 +64,9 @@ class PromptData(Protocol):
 
     def state_for_summary(self) -> dict[str, Any]:
         """The task and its splits (files, hashes, rows) for ``summary.json``."""
+
+    def scored_classes(self) -> list[str]:
+        """The classes the model scores, in logit order: the labels, then ``extra:<word>`` per extra word."""
 
 
 def neurons_perturbed(callbacks: list) -> bool:

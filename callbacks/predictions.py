@@ -33,11 +33,6 @@ OUTPUT_DIR = "predictions"
 FORMAT = "csv"
 
 
-def class_names(label_names: list[str], extra_words: list[str]) -> list[str]:
-    """The scored classes in logit order: the labels, then ``extra:<word>`` for scored words that are no label."""
-    return [*label_names, *(f"extra:{word}" for word in extra_words)]
-
-
 def prediction_rows(set_label: str, rows: Any, text_fields: list[str], classes: list[str],
                     outputs: dict[str, torch.Tensor]) -> list[list[Any]]:
     """The table's rows, in the order of the set's source rows (``rows``: a split before tokenising, with
@@ -102,14 +97,14 @@ class PredictionWriter(Callback):
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write one table per set (rank 0) and remember each set's accuracy."""
-        datamodule = trainer.datamodule
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, PromptData):
+            raise TypeError("PredictionWriter needs a PromptDataModule (it names the sets and keeps their rows' text)")
         roles = datamodule.eval_roles("predict")
         gathered = [self._gathered(trainer, loader) for loader in range(len(roles))]
         if not trainer.is_global_zero:
             return
-        task = datamodule.task
-        _, extra = task.scored_words(datamodule.family, datamodule.layout)
-        classes = class_names(list(task.label_names), list(extra))
+        task, classes = datamodule.task, datamodule.scored_classes()
         columns = ["set", "row", *task.text_fields, "label", "prediction", "correct", *(f"prob_{c}" for c in classes)]
         run_dir = run_dir_of(trainer) or Path(trainer.default_root_dir)
         (run_dir / OUTPUT_DIR).mkdir(parents=True, exist_ok=True)

@@ -390,6 +390,11 @@ class PromptDataModule(LightningDataModule):
             return rows.map(encode, batched=True, remove_columns=list(task.text_fields), new_fingerprint=fingerprint,
                             cache_file_name=cache, desc="tokenising")
 
+    def scored_classes(self) -> list[str]:
+        """The classes the model scores, in logit order: the label names, then ``extra:<word>`` for each word the
+        layout scores that is no label (P1's MNLI)."""
+        return [*self.task.label_names, *(f"extra:{w}" for w in self.task.scored_words(self.family, self.layout)[1])]
+
     def state_for_summary(self) -> dict:
         """What the run's summary records about the data: task, splits (with content hashes), settings."""
         words, extra = self.task.scored_words(self.family, self.layout)

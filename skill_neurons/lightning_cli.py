@@ -131,7 +131,9 @@ class SkillNeuronsCLI(LightningCLI):
                 logger.class_path = tracking.CLASS_PATH  # the same logger, with a bounded online start
             if logger.get("class_path") == tracking.CLASS_PATH:
                 args = logger.init_args
-                args.save_dir, args.id = str(run_dir), run_id
+                # absolute: the W&B service writes the run's .wandb log and may run in another folder (an earlier
+                # command of this process started it)
+                args.save_dir, args.id = str(run_dir.absolute()), run_id
                 args["resume"] = "allow"
                 if offline_reason() == NO_CREDENTIALS and not args.get("offline"):
                     args.offline = True

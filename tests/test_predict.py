@@ -203,3 +203,32 @@ def test_predict_sets_load_only_the_chosen_sets_with_their_text(tiny_backbones):
     assert list(dm.source_rows["adv/typos"]["sentence"]) == [row["sentence"] for row in typos]
     assert list(dm.source_rows["adv/typos"]["idx"]) == list(dm.datasets["adv/typos"]["idx"]) == list(range(7))
     assert PromptDataModule(task=task, backbone="tiny-roberta").eval_roles("predict") == ["validation", "adv/typos"]
+
+
+def test_rows_follow_the_source_order_once_each_and_an_extra_word_is_a_wrong_prediction():
+    import datasets
+    import torch
+
+    from callbacks.predictions import prediction_rows
+
+    rows = datasets.Dataset.from_dict({"premise": ["p0", "p3", "p7"], "hypothesis": ["h0", "h3", "h7"],
+                                       "label": [0, 1, 0], "idx": [0, 3, 7]})
+    classes = ["entailment", "contradiction", "extra:yes"]
+    # outputs of two shards in another order, row 3 twice (a padded shard)
+    outputs = {"idx": torch.tensor([7, 3, 0, 3]), "label": torch.tensor([0, 1, 0, 1]),
+               "prediction": torch.tensor([2, 1, 0, 1]),
+               "probabilities": torch.tensor([[0.1, 0.2, 0.7], [0.3, 0.6, 0.1], [0.5, 0.25, 0.25], [0.3, 0.6, 0.1]])}
+    table = prediction_rows("mnli_m", rows, ["premise", "hypothesis"], classes, outputs)
+    assert [r[:7] for r in table] == [["mnli_m", 0, "p0", "h0", "entailment", "entailment", 1],
+                                      ["mnli_m", 3, "p3", "h3", "contradiction", "contradiction", 1],
+                                      ["mnli_m", 7, "p7", "h7", "entailment", "extra:yes", 0]]
+    assert table[2][7:] == pytest.approx([0.1, 0.2, 0.7])
+
+
+def test_scored_classes_are_the_labels_then_the_layouts_extra_words(tiny_backbones):
+    from datamodules import PromptDataModule
+
+    paper = PromptDataModule(task="mnli", backbone="tiny-roberta", layout="paper")
+    assert paper.scored_classes() == ["entailment", "contradiction", "extra:yes"] and len(paper.label_token_ids) == 3
+    assert PromptDataModule(task="mnli", backbone="tiny-t5", layout="standard").scored_classes() == \
+        ["entailment", "contradiction"]
