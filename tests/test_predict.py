@@ -88,7 +88,8 @@ def roberta(tmp_path_factory, tiny_backbones):
     """The quick-start (tiny RoBERTa, layout paper) fitted briefly, then validated and predicted by --from_run."""
     work = tmp_path_factory.mktemp("predict-roberta")
     fit_run = fit(work, "quickstart.yaml")
-    return work, fit_run, evaluate(work, "validate", fit_run, "validated"), evaluate(work, "predict", fit_run, "predicted")
+    validated = evaluate(work, "validate", fit_run, "validated")
+    return work, fit_run, validated, evaluate(work, "predict", fit_run, "predicted")
 
 
 @pytest.mark.slow
@@ -113,7 +114,8 @@ def test_predictions_go_to_wandb_as_tables_with_the_run_named_and_typed_predict(
         assert [[str(v) for v in row] for row in table["data"]] == [list(r.values()) for r in rows]
     state = json.loads(leet("--summary", "--json", str(record)))
     assert state["name"] == "tiny-roberta·marker·s33·predict"
-    assert state["summary"]["predict/validation/acc"] == summary_of(predicted)["predict_metrics"]["predict/validation/acc"]
+    metrics = summary_of(predicted)["predict_metrics"]
+    assert state["summary"]["predict/validation/acc"] == metrics["predict/validation/acc"]
     run_record = next(json.loads(line)["run"] for line in leet("--json", str(record)).splitlines()
                       if '"type":"run"' in line)
     assert run_record["job_type"] == "predict"
@@ -127,7 +129,8 @@ def test_predict_sets_chooses_the_sets_and_their_order(roberta):
     assert summary["status"] == "finished" and list(summary["predictions"]["sets"]) == ["marker_typo"]
     assert sorted(p.name for p in (chosen / "predictions").iterdir()) == ["marker_typo.csv"]
     # the same prompt on the same rows: the same table as when every set is predicted
-    assert (chosen / "predictions/marker_typo.csv").read_text() == (predicted / "predictions/marker_typo.csv").read_text()
+    table = "predictions/marker_typo.csv"
+    assert (chosen / table).read_text() == (predicted / table).read_text()
 
 
 @pytest.mark.slow
@@ -156,7 +159,8 @@ def test_t5_and_causal_lm_predictions_are_the_validate_accuracy(tmp_path, tiny_b
     validated = evaluate(tmp_path, "validate", fit_run, "validated")
     predicted = evaluate(tmp_path, "predict", fit_run, "predicted")
     summary = check_tables_against_validate(predicted, validated)
-    assert summary["settings"]["family"] == {"quickstart_t5.yaml": "seq2seq", "quickstart_gpt2.yaml": "causal_lm"}[config]
+    family = {"quickstart_t5.yaml": "seq2seq", "quickstart_gpt2.yaml": "causal_lm"}[config]
+    assert summary["settings"]["family"] == family
 
 
 def test_an_unknown_set_is_one_line_before_any_run_folder(tmp_path, tiny_backbones):
@@ -195,7 +199,8 @@ def test_predict_sets_load_only_the_chosen_sets_with_their_text(tiny_backbones):
     task["splits"]["test"] = {**task["splits"]["validation"], "file": str(TINY_MARKER / "validation.jsonl")}
     dm = PromptDataModule(task=task, backbone="tiny-roberta", prompt_length=4, max_eval_samples=7,
                           predict_sets=["typos", "test"])
-    assert dm.eval_roles("predict") == ["adv/typos", "test"] and dm.eval_roles("validate") == ["validation", "adv/typos"]
+    assert dm.eval_roles("predict") == ["adv/typos", "test"]
+    assert dm.eval_roles("validate") == ["validation", "adv/typos"]
     dm.load("predict")
     assert list(dm.datasets) == ["adv/typos", "test"]  # nothing else is read
     assert [len(loader.dataset) for loader in dm.predict_dataloader()] == [7, 7]
