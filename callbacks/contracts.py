@@ -7,6 +7,8 @@
 * :class:`PerturbsNeurons` — a callback that changes the model's neurons while it evaluates (suppression):
   the skill-neuron analysis and the transfer record stand aside.
 * :class:`PromisesOutputs` — a callback whose files a run must hold before it counts as ``finished``.
+* :class:`ReportsMetrics` — a callback that computes a stage's metrics itself (``predict`` logs none through
+  Lightning): the run summary records them with the stage's other metrics.
 * :class:`PromptData` — what the callbacks ask of the DataModule (``PromptDataModule`` has it all).
 """
 
@@ -38,7 +40,16 @@ class PromisesOutputs(Protocol):
 
 
 @runtime_checkable
+class ReportsMetrics(Protocol):
+    def stage_metrics(self, trainer: Any, stage: str) -> dict[str, float]:
+        """Metrics this callback computed in ``stage`` (``{}`` when it computed none)."""
+
+
+@runtime_checkable
 class PromptData(Protocol):
+    task: Any  # the task declaration (datamodules.task_spec.TaskSpec): name, text fields, label names
+    source_rows: dict[str, Any]  # loaded evaluation splits before tokenising (text fields, label, idx), by role
+
     def load(self, stage: str | None) -> None:
         """Read, check and tokenise the splits ``stage`` needs."""
 
@@ -53,6 +64,9 @@ class PromptData(Protocol):
 
     def state_for_summary(self) -> dict[str, Any]:
         """The task and its splits (files, hashes, rows) for ``summary.json``."""
+
+    def scored_classes(self) -> list[str]:
+        """The classes the model scores, in logit order: the labels, then ``extra:<word>`` per extra word."""
 
 
 def neurons_perturbed(callbacks: list) -> bool:

@@ -42,7 +42,7 @@ class Summary(TypedDict, total=False):
 
     run_id: str
     run_dir: str
-    stage: str  # fit | validate | test
+    stage: str  # fit | validate | test | predict
     status: str  # running | finished | incomplete | failed | interrupted
     started: str
     finished: str
@@ -58,6 +58,8 @@ class Summary(TypedDict, total=False):
     fit_metrics: dict[str, float]
     validate_metrics: dict[str, float]
     test_metrics: dict[str, float]
+    predict_metrics: dict[str, float]  # predict/<set>/acc
+    predictions: dict[str, Any]  # predict's tables: format, columns, and per set its file, rows and accuracy
     epochs_completed: int
     global_step: int
     checkpoints: dict[str, Any]

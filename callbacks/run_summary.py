@@ -17,7 +17,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.contracts import PromisesOutputs, PromptData, neurons_perturbed
+from callbacks.contracts import PromisesOutputs, PromptData, ReportsMetrics, neurons_perturbed
 from callbacks.prompt_checkpoint import metadata_of, read_checkpoint
 from callbacks.run_files import (
     BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, jsonable, offline_segments, read_summary, redact, transfer_record,
@@ -57,7 +57,8 @@ class RunSummary(Callback):
     """Writes ``summary.json`` in the run directory and declares W&B summary metrics.
 
     Hooks: ``setup`` (settings, data, W&B metric declarations and config), ``on_validation_epoch_end``
-    (history and best epoch), ``on_fit_end`` / ``on_validation_end`` / ``on_test_end`` (final metrics).
+    (history and best epoch), ``on_fit_end`` / ``on_validation_end`` / ``on_test_end`` / ``on_predict_end``
+    (final metrics, with those of every :class:`~callbacks.contracts.ReportsMetrics` callback).
 
     Args:
         run_dir: where ``summary.json`` goes (default: the trainer's ``default_root_dir``, which the
@@ -145,6 +146,9 @@ class RunSummary(Callback):
         if not trainer.is_global_zero:
             return
         metrics = _floats(trainer.callback_metrics)
+        for callback in trainer.callbacks:
+            if isinstance(callback, ReportsMetrics):
+                metrics.update(_floats(callback.stage_metrics(trainer, stage)))
         if stage == "fit" and self._history:
             # A resume whose training was already complete runs no epoch: keep the last epoch's evaluation.
             last = {k: v for k, v in self._history[-1].items() if k not in ("epoch", "step")}
@@ -206,3 +210,7 @@ class RunSummary(Callback):
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After ``test``, record ``test_metrics``."""
         self._finish(trainer, "test")
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After ``predict``, record ``predict_metrics`` (each set's accuracy, from its predictions)."""
+        self._finish(trainer, "predict")

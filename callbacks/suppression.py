@@ -171,9 +171,9 @@ class NeuronSuppression(Callback):
         units of every evaluation loader."""
         if not self.active:
             return
-        if stage == "fit":
-            raise SkillNeuronError("suppression perturbs evaluation only — use `skill-neurons validate` (or test) "
-                                   "with --ckpt_path, not fit, or leave suppression.rate unset")
+        if stage in ("fit", "predict"):
+            raise SkillNeuronError(f"suppression perturbs evaluation only (validate, test) — use `skill-neurons "
+                                   f"validate` (or test) with --ckpt_path, not {stage}, or leave suppression.rate unset")
         layers, units = ffn_shape(pl_module.backbone, self.part)
         roles = datamodule.eval_roles(stage)
         sources = self._sources([Path(n) for n in self.neurons] if self.neurons else [self._checkpoint_run(trainer)])

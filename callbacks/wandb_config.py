@@ -10,6 +10,7 @@ job type       when                                        name
 ``test``       ``test`` of a prompt on its own task        ``roberta-base·sst2·s33·test``
 ``suppression``  ``--suppression.rate`` given              ``roberta-base·sst2·s33·supp-skill-5%``
 ``transfer``   a prompt of task A evaluated on task B      ``roberta-base·sst2·s33→qnli``
+``predict``    ``skill-neurons predict`` (any task)         ``roberta-base·sst2·s33·predict`` (``…→qnli·predict``)
 ``report``     ``skill-neurons report --wandb``            ``report``
 =============  ==========================================  ==========================================
 
@@ -26,7 +27,7 @@ from pathlib import PurePath
 from typing import Any
 
 SEPARATOR = "·"
-JOB_TYPES = ("fit", "validate", "test", "suppression", "transfer", "report")
+JOB_TYPES = ("fit", "validate", "test", "suppression", "transfer", "predict", "report")
 # Keys that differ between any two runs without saying anything about the experiment.
 PER_RUN_KEYS = frozenset({"trainer.default_root_dir", "checkpoint.dirpath", "summary.run_dir", "trainer.logger.id",
                           "trainer.logger.save_dir", "trainer.logger.dir", "trainer.logger.version", "run_id"})
@@ -46,10 +47,10 @@ def task_name(task: Any) -> str | None:
 
 def job_type(stage: str, suppression_rate: float | None = None, source_task: str | None = None,
              task: str | None = None) -> str:
-    """``fit``, ``validate`` or ``test``; ``suppression`` when neurons are perturbed; ``transfer`` when the
-    evaluated prompt was trained on another task."""
-    if stage == "fit":
-        return "fit"
+    """``fit``, ``predict``, ``validate`` or ``test``; ``suppression`` when neurons are perturbed; ``transfer``
+    when the evaluated prompt was trained on another task."""
+    if stage in ("fit", "predict"):
+        return stage
     if suppression_rate is not None:
         return "suppression"
     if source_task and task and source_task != task:
@@ -65,8 +66,10 @@ def run_name(stage: str, backbone: str | None, task: str | None, seed: Any = Non
     prompt_task = source_task or task
     parts = [short_backbone(backbone), prompt_task or "?"] + ([f"s{seed}"] if seed is not None else [])
     name = SEPARATOR.join(parts)
+    if kind == "transfer" or (kind == "predict" and source_task and task and source_task != task):
+        name = f"{name}→{task}"
     if kind == "transfer":
-        return f"{name}→{task}"
+        return name
     if kind == "suppression":
         rate, selection = suppression["rate"], suppression.get("selection") or "skill"
         perturbation = suppression.get("perturbation") or "zero"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,14 +15,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.causal_text import causal_label_pieces, causal_tokens, pad_id_of
 from datamodules.collator import Collator
+from datamodules.eval_sets import CLEAN_EVAL, check_set_names, predict_roles, source_of
 from datamodules.sources import BIG_SPLIT_ROWS, prepare_split, progress_bars_if
-from datamodules.task_spec import MARKERS, SPLIT_ROLES, Source, TaskError, TaskSpec, as_source
+from datamodules.task_spec import MARKERS, Source, TaskError, TaskSpec, as_source
 from datamodules.tasks import P1_ROBERTA_BASE_IDS, get_task
 from lightning_modules.backbones import family_of, load_tokenizer, max_input_length_of
-
-CLEAN_EVAL = "validation"
-# An evaluation set's name becomes a metric prefix and a file name (skill_neurons/<name>.safetensors).
-SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def check_sizes(**sizes: int | None) -> None:
@@ -61,7 +57,8 @@ class PromptDataModule(LightningDataModule):
 
     Hooks: ``prepare_data`` (downloads), ``setup`` (reads, checks and tokenises the splits a stage needs),
     ``train_dataloader``, ``val_dataloader`` (clean validation first, then each adversarial set),
-    ``test_dataloader`` (the task's labelled test split, then each adversarial set).
+    ``test_dataloader`` (the task's labelled test split, then each adversarial set), ``predict_dataloader``
+    (the ``predict_sets``, whose rows keep their text: ``source_rows``).
 
     Args:
         task: a built-in task name (``sst2``, ``marker``, ...) or a task declaration (mapping).
@@ -77,6 +74,8 @@ class PromptDataModule(LightningDataModule):
         batch_size: training batch size (per device).
         eval_batch_size: evaluation batch size (default: ``batch_size``).
         adversarial: names of the task's adversarial sets to evaluate (default: all it declares; [] none).
+        predict_sets: the evaluation sets ``predict`` writes, by name: ``validation``, ``test`` (tasks with a
+            labelled test split) and adversarial set names (default: ``validation`` and every adversarial set).
         files: local files replacing the task's splits, e.g. ``{train: glue/SST-2/train.tsv}``.
         adversarial_files: local files replacing adversarial sets' hub sources (AdvGLUE ``dev.json``).
         extra_adversarial: more adversarial sets, ``{name: {file: ..., columns: {...}}}``.
@@ -98,6 +97,7 @@ class PromptDataModule(LightningDataModule):
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         adversarial: list[str] | None = None,
+        predict_sets: list[str] | None = None,
         files: dict[str, str] | None = None,
         adversarial_files: dict[str, str] | None = None,
         extra_adversarial: dict[str, Any] | None = None,
@@ -112,7 +112,9 @@ class PromptDataModule(LightningDataModule):
                     max_eval_samples=max_eval_samples, prompt_length=prompt_length, max_text_length=max_text_length)
         self.save_hyperparameters(logger=False)
         self.task = self._resolve_task(get_task(task), files, adversarial, adversarial_files, extra_adversarial)
+        self.predict_roles = predict_roles(self.task, predict_sets)
         self.datasets: dict[str, datasets.Dataset] = {}
+        self.source_rows: dict[str, datasets.Dataset] = {}  # evaluation splits before tokenising (text, label, idx)
         self.split_records: dict[str, dict] = {}
         self._tokenizer = None
         self._family = None
@@ -139,7 +141,7 @@ class PromptDataModule(LightningDataModule):
                                 "adversarial set — give the extra set another name (or replace the file of that set "
                                 "with data.adversarial_files)")
             adv[name] = as_source(spec)
-        _check_set_names(adv)
+        check_set_names(adv)
         for name, path in (adversarial_files or {}).items():
             if name not in adv:
                 raise TaskError(f"data.adversarial_files names {name!r}, but task {task.name!r} has "
@@ -276,11 +278,15 @@ class PromptDataModule(LightningDataModule):
             limit = self.hparams.max_train_samples if role == "train" else self.hparams.max_eval_samples
             rows, record = prepare_split(self.task, source, role, self.hparams.cache_dir, limit)
             self.datasets[role] = self._encode(rows, record)
+            if role != "train":
+                self.source_rows[role] = rows
             self.split_records[role] = record
 
     def _sources(self, stage: str | None) -> dict[str, Source]:
         task = self.task
         wanted: dict[str, Source] = {}
+        if stage == "predict":
+            return {role: source_of(task, role) for role in self.predict_roles}
         if stage in (None, "fit", "analysis"):
             wanted["train"] = task.splits["train"]
         if stage == "test":
@@ -308,11 +314,17 @@ class PromptDataModule(LightningDataModule):
     def test_dataloader(self):
         return [self._loader(self.datasets[role]) for role in self._eval_roles("test")]
 
+    def predict_dataloader(self):
+        return [self._loader(self.datasets[role]) for role in self.predict_roles]
+
     def _eval_roles(self, clean: str) -> list[str]:
         return [clean, *(f"adv/{name}" for name in self.task.adversarial)]
 
     def eval_roles(self, stage: str) -> list[str]:
-        """Dataset roles evaluated by ``stage``, in loader order: ``test`` or ``validation``, then ``adv/<set>``."""
+        """Dataset roles evaluated by ``stage``, in loader order: ``test`` or ``validation``, then ``adv/<set>``
+        (``predict``: the ``predict_sets``)."""
+        if stage == "predict":
+            return list(self.predict_roles)
         return self._eval_roles("test" if stage == "test" else CLEAN_EVAL)
 
     def lengths(self, role: str) -> list[int]:
@@ -378,6 +390,11 @@ class PromptDataModule(LightningDataModule):
             return rows.map(encode, batched=True, remove_columns=list(task.text_fields), new_fingerprint=fingerprint,
                             cache_file_name=cache, desc="tokenising")
 
+    def scored_classes(self) -> list[str]:
+        """The classes the model scores, in logit order: the label names, then ``extra:<word>`` for each word the
+        layout scores that is no label (P1's MNLI)."""
+        return [*self.task.label_names, *(f"extra:{w}" for w in self.task.scored_words(self.family, self.layout)[1])]
+
     def state_for_summary(self) -> dict:
         """What the run's summary records about the data: task, splits (with content hashes), settings."""
         words, extra = self.task.scored_words(self.family, self.layout)
@@ -387,23 +404,6 @@ class PromptDataModule(LightningDataModule):
             "label_token_ids": self.label_token_ids,
             "eval_sets": self.eval_set_names, "splits": self.split_records,
         }
-
-
-def _check_set_names(adversarial: dict) -> None:
-    """Adversarial set names must not clash with the clean splits (their metrics and neuron files would overwrite
-    the clean ones), with each other up to case (file names on case-insensitive disks), or hold path characters."""
-    seen: dict[str, str] = {}
-    for name in adversarial:
-        if name.casefold() in SPLIT_ROLES:
-            raise TaskError(f"adversarial set {name!r} has the name of a clean split ({', '.join(SPLIT_ROLES)}); its "
-                            "results would replace the clean ones — rename it in data.extra_adversarial")
-        if not SET_NAME.fullmatch(name):
-            raise TaskError(f"adversarial set name {name!r}: use letters, digits, '_', '-' and '.' (it becomes the "
-                            "file name skill_neurons/<name>.safetensors and the metric prefix adv/<name>/)")
-        if name.casefold() in seen:
-            raise TaskError(f"adversarial sets {seen[name.casefold()]!r} and {name!r} differ only in case; their "
-                            "files would clash — rename one in data.extra_adversarial")
-        seen[name.casefold()] = name
 
 
 def p1_tokens(tokenizer, paper, row: dict[str, Any], budget: int) -> list[int]:

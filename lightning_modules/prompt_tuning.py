@@ -60,6 +60,7 @@ class PromptTuningModule(LightningModule):
 
     Hooks: ``setup`` (reads the task's verbalizer ids and evaluation sets from the DataModule, builds the
     metrics), ``training_step`` / ``validation_step`` / ``test_step`` (all through ``model_step``),
+    ``predict_step`` (per-example probabilities from the same logits),
     ``on_train_start`` / ``on_validation_epoch_end`` (track the best clean accuracy), ``configure_optimizers``
     (AdamW on the prompt), ``on_save_checkpoint`` / ``on_load_checkpoint`` (prompt-only checkpoints),
     ``train`` (keeps the backbone in eval mode).
@@ -214,10 +215,15 @@ class PromptTuningModule(LightningModule):
         """Logits of the scored words, (B, C)."""
         return self.label_logits(self.embed(batch), batch)
 
-    def model_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Shared by all steps: cross-entropy over the scored words' logits, predictions and labels."""
+    def loss_and_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss and the scored words' logits (B, C) the prediction is read from (families whose
+        loss is not the cross-entropy over those logits override it: ``paper`` seq2seq)."""
         logits = self(batch).float()  # (B, C)
-        loss = F.cross_entropy(logits, batch["labels"])
+        return F.cross_entropy(logits, batch["labels"]), logits
+
+    def model_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shared by all steps: the loss, predictions (argmax of the scored words' logits) and labels."""
+        loss, logits = self.loss_and_logits(batch)
         return loss, logits.argmax(dim=-1), batch["labels"]
 
     # ------------------------------------------------------------------ steps
@@ -246,6 +252,14 @@ class PromptTuningModule(LightningModule):
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         """Accuracy and loss on the labelled test split (loader 0) and each adversarial set."""
         self._eval_step("test", batch, dataloader_idx)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Per example of one evaluation set (loader ``dataloader_idx`` of ``predict_sets``): its source row
+        ``idx``, gold ``label``, ``prediction`` (as ``model_step`` predicts it) and ``probabilities`` (B, C), the
+        softmax over the scored words' logits."""
+        _, logits = self.loss_and_logits(batch)  # (B, C)
+        return {"idx": batch["idx"], "label": batch["labels"], "prediction": logits.argmax(dim=-1),
+                "probabilities": logits.softmax(dim=-1)}
 
     def on_train_start(self) -> None:
         """Forget the sanity check's accuracy so the best value reflects training epochs only."""

@@ -34,9 +34,9 @@ class Seq2SeqPromptTuning(PromptTuningModule):
     def encode(self, inputs):
         self.backbone.get_encoder()(**inputs)
 
-    def model_step(self, batch):
+    def loss_and_logits(self, batch):
         if self.hparams.layout != "paper":
-            return super().model_step(batch)
+            return super().loss_and_logits(batch)
         targets = self.label_target_ids[batch["labels"]]  # (B, S) label-word tokens, -100 padded
         inputs = self.embed(batch)
         start = self._start(targets.shape[0], targets.device)
@@ -44,5 +44,4 @@ class Seq2SeqPromptTuning(PromptTuningModule):
         previous = targets[:, :-1].masked_fill(targets[:, :-1] < 0, self.backbone.config.pad_token_id)
         logits = self._decode(inputs, torch.cat([start, previous], dim=1)).float()  # (B, S, V)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        scores = logits[:, 0, self.label_token_ids]  # (B, C) the first step decides the prediction
-        return loss, scores.argmax(dim=-1), batch["labels"]
+        return loss, logits[:, 0, self.label_token_ids]  # (B, C) the first step decides the prediction

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.checkpoint import RunCheckpoint
 from callbacks.contracts import preflight
+from callbacks.predictions import PredictionWriter
 from callbacks.prompt_checkpoint import read_checkpoint
 from callbacks.rng_state import RNGState
 from callbacks.run_files import flatten, new_run_id, offline_segments
@@ -153,7 +154,9 @@ class SkillNeuronsCLI(LightningCLI):
                 logger.class_path = tracking.CLASS_PATH  # the same logger, with a bounded online start
             if logger.get("class_path") == tracking.CLASS_PATH:
                 args = logger.init_args
-                args.save_dir, args.id = str(run_dir), run_id
+                # absolute: the W&B service writes the run's .wandb log and may run in another folder (an earlier
+                # command of this process started it)
+                args.save_dir, args.id = str(run_dir.absolute()), run_id
                 args["resume"] = "allow"
                 if offline_reason() == NO_CREDENTIALS and not args.get("offline"):
                     args.offline = True
@@ -207,13 +210,16 @@ class SkillNeuronsCLI(LightningCLI):
         self._claimed = []
 
     def instantiate_classes(self) -> None:
-        """LightningCLI's instantiation, plus the RNG state callback (resumes continue the same trajectory)."""
+        """LightningCLI's instantiation, plus the RNG state callback (resumes continue the same trajectory) and,
+        for ``predict``, the callback that writes the prediction tables."""
         try:
             super().instantiate_classes()
         except BaseException:
             self._release()
             raise
         self.trainer.callbacks.append(RNGState())
+        if self.subcommand == "predict" and not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
         config = self.config[self.subcommand] if self.subcommand else self.config
         for logger in self.trainer.loggers:  # not in config.yaml: a reused config (--from_run) gets its own
             if isinstance(logger, tracking.WandbLogger):
@@ -252,6 +258,9 @@ class SkillNeuronsCLI(LightningCLI):
     def before_test(self) -> None:
         self._pass_config()
 
+    def before_predict(self) -> None:
+        self._pass_config()
+
     def _pass_config(self) -> None:
         """Give the run summary the resolved config with LightningCLI's keys (``model.learning_rate``)."""
         config = self.config[self.subcommand]
@@ -277,4 +286,7 @@ class SkillNeuronsCLI(LightningCLI):
         self._sync_hint()
 
     def after_test(self) -> None:
+        self._sync_hint()
+
+    def after_predict(self) -> None:
         self._sync_hint()
