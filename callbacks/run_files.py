@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import string
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_KEY = "val/acc"  # the metric that picks the best epoch and best.ckpt
-FILE_MODE = 0o644  # like the run's other files (mkstemp creates 0600)
+FILE_MODE = 0o666  # as open() creates a file: the umask decides (0644 under the usual 022), like every run file
 SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 RUN_ID_ALPHABET = string.ascii_lowercase + string.digits  # W&B's run-id alphabet
@@ -80,23 +79,29 @@ def is_run_id(run_id: str) -> bool:
 
 
 # ------------------------------------------------------------------ atomic files
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temp(folder: Path, name: str) -> tuple[int, str]:
+    """A new temp file beside ``name`` in ``folder``, created with :data:`FILE_MODE` so that the umask gives
+    it the mode of any other new file (``tempfile.mkstemp`` would make it 0600 whatever the umask)."""
+    for _ in range(100):
+        tmp = str(folder / f".{name}-{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name for {name} in {folder}")
 
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> None:
     """Write ``path`` through a temp file in the same folder, fsync, rename: a reader (or a restart after a
-    crash) sees the old file or the new one, never a half-written one. ``write(f)`` fills the file."""
+    crash) sees the old file or the new one, never a half-written one. ``write(f)`` fills the file, whose mode
+    is that of any new file (0666 less the umask)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
