@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
+from callbacks.wandb_config import SETTING_KEYS, task_name
 from datamodules.tasks import TaskError, get_task
 
 SUMMARY_FILE = "summary.json"
@@ -193,9 +194,10 @@ def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics:
     skill-neuron callback log to W&B (``run.*`` config keys, ``best/*`` and ``skill_neurons/<set>/<metric>``
     summary keys): the report reads W&B runs through it (``skill_neurons.report.inputs.read_wandb_run``)."""
     keys = ("backbone", "family", "task", "seed", "prompt_length", "learning_rate", "precision", "world_size")
-    settings = {k: config.get(f"run.{k}") for k in keys}
-    settings["task"] = settings["task"] or config.get("data.task")
-    settings["seed"] = settings["seed"] if settings["seed"] is not None else config.get("seed_everything")
+    settings = {k: config.get(f"run.{k}") for k in keys}  # runs logged before one key per setting had run.*
+    for name, key in SETTING_KEYS.items():  # now each setting is its CLI key, and run.* only what none holds
+        if settings.get(name) is None and config.get(key) is not None:
+            settings[name] = task_name(config[key]) if name == "task" else config[key]
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("_")}
     best = {k[len("best/"):]: v for k, v in numbers.items() if k.startswith("best/")}
     stage = "fit" if best else "test" if any(k.startswith("test/") for k in numbers) else "validate"

@@ -23,7 +23,11 @@ from callbacks.run_files import (
     BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, jsonable, offline_segments, read_summary, redact, transfer_record,
     update_summary,
 )
-from callbacks.wandb_config import chart_step, clean_config
+from callbacks.wandb_config import chart_step, run_config, run_tags
+
+# A fit under --trainer.fast_dev_run: a check that the pipeline runs, not a trained prompt (see RunSummary).
+SMOKE = ("--trainer.fast_dev_run: one batch per loop, no best checkpoint, no config.yaml, no skill-neuron "
+         "analysis, no W&B run; never counted as a finished fit")
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -104,17 +108,18 @@ class RunSummary(Callback):
             sections["data"] = datamodule.state_for_summary()
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                sections["wandb"] = self._setup_wandb(logger, settings)
+                sections["wandb"] = self._setup_wandb(logger, settings, stage)
         update_summary(self.run_dir, **sections)
 
-    def _setup_wandb(self, logger: WandbLogger, settings: dict[str, Any]) -> dict[str, Any]:
+    def _setup_wandb(self, logger: WandbLogger, settings: dict[str, Any], stage: str) -> dict[str, Any]:
         run = logger.experiment
         run.define_metric("trainer/global_step")
         run.define_metric("val/acc", summary="max,last")
         run.define_metric("val/loss", summary="min")
         run.define_metric("adv/*", summary="last")
-        run.config.update(clean_config(redact(self.config)), allow_val_change=True)  # hyper-parameters only
-        run.config.update(clean_config({f"run.{k}": v for k, v in settings.items()}), allow_val_change=True)
+        # the settings that apply to this run, one key each (callbacks.wandb_config.run_config)
+        run.config.update(run_config(redact(self.config), stage, settings), allow_val_change=True)
+        run.tags = tuple(run_tags(settings, run.tags))  # plain tags for dashboard filters, after the config's
         offline = run.settings.mode in ("offline", "dryrun")
         files_dir = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>
         segments = offline_segments(files_dir.parent, run.id) if offline else []

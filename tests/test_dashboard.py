@@ -286,7 +286,7 @@ def test_the_offline_wandb_record_has_name_job_type_clean_config_and_both_val_ac
     assert not [k for k, v in config.items() if v is None]
     assert not PER_RUN_KEYS & set(config) and not [v for v in config.values() if str(run) in str(v)]
     assert config["trainer.callbacks.SkillNeuronCallback.part"] == "encoder"
-    assert config["model.learning_rate"] == 0.01 and config["run.task"] == "marker"
+    assert config["model.learning_rate"] == 0.01 and config["data.task"] == "marker" and "run.task" not in config
     assert set(summary["val/acc"]) == {"max", "last"}
     history = [json.loads(line)["history"]["item"] for line in leet("--json", str(record)).splitlines()
                if '"type":"history"' in line]
