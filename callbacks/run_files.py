@@ -43,7 +43,8 @@ class Summary(TypedDict, total=False):
     run_id: str
     run_dir: str
     stage: str  # fit | validate | test
-    status: str  # running | finished | incomplete | failed | interrupted
+    status: str  # running | finished | incomplete | failed | interrupted | smoke (--trainer.fast_dev_run)
+    smoke: str | None  # what a smoke run left out
     started: str
     finished: str
     ended: str

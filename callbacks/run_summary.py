@@ -63,6 +63,11 @@ class RunSummary(Callback):
     Hooks: ``setup`` (settings, data, W&B metric declarations and config), ``on_validation_epoch_end``
     (history and best epoch), ``on_fit_end`` / ``on_validation_end`` / ``on_test_end`` (final metrics).
 
+    A fit under ``--trainer.fast_dev_run`` (Lightning runs one batch per loop and turns logging and
+    checkpointing off) ends with ``status: smoke`` (and ``smoke``: what it left out) instead of ``finished``,
+    and records no ``best`` epoch and no ``history``: nothing that looks for finished fits (``--from_run``, the
+    report, transfer references, sweeps) takes it for a trained prompt.
+
     Args:
         run_dir: where ``summary.json`` goes (default: the trainer's ``default_root_dir``, which the
             ``skill-neurons`` CLI sets to ``runs/<run_id>``).
@@ -131,7 +136,7 @@ class RunSummary(Callback):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Append this epoch's evaluation metrics to the history; remember the best clean epoch."""
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero or trainer.fast_dev_run:
             return
         metrics = {k: v for k, v in _floats(trainer.callback_metrics).items()
                    if not k.startswith("train/") and not k.endswith("_best")}
@@ -156,8 +161,10 @@ class RunSummary(Callback):
             metrics = {**last, **metrics}
         missing = [path for cb in trainer.callbacks if isinstance(cb, PromisesOutputs)
                    for path in cb.promised_outputs(trainer, stage) if not (Path(self.run_dir) / path).exists()]
+        smoke = stage == "fit" and bool(trainer.fast_dev_run)
         sections: dict[str, Any] = {
-            "status": "incomplete" if missing else "finished", "missing": missing or None,
+            "status": "smoke" if smoke else "incomplete" if missing else "finished", "missing": missing or None,
+            "smoke": SMOKE if smoke else None,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), f"{stage}_metrics": metrics,
             "epochs_completed": trainer.current_epoch, "global_step": trainer.global_step,
         }
