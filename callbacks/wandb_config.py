@@ -144,8 +144,8 @@ def applies(key: str, stage: str, suppression: bool) -> bool:
     """Whether config ``key`` is a setting of a run of ``stage`` (``fit``, ``validate``, ``test``):
     ``suppression.*`` only where neurons are suppressed (``suppression`` true); of ``checkpoint.*`` only which
     epoch a fit keeps (:data:`CHECKPOINT_SETTINGS`), in a fit; ``ckpt_path`` only in an evaluation (in a fit it
-    is a resume: a per-run path); never ``runs_dir`` (a folder), ``verbose`` (what is printed) or ``trainer.logger.*``, which configure the W&B
-    run itself (W&B shows its project, group and tags)."""
+    is a resume: a per-run path); never ``runs_dir`` (a folder), ``verbose`` (what is printed) or
+    ``trainer.logger.*``, which configure the W&B run itself (W&B shows its project, group and tags)."""
     if key.startswith("suppression."):
         return suppression
     if key.startswith("checkpoint."):
