@@ -141,6 +141,33 @@ def test_a_fast_dev_run_is_a_smoke_run_never_a_finished_fit(tmp_path, tiny_backb
     assert "status `smoke`" in (out / "report.md").read_text()
 
 
+# A sweep trial that is a smoke run: what the CLI leaves for a fit under --trainer.fast_dev_run (a program stands in
+# for it, as the sweep tests' synthetic trials do)
+SMOKE_TRIAL = r'''
+import json, os
+run_dir = os.path.join(os.environ["SKILL_NEURONS_RUNS_DIR"], os.environ["WANDB_RUN_ID"])
+os.makedirs(run_dir, exist_ok=True)
+with open(os.path.join(run_dir, "summary.json"), "w") as f:
+    json.dump({"stage": "fit", "status": "smoke", "fit_metrics": {"val/acc": 0.5}}, f)
+'''
+
+
+@pytest.mark.subprocess  # the trials are child processes
+def test_a_sweep_trial_that_is_a_smoke_run_is_not_counted_as_finished(tmp_path, monkeypatch, capsys):
+    from skill_neurons.sweep import command as sweep_command
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "trial.py").write_text(SMOKE_TRIAL)
+    (tmp_path / "sweep.yaml").write_text(json.dumps({
+        "program": "trial.py", "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"x": {"values": [1, 2]}}}))
+    sweep_command.main(["sweep.yaml", "--dir", "d", "--poll", "0.02"])
+    trials = json.loads((tmp_path / "d" / "state.json").read_text())["trials"]
+    assert [t["state"] for t in trials] == ["failed", "failed"]
+    assert all("smoke run (--trainer.fast_dev_run)" in t["note"] for t in trials)
+    assert capsys.readouterr().out.count("is a smoke run (--trainer.fast_dev_run in the sweep's command)") == 2
+
+
 # ------------------------------------------------------------------------------ the report run (item 15)
 def test_the_report_run_has_a_name_and_no_empty_summary_values(tmp_path, monkeypatch):
     from skill_neurons.report.main import main as report
