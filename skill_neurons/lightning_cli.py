@@ -22,8 +22,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.checkpoint import RunCheckpoint
-from callbacks.model_summary import PromptModelSummary
 from callbacks.contracts import preflight
+from callbacks.model_summary import PromptModelSummary
 from callbacks.prompt_checkpoint import read_checkpoint
 from callbacks.rng_state import RNGState
 from callbacks.run_files import flatten, new_run_id, offline_segments, read_summary
