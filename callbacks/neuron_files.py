@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from callbacks.neuron_statistics import mean_over_prompts
+from callbacks.run_files import atomic_write
 
 OUTPUT_DIR = "skill_neurons"
 
@@ -29,12 +30,14 @@ def set_name(role: str) -> str:
 
 
 def save_neuron_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """One evaluation set's statistics as safetensors; metadata values are JSON-encoded strings."""
-    from safetensors.torch import save_file
+    """One evaluation set's statistics as safetensors; metadata values are JSON-encoded strings. Written
+    atomically, with the mode of the run's other files (``safetensors``' own ``save_file`` makes it 0600)."""
+    from safetensors.torch import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                metadata={k: json.dumps(v) for k, v in metadata.items()})
+    atomic_write(path, lambda f: f.write(data), binary=True)
 
 
 def load_neuron_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

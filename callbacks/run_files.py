@@ -17,12 +17,12 @@ import os
 import re
 import secrets
 import string
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
+from callbacks.wandb_config import SETTING_KEYS, task_name
 from datamodules.tasks import TaskError, get_task
 
 SUMMARY_FILE = "summary.json"
@@ -31,7 +31,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_KEY = "val/acc"  # the metric that picks the best epoch and best.ckpt
-FILE_MODE = 0o644  # like the run's other files (mkstemp creates 0600)
+FILE_MODE = 0o666  # as open() creates a file: the umask decides (0644 under the usual 022), like every run file
 SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 RUN_ID_ALPHABET = string.ascii_lowercase + string.digits  # W&B's run-id alphabet
@@ -43,7 +43,8 @@ class Summary(TypedDict, total=False):
     run_id: str
     run_dir: str
     stage: str  # fit | validate | test | predict
-    status: str  # running | finished | incomplete | failed | interrupted
+    status: str  # running | finished | incomplete | failed | interrupted | smoke (--trainer.fast_dev_run)
+    smoke: str | None  # what a smoke run left out
     started: str
     finished: str
     ended: str
@@ -82,23 +83,29 @@ def is_run_id(run_id: str) -> bool:
 
 
 # ------------------------------------------------------------------ atomic files
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temp(folder: Path, name: str) -> tuple[int, str]:
+    """A new temp file beside ``name`` in ``folder``, created with :data:`FILE_MODE` so that the umask gives
+    it the mode of any other new file (``tempfile.mkstemp`` would make it 0600 whatever the umask)."""
+    for _ in range(100):
+        tmp = str(folder / f".{name}-{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name for {name} in {folder}")
 
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> None:
     """Write ``path`` through a temp file in the same folder, fsync, rename: a reader (or a restart after a
-    crash) sees the old file or the new one, never a half-written one. ``write(f)`` fills the file."""
+    crash) sees the old file or the new one, never a half-written one. ``write(f)`` fills the file, whose mode
+    is that of any new file (0666 less the umask)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -190,9 +197,10 @@ def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics:
     skill-neuron callback log to W&B (``run.*`` config keys, ``best/*`` and ``skill_neurons/<set>/<metric>``
     summary keys): the report reads W&B runs through it (``skill_neurons.report.inputs.read_wandb_run``)."""
     keys = ("backbone", "family", "task", "seed", "prompt_length", "learning_rate", "precision", "world_size")
-    settings = {k: config.get(f"run.{k}") for k in keys}
-    settings["task"] = settings["task"] or config.get("data.task")
-    settings["seed"] = settings["seed"] if settings["seed"] is not None else config.get("seed_everything")
+    settings = {k: config.get(f"run.{k}") for k in keys}  # runs logged before one key per setting had run.*
+    for name, key in SETTING_KEYS.items():  # now each setting is its CLI key, and run.* only what none holds
+        if settings.get(name) is None and config.get(key) is not None:
+            settings[name] = task_name(config[key]) if name == "task" else config[key]
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("_")}
     best = {k[len("best/"):]: v for k, v in numbers.items() if k.startswith("best/")}
     stage = "fit" if best else "test" if any(k.startswith("test/") for k in numbers) else "validate"

@@ -23,7 +23,11 @@ from callbacks.run_files import (
     BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, jsonable, offline_segments, read_summary, redact, transfer_record,
     update_summary,
 )
-from callbacks.wandb_config import chart_step, clean_config
+from callbacks.wandb_config import chart_step, run_config, run_tags
+
+# A fit under --trainer.fast_dev_run: a check that the pipeline runs, not a trained prompt (see RunSummary).
+SMOKE = ("--trainer.fast_dev_run: one batch per loop, no best checkpoint, no config.yaml, no skill-neuron "
+         "analysis, no W&B run; never counted as a finished fit")
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -59,6 +63,11 @@ class RunSummary(Callback):
     Hooks: ``setup`` (settings, data, W&B metric declarations and config), ``on_validation_epoch_end``
     (history and best epoch), ``on_fit_end`` / ``on_validation_end`` / ``on_test_end`` / ``on_predict_end``
     (final metrics, with those of every :class:`~callbacks.contracts.ReportsMetrics` callback).
+
+    A fit under ``--trainer.fast_dev_run`` (Lightning runs one batch per loop and turns logging and
+    checkpointing off) ends with ``status: smoke`` (and ``smoke``: what it left out) instead of ``finished``,
+    and records no ``best`` epoch and no ``history``: nothing that looks for finished fits (``--from_run``, the
+    report, transfer references, sweeps) takes it for a trained prompt.
 
     Args:
         run_dir: where ``summary.json`` goes (default: the trainer's ``default_root_dir``, which the
@@ -105,17 +114,18 @@ class RunSummary(Callback):
             sections["data"] = datamodule.state_for_summary()
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                sections["wandb"] = self._setup_wandb(logger, settings)
+                sections["wandb"] = self._setup_wandb(logger, settings, stage)
         update_summary(self.run_dir, **sections)
 
-    def _setup_wandb(self, logger: WandbLogger, settings: dict[str, Any]) -> dict[str, Any]:
+    def _setup_wandb(self, logger: WandbLogger, settings: dict[str, Any], stage: str) -> dict[str, Any]:
         run = logger.experiment
         run.define_metric("trainer/global_step")
         run.define_metric("val/acc", summary="max,last")
         run.define_metric("val/loss", summary="min")
         run.define_metric("adv/*", summary="last")
-        run.config.update(clean_config(redact(self.config)), allow_val_change=True)  # hyper-parameters only
-        run.config.update(clean_config({f"run.{k}": v for k, v in settings.items()}), allow_val_change=True)
+        # the settings that apply to this run, one key each (callbacks.wandb_config.run_config)
+        run.config.update(run_config(redact(self.config), stage, settings), allow_val_change=True)
+        run.tags = tuple(run_tags(settings, run.tags))  # plain tags for dashboard filters, after the config's
         offline = run.settings.mode in ("offline", "dryrun")
         files_dir = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>
         segments = offline_segments(files_dir.parent, run.id) if offline else []
@@ -127,7 +137,7 @@ class RunSummary(Callback):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Append this epoch's evaluation metrics to the history; remember the best clean epoch."""
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero or trainer.fast_dev_run:
             return
         metrics = {k: v for k, v in _floats(trainer.callback_metrics).items()
                    if not k.startswith("train/") and not k.endswith("_best")}
@@ -155,8 +165,10 @@ class RunSummary(Callback):
             metrics = {**last, **metrics}
         missing = [path for cb in trainer.callbacks if isinstance(cb, PromisesOutputs)
                    for path in cb.promised_outputs(trainer, stage) if not (Path(self.run_dir) / path).exists()]
+        smoke = stage == "fit" and bool(trainer.fast_dev_run)
         sections: dict[str, Any] = {
-            "status": "incomplete" if missing else "finished", "missing": missing or None,
+            "status": "smoke" if smoke else "incomplete" if missing else "finished", "missing": missing or None,
+            "smoke": SMOKE if smoke else None,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), f"{stage}_metrics": metrics,
             "epochs_completed": trainer.current_epoch, "global_step": trainer.global_step,
         }

@@ -489,6 +489,7 @@ class SkillNeuronCallback(Callback):
             seed = run.config.get("seed_everything")
             artifact = wandb.Artifact(name, type="skill-neurons", metadata={
                 **{k: v for k, v in common.items() if v is not None}, "run_id": run.id, "seed": seed})
-            artifact.add_dir(str(out))
+            for file in sorted(p for p in out.iterdir() if p.is_file()):  # add_dir would print a line of its own
+                artifact.add_file(str(file), name=file.name)
             run.log_artifact(artifact, aliases=["latest", f"run-{run.id}", *([f"seed-{seed}"] if seed is not None
                                                                              else [])])

@@ -14,10 +14,13 @@ job type       when                                        name
 ``report``     ``skill-neurons report --wandb``            ``report``
 =============  ==========================================  ==========================================
 
-The config W&B gets is the LightningCLI config without null values and without per-run paths
-(:data:`PER_RUN_KEYS`), with every ``class_path``/``init_args`` list (``trainer.callbacks``) spelled out as
-one key per argument (``trainer.callbacks.SkillNeuronCallback.part``), so "show differences" between runs
-shows hyper-parameters only. ``summary.json`` keeps the full config.
+The config W&B gets (:func:`run_config`) is the LightningCLI config without null or empty values and without
+per-run paths (:data:`PER_RUN_KEYS`), with every ``class_path``/``init_args`` list (``trainer.callbacks``)
+spelled out as one key per argument (``trainer.callbacks.SkillNeuronCallback.part``), one key per setting (the
+copies LightningCLI links from the model, :data:`LINKED_KEYS`, are left out) and only the settings that apply
+to the run's job type (:func:`applies`), so "show differences" between runs shows hyper-parameters only.
+``summary.json`` keeps the full config. Every run also gets plain tags (:func:`run_tags`: ``backbone:…``,
+``task:…``, ``seed:…``, ``layout:…``) to type in a dashboard filter; names keep ``·`` and ``→`` for reading.
 """
 
 from __future__ import annotations
@@ -28,9 +31,22 @@ from typing import Any
 
 SEPARATOR = "·"
 JOB_TYPES = ("fit", "validate", "test", "suppression", "transfer", "predict", "report")
+REPORT_NAME = "report"  # the W&B name of a `skill-neurons report --wandb` run
 # Keys that differ between any two runs without saying anything about the experiment.
 PER_RUN_KEYS = frozenset({"trainer.default_root_dir", "checkpoint.dirpath", "summary.run_dir", "trainer.logger.id",
                           "trainer.logger.save_dir", "trainer.logger.dir", "trainer.logger.version", "run_id"})
+# Copies of a model setting that the CLI links into the data (``--model.backbone`` fills ``data.backbone``).
+LINKED_KEYS = frozenset({"data.backbone", "data.prompt_length", "data.layout"})
+# The run's derived settings (``summary.json`` → ``settings``) and the config key that already holds each one;
+# a derived setting is logged (as ``run.<name>``) only when no config key holds it (``run.family``).
+SETTING_KEYS = {"backbone": "model.backbone", "task": "data.task", "seed": "seed_everything",
+                "prompt_length": "model.prompt_length", "layout": "model.layout",
+                "learning_rate": "model.learning_rate", "precision": "trainer.precision"}
+# What a fit's checkpoint callback decides about the experiment: which epoch's prompt is kept (and analysed). Its
+# other options (file names, versions, verbosity) only manage files.
+CHECKPOINT_SETTINGS = frozenset({"checkpoint.monitor", "checkpoint.mode"})
+TAGGED = ("backbone", "task", "seed", "layout")  # the settings every run carries as a plain tag
+MAX_TAG = 64  # W&B refuses longer tags
 
 
 def short_backbone(backbone: str | None) -> str:
@@ -125,6 +141,53 @@ def clean_config(flat: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = _drop_nulls(value)
     return out
+
+
+def applies(key: str, stage: str, suppression: bool) -> bool:
+    """Whether config ``key`` is a setting of a run of ``stage`` (``fit``, ``validate``, ``test``):
+    ``suppression.*`` only where neurons are suppressed (``suppression`` true); of ``checkpoint.*`` only which
+    epoch a fit keeps (:data:`CHECKPOINT_SETTINGS`), in a fit; ``ckpt_path`` only in an evaluation (in a fit it
+    is a resume: a per-run path); never ``runs_dir`` (a folder), ``verbose`` (what is printed) or
+    ``trainer.logger.*``, which configure the W&B run itself (W&B shows its project, group and tags)."""
+    if key.startswith("suppression."):
+        return suppression
+    if key.startswith("checkpoint."):
+        return stage == "fit" and key in CHECKPOINT_SETTINGS
+    if key == "ckpt_path":
+        return stage != "fit"
+    return key not in ("runs_dir", "verbose") and not key.startswith("trainer.logger.")
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, list, tuple, dict)) and len(value) == 0)
+
+
+def run_config(flat: dict[str, Any], stage: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The W&B config of a run of ``stage``: :func:`clean_config` of its flat CLI config, one key per setting,
+    only the settings that apply (:func:`applies`), no empty values; plus ``run.<name>`` for each derived
+    setting of ``settings`` that no config key holds (:data:`SETTING_KEYS`; e.g. ``run.family``)."""
+    suppression = flat.get("suppression.rate") is not None
+    out = {key: value for key, value in clean_config(flat).items()
+           if key not in LINKED_KEYS and applies(key, stage, suppression) and not _empty(value)}
+    for name, value in (settings or {}).items():
+        if not _empty(value) and SETTING_KEYS.get(name) not in out:
+            out[f"run.{name}"] = value
+    return out
+
+
+def run_tags(settings: dict[str, Any], existing: Any = ()) -> list[str]:
+    """``existing`` tags (the config's ``trainer.logger.tags``) followed by ``backbone:…``, ``task:…``,
+    ``seed:…``, ``layout:…`` from the run's ``settings`` (unset ones left out), each once."""
+    tags = [str(t) for t in existing or ()]
+    for name in TAGGED:
+        value = settings.get(name)
+        if name == "backbone":
+            value = short_backbone(value) if value else None
+        elif name == "task":
+            value = task_name(value)
+        if not _empty(value):
+            tags.append(f"{name}:{value}"[:MAX_TAG])
+    return list(dict.fromkeys(tags))
 
 
 def chart_step(trainer: Any) -> int:

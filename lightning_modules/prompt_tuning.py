@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from torch import nn
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from callbacks.prompt_checkpoint import FAMILY_CLASSES, check_prompt_shape, keep_prompt_only, metadata
@@ -141,6 +141,7 @@ class PromptTuningModule(LightningModule):
         # Metrics count every scored word as a class: a prediction of an extra word (P1's MNLI) is simply wrong.
         classes = len(datamodule.label_token_ids)
         self.train_acc = MulticlassAccuracy(num_classes=classes, average="micro")
+        self.train_loss = MeanMetric()  # the epoch's mean loss, over every rank's examples
         self.eval_acc = nn.ModuleList(MulticlassAccuracy(num_classes=classes, average="micro") for _ in self.eval_set_names)
         self.val_acc_best = MaxMetric()
 
@@ -228,10 +229,14 @@ class PromptTuningModule(LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx):
-        """One optimisation step on the prompt; logs train/loss and train/acc."""
+        """One optimisation step on the prompt; logs train/loss_step (this rank's batch), train/loss_epoch (the
+        epoch's mean over all ranks, a metric object: torchmetrics synchronises it) and train/acc."""
         loss, preds, labels = self.model_step(batch)
         self.train_acc(preds, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.train_loss(loss.detach(), weight=len(labels))
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(labels))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
@@ -266,8 +271,9 @@ class PromptTuningModule(LightningModule):
         self.val_acc_best.reset()
 
     def on_validation_epoch_end(self) -> None:
-        """Track the best clean validation accuracy so far (``val/acc_best``)."""
-        if self.trainer.sanity_checking:
+        """Track the best clean validation accuracy of a fit so far (``val/acc_best``; not logged outside fit,
+        where there is no "so far")."""
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
         self.val_acc_best(self.eval_acc[0].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)

@@ -1,9 +1,15 @@
-"""W&B logging that never hangs and never loses a run: Lightning's ``WandbLogger`` with a bounded online start.
+"""W&B logging that never hangs, never loses a run and does not talk over the project: Lightning's
+``WandbLogger`` with a bounded online start and W&B's quiet console.
 
 With credentials but no network, ``wandb.init`` waits ``init_timeout`` seconds (W&B's own setting; this
 project's default is :data:`INIT_TIMEOUT_S`, ``$WANDB_INIT_TIMEOUT`` wins) and then fails; a malformed key
 fails at once. Either way :class:`WandbLogger` starts the run offline instead, says why in one line, and
 the run's metrics land in ``<run dir>/wandb/offline-run-*`` for ``wandb sync``.
+
+W&B runs with ``quiet`` on (unless ``$WANDB_QUIET``/``$WANDB_SILENT`` or the config's ``settings`` say
+otherwise): its start still says where the run's data is saved, but its footer (run history, summary, its own
+``wandb sync`` line) is left out, so the project's own line — where the run is and how to upload it — is the
+last thing a command prints.
 """
 
 from __future__ import annotations
@@ -19,15 +25,22 @@ INIT_TIMEOUT_S = 30.0
 CLASS_PATH = "lightning_modules.tracking.WandbLogger"
 
 
-def bounded_settings(settings: Any = None) -> Any:
-    """W&B ``settings`` with ``init_timeout`` set (unless given there or in ``$WANDB_INIT_TIMEOUT``)."""
-    if os.environ.get("WANDB_INIT_TIMEOUT"):
+QUIET_ENVS = ("WANDB_QUIET", "WANDB_SILENT")  # a user who sets either chooses W&B's console output
+
+
+def project_settings(settings: Any = None, online: bool = True) -> Any:
+    """W&B ``settings`` with this project's defaults under the caller's: ``quiet`` (unless ``$WANDB_QUIET`` or
+    ``$WANDB_SILENT`` is set) and, for an online start, ``init_timeout`` (unless ``$WANDB_INIT_TIMEOUT`` is
+    set). A ``wandb.Settings`` object is the caller's choice and is returned as it is."""
+    if settings is not None and not isinstance(settings, dict):
         return settings
-    if settings is None:
-        return {"init_timeout": INIT_TIMEOUT_S}
-    if isinstance(settings, dict):
-        return {"init_timeout": INIT_TIMEOUT_S, **settings}
-    return settings  # a wandb.Settings object: the caller chose
+    defaults: dict[str, Any] = {}
+    if not any(os.environ.get(name) for name in QUIET_ENVS):
+        defaults["quiet"] = True
+    if online and not os.environ.get("WANDB_INIT_TIMEOUT"):
+        defaults["init_timeout"] = INIT_TIMEOUT_S
+    merged = {**defaults, **(settings or {})}
+    return merged or None
 
 
 class WandbLogger(lightning_wandb.WandbLogger):
@@ -35,8 +48,7 @@ class WandbLogger(lightning_wandb.WandbLogger):
     falls back to an offline run, with one line on stderr, when W&B cannot be reached or rejects the key."""
 
     def __init__(self, *args, **kwargs):
-        if not kwargs.get("offline"):
-            kwargs["settings"] = bounded_settings(kwargs.get("settings"))
+        kwargs["settings"] = project_settings(kwargs.get("settings"), online=not kwargs.get("offline"))
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:  # Lightning passes None, which W&B warns has no effect
             self._wandb_init.pop("anonymous", None)
@@ -67,5 +79,7 @@ class WandbLogger(lightning_wandb.WandbLogger):
             wandb.teardown()  # the service still holds the run id of the failed start
             self._offline = True
             self._wandb_init["mode"] = "offline"
-            self._wandb_init.pop("settings", None)
+            settings = self._wandb_init.get("settings")
+            if isinstance(settings, dict):  # the rest of the settings (quiet) still hold offline
+                self._wandb_init["settings"] = {k: v for k, v in settings.items() if k != "init_timeout"} or None
             return super().experiment

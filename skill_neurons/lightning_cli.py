@@ -17,21 +17,25 @@ import os
 import sys
 from pathlib import Path
 
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.checkpoint import RunCheckpoint
 from callbacks.contracts import preflight
+from callbacks.model_summary import PromptModelSummary
 from callbacks.predictions import PredictionWriter
 from callbacks.prompt_checkpoint import read_checkpoint
 from callbacks.rng_state import RNGState
-from callbacks.run_files import flatten, new_run_id, offline_segments
-from callbacks.run_summary import RunSummary
+from callbacks.run_files import flatten, new_run_id, offline_segments, read_summary
+from callbacks.run_summary import SMOKE, RunSummary
 from callbacks.suppression import NeuronSuppression
 from datamodules.prompt_datamodule import PromptDataModule, check_sizes
 from lightning_modules import tracking
 from lightning_modules.prompt_tuning import PromptTuningModule
 from skill_neurons.cli_options import parser_kwargs
+from skill_neurons.console import metrics_table, where_line
 from skill_neurons.run_identity import run_identity
 from skill_neurons.runs import RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero
 from skill_neurons.wandb_env import NO_CREDENTIALS, offline_reason
@@ -92,6 +96,14 @@ class SkillNeuronsCLI(LightningCLI):
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         if add_subcommands:
             hide_group(self._subcommand_parsers["fit"], "suppression")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        """LightningCLI's stage parser; ``validate``/``test`` default to ``--verbose=false``: the stage prints
+        its metrics itself, with full names (:func:`skill_neurons.console.metrics_table`)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "verbose" in self._subcommand_method_arguments.get(subcommand, {}):
+            parser.set_defaults({"verbose": False})
+        return parser
 
     # ------------------------------------------------------------------ run directory, logger, resume
     def _parse_ckpt_path(self) -> None:
@@ -160,8 +172,8 @@ class SkillNeuronsCLI(LightningCLI):
                 args["resume"] = "allow"
                 if offline_reason() == NO_CREDENTIALS and not args.get("offline"):
                     args.offline = True
-                    print("skill-neurons: no W&B credentials found — logging offline in "
-                          f"{run_dir}/wandb (upload later with `wandb sync {run_dir}/wandb`)", file=sys.stderr)
+                    print(f"skill-neurons: no W&B credentials found — logging offline in {run_dir}/wandb "
+                          "(the last line says how to upload it)", file=sys.stderr)
 
     def _run_identity(self, config, ckpt_path: str | None) -> tuple[str, str, str]:
         """(run id, runs folder, where the id came from). Global rank 0 never takes an id from
@@ -225,8 +237,19 @@ class SkillNeuronsCLI(LightningCLI):
             if isinstance(logger, tracking.WandbLogger):
                 logger.identify(*run_identity(config.as_dict(), self.subcommand or "fit"))
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        """LightningCLI's trainer, with :class:`PromptModelSummary` as its model summary (no always-zero FLOPs)
+        unless the config turns the summary off or names a summary callback of its own."""
+        own = [c for c in config.get("callbacks") or [] if isinstance(c, ModelSummary)]
+        if config.get("enable_model_summary") is not False and not own:
+            # Lightning adds its default summary only when enabled (and says it skips it when one is given)
+            config = {**config, "enable_model_summary": False}
+            callbacks = [*callbacks, PromptModelSummary()]
+        return super()._instantiate_trainer(config, callbacks)
+
     def _run_subcommand(self, subcommand: str) -> None:
-        """Run the stage; on failure remove an empty claimed run directory; always close the W&B run."""
+        """Run the stage; on failure remove an empty claimed run directory; always close the W&B run; then
+        say where the run is (the last line the command prints)."""
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
@@ -234,6 +257,7 @@ class SkillNeuronsCLI(LightningCLI):
             self._finish_wandb(exit_code=1)
             raise
         self._finish_wandb(exit_code=0)
+        self._print_where()
 
     def _finish_wandb(self, exit_code: int) -> None:
         """Close the W&B run this command started, so the next command in the same process starts its own."""
@@ -271,22 +295,27 @@ class SkillNeuronsCLI(LightningCLI):
                 callback.describe_run(self._run_id, flat)
         preflight(self.trainer, self.model, self.datamodule, self.subcommand)
 
-    def _sync_hint(self) -> None:
-        """Print how to upload the run: every offline segment of it (a resumed run has one per command)."""
-        segments = offline_segments(self._run_dir / "wandb", self._run_id) if self.trainer.is_global_zero else []
-        if segments:
-            print(f"skill-neurons: run {self._run_id} is in {self._run_dir}; upload its W&B run with "
-                  f"`wandb sync {' '.join(map(str, segments))}` (browse it offline with "
-                  f"`wandb leet {self._run_dir}/wandb`)", file=sys.stderr)
+    def _print_where(self) -> None:
+        """The command's last line (global rank 0): where the run is and how to upload every offline segment
+        of its W&B run (a resumed run has one per command), or its W&B page."""
+        if self._run_dir is None or not self.trainer.is_global_zero:
+            return
+        summary = read_summary(self._run_dir)
+        segments = offline_segments(self._run_dir / "wandb", self._run_id)
+        url = (summary.get("wandb") or {}).get("url")
+        smoke = SMOKE if summary.get("status") == "smoke" else None
+        print(where_line(self._run_id, self._run_dir, segments, url, smoke), file=sys.stderr, flush=True)
 
-    def after_fit(self) -> None:
-        self._sync_hint()
+    def _print_metrics(self, stage: str) -> None:
+        """The evaluation's metrics with their full names (in place of Lightning's table, see ``verbose``)."""
+        config = self.config[self.subcommand]
+        if self.trainer.is_global_zero and not config.get("verbose"):
+            table = metrics_table(dict(self.trainer.logged_metrics), stage)
+            if table:
+                print(table, flush=True)
 
     def after_validate(self) -> None:
-        self._sync_hint()
+        self._print_metrics("validate")
 
     def after_test(self) -> None:
-        self._sync_hint()
-
-    def after_predict(self) -> None:
-        self._sync_hint()
+        self._print_metrics("test")

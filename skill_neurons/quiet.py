@@ -18,6 +18,10 @@ LEAFSPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 # skill-neurons passes the command line to LightningCLI as `args` (after rewriting --from_run and the sweep's
 # --runs_dir); LightningCLI warns when sys.argv also holds arguments, which are the same ones.
 CLI_ARGS = r"LightningCLI's args parameter is intended to run from within Python"
+# A fit that resumes its own run (``--ckpt_path runs/<id>/checkpoints/last.ckpt``, ``analyse``) writes into its own
+# checkpoint folder; Lightning warns whenever that folder is not empty. A new run never meets a non-empty folder
+# (its run directory is claimed with an atomic mkdir), so the warning only ever says "this is a resume".
+CHECKPOINT_DIR_NOT_EMPTY = r"Checkpoint directory .* exists and is not empty"
 RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
 
@@ -35,6 +39,7 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", message=LEAFSPEC, category=FutureWarning)
     warnings.filterwarnings("ignore", message=CLI_ARGS)
+    warnings.filterwarnings("ignore", message=CHECKPOINT_DIR_NOT_EMPTY)
     for name in RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLitloggerTip) for f in logger.filters):

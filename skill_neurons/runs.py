@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from callbacks.run_files import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, find_run, is_run_id
+from callbacks.run_files import (
+    BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, find_run, is_run_id, read_summary,
+)
 
 RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
 RUNS_DIR_ENV = "SKILL_NEURONS_RUNS_DIR"  # a sweep trial's default --runs_dir
@@ -51,6 +53,9 @@ def find_fit_run(spec: str) -> Path:
     if run is not None:
         return run
     root, _, query = spec.partition("?")
+    if not query and read_summary(root).get("status") == "smoke":
+        raise CLIError(f"--from_run {spec!r} is a smoke run (--trainer.fast_dev_run: one batch, no best prompt, "
+                       "no config.yaml) — evaluate a fit run trained without fast_dev_run")
     if not query:
         raise CLIError(f"--from_run {spec!r}: no run directory with a {CONFIG_FILE} there")
     wanted = dict(part.split("=", 1) for part in query.split("&") if "=" in part)

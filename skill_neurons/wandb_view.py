@@ -4,8 +4,8 @@
     skill-neurons wandb-view --entity <you or team>    # creates the report in project skill-neurons, prints its URL
     skill-neurons wandb-view --print                   # no W&B needed: the panels as JSON
 
-The report has one panel grid over the ``fit`` runs (``job_type`` = fit), grouped by ``run.backbone`` and
-``run.task``: accuracy at the best epoch, clean vs every adversarial set; the per-epoch clean and adversarial
+The report has one panel grid over the ``fit`` runs (``job_type`` = fit), grouped by ``model.backbone`` and
+``data.task``: accuracy at the best epoch, clean vs every adversarial set; the per-epoch clean and adversarial
 accuracy; and the skill-neuron metrics of the analysis — overlap@n% of clean and adversarial skill neurons, the
 adversarial predictivity of the clean top n%, and the top-n% mean per set. A second grid shows the suppression
 runs (``job_type`` = suppression) and the transfer runs. Every metric name is one the runs log
@@ -82,7 +82,7 @@ def build_report(entity: str, project: str = PROJECT, sets: list[str] | None = N
             else:
                 made.append(wr.BarPlot(title=panel["title"], metrics=[wr.SummaryMetric(m) for m in panel["metrics"]]))
         runset = wr.Runset(entity=entity, project=project, name=f"{job} runs", filters=[expr.Metric("JobType") == job],
-                           groupby=["config.run.backbone", "config.run.task"] if job == "fit" else [])
+                           groupby=["config.model.backbone", "config.data.task"] if job == "fit" else [])
         blocks += [wr.H2(f"{job} runs"), wr.PanelGrid(runsets=[runset], panels=made)]
     return wr.Report(entity=entity, project=project, title=TITLE, blocks=blocks,
                      description="The paper's comparison (clean vs adversarial) on the W&B dashboard.")

@@ -178,7 +178,7 @@ def test_sizes_are_checked_by_the_datamodule_itself():
 def test_summary_json_has_the_mode_of_the_other_run_files(finished_run):
     mode = stat.S_IMODE((finished_run / "summary.json").stat().st_mode)
     assert mode == stat.S_IMODE((finished_run / "config.yaml").stat().st_mode)
-    assert mode == 0o644 & ~_umask()
+    assert mode == 0o666 & ~_umask()  # what open() gives any new file
 
 
 def _umask() -> int:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from callbacks.neuron_files import set_name
+from callbacks.wandb_config import REPORT_NAME
 from skill_neurons.report.accuracy import accuracy_section, runs_section
 from skill_neurons.report.balance import balanced_section
 from skill_neurons.report.base import SQUARE, TITLES, WIDE, Context, Inputs, ReportError, Section
@@ -148,7 +149,7 @@ def log_to_wandb(out: Path, sections: list[Section], project: str, document: dic
     if offline_reason() == NO_CREDENTIALS:
         mode = "offline"
         print(f"skill-neurons report: no W&B credentials found — logging offline in {out}/wandb", file=sys.stderr)
-    run = wandb.init(project=project, job_type="report", dir=str(out), mode=mode,
+    run = wandb.init(project=project, job_type="report", name=REPORT_NAME, dir=str(out), mode=mode,
                      config={k: document.get(k) for k in ("percent", "eval_set", "inputs", "command", "artifacts")})
     try:
         payload: dict[str, Any] = {}
@@ -159,7 +160,7 @@ def log_to_wandb(out: Path, sections: list[Section], project: str, document: dic
                 if rows:
                     payload[f"report/{section.key}/{name}"] = wandb_table(rows)
         run.log(payload)
-        run.summary.update({f"report/{s.key}/missing": s.missing or "" for s in sections})
+        run.summary.update({f"report/{s.key}/missing": s.missing for s in sections if s.missing})  # no empty values
         artifact = wandb.Artifact(f"report-{run.id}", type="report", metadata={"inputs": document["inputs"]})
         artifact.add_file(str(out / "report.md"))
         artifact.add_file(str(out / "report.json"))

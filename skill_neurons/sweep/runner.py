@@ -287,6 +287,12 @@ class SweepRunner:
                 attempt.state = trial.state = "stopped"
                 self.say(f"trial {trial.number} stopped early by {self.config['early_terminate']['type']} "
                          f"after {len(trial.history)} reports{shown}")
+            elif code == 0 and read_json(summary_path(self.run_dir(attempt.run_id))).get("status") == "smoke":
+                attempt.state = trial.state = "failed"  # one batch of --trainer.fast_dev_run: no trained prompt
+                trial.note = "smoke run (--trainer.fast_dev_run): not a trained trial"
+                self.failures_in_a_row += 1
+                self.say(f"trial {trial.number} is a smoke run (--trainer.fast_dev_run in the sweep's command): "
+                         "not counted — leave fast_dev_run out of the sweep")
             elif code == 0:
                 attempt.state = trial.state = "finished"
                 self.failures_in_a_row = 0

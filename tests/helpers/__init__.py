@@ -80,6 +80,18 @@ def cli_in_process(args: list[str], cwd: Path, check: bool = False) -> subproces
     return subprocess.CompletedProcess(["skill-neurons", *args], code, out.getvalue(), err.getvalue())
 
 
+def leet(*args: str) -> str:
+    """W&B's own reader of a run's .wandb log (``wandb leet inspect``)."""
+    wandb = str(Path(sys.executable).parent / "wandb")
+    return subprocess.run([wandb, "leet", "inspect", *args], capture_output=True, text=True, timeout=120,
+                          check=True).stdout
+
+
+def wandb_state(record: Path) -> dict:
+    """An offline W&B run as W&B reads it back: name, tags, config, summary (``wandb leet inspect``)."""
+    return json.loads(leet("--summary", "--json", str(record)))
+
+
 def only_run_dir(runs: Path) -> Path:
     dirs = [d for d in runs.iterdir() if d.is_dir()]
     assert len(dirs) == 1, dirs
