@@ -6,7 +6,7 @@ flat keys such as ``model.learning_rate``) agree on every key except
 * the seed (``seed_everything``): the seeds of one configuration are what a seed mean averages;
 * per-run paths and identities (:data:`callbacks.wandb_config.PER_RUN_KEYS`, the checkpoint to resume from);
 * how the run is shown or tracked, never what it computes (:data:`PRESENTATION_KEYS`: the W&B logger's name,
-  group, tags, project; progress bars; logging frequency; data-loader workers).
+  group, tags, project; progress bars; logging frequency; data-loader workers; the sets ``predict`` writes).
 
 Everything else — learning rate, prompt length, epochs, batch size, data sizes (``max_train_samples``), layout,
 the analysis' options — distinguishes configurations: a run trained on 64 rows is not another seed of one trained
@@ -27,7 +27,7 @@ SEED_KEY = "seed_everything"
 PRESENTATION_KEYS = (
     "trainer.logger.", "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "trainer.callbacks.RichProgressBar.", "trainer.callbacks.TQDMProgressBar.", "data.num_workers", "ckpt_path",
-    "runs_dir", "config", "print_config",
+    "runs_dir", "config", "print_config", "data.predict_sets",
 )
 # Short spellings of the keys users sweep most, for names such as ``tiny-roberta·marker·s33·lr3e-3``.
 ABBREVIATIONS = {

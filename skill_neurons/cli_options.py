@@ -24,6 +24,7 @@ COMMANDS = {
     "fit": "prompt-tune a backbone, then find skill neurons (fit --config configs/quickstart.yaml)",
     "validate": "evaluate a prompt, clean and adversarial (validate --from_run runs/<id>)",
     "test": "the same on the test split (test --from_run runs/<id>)",
+    "predict": "per-example predictions and label probabilities (predict --from_run runs/<id>)",
     "analyse": "(re)run only the skill-neuron analysis of a fit run (analyse runs/<id>)",
     "sweep": "run a W&B sweep file without a W&B server (sweep sweeps/quickstart.yaml)",
     "report": "figures and tables over finished runs (report runs/ --out report/)",

@@ -15,7 +15,8 @@ BASE = {
 def test_seeds_paths_and_presentation_do_not_change_the_configuration():
     other = dict(BASE, seed_everything=34, **{"trainer.default_root_dir": "runs/b", "trainer.logger.id": "b",
                                                "trainer.logger.group": "g", "trainer.log_every_n_steps": 1,
-                                               "data.num_workers": 4, "ckpt_path": "runs/a/checkpoints/last.ckpt"})
+                                               "data.num_workers": 4, "ckpt_path": "runs/a/checkpoints/last.ckpt",
+                                               "data.predict_sets": ["validation"]})
     assert configuration_id(other) == configuration_id(BASE)
     assert differing_keys([BASE, other]) == []
     assert "seed_everything" not in configuration_of(BASE)
