@@ -31,7 +31,7 @@ from lightning_modules import tracking
 from lightning_modules.prompt_tuning import PromptTuningModule
 from skill_neurons.cli_options import parser_kwargs
 from skill_neurons.run_identity import run_identity
-from skill_neurons.runs import RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero
+from skill_neurons.runs import DEFAULT_RUNS_DIR, RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero
 from skill_neurons.wandb_env import NO_CREDENTIALS, offline_reason
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
@@ -60,7 +60,8 @@ class SkillNeuronsCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--runs_dir", type=str, default="runs", help="folder that holds one folder per run")
+        parser.add_argument("--runs_dir", type=str, default=DEFAULT_RUNS_DIR,
+                            help="folder that holds one folder per run")
         parser.add_argument("--run_id", type=str | None, default=None,
                             help="run id (default: $WANDB_RUN_ID, the resumed checkpoint's run, or a new id)")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
@@ -240,12 +241,14 @@ class SkillNeuronsCLI(LightningCLI):
         preflight(self.trainer, self.model, self.datamodule, self.subcommand)
 
     def _sync_hint(self) -> None:
-        """Print how to upload the run: every offline segment of it (a resumed run has one per command)."""
-        segments = offline_segments(self._run_dir / "wandb", self._run_id) if self.trainer.is_global_zero else []
-        if segments:
-            print(f"skill-neurons: run {self._run_id} is in {self._run_dir}; upload its W&B run with "
-                  f"`wandb sync {' '.join(map(str, segments))}` (browse it offline with "
-                  f"`wandb leet {self._run_dir}/wandb`)", file=sys.stderr)
+        """The command's last line: where the run is and, when its W&B run is offline, how to upload every
+        segment of it (a resumed run has one per command)."""
+        if not self.trainer.is_global_zero:
+            return
+        segments = offline_segments(self._run_dir / "wandb", self._run_id)
+        upload = (f"; upload its W&B run with `wandb sync {' '.join(map(str, segments))}` (browse it offline with "
+                  f"`wandb leet {self._run_dir}/wandb`)") if segments else ""
+        print(f"skill-neurons: run {self._run_id} is in {self._run_dir}{upload}", file=sys.stderr)
 
     def after_fit(self) -> None:
         self._sync_hint()
