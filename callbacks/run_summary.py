@@ -23,6 +23,7 @@ from callbacks.run_files import (
     BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, jsonable, offline_segments, read_summary, redact, transfer_record,
     update_summary,
 )
+from callbacks.sweep_trial import sweep_trial
 from callbacks.wandb_config import chart_step, clean_config
 
 
@@ -102,6 +103,9 @@ class RunSummary(Callback):
         }
         if isinstance(datamodule, PromptData):
             sections["data"] = datamodule.state_for_summary()
+        trial = sweep_trial()
+        if trial is not None:  # a sweep's trial: the sweep and the values it gave this run
+            sections["sweep"] = trial.to_summary()
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 sections["wandb"] = self._setup_wandb(logger, settings)
@@ -115,6 +119,9 @@ class RunSummary(Callback):
         run.define_metric("adv/*", summary="last")
         run.config.update(clean_config(redact(self.config)), allow_val_change=True)  # hyper-parameters only
         run.config.update(clean_config({f"run.{k}": v for k, v in settings.items()}), allow_val_change=True)
+        trial = sweep_trial()
+        if trial is not None:
+            run.config.update(trial.wandb_config(), allow_val_change=True)
         offline = run.settings.mode in ("offline", "dryrun")
         files_dir = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>
         segments = offline_segments(files_dir.parent, run.id) if offline else []
