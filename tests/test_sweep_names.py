@@ -39,8 +39,9 @@ def assert_trials_named_and_recorded(grid: Path, state: dict) -> None:
         assert config["sweep.parameters"] == ["model.learning_rate", "seed_everything"]
         assert config["model.learning_rate"] == lr and config["seed_everything"] == seed  # W&B's, from the param file
         summary = json.loads((grid / "runs" / run_id / "summary.json").read_text())
-        assert summary["sweep"] == {"name": "quickstart", "id": state["sweep_id"], "varied": [
-            "model.learning_rate", "seed_everything"], "parameters": {"model.learning_rate": lr, "seed_everything": seed}}
+        assert summary["sweep"] == {"name": "quickstart", "id": state["sweep_id"],
+                                    "varied": ["model.learning_rate", "seed_everything"],
+                                    "parameters": {"model.learning_rate": lr, "seed_everything": seed}}
     assert len(names) == 4
 
 
@@ -67,8 +68,9 @@ def test_trials_are_named_by_the_swept_values_that_differ(tmp_path):
     assert names == {(0.01, 33): "tiny-roberta·marker·s33·lr0.01", (0.01, 34): "tiny-roberta·marker·s34·lr0.01",
                      (0.003, 33): "tiny-roberta·marker·s33·lr3e-3", (0.003, 34): "tiny-roberta·marker·s34·lr3e-3"}
     trial = trials[(0.003, 34)]
-    assert trial.to_summary() == {"name": "quickstart", "id": "sw123456", "varied": ["model.learning_rate",
-                                  "seed_everything"], "parameters": {"model.learning_rate": 0.003, "seed_everything": 34}}
+    assert trial.to_summary() == {"name": "quickstart", "id": "sw123456",
+                                  "varied": ["model.learning_rate", "seed_everything"],
+                                  "parameters": {"model.learning_rate": 0.003, "seed_everything": 34}}
     assert trial.wandb_config() == {"sweep.name": "quickstart", "sweep.id": "sw123456",
                                     "sweep.parameters": ["model.learning_rate", "seed_everything"]}
     # outside a sweep the name is the plain one
