@@ -431,6 +431,8 @@ class SweepRunner:
             return 2
         if self.stop_reason:
             self.say(f"stopped: {self.stop_reason}")
+        print(f"skill-neurons sweep: sweep {self.sweep_id} is in {self.dir}; its runs are in {self.dir / 'runs'}",
+              file=self.out, flush=True)
         return 1 if any(t.state in ("failed", "crashed") for t in self.trials) else 0
 
     def _done(self) -> bool:
