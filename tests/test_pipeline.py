@@ -121,6 +121,26 @@ def test_a_sweeps_last_line_says_where_its_runs_are(tmp_path, monkeypatch, capsy
     assert len(list((tmp_path / "d" / "runs").iterdir())) == 2
 
 
+def test_make_configs_writes_generated_sweeps_only_into_the_users_folder(tmp_path):
+    def make_configs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "configs/make_configs.py", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, env=subprocess_env())
+
+    tracked = {p.name: p.read_text() for p in (ROOT / "sweeps").glob("*.yaml")}
+    refused = make_configs("--prompt-runs", "grid/runs")
+    assert refused.returncode == 2 and "--prompt-runs and --out go together" in refused.stderr
+    refused = make_configs("--prompt-runs", "grid/runs", "--out", "sweeps")
+    assert refused.returncode != 0 and "tracked sweeps/ folder" in refused.stderr
+    made = make_configs("--scale", "tiny", "--prompt-runs", "tiny/fit/runs", "--out", str(tmp_path / "s"))
+    assert made.returncode == 0, made.stderr
+    assert {p.name: p.read_text() for p in (ROOT / "sweeps").glob("*.yaml")} == tracked
+    transfer = yaml.safe_load((tmp_path / "s" / "transfer.yaml").read_text())
+    assert transfer["parameters"]["from_run"]["values"] == [
+        f"tiny/fit/runs?backbone={b}&task={t}&seed=33" for b in ("tiny-roberta", "tiny-t5")
+        for t in ("marker", "sst2_sample")]
+    assert transfer["parameters"]["data.task"] == {"values": ["marker", "sst2_sample"]}
+
+
 # ------------------------------------------------------------------------------ the tiny pipeline
 def skill_neurons(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The real console script (the one ``pip install -e .`` puts beside the interpreter)."""
@@ -158,13 +178,20 @@ def test_the_tiny_pipeline_runs_end_to_end_and_fills_every_report_section(tmp_pa
                                   capture_output=True, text=True, timeout=60)
             assert proc.returncode == 0, proc.stderr
         else:
-            skill_neurons(*command[1:], cwd=ROOT)
+            proc = skill_neurons(*command[1:], cwd=ROOT)
+            if command[1] == "sweep":  # the last line says where the sweep and its runs are
+                where = command[command.index("--dir") + 1]
+                assert last_line(proc.stdout).endswith(f" is in {where}; its runs are in {where}/runs")
     tiny = tmp_path / "tiny"
     states = {name: json.loads((tiny / name / "state.json").read_text()) for name in ("fit", "suppression", "transfer")}
     assert {name: len(s["trials"]) for name, s in states.items()} == {"fit": 8, "suppression": 24, "transfer": 8}
     assert all(t["state"] == "finished" for s in states.values() for t in s["trials"])
     # the derived runs are where their sweeps put them, none beside the prompts
     assert len(list((tiny / "fit" / "runs").iterdir())) == 8
+    assert len(list((tiny / "suppression" / "runs").iterdir())) == 24
+    generated = yaml.safe_load((tiny / "sweeps" / "suppression.yaml").read_text())
+    assert generated["parameters"]["suppression.rate"] == {"values": [0, 5, 15]}
+    assert generated["parameters"]["suppression.neuron_source"] == {"values": ["seed_mean"]}
 
     report = json.loads((tiny / "report" / "report.json").read_text())
     markdown = (tiny / "report" / "report.md").read_text()
