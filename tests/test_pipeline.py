@@ -171,8 +171,8 @@ def test_the_tiny_pipeline_runs_end_to_end_and_fills_every_report_section(tmp_pa
     # run from the repository root, as README says, with every output under tmp_path instead of tiny/
     out = str(tmp_path / "tiny")
     for command in commands:
-        command = [a.replace("tiny/", f"{out}/") if a.startswith("tiny/") else out if a == "tiny" else a
-                   for a in command]
+        command = [a.replace("tiny/", f"{out}/") if a.startswith("tiny/") else
+                   out if a == "tiny" and command[i - 1] == "report" else a for i, a in enumerate(command)]
         if command[0] == "python":
             proc = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, env=subprocess_env(),
                                   capture_output=True, text=True, timeout=60)
