@@ -32,12 +32,14 @@ def assert_trials_named_and_recorded(grid: Path, state: dict) -> None:
             [wandb, "leet", "inspect", "--json", str(link)], capture_output=True, text=True, timeout=60,
             check=True).stdout.splitlines()]
         record = next(r["run"] for r in records if r["type"] == "run")
-        config = {k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()}
+        # W&B's own config at the start (the param file's values) and each later update (changed keys only)
+        config = {k: v for r in records if r["type"] in ("run", "config")
+                  for k, v in (r.get("run") or r)["config"]["update"].items()}
         assert record["display_name"] == f"tiny-roberta·marker·s{seed}·lr{'0.01' if lr == 0.01 else '3e-3'}"
         names.add(record["display_name"])
         assert config["sweep.name"] == "quickstart" and config["sweep.id"] == state["sweep_id"]
         assert config["sweep.parameters"] == ["model.learning_rate", "seed_everything"]
-        assert config["model.learning_rate"] == lr and config["seed_everything"] == seed  # W&B's, from the param file
+        assert config["model.learning_rate"] == lr and config["seed_everything"] == seed
         summary = json.loads((grid / "runs" / run_id / "summary.json").read_text())
         assert summary["sweep"] == {"name": "quickstart", "id": state["sweep_id"],
                                     "varied": ["model.learning_rate", "seed_everything"],
