@@ -33,6 +33,7 @@ PRESENTATION_KEYS = (
 ABBREVIATIONS = {
     "model.learning_rate": "lr", "model.prompt_length": "p", "model.weight_decay": "wd", "data.batch_size": "bs",
     "trainer.max_epochs": "ep", "data.max_train_samples": "n",
+    "suppression.adversarial_neurons": "adv-", "suppression.neuron_source": "neurons-",
     # values that read as themselves: tiny-roberta, paper, marker
     "model.backbone": "", "model.layout": "", "data.task": "",
 }

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
+from callbacks.configuration import differing_keys, label
 from callbacks.wandb_config import SETTING_KEYS, task_name
 from datamodules.tasks import TaskError, get_task
 
@@ -69,6 +70,7 @@ class Summary(TypedDict, total=False):
     transfer: dict[str, Any]
     skill_neurons: dict[str, Any]
     suppression: dict[str, Any]
+    sweep: dict[str, Any]  # a sweep trial's sweep (name, id), swept values and varied keys (callbacks.sweep_trial)
 
 
 # ------------------------------------------------------------------ run ids
@@ -254,17 +256,52 @@ def finished_fit_runs(roots: list[str | Path], recursive: bool = False) -> list[
     return [found[key] for key in sorted(found)]
 
 
+PICKS = ("latest", "best")  # ``&pick=`` of a ``--from_run`` selector: which of several matching runs
+
+
+class RunSelectorError(ValueError):
+    """A ``ROOT?key=value&...`` selector that matches several runs (and says no ``pick``), or a bad ``pick``; the
+    message lists the candidates and names the fix."""
+
+
+def _candidate(run: Path, summary: Summary, keys: list[str]) -> str:
+    """``ab12cd34 (lr3e-3, best val/acc 0.68)``: a run id, its settings that differ among the candidates and
+    its best clean validation accuracy."""
+    best = (summary.get("best") or {}).get(BEST_KEY)
+    details = [label(summary.get("config") or {}, keys), f"best {BEST_KEY} {best:.4g}" if best is not None else
+               f"no best {BEST_KEY}"]
+    return f"{summary.get('run_id') or run.name} ({', '.join(d for d in details if d)})"
+
+
 def find_run(spec: str) -> Path | None:
     """A fit run directory: ``runs/<id>`` (any folder with a ``config.yaml``), or ``ROOT?key=value&...`` — the
-    latest finished fit run under ROOT (searched recursively) whose ``summary.json`` settings match
-    (``backbone``, ``task``, ``seed``, ...). None when nothing matches."""
+    finished fit run under ROOT (searched recursively) whose ``summary.json`` settings match (``backbone``,
+    ``task``, ``seed``, ...). None when nothing matches. When several match, ``&pick=best`` takes the one with
+    the highest best ``val/acc``, ``&pick=latest`` the one that finished last; without ``pick``
+    :class:`RunSelectorError` lists them (id, the settings they differ in, best ``val/acc``)."""
     root, _, query = spec.partition("?")
     if not query:
         return Path(root) if (Path(root) / CONFIG_FILE).is_file() else None
     wanted = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
-    matches = [(summary.get("finished", ""), run) for run, summary in finished_fit_runs([root], recursive=True)
+    pick = wanted.pop("pick", None)
+    if pick is not None and pick not in PICKS:
+        raise RunSelectorError(f"--from_run {spec!r}: pick={pick!r} is not one of {', '.join(PICKS)} — use "
+                               "&pick=best (highest best val/acc) or &pick=latest (finished last)")
+    matches = [(run, summary) for run, summary in finished_fit_runs([root], recursive=True)
                if all(str(summary.get("settings", {}).get(k)) == v for k, v in wanted.items())]
-    return max(matches)[1] if matches else None
+    if not matches:
+        return None
+    if pick == "best":
+        return max(matches, key=lambda m: ((m[1].get("best") or {}).get(BEST_KEY, float("-inf")),
+                                           m[1].get("finished", "")))[0]
+    if pick == "latest" or len(matches) == 1:
+        return max(matches, key=lambda m: (m[1].get("finished", ""), str(m[0])))[0]
+    keys = differing_keys([summary.get("config") or {} for _, summary in matches])
+    candidates = "; ".join(_candidate(run, summary, keys) for run, summary in matches)
+    differ = f"they differ in {', '.join(keys)}" if keys else "they have the same settings"
+    raise RunSelectorError(
+        f"--from_run {spec!r} matches {len(matches)} finished fit runs ({differ}): {candidates} — give a setting "
+        "that tells them apart, a run directory, or add &pick=best (highest best val/acc) or &pick=latest")
 
 
 # ------------------------------------------------------------------ relative transfer

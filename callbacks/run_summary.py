@@ -23,6 +23,7 @@ from callbacks.run_files import (
     BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, jsonable, offline_segments, read_summary, redact, transfer_record,
     update_summary,
 )
+from callbacks.sweep_trial import sweep_trial
 from callbacks.wandb_config import chart_step, run_config, run_tags
 
 # A fit under --trainer.fast_dev_run: a check that the pipeline runs, not a trained prompt (see RunSummary).
@@ -112,6 +113,9 @@ class RunSummary(Callback):
         }
         if isinstance(datamodule, PromptData):
             sections["data"] = datamodule.state_for_summary()
+        trial = sweep_trial()
+        if trial is not None:  # a sweep's trial: the sweep and the values it gave this run
+            sections["sweep"] = trial.to_summary()
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 sections["wandb"] = self._setup_wandb(logger, settings, stage)
@@ -126,6 +130,9 @@ class RunSummary(Callback):
         # the settings that apply to this run, one key each (callbacks.wandb_config.run_config)
         run.config.update(run_config(redact(self.config), stage, settings), allow_val_change=True)
         run.tags = tuple(run_tags(settings, run.tags))  # plain tags for dashboard filters, after the config's
+        trial = sweep_trial()
+        if trial is not None:  # the sweep and the keys it sweeps (W&B adds each swept value under its own key)
+            run.config.update(trial.wandb_config(), allow_val_change=True)
         offline = run.settings.mode in ("offline", "dryrun")
         files_dir = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>
         segments = offline_segments(files_dir.parent, run.id) if offline else []

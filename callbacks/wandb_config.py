@@ -75,12 +75,15 @@ def job_type(stage: str, suppression_rate: float | None = None, source_task: str
 
 
 def run_name(stage: str, backbone: str | None, task: str | None, seed: Any = None, *,
-             suppression: dict[str, Any] | None = None, source_task: str | None = None) -> str:
+             suppression: dict[str, Any] | None = None, source_task: str | None = None, swept: str = "") -> str:
     """The readable run name of the table above. ``task`` is the data's task; ``source_task`` the task the
-    evaluated prompt was trained on (None: the same); ``seed`` that prompt's seed."""
+    evaluated prompt was trained on (None: the same); ``seed`` that prompt's seed; ``swept`` a sweep trial's
+    values that tell it from the other trials (``lr3e-3``, :mod:`callbacks.sweep_trial`), right after the seed:
+    ``tiny-roberta·marker·s33·lr3e-3``."""
     kind = job_type(stage, (suppression or {}).get("rate"), source_task, task)
     prompt_task = source_task or task
     parts = [short_backbone(backbone), prompt_task or "?"] + ([f"s{seed}"] if seed is not None else [])
+    parts += [swept] if swept else []
     name = SEPARATOR.join(parts)
     if kind == "transfer" or (kind == "predict" and source_task and task and source_task != task):
         name = f"{name}→{task}"

@@ -38,7 +38,7 @@ Prompt tuning, skill neurons and adversarial robustness.
 commands (skill-neurons <command> --help lists a command's options):
 """ + "\n".join(f"  {name:<14} {line}" for name, line in COMMANDS.items()) + """
 validate and test also take --from_run RUN: evaluate that fit run's best prompt with its own config
-(RUN is runs/<id>, or ROOT?backbone=...&task=...&seed=... for the latest matching finished run under ROOT).
+(RUN is runs/<id>, or ROOT?backbone=...&task=...&seed=... for the matching finished run under ROOT).
 Flags are spelled with underscores, as LightningCLI's (--run_id, --from_run).
 Configs may interpolate other keys (${data.task}); see the README, "Common tasks"."""
 
@@ -54,8 +54,10 @@ e.g. skill-neurons analyse runs/<id> --trainer.accelerator=cpu"""
 FROM_RUN = """\
 --from_run RUN evaluates the best prompt of fit run RUN with that run's config (it becomes --config
 RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt, placed first, so the other options override it). RUN is
-a run directory (runs/<id>) or ROOT?key=value&... — the latest finished fit run under ROOT whose settings
-match (backbone, task, seed, ...). Options such as --data.task (transfer) or --suppression.* apply on top."""
+a run directory (runs/<id>) or ROOT?key=value&... — the finished fit run under ROOT whose settings match
+(backbone, task, seed, learning_rate, ...); when several match, add &pick=best (highest best val/acc) or
+&pick=latest. Options such as --data.task (transfer) or --suppression.* apply on top; the new run goes under
+--runs_dir (default runs/), not beside RUN."""
 
 
 def wants_help(argv: list[str]) -> bool:

@@ -37,7 +37,7 @@ from lightning_modules.prompt_tuning import PromptTuningModule
 from skill_neurons.cli_options import parser_kwargs
 from skill_neurons.console import metrics_table, where_line
 from skill_neurons.run_identity import run_identity
-from skill_neurons.runs import RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero
+from skill_neurons.runs import DEFAULT_RUNS_DIR, RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero
 from skill_neurons.wandb_env import NO_CREDENTIALS, offline_reason
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
@@ -76,7 +76,8 @@ class SkillNeuronsCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--runs_dir", type=str, default="runs", help="folder that holds one folder per run")
+        parser.add_argument("--runs_dir", type=str, default=DEFAULT_RUNS_DIR,
+                            help="folder that holds one folder per run")
         parser.add_argument("--run_id", type=str | None, default=None,
                             help="run id (default: $WANDB_RUN_ID, the resumed checkpoint's run, or a new id)")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")

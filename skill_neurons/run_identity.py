@@ -6,15 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from callbacks.configuration import label
 from callbacks.prompt_checkpoint import metadata_of, read_checkpoint
-from callbacks.run_files import CHECKPOINT_DIR, read_summary
+from callbacks.run_files import CHECKPOINT_DIR, flatten, read_summary
+from callbacks.sweep_trial import SweepTrial, sweep_trial
 from callbacks.wandb_config import job_type, run_name, task_name
 
 
-def run_identity(config: dict[str, Any], stage: str) -> tuple[str, str]:
+def run_identity(config: dict[str, Any], stage: str, trial: SweepTrial | None = None) -> tuple[str, str]:
     """(W&B run name, job type) of a command, from its resolved config as a dict and, for ``validate``/``test``,
     the evaluated checkpoint: the task and seed its prompt was trained with (from the checkpoint and, for
-    ``runs/<id>/checkpoints/*.ckpt``, that run's ``summary.json``)."""
+    ``runs/<id>/checkpoints/*.ckpt``, that run's ``summary.json``). A sweep trial (``trial``, default: the one
+    this process is, :func:`callbacks.sweep_trial.sweep_trial`) adds the values of its varied keys that the
+    name does not show yet, as :func:`callbacks.configuration.label` writes them."""
     backbone = ((config.get("model") or {}).get("init_args") or {}).get("backbone")
     task, seed = task_name((config.get("data") or {}).get("task")), config.get("seed_everything")
     suppression = config.get("suppression") or {}
@@ -30,6 +34,8 @@ def run_identity(config: dict[str, Any], stage: str) -> tuple[str, str]:
         settings = read_summary(folder.parent).get("settings", {}) if folder.name == CHECKPOINT_DIR else {}
         seed = settings.get("seed", imported.get("seed", seed))
     rate = suppression.get("rate")
+    trial = trial or sweep_trial()
+    swept = label(flatten(config), trial.name_keys(suppression=rate is not None)) if trial else ""
     return (run_name(stage, backbone, task, seed, suppression=suppression if rate is not None else None,
-                     source_task=source_task),
+                     source_task=source_task, swept=swept),
             job_type(stage, rate, source_task, task))

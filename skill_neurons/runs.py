@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 
 from callbacks.run_files import (
-    BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, find_run, is_run_id, read_summary,
+    BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RunSelectorError, find_run, is_run_id,
+    read_summary,
 )
 
 RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
 RUNS_DIR_ENV = "SKILL_NEURONS_RUNS_DIR"  # a sweep trial's default --runs_dir
+DEFAULT_RUNS_DIR = "runs"  # --runs_dir when none is given
 RANK_ENVS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
 
 
@@ -47,9 +49,13 @@ def analyse_args(rest: list[str]) -> list[str]:
 
 
 def find_fit_run(spec: str) -> Path:
-    """A fit run directory: ``runs/<id>``, or ``ROOT?key=value&...`` — the latest finished fit run under ROOT
-    (searched recursively) whose ``summary.json`` settings match (``backbone``, ``task``, ``seed``, ...)."""
-    run = find_run(spec)
+    """A fit run directory: ``runs/<id>``, or ``ROOT?key=value&...`` — the finished fit run under ROOT (searched
+    recursively) whose ``summary.json`` settings match (``backbone``, ``task``, ``seed``, ...; several matches are
+    refused with the candidates unless ``&pick=best|latest``, :func:`callbacks.run_files.find_run`)."""
+    try:
+        run = find_run(spec)
+    except RunSelectorError as err:
+        raise CLIError(str(err)) from None
     if run is not None:
         return run
     root, _, query = spec.partition("?")
@@ -58,15 +64,17 @@ def find_fit_run(spec: str) -> Path:
                        "no config.yaml) — evaluate a fit run trained without fast_dev_run")
     if not query:
         raise CLIError(f"--from_run {spec!r}: no run directory with a {CONFIG_FILE} there")
-    wanted = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    wanted = {k: v for k, v in (part.split("=", 1) for part in query.split("&") if "=" in part) if k != "pick"}
     raise CLIError(f"--from_run {spec!r}: no finished fit run under {root!r} has settings {wanted} — "
                    "check the folder (e.g. the --dir of the sweep that trained the prompts) and the values")
 
 
 def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
     """``--from_run RUN`` evaluates that fit run's best prompt with its own config: it becomes ``--config
-    RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt --run_id=null``, placed first, so every other
-    option (``--data.task`` for transfer, ``--suppression.*``) overrides it."""
+    RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt --run_id=null --runs_dir=runs``, placed first, so every
+    other option (``--data.task`` for transfer, ``--suppression.*``, ``--runs_dir``) overrides it. The derived run
+    goes under the ``--runs_dir`` this command is given (default ``runs``), never beside the source run: the
+    source's config names the folder it was written to (a sweep's ``DIR/runs``), which is not this run's."""
     rest, spec = [], None
     iterator = iter(argv)
     for arg in iterator:
@@ -84,6 +92,7 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
     best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
     if not best.is_file():
         raise CLIError(f"--from_run {spec!r}: {best} does not exist (the run saved no best checkpoint)")
-    return rest, ["--config", str(run / CONFIG_FILE), f"--ckpt_path={best}", "--run_id=null"]
+    return rest, ["--config", str(run / CONFIG_FILE), f"--ckpt_path={best}", "--run_id=null",
+                  f"--runs_dir={DEFAULT_RUNS_DIR}"]
 
 

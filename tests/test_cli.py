@@ -249,4 +249,4 @@ def test_from_run_picks_the_matching_fit_run_and_lets_later_options_win(tmp_path
     rest, head = _take_from_run(["validate", f"--from_run={tmp_path}/runs?task=marker&seed=34", "--data.task=sst2"])
     assert rest == ["validate", "--data.task=sst2"]
     assert head == ["--config", str(tmp_path / "runs/b/config.yaml"),
-                    f"--ckpt_path={tmp_path / 'runs/b/checkpoints/best.ckpt'}", "--run_id=null"]
+                    f"--ckpt_path={tmp_path / 'runs/b/checkpoints/best.ckpt'}", "--run_id=null", "--runs_dir=runs"]

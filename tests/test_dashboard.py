@@ -47,7 +47,7 @@ def test_every_sweep_file_names_the_project_also_those_make_configs_writes():
     finally:
         sys.path.pop(0)
     shipped = sorted((ROOT / "sweeps").glob("*.yaml"))
-    assert len(shipped) == 5
+    assert len(shipped) == 6  # paper_grid, quickstart, search, suppression, tiny_pipeline, transfer
     for path in shipped:
         config = yaml.safe_load(path.read_text())
         assert config["project"] == "skill-neurons", path

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tests.helpers import QUICK, ROOT
+from tests.test_sweep_names import assert_trials_named_and_recorded
 
 from skill_neurons.sweep import command as sweep_command
 from skill_neurons.sweep import config as sweep_config
@@ -243,6 +244,7 @@ def test_quickstart_grid_runs_its_four_trials_with_the_real_cli_and_stops(tmp_pa
                             timeout=60, check=True)
     run_record = next(json.loads(line)["run"] for line in record.stdout.splitlines() if '"type":"run"' in line)
     assert run_record["run_group"] == state["config"]["name"] == "quickstart"  # W&B has no offline sweeps
+    assert_trials_named_and_recorded(tmp_path / "grid", state)  # names differ by learning rate; W&B config, summary
     # the table: one row per trial (its run directory last), the best one starred
     lines = proc.stdout[proc.stdout.index(f"sweep {state['sweep_id']} (grid"):].splitlines()
     assert "4 trials — 4 finished; objective val/acc (maximize)" in lines[0]

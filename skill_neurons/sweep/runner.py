@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from callbacks.run_files import new_run_id, read_json, summary_path
+from callbacks.sweep_trial import PARAM_PATH_ENV, SWEEP_ID_ENV, SWEEP_NAME_ENV, VARIED_ENV, varied_keys
 from skill_neurons.runs import RUN_ID_ENV, RUNS_DIR_ENV
 from skill_neurons.sweep.config import (
     ENGINE_STATES, KILL_DELAY_S, MARKER_ENV, STATE_FILE, SweepError, check_sweep_config, engine,
@@ -179,7 +180,9 @@ class SweepRunner:
         env.pop("WANDB_SERVICE", None)  # as the agent: the trial starts its own W&B service
         env.update({
             "WANDB_RUN_ID": run_id, RUN_ID_ENV: run_id, "WANDB_RUN_GROUP": self.group,
-            "WANDB_SWEEP_PARAM_PATH": str((self.dir / "params" / f"config-{run_id}.yaml").resolve()),
+            PARAM_PATH_ENV: str((self.dir / "params" / f"config-{run_id}.yaml").resolve()),
+            SWEEP_NAME_ENV: self.group, SWEEP_ID_ENV: self.sweep_id,
+            VARIED_ENV: ",".join(varied_keys(self.raw_config.get("parameters") or {})),
             "WANDB_DIR": str(self.run_dir(run_id).resolve()),
             RUNS_DIR_ENV: str((self.dir / "runs").resolve()), MARKER_ENV: f"{self.sweep_id}/{run_id}",
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
@@ -434,6 +437,8 @@ class SweepRunner:
             return 2
         if self.stop_reason:
             self.say(f"stopped: {self.stop_reason}")
+        print(f"skill-neurons sweep: sweep {self.sweep_id} is in {self.dir}; its runs are in {self.dir / 'runs'}",
+              file=self.out, flush=True)
         return 1 if any(t.state in ("failed", "crashed") for t in self.trials) else 0
 
     def _done(self) -> bool:
