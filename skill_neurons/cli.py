@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 from skill_neurons.cli_options import COMMANDS, HELP_FLAGS, analyse_parser, main_parser, wants_help
@@ -36,7 +37,10 @@ STAGES = ("fit", "validate", "test", "predict")
 # The project's errors: each is a user's mistake with a message that names the fix (module, class).
 USER_ERRORS = (("callbacks.neuron_files", "SkillNeuronError"), ("callbacks.prompt_checkpoint", "CheckpointError"),
                ("datamodules.tasks", "TaskError"), ("lightning_modules.backbones", "BackboneError"),
-               ("lightning_modules.ffn", "FFNLookupError"))
+               ("lightning_modules.ffn", "FFNLookupError"),
+               ("lightning_modules.soft_prompt", "OptionError"),
+               # a config's ${...} that names no key, or a cycle (omegaconf+ mode resolves them)
+               ("omegaconf.errors", "InterpolationResolutionError"))
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -64,10 +68,22 @@ def main(args: list[str] | None = None) -> None:
         cause = user_error(err)
         if cause is None or debug:
             raise
-        message = " ".join(str(cause).split())
+        message = describe(cause)
         print(f"skill-neurons: error: {message}  (--debug or {DEBUG_ENV}=1 shows the traceback)",
               file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def describe(cause: BaseException) -> str:
+    """A project error's message on one line; an interpolation error names the key that holds it."""
+    full_key = getattr(cause, "full_key", None)
+    if full_key is not None:  # omegaconf: "fit.data.cache_dir" -> data.cache_dir
+        key = full_key.split(".", 1)[1] if full_key.split(".", 1)[0] in STAGES else full_key
+        reason = str(getattr(cause, "msg", cause)).split("full_key:")[0].replace("'..", "'")
+        reason = re.sub(r" \(resolved to '[^']*'\)", "", reason)
+        return (f"{key}: {' '.join(reason.split())} — a ${{...}} in a config must name another key of the merged "
+                "config (e.g. ${data.task}) and must not refer back to itself")
+    return " ".join(str(cause).split())
 
 
 def user_error(err: BaseException) -> BaseException | None:
