@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import re
 
+from callbacks.configuration import ABBREVIATIONS
+
 # jsonargparse's ways of naming the option a message is about.
 _UNRECOGNIZED = re.compile(r"Unrecognized arguments:\s*(.+)", re.DOTALL | re.IGNORECASE)
 _NESTED = re.compile(r"NestedArg\(key='([^']+)', val='([^']*)'\)")
@@ -19,6 +21,10 @@ _PARSER_KEY = re.compile(r'Parser key "([^"]+)":\s*\n?\s*(.+)')
 def did_you_mean(option: str, known: list[str]) -> str:
     """`` — did you mean --model.learning_rate?`` for a near miss among ``known`` options, else ``""``."""
     name = option.split("=", 1)[0]
+    short = {f"--{key.rpartition('.')[0]}.{abbreviation}": f"--{key}" for key, abbreviation in ABBREVIATIONS.items()
+             if abbreviation and "." in key}  # the short names of run labels: --model.lr, --data.bs
+    if name in short:
+        return f" — did you mean {short[name]}?"
     prefix, _, last = name.rpartition(".")
     # a misspelt last part among the options of the same group (--model.learnig_rate), else a misspelt group
     siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == prefix and not k.endswith(".help")}

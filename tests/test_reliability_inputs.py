@@ -94,6 +94,7 @@ def test_one_line_keeps_the_option_and_the_reason_of_nested_messages():
         "unrecognized option --trainer.logger.api_token=K")
     assert one_line("Unrecognized arguments: --mdoel.learning_rate=1", ["--model.learning_rate"]).endswith(
         "did you mean --model.learning_rate?")
+    assert one_line("Unrecognized arguments: --data.bs=8", []).endswith("did you mean --data.batch_size?")
 
 
 # ---------------------------------------------------------------- 8 + 11. bad values: one line before any work
