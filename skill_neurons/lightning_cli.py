@@ -26,7 +26,7 @@ from callbacks.contracts import preflight
 from callbacks.prompt_checkpoint import prompt_of, read_checkpoint
 from callbacks.rng_state import RNGState
 from callbacks.run_files import (
-    flatten, is_secret, new_run_id, offline_segments, redact, redact_argv, without_secrets,
+    flatten, is_secret, new_run_id, offline_segments, redact, without_secrets,
 )
 from callbacks.run_summary import RunSummary
 from callbacks.suppression import NeuronSuppression
@@ -286,7 +286,6 @@ class SkillNeuronsCLI(LightningCLI):
             self._release()
             raise
         self.trainer.callbacks.append(RNGState())
-        sys.argv = redact_argv(sys.argv)  # W&B records the command line in its run (and `wandb sync` uploads it)
         config = self.config[self.subcommand] if self.subcommand else self.config
         for logger in self.trainer.loggers:  # not in config.yaml: a reused config (--from_run) gets its own
             if isinstance(logger, tracking.WandbLogger):

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from callbacks.neuron_files import set_name
+from callbacks.run_files import redact_argv
 from skill_neurons.report.accuracy import accuracy_section, runs_section
 from skill_neurons.report.balance import balanced_section
 from skill_neurons.report.base import SQUARE, TITLES, WIDE, Context, ReportError, Section
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(job type report; offline without credentials)")
     parser.add_argument("--project", default="skill-neurons", help="W&B project of --wandb (default skill-neurons)")
     args = parser.parse_args(argv)
-    command = "skill-neurons report " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "skill-neurons report " + " ".join(redact_argv(sys.argv[1:] if argv is None else argv))
     try:
         document = make_report(args.runs, Path(args.out), args.percent, args.eval_set, args.wandb, args.project,
                                command)
