@@ -23,11 +23,10 @@ import os
 import re
 import sys
 
-from skill_neurons.cli_options import COMMANDS, HELP_FLAGS, analyse_parser, main_parser, wants_help
+from skill_neurons.cli_options import COMMANDS, DEBUG_ENV, HELP_FLAGS, analyse_parser, main_parser, wants_help
 from skill_neurons.quiet import quiet_known_noise
 from skill_neurons.runs import RUNS_DIR_ENV, CLIError, analyse_args, take_from_run
 
-DEBUG_ENV = "SKILL_NEURONS_DEBUG"
 # skill-neurons <tool> ...: each module has main(argv) -> exit code.
 TOOLS = {"sweep": "skill_neurons.sweep.command", "report": "skill_neurons.report.main",
          "import-prompt": "skill_neurons.import_prompt", "wandb-view": "skill_neurons.wandb_view"}
@@ -62,6 +61,9 @@ def main(args: list[str] | None = None) -> None:
     quiet_known_noise()
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    before = os.environ.get(DEBUG_ENV)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the option parser's errors too (skill_neurons.lightning_cli.OneLineParser)
     try:
         _run(argv, from_console=args is None)
     except Exception as err:
@@ -72,6 +74,11 @@ def main(args: list[str] | None = None) -> None:
         print(f"skill-neurons: error: {message}  (--debug or {DEBUG_ENV}=1 shows the traceback)",
               file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    finally:
+        if before is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = before
 
 
 def describe(cause: BaseException) -> str:

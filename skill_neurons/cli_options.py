@@ -16,6 +16,7 @@ import argparse
 from typing import Any
 
 PARSER_MODE = "omegaconf+"
+DEBUG_ENV = "SKILL_NEURONS_DEBUG"  # set (or --debug): tracebacks and jsonargparse's full messages instead of one line
 STAGES = ("fit", "validate", "test", "predict")
 HELP_FLAGS = ("-h", "--help")
 

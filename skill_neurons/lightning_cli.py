@@ -33,7 +33,7 @@ from callbacks.suppression import NeuronSuppression
 from datamodules.prompt_datamodule import PromptDataModule, check_sizes
 from lightning_modules import tracking
 from lightning_modules.prompt_tuning import PromptTuningModule, check_model_options
-from skill_neurons.cli_options import parser_kwargs
+from skill_neurons.cli_options import DEBUG_ENV, parser_kwargs
 from skill_neurons.parse_errors import one_line
 from skill_neurons.run_identity import run_identity
 from skill_neurons.runs import RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero, resume_changes
@@ -61,7 +61,7 @@ class OneLineParser(LightningArgumentParser):
     not ~90 lines of usage first. ``--debug`` (``SKILL_NEURONS_DEBUG=1``) keeps jsonargparse's full message."""
 
     def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error or os.environ.get("SKILL_NEURONS_DEBUG", "") not in ("", "0"):
+        if not self.exit_on_error or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")

@@ -77,6 +77,15 @@ def test_option_errors_are_one_line_with_a_pointer_to_help(option, expected, tmp
     assert len(err.strip().splitlines()) == 2  # the error and the pointer: no usage (was 84-106 lines)
 
 
+def test_debug_keeps_the_parsers_full_message(tmp_path, capsys):
+    from skill_neurons.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *FAST, f"--runs_dir={tmp_path / 'runs'}", "--model.learnig_rate=0.1", "--debug"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: skill-neurons") and len(err.splitlines()) > 20
+
+
 def test_one_line_keeps_the_option_and_the_reason_of_nested_messages():
     from skill_neurons.parse_errors import one_line
 
