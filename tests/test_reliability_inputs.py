@@ -163,6 +163,13 @@ def test_interpolation_of_a_missing_key_or_a_cycle_is_one_line(tmp_path, capsys)
     assert "Recursive interpolation detected" in err and "must not refer back to itself" in err
 
 
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path, capsys):
+    config = tmp_path / "twice.yaml"
+    config.write_text("trainer:\n  max_epochs: 1\n  max_epochs: 2\n")
+    err = one_line_error(["fit", *FAST, f"--runs_dir={tmp_path / 'runs'}", "--config", str(config)], capsys)
+    assert "duplicate key 'max_epochs'" in err and "line 3" in err
+
+
 def test_runs_dir_that_is_a_file_or_read_only_is_one_line(tmp_path, capsys, monkeypatch, tiny_backbones):
     a_file = tmp_path / "runs.txt"
     a_file.write_text("not a folder")
