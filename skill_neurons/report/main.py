@@ -188,7 +188,8 @@ def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set:
     ctx = Context(inputs, figures_dir, float(percent), set_name(eval_set))
     check_inputs(ctx)  # mixed layouts or neuron shapes: one error before any section
     sections = build_sections(ctx)
-    for skipped in [*inputs.invalid, *(m for m in ctx.scores.missing if ": cannot read " in m)]:  # not only in report.md
+    # the runs left out for a broken file are named on the console, not only in report.md
+    for skipped in [*inputs.invalid, *ctx.scores.unreadable]:
         print(f"skill-neurons report: warning: skipped {skipped.replace('`', '')}", file=sys.stderr, flush=True)
     document = write_report(ctx, sections, out, command or f"skill-neurons report {' '.join(arguments)} --out {out}")
     if use_wandb:
