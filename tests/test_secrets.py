@@ -17,8 +17,7 @@ def files_holding(folder: Path, text: str) -> list[str]:
     return [str(p) for p in sorted(folder.rglob("*")) if p.is_file() and text.encode() in p.read_bytes()]
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
+@pytest.mark.subprocess  # ~15 s: kept in the quick tier
 def test_a_key_given_on_the_command_line_is_in_no_file_the_run_writes(tmp_path, tiny_backbones):
     """The real console entry point (W&B reads ``sys.argv`` there), logged offline with W&B's own files."""
     runs = tmp_path / "runs"
