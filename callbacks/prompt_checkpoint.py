@@ -49,17 +49,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def prompt_of(checkpoint: dict[str, Any]) -> torch.Tensor:
-    """The (P, H) soft prompt of a checkpoint."""
+def check_finite(prompt: torch.Tensor, source: str = "this checkpoint") -> torch.Tensor:
+    """Refuse a prompt with NaN or infinite values: it evaluates to NaN losses and the majority class, and
+    every number computed from it (accuracy, skill neurons) would be meaningless."""
+    bad = int((~torch.isfinite(prompt)).sum())
+    if bad:
+        raise CheckpointError(f"{source} holds a soft prompt with {bad} of {prompt.numel()} values NaN or infinite "
+                              "— it was saved from a diverged run or corrupted; use another checkpoint (e.g. the "
+                              "run's best.ckpt, or retrain with a smaller --model.learning_rate)")
+    return prompt
+
+
+def prompt_of(checkpoint: dict[str, Any], source: str = "this checkpoint") -> torch.Tensor:
+    """The (P, H) soft prompt of a checkpoint; refused when missing or not finite (:func:`check_finite`)."""
     state = checkpoint.get("state_dict") or {}
     if PROMPT_KEY not in state:
-        raise CheckpointError(f"this checkpoint holds no soft prompt ({PROMPT_KEY}); it was not written by "
+        raise CheckpointError(f"{source} holds no soft prompt ({PROMPT_KEY}); it was not written by "
                               "skill-neurons")
-    return state[PROMPT_KEY]
+    return check_finite(state[PROMPT_KEY], source)
 
 
 def read_prompt(path: str | Path) -> torch.Tensor:
-    return prompt_of(read_checkpoint(path))
+    return prompt_of(read_checkpoint(path), f"checkpoint {str(path)!r}")
 
 
 def check_prompt_shape(checkpoint: dict[str, Any], shape: tuple[int, ...]) -> None:

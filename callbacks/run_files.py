@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -57,6 +58,7 @@ class Summary(TypedDict, total=False):
     wandb: dict[str, Any]
     best: dict[str, Any]  # the epoch with the best val/acc: epoch, step and its metrics
     history: list[dict[str, Any]]
+    settings_history: list[dict[str, Any]]  # a resume's changed settings: from_epoch, at, changed {key: [was, now]}
     fit_metrics: dict[str, float]
     validate_metrics: dict[str, float]
     test_metrics: dict[str, float]
@@ -123,16 +125,34 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = F
 
 def jsonable(value: Any) -> Any:
     """``json.dump``'s fallback: tensors and numpy scalars become numbers or lists, anything else a string."""
+    if hasattr(value, "tolist"):  # a 0-d tensor or numpy scalar gives its number
+        return value.tolist()
     if hasattr(value, "item"):
         return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
     return str(value)
+
+
+def strict_json(value: Any, default: Callable[[Any], Any] = jsonable) -> Any:
+    """``value`` as strict JSON data: NaN and ±inf (which ``json.dump`` writes as ``NaN``/``Infinity``, invalid
+    for strict readers) become ``null``; tensors and other objects go through ``default`` first."""
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, (str, int, float, bool)) and k is not None else k:
+                strict_json(v, default) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v, default) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    converted = default(value)
+    return str(value) if converted is value else strict_json(converted, default)
 
 
 def write_json_atomic(path: str | Path, data: Any, indent: int = 1,
                       default: Callable[[Any], Any] = jsonable) -> None:
-    atomic_write(path, lambda f: json.dump(data, f, indent=indent, default=default))
+    """``data`` as strict JSON (:func:`strict_json`: no ``NaN``), written atomically."""
+    data = strict_json(data, default)
+    atomic_write(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False))
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
@@ -164,9 +184,51 @@ def update_summary(run_dir: str | Path, /, **sections: Any) -> Summary:
     return summary
 
 
+def is_secret(key: str) -> bool:
+    """A key named like a credential (``api_key``, ``*token*``, ``*secret*``, ``*password*``): its value is
+    written to no run file, logged config or recorded command line."""
+    return bool(SECRET.search(str(key)))
+
+
+def without_secrets(value: Any) -> Any:
+    """``value`` with every mapping entry whose key :func:`is_secret` removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_secrets(v) for k, v in value.items() if not is_secret(k)}
+    if isinstance(value, (list, tuple)):
+        return [without_secrets(v) for v in value]
+    return value
+
+
 def redact(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a flat config without keys that look like secrets (API keys, tokens, passwords)."""
-    return {k: v for k, v in config.items() if not SECRET.search(k)}
+    """A copy of a flat config without keys that look like secrets (API keys, tokens, passwords), also inside
+    values (``trainer.logger.settings: {api_key: ...}``)."""
+    return {k: without_secrets(v) for k, v in config.items() if not is_secret(k)}
+
+
+REDACTED = "<redacted>"
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line with the value of every secret replaced by :data:`REDACTED`: ``--x.api_key=K``, ``--x.api_key
+    K`` and any argument whose text names a secret (``--trainer.logger.init_args.settings={api_key: K}``)."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+        elif is_secret(arg):
+            option, equals, _ = arg.partition("=")
+            if equals and option.startswith("-"):
+                out.append(f"{option}={REDACTED}")
+            elif arg.startswith("-"):
+                out.append(arg)
+                hide_next = True  # --x.api_key K
+            else:
+                out.append(REDACTED)
+        else:
+            out.append(arg)
+    return out
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -79,13 +79,16 @@ class RunSummary(Callback):
         self.run_dir = run_dir
         self.config: dict[str, Any] = {}
         self.run_id: str | None = None
+        self.changes: dict[str, list] = {}
         self._best: dict[str, Any] | None = None
         self._history: list[dict[str, Any]] = []
 
-    def describe_run(self, run_id: str | None, config: dict[str, Any]) -> None:
+    def describe_run(self, run_id: str | None, config: dict[str, Any],
+                     changes: dict[str, list] | None = None) -> None:
         """The run's id and its flat resolved config (LightningCLI's keys, e.g. ``model.learning_rate``), given
-        by the CLI before the stage starts; recorded in ``summary.json`` and the W&B config."""
-        self.run_id, self.config = run_id, dict(config)
+        by the CLI before the stage starts; recorded in ``summary.json`` and the W&B config. ``changes`` are the
+        settings a resume changed (``{key: [was, now]}``), appended to ``settings_history``."""
+        self.run_id, self.config, self.changes = run_id, dict(config), dict(changes or {})
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Record settings and data (rank 0), declare W&B metrics and log the CLI config to W&B."""
@@ -116,6 +119,10 @@ class RunSummary(Callback):
         trial = sweep_trial()
         if trial is not None:  # a sweep's trial: the sweep and the values it gave this run
             sections["sweep"] = trial.to_summary()
+        if stage == "fit" and self.changes:  # a resume that changed e.g. max_epochs: from which epoch on
+            sections["settings_history"] = [*previous.get("settings_history", []),
+                                            {"from_epoch": previous.get("epochs_completed", len(self._history)),
+                                             "at": sections["started"], "changed": self.changes}]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 sections["wandb"] = self._setup_wandb(logger, settings, stage)

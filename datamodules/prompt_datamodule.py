@@ -19,7 +19,7 @@ from datamodules.eval_sets import CLEAN_EVAL, check_set_names, predict_roles, so
 from datamodules.sources import BIG_SPLIT_ROWS, prepare_split, progress_bars_if
 from datamodules.task_spec import MARKERS, Source, TaskError, TaskSpec, as_source
 from datamodules.tasks import P1_ROBERTA_BASE_IDS, get_task
-from lightning_modules.backbones import family_of, load_tokenizer, max_input_length_of
+from lightning_modules.backbones import check_lengths, family_of, load_tokenizer, max_input_length_of
 
 
 def check_sizes(**sizes: int | None) -> None:
@@ -28,10 +28,11 @@ def check_sizes(**sizes: int | None) -> None:
     for name, value in sizes.items():
         if value is None and name != "batch_size":
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        least = 0 if name == "num_workers" else 1  # num_workers=0 loads in the main process
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
             flag = f"--model.{name}" if name == "prompt_length" else f"--data.{name}"
-            raise TaskError(f"{flag}={value!r}: give a whole number of at least 1"
-                            + ("" if name in ("batch_size", "prompt_length", "max_text_length") else
+            raise TaskError(f"{flag}={value!r}: give a whole number of at least {least}"
+                            + ("" if name in ("batch_size", "prompt_length", "max_text_length", "num_workers") else
                                " (or leave it unset for all)" if name.startswith("max_") else " (or leave it unset)"))
 
 
@@ -109,7 +110,8 @@ class PromptDataModule(LightningDataModule):
     ):
         super().__init__()
         check_sizes(batch_size=batch_size, eval_batch_size=eval_batch_size, max_train_samples=max_train_samples,
-                    max_eval_samples=max_eval_samples, prompt_length=prompt_length, max_text_length=max_text_length)
+                    max_eval_samples=max_eval_samples, prompt_length=prompt_length, max_text_length=max_text_length,
+                    num_workers=num_workers)
         self.save_hyperparameters(logger=False)
         self.task = self._resolve_task(get_task(task), files, adversarial, adversarial_files, extra_adversarial)
         self.predict_roles = predict_roles(self.task, predict_sets)
@@ -175,6 +177,7 @@ class PromptDataModule(LightningDataModule):
             self._tokenizer, config = load_tokenizer(self.hparams.backbone)
             self._family = family_of(config)
             self._max_positions = max_input_length_of(config, self._tokenizer)
+            self._config = config
         return self._tokenizer
 
     @property
@@ -263,7 +266,9 @@ class PromptDataModule(LightningDataModule):
         if self.hparams.padding_side == "left" and self.family != "causal_lm":
             raise TaskError(f"data.padding_side=left is for causal LMs only: {self.hparams.backbone!r} is a "
                             f"{self.family} model, whose positions are numbered by index — use data.padding_side=right")
-        self.label_token_ids
+        self.label_token_ids  # (loads the tokenizer)
+        check_lengths(self._config, self.tokenizer, self.hparams.backbone, self.layout,
+                      prompt_length=self.hparams.prompt_length, max_text_length=self.hparams.max_text_length)
         self._load_sources(self._sources(stage))
 
     def require(self, *roles: str) -> None:

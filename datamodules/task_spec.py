@@ -183,6 +183,11 @@ class TaskSpec:
                     raise TaskError(f"task {self.name!r}: template uses {{{fname}}}, not in {self.text_fields}")
         if len(self.label_names) < 2:
             raise TaskError(f"task {self.name!r} needs at least two label names, got {self.label_names}")
+        repeated = sorted({n for n in self.label_names if list(self.label_names).count(n) > 1})
+        if repeated:
+            raise TaskError(f"task {self.name!r}: label name(s) {repeated} given more than once in label_names "
+                            f"{list(self.label_names)} — each class needs its own name (map several raw labels to "
+                            "one class with label_map)")
         for family, words in self.verbalizers.items():
             if family not in FAMILIES:
                 raise TaskError(f"task {self.name!r}: unknown backbone family {family!r} (use {FAMILIES})")
@@ -191,6 +196,11 @@ class TaskSpec:
                     f"task {self.name!r}: {family} verbalizer {list(words)} must give one word per label "
                     f"{list(self.label_names)}, in the same order"
                 )
+            blank = [i for i, word in enumerate(words) if not str(word).strip()]
+            if blank:
+                raise TaskError(f"task {self.name!r}: {family} verbalizer word {words[blank[0]]!r} (for label "
+                                f"{self.label_names[blank[0]]!r}) is empty — give a word the backbone knows, e.g. "
+                                "'yes' / 'no'")
         for raw, name in self.label_map.items():
             if name not in self.label_names:
                 raise TaskError(f"task {self.name!r}: label_map sends {raw!r} to unknown label {name!r}")

@@ -46,6 +46,9 @@ PRESETS = TINY_PRESETS + RANDOM_PRESETS
 PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer"}
 
 
+DEFAULT_LENGTH_LIMIT = 2048  # prompt or text positions of a backbone that states no limit
+
+
 class BackboneError(ValueError):
     """A backbone that cannot be used; the message names the fix."""
 
@@ -94,6 +97,31 @@ def max_input_length_of(config: PretrainedConfig, tokenizer=None) -> int | None:
     return limit
 
 
+def length_limit_of(config: PretrainedConfig, tokenizer=None) -> int:
+    """The most positions a prompt or a text may take on this backbone: its absolute positions
+    (:func:`max_input_length_of`), else the length its tokenizer was made for (T5: 512), else
+    :data:`DEFAULT_LENGTH_LIMIT`."""
+    limit = max_input_length_of(config, tokenizer)
+    if limit is None:
+        made_for = getattr(tokenizer, "model_max_length", None)
+        limit = made_for if isinstance(made_for, int) and 0 < made_for < 1_000_000 else DEFAULT_LENGTH_LIMIT
+    return limit
+
+
+def check_lengths(config: PretrainedConfig, tokenizer, backbone: str, layout: str, **lengths: int) -> None:
+    """Refuse a prompt or text (``prompt_length=``, ``max_text_length=``) longer than the backbone takes
+    (:func:`length_limit_of`): it would allocate tens of GB before failing. Where prompt and text share absolute
+    positions (``standard`` layout) the DataModule's text budget truncates the text and refuses a long prompt."""
+    if max_input_length_of(config, tokenizer) is not None and layout == "standard":
+        return
+    limit = length_limit_of(config, tokenizer)
+    for name, value in lengths.items():
+        flag = f"--{'model' if name == 'prompt_length' else 'data'}.{name}"
+        if value > limit:
+            raise BackboneError(f"{flag}={value} is more than backbone {backbone!r} takes ({limit} positions) — use "
+                                f"{flag}={limit} or less")
+
+
 def load_tokenizer(name: str) -> tuple[object, PretrainedConfig]:
     """The tokenizer and config of a backbone, without its weights (what a DataModule needs)."""
     if name in RANDOM_PRESETS:
@@ -132,6 +160,12 @@ def local_files_quietly():
             hf_logging.enable_progress_bar()
 
 
+def looks_like_path(name: str) -> bool:
+    """A backbone written as a path, never a hub name (``org/name``): absolute, ``./``, ``../``, ``~``, or with
+    more than one ``/``."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def _from_pretrained(loader, name: str):
     try:
         with local_files_quietly() if Path(name).is_dir() else contextlib.nullcontext():
@@ -140,6 +174,10 @@ def _from_pretrained(loader, name: str):
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         if Path(name).exists():
             raise BackboneError(f"cannot load backbone from local path {name!r}: {err}") from None
+        if looks_like_path(name):
+            raise BackboneError(f"backbone directory {name!r} does not exist — check the path (a folder saved with "
+                                f"save_pretrained), or give a hub name or an offline preset: {', '.join(PRESETS)}"
+                                ) from None
         hint = (
             f"HF_HUB_OFFLINE is set and {name!r} is not in the local Hugging Face cache. "
             if offline

@@ -3,6 +3,7 @@ causal_lm.py)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -16,9 +17,24 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from callbacks.prompt_checkpoint import FAMILY_CLASSES, check_prompt_shape, keep_prompt_only, metadata
 from lightning_modules.backbones import BackboneError, load_backbone
-from lightning_modules.soft_prompt import SoftPrompt
+from lightning_modules.soft_prompt import OptionError, SoftPrompt, check_prompt_options
 
 # Intended, so not worth a warning: checkpoints leave the backbone out, and the backbone runs in eval mode.
+
+
+def check_model_options(prompt_length: int = 8, prompt_init: str = "vocab", prompt_init_text: str | None = None,
+                        learning_rate: float = 1e-3, weight_decay: float = 0.0, adam_eps: float = 1e-6,
+                        **_: object) -> None:
+    """Refuse, before any backbone is loaded, options that cannot train: a learning rate that is not a positive
+    number (0 trains nothing), a negative or non-finite weight decay or ``adam_eps``, a prompt that cannot be
+    built (:func:`check_prompt_options`). The CLI calls it before it claims a run folder; the module too."""
+    rules = (("learning_rate", learning_rate, "a positive number (P1: 1e-3 RoBERTa, 5e-3 T5)", lambda v: v > 0),
+             ("weight_decay", weight_decay, "a number of at least 0 (P1: 0)", lambda v: v >= 0),
+             ("adam_eps", adam_eps, "a positive number (P1: 1e-6)", lambda v: v > 0))
+    for name, value, wanted, ok in rules:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise OptionError(f"--model.{name}={value!r}: give {wanted}")
+    check_prompt_options(prompt_length, prompt_init, prompt_init_text)
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,7 @@ class PromptTuningModule(LightningModule):
         backbone_dropout: bool = False,
     ):
         super().__init__()
+        check_model_options(prompt_length, prompt_init, prompt_init_text, learning_rate, weight_decay, adam_eps)
         self.save_hyperparameters(logger=False)
         loaded = load_backbone(backbone)
         if loaded.family != self.family:
@@ -282,6 +299,15 @@ class PromptTuningModule(LightningModule):
         """AdamW over the prompt only (METHOD.md: eps 1e-6, weight decay 0, constant learning rate)."""
         return torch.optim.AdamW(self.prompt.parameters(), lr=self.hparams.learning_rate,
                                  eps=self.hparams.adam_eps, weight_decay=self.hparams.weight_decay)
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stop training at the first non-finite loss (before it poisons the prompt), naming the step and the
+        learning rate: a NaN prompt would train on, evaluate to the majority class and be saved as best."""
+        if not torch.isfinite(loss).all():
+            rate = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
+            raise OptionError(f"the training loss became {loss.item()} at step {self.trainer.global_step} (epoch "
+                              f"{self.trainer.current_epoch}, learning rate {rate:g}) — the prompt diverged; train "
+                              f"again with a smaller --model.learning_rate (e.g. {rate / 10:g})")
 
     def train(self, mode: bool = True):
         """Switch train/eval mode; the frozen backbone stays in eval mode unless ``backbone_dropout``."""

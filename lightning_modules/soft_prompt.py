@@ -8,6 +8,22 @@ from torch import nn
 INIT_CHOICES = ("random", "vocab", "normal", "text")
 
 
+class OptionError(ValueError):
+    """An option of the prompt or its training that cannot give a meaningful run; the message names the fix."""
+
+
+def check_prompt_options(length: int, how: str, text: str | None) -> None:
+    """Refuse a prompt that cannot be built: fewer than one vector, an unknown initialisation, ``text`` without
+    a text."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise OptionError(f"--model.prompt_length={length!r}: give a whole number of at least 1")
+    if how not in INIT_CHOICES:
+        raise OptionError(f"unknown prompt_init {how!r} (--model.prompt_init): choose one of {', '.join(INIT_CHOICES)}")
+    if how == "text" and not (text or "").strip():
+        raise OptionError("--model.prompt_init=text needs the text: add --model.prompt_init_text='...' (its tokens "
+                          "are repeated to fill the prompt), or choose another --model.prompt_init")
+
+
 class SoftPrompt(nn.Module):
     """``P`` trainable vectors of width ``H``; ``forward(batch_size)`` returns them as (B, P, H).
 
@@ -22,8 +38,7 @@ class SoftPrompt(nn.Module):
 
     def __init__(self, length: int, dim: int):
         super().__init__()
-        if length < 1:
-            raise ValueError(f"prompt_length must be at least 1, got {length}")
+        check_prompt_options(length, "vocab", None)
         self.weight = nn.Parameter(torch.zeros(length, dim))  # (P, H)
 
     @property
@@ -52,8 +67,8 @@ class SoftPrompt(nn.Module):
             self.weight.copy_(embeddings[pick].float())
         elif how == "text":
             if not token_ids:
-                raise ValueError("prompt_init='text' needs a non-empty --model.prompt_init_text")
+                check_prompt_options(self.length, how, None)  # no text: names --model.prompt_init_text
             ids = torch.tensor(token_ids).repeat(self.length // len(token_ids) + 1)[: self.length]
             self.weight.copy_(embeddings[ids].float())
         else:
-            raise ValueError(f"unknown prompt_init {how!r}; choose one of {INIT_CHOICES}")
+            check_prompt_options(self.length, how, None)  # an unknown choice

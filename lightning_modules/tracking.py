@@ -21,6 +21,8 @@ from typing import Any
 from lightning.pytorch.loggers import wandb as lightning_wandb
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from callbacks.run_files import redact_argv
+
 INIT_TIMEOUT_S = 30.0
 CLASS_PATH = "lightning_modules.tracking.WandbLogger"
 
@@ -62,7 +64,17 @@ class WandbLogger(lightning_wandb.WandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self):
-        """The W&B run; an online start that fails (no network, bad key) becomes an offline run."""
+        """The W&B run; an online start that fails (no network, bad key) becomes an offline run. W&B records the
+        command line (``sys.argv``) in the run, and ``wandb sync`` uploads it: it sees it with secrets redacted
+        (:func:`callbacks.run_files.redact_argv`); the process's own ``sys.argv`` (which DDP ranks re-run) is kept."""
+        argv = sys.argv
+        sys.argv = redact_argv(argv)
+        try:
+            return self._start()
+        finally:
+            sys.argv = argv
+
+    def _start(self):
         import wandb
 
         if self._experiment is None and self._save_dir:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
-from skill_neurons.cli_options import COMMANDS, HELP_FLAGS, analyse_parser, main_parser, wants_help
+from skill_neurons.cli_options import COMMANDS, DEBUG_ENV, HELP_FLAGS, analyse_parser, main_parser, wants_help
 from skill_neurons.quiet import quiet_known_noise
 from skill_neurons.runs import RUNS_DIR_ENV, CLIError, analyse_args, take_from_run
 
-DEBUG_ENV = "SKILL_NEURONS_DEBUG"
 # skill-neurons <tool> ...: each module has main(argv) -> exit code.
 TOOLS = {"sweep": "skill_neurons.sweep.command", "report": "skill_neurons.report.main",
          "import-prompt": "skill_neurons.import_prompt", "wandb-view": "skill_neurons.wandb_view"}
@@ -36,7 +36,10 @@ STAGES = ("fit", "validate", "test", "predict")
 # The project's errors: each is a user's mistake with a message that names the fix (module, class).
 USER_ERRORS = (("callbacks.neuron_files", "SkillNeuronError"), ("callbacks.prompt_checkpoint", "CheckpointError"),
                ("datamodules.tasks", "TaskError"), ("lightning_modules.backbones", "BackboneError"),
-               ("lightning_modules.ffn", "FFNLookupError"))
+               ("lightning_modules.ffn", "FFNLookupError"),
+               ("lightning_modules.soft_prompt", "OptionError"),
+               # a config's ${...} that names no key, or a cycle (omegaconf+ mode resolves them)
+               ("omegaconf.errors", "InterpolationResolutionError"))
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -58,16 +61,36 @@ def main(args: list[str] | None = None) -> None:
     quiet_known_noise()
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    before = os.environ.get(DEBUG_ENV)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the option parser's errors too (skill_neurons.lightning_cli.OneLineParser)
     try:
         _run(argv, from_console=args is None)
     except Exception as err:
         cause = user_error(err)
         if cause is None or debug:
             raise
-        message = " ".join(str(cause).split())
+        message = describe(cause)
         print(f"skill-neurons: error: {message}  (--debug or {DEBUG_ENV}=1 shows the traceback)",
               file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    finally:
+        if before is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = before
+
+
+def describe(cause: BaseException) -> str:
+    """A project error's message on one line; an interpolation error names the key that holds it."""
+    full_key = getattr(cause, "full_key", None)
+    if full_key is not None:  # omegaconf: "fit.data.cache_dir" -> data.cache_dir
+        key = full_key.split(".", 1)[1] if full_key.split(".", 1)[0] in STAGES else full_key
+        reason = str(getattr(cause, "msg", cause)).split("full_key:")[0].replace("'..", "'")
+        reason = re.sub(r" \(resolved to '[^']*'\)", "", reason)
+        return (f"{key}: {' '.join(reason.split())} — a ${{...}} in a config must name another key of the merged "
+                "config (e.g. ${data.task}) and must not refer back to itself")
+    return " ".join(str(cause).split())
 
 
 def user_error(err: BaseException) -> BaseException | None:

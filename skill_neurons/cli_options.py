@@ -16,6 +16,7 @@ import argparse
 from typing import Any
 
 PARSER_MODE = "omegaconf+"
+DEBUG_ENV = "SKILL_NEURONS_DEBUG"  # set (or --debug): tracebacks and jsonargparse's full messages instead of one line
 STAGES = ("fit", "validate", "test", "predict")
 HELP_FLAGS = ("-h", "--help")
 
@@ -88,9 +89,12 @@ def parser_kwargs() -> dict[str, Any]:
     each gets the parser mode; validate and test explain ``--from_run``)."""
     from jsonargparse import set_parsing_settings  # here, not at the top: the help above needs no jsonargparse
 
+    from skill_neurons.parse_errors import refuse_duplicate_keys
+
     # A config file's ${data.task} means the data.task of its own stage (fit, validate ...), not of the root
     # namespace that omegaconf+ resolves in (process-wide jsonargparse setting).
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    refuse_duplicate_keys()
     stage = {"parser_mode": PARSER_MODE}
     return {"prog": "skill-neurons", "description": DESCRIPTION, **stage, "formatter_class": _formatter(),
             **{name: dict(stage) for name in STAGES},

@@ -258,6 +258,9 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
     if not source.is_file():
         raise PromptImportError(f"{source} is not a file")
     out = Path(out)
+    if out.is_dir():
+        raise PromptImportError(f"--out {out} is a directory — a single prompt file becomes one checkpoint: give its "
+                                f"file name (e.g. --out {out / source.with_suffix('.ckpt').name})")
     if out.exists() and not force:
         raise PromptImportError(f"{out} exists — pass --force to overwrite it")
     info = backbone_info(backbone, cache)

@@ -12,6 +12,7 @@ and every callback checks the run (:func:`callbacks.contracts.preflight`), so a 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -19,25 +20,30 @@ from pathlib import Path
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.checkpoint import RunCheckpoint
 from callbacks.contracts import preflight
 from callbacks.model_summary import PromptModelSummary
 from callbacks.predictions import PredictionWriter
-from callbacks.prompt_checkpoint import read_checkpoint
+from callbacks.prompt_checkpoint import prompt_of, read_checkpoint
 from callbacks.rng_state import RNGState
-from callbacks.run_files import flatten, new_run_id, offline_segments, read_summary
+from callbacks.run_files import (
+    flatten, is_secret, new_run_id, offline_segments, read_summary, redact, without_secrets,
+)
 from callbacks.run_summary import SMOKE, RunSummary
 from callbacks.suppression import NeuronSuppression
 from datamodules.prompt_datamodule import PromptDataModule, check_sizes
 from lightning_modules import tracking
-from lightning_modules.prompt_tuning import PromptTuningModule
-from skill_neurons.cli_options import parser_kwargs
+from lightning_modules.prompt_tuning import PromptTuningModule, check_model_options
+from skill_neurons.cli_options import DEBUG_ENV, parser_kwargs
 from skill_neurons.console import metrics_table, where_line
+from skill_neurons.parse_errors import one_line
 from skill_neurons.run_identity import run_identity
-from skill_neurons.runs import DEFAULT_RUNS_DIR, RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero
+from skill_neurons.runs import (
+    DEFAULT_RUNS_DIR, RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero, resume_changes,
+)
 from skill_neurons.wandb_env import NO_CREDENTIALS, offline_reason
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
@@ -56,6 +62,58 @@ def hide_group(parser: LightningArgumentParser, key: str) -> None:
         action.help = argparse.SUPPRESS
 
 
+class OneLineParser(LightningArgumentParser):
+    """LightningCLI's parser whose errors are one line naming the option (with a "did you mean" for a typo of a
+    known option, :func:`skill_neurons.parse_errors.one_line`) and one line pointing to ``--help``, exit 2 —
+    not ~90 lines of usage first. ``--debug`` (``SKILL_NEURONS_DEBUG=1``) keeps jsonargparse's full message."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        print(f"skill-neurons: error: {one_line(message, known_options(parser))}\n"
+              f"skill-neurons: `{prog} --help` lists the options", file=sys.stderr, flush=True)
+        self.exit(2)
+
+
+def known_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--option`` of ``parser``, with ``--model.<argument>`` for the prompt-tuning modules' arguments
+    (given by ``class_path``, they are no options of the parser itself)."""
+    options = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+    model = [f"--model.{name}" for name in inspect.signature(PromptTuningModule.__init__).parameters
+             if name != "self"]
+    return options + model
+
+
+def flat_config(config) -> dict:
+    """A stage's resolved config as flat LightningCLI keys (``model.learning_rate``), secrets removed — what
+    ``summary.json`` records and a resume is compared with."""
+    flat = flatten(json.loads(json.dumps(config.as_dict(), default=str)))
+    flat.pop("config", None)
+    return redact(flat)
+
+
+def config_without_secrets(config):
+    """A copy of a LightningCLI config (``Namespace``) without any key named like a credential
+    (:func:`callbacks.run_files.is_secret`), at any depth: what ``config.yaml`` may hold."""
+    config = config.clone()
+    for key, value in list(config.items(branches=False)):
+        if any(is_secret(part) for part in key.split(".")):
+            del config[key]
+        elif isinstance(value, (dict, list)):
+            config[key] = without_secrets(value)
+    return config
+
+
+class SecretFreeConfig(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` without secrets: a run reused through it (a resume, ``--from_run``) takes
+    credentials from the environment (``WANDB_API_KEY``, ``wandb login``) again."""
+
+    def __init__(self, parser, config, *args, **kwargs):
+        super().__init__(parser, config_without_secrets(config), *args, **kwargs)
+
+
 class SkillNeuronsCLI(LightningCLI):
     """LightningCLI over the prompt-tuning modules and :class:`PromptDataModule`.
 
@@ -68,11 +126,12 @@ class SkillNeuronsCLI(LightningCLI):
         self._claimed: list[Path] = []  # folders this command created for its run (removed if it fails empty)
         self._run_id: str | None = None
         self._run_dir: Path | None = None
+        self._resume_changes: dict[str, list] = {}  # settings a resume changes (skill_neurons.runs.resume_changes)
         super().__init__(
             PromptTuningModule, PromptDataModule, subclass_mode_model=True, args=args, run=run,
             save_config_kwargs={"overwrite": True},  # run directories are unique; a resume rewrites its own
             trainer_defaults={"logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "skill-neurons"}}},
-            parser_kwargs=parser_kwargs(),
+            parser_kwargs=parser_kwargs(), parser_class=OneLineParser, save_config_callback=SecretFreeConfig,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -119,7 +178,14 @@ class SkillNeuronsCLI(LightningCLI):
                                "(e.g. runs/<id>/checkpoints/last.ckpt)")
             if not path.is_file():
                 raise CLIError(f"checkpoint {ckpt_path!r} does not exist — check --ckpt_path")
-            self._check_checkpoint_model(config, read_checkpoint(path), ckpt_path)
+            checkpoint = read_checkpoint(path)
+            prompt_of(checkpoint, f"checkpoint {ckpt_path!r}")  # present and finite
+            self._check_checkpoint_model(config, checkpoint, ckpt_path)
+            run_dir = path.resolve().parent.parent
+            if (self.config.get("subcommand") == "fit" and path.resolve().parent.name == "checkpoints"
+                    and config.get("run_id") in (None, run_dir.name)):
+                # before the checkpoint's hyper-parameters replace the config's: compare what the user asked for
+                self._resume_changes = resume_changes(run_dir, flat_config(config), ckpt_path)
         super()._parse_ckpt_path()
 
     @staticmethod
@@ -142,7 +208,9 @@ class SkillNeuronsCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt_path = config.get("ckpt_path")
         check_sizes(**{k: config.data.get(k) for k in ("batch_size", "eval_batch_size", "max_train_samples",
-                                                          "max_eval_samples", "prompt_length", "max_text_length")})
+                                                          "max_eval_samples", "prompt_length", "max_text_length",
+                                                          "num_workers")})
+        check_model_options(**(config.model.get("init_args") or {}))
         suppression = config.get("suppression")
         if self.subcommand == "fit" and suppression is not None and suppression.get("rate") is not None:
             raise CLIError("--suppression.* applies to validate and test (it perturbs the evaluation of a trained "
@@ -199,8 +267,11 @@ class SkillNeuronsCLI(LightningCLI):
         if not launched_rank_is_zero():
             return
         missing = [p for p in (run_dir.parent, *run_dir.parent.parents) if not p.exists()]
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        if run_dir.parent.exists() and not run_dir.parent.is_dir():
+            raise CLIError(f"--runs_dir {str(run_dir.parent)!r} is a file, not a folder — give a folder for the runs "
+                           "(it is created if missing), e.g. --runs_dir=runs")
         try:
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
             run_dir.mkdir()
         except FileExistsError:
             if resume:
@@ -211,6 +282,9 @@ class SkillNeuronsCLI(LightningCLI):
                 f"run {run_id!r} already exists in {run_dir}{hint} — leave out --run_id for a new run or choose "
                 f"another id; to continue that run: skill-neurons fit --config {run_dir / 'config.yaml'} "
                 f"--ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'}") from None
+        except OSError as err:  # read-only, no permission, a file in the way
+            raise CLIError(f"cannot create the run folder {run_dir} ({err.strerror or type(err).__name__}) — give a "
+                           "--runs_dir you can write to") from None
         self._claimed = [run_dir, *missing]
 
     def _release(self) -> None:
@@ -288,12 +362,10 @@ class SkillNeuronsCLI(LightningCLI):
 
     def _pass_config(self) -> None:
         """Give the run summary the resolved config with LightningCLI's keys (``model.learning_rate``)."""
-        config = self.config[self.subcommand]
-        flat = flatten(json.loads(json.dumps(config.as_dict(), default=str)))
-        flat.pop("config", None)
+        flat = flat_config(self.config[self.subcommand])
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunSummary):
-                callback.describe_run(self._run_id, flat)
+                callback.describe_run(self._run_id, flat, self._resume_changes)
         preflight(self.trainer, self.model, self.datamodule, self.subcommand)
 
     def _print_where(self) -> None:

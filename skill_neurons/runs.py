@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import Any
+
+from callbacks.configuration import configuration_of, differing_keys
 from callbacks.run_files import (
     BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RunSelectorError, find_run, is_run_id,
     read_summary,
@@ -96,3 +99,29 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
                   f"--runs_dir={DEFAULT_RUNS_DIR}"]
 
 
+
+
+# What a resume may change: how long it trains, and where it runs. Everything else of the run's configuration
+# (callbacks.configuration: learning rate, data sizes, prompt, task, analysis options ...) would make the record
+# describe a run that never happened — epochs 0-2 on 640 rows, the rest on 64 — so it is refused.
+RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.accelerator",
+                  "trainer.devices", "trainer.num_nodes", "trainer.strategy")
+
+
+def resume_changes(run_dir: Path, config: dict[str, Any], ckpt_path: str) -> dict[str, list]:
+    """The settings a resume of ``run_dir`` changes, ``{key: [was, now]}``, from the run's recorded config
+    (``summary.json`` → ``config``) and this command's flat config; refuses (:class:`CLIError`, listing every
+    difference) when one of them is not in :data:`RESUMABLE_KEYS`. Presentation keys, paths and the seed
+    (:func:`callbacks.configuration.configuration_of`) are not compared. ``{}`` when the run recorded no config."""
+    saved = read_summary(run_dir).get("config")
+    if not saved:
+        return {}
+    was, now = configuration_of(saved), configuration_of(config)
+    changes = {key: [was.get(key), now.get(key)] for key in differing_keys([saved, config])}
+    refused = [key for key in changes if key not in RESUMABLE_KEYS]
+    if refused:
+        listed = "; ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in refused)
+        raise CLIError(f"--ckpt_path {ckpt_path} resumes run {run_dir.name!r} with other settings ({listed}) — a "
+                       f"resume continues the run as it was configured: resume with --config {run_dir / CONFIG_FILE} "
+                       f"(only {', '.join(RESUMABLE_KEYS)} may change), or start a new run without --ckpt_path")
+    return changes

@@ -445,7 +445,7 @@ def test_parameter_key_the_cli_does_not_accept_is_caught_before_any_trial(tmp_pa
                                                                       "seed_everything": {"values": [33, 34]}})
     err = sweep_error([str(sweep), "--dir", "d"], capsys)
     assert "the first configuration of" in err and "does not parse, so no trial was started" in err
-    assert "Option 'lr' is not accepted" in err and "--model.lr=0.1" in err
+    assert "unrecognized option --model.lr=0.1 — did you mean --model.learning_rate?" in err
     assert state_of(tmp_path / "d")["trials"] == [] and not any((tmp_path / "d" / "runs").iterdir())
 
 

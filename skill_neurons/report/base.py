@@ -260,6 +260,7 @@ class NeuronScores:
         self._meta: dict[str, dict[str, Any]] = {}
         self.paths: dict[str, Path] = {}
         self.missing: list[str] = []
+        self.unreadable: list[str] = []  # the entries of ``missing`` for a file that exists but cannot be read
 
     def file(self, run: Run, name: str) -> Path | None:
         """The run's file of set ``name``: in its directory, else where its summary.json says."""
@@ -296,6 +297,7 @@ class NeuronScores:
                             score = f.get_tensor(tensor).to(torch.float32)  # (L, N)
                 except Exception as error:  # noqa: BLE001 (a broken file leaves the run out, with why)
                     self.missing.append(f"{run.describe()}: cannot read {path} ({error})")
+                    self.unreadable.append(self.missing[-1])
             self._cache[key] = score
         return self._cache[key]
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from callbacks.neuron_files import set_name
+from callbacks.run_files import redact_argv
 from callbacks.wandb_config import REPORT_NAME
 from skill_neurons.report.accuracy import accuracy_section, runs_section
 from skill_neurons.report.balance import balanced_section
@@ -205,6 +206,9 @@ def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set:
     for stale in figures_dir.glob("*.png"):  # a report written again into the same folder
         stale.unlink()
     sections = build_sections(ctx)
+    # the runs left out for a broken file are named on the console, not only in report.md
+    for skipped in [*inputs.invalid, *ctx.scores.unreadable]:
+        print(f"skill-neurons report: warning: skipped {skipped.replace('`', '')}", file=sys.stderr, flush=True)
     document = write_report(ctx, sections, out, command or f"skill-neurons report {' '.join(arguments)} --out {out}")
     if use_wandb:
         document["artifacts"] = used_artifacts(ctx)  # the neuron-file artifact versions it read
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(job type report; offline without credentials)")
     parser.add_argument("--project", default="skill-neurons", help="W&B project of --wandb (default skill-neurons)")
     args = parser.parse_args(argv)
-    command = "skill-neurons report " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "skill-neurons report " + " ".join(redact_argv(sys.argv[1:] if argv is None else argv))
     try:
         filters = Filters(args.backbone, args.task, args.layout, args.positions, args.configuration)
         document = make_report(args.runs, Path(args.out), args.percent, args.eval_set, args.wandb, args.project,
