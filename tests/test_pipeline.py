@@ -127,14 +127,17 @@ def test_make_configs_writes_generated_sweeps_only_into_the_users_folder(tmp_pat
                               text=True, timeout=60, env=subprocess_env())
 
     tracked = {p.name: p.read_text() for p in (ROOT / "sweeps").glob("*.yaml")}
-    refused = make_configs("--prompt-runs", "grid/runs")
-    assert refused.returncode == 2 and "--prompt-runs and --out go together" in refused.stderr
-    refused = make_configs("--prompt-runs", "grid/runs", "--out", "sweeps")
+    refused = make_configs("--prompt_runs", "grid/runs")
+    assert refused.returncode == 2 and "--prompt_runs and --out go together" in refused.stderr
+    refused = make_configs("--prompt_runs", "grid/runs", "--out", "sweeps")
     assert refused.returncode != 0 and "tracked sweeps/ folder" in refused.stderr
-    made = make_configs("--scale", "tiny", "--prompt-runs", "tiny/fit/runs", "--out", str(tmp_path / "s"))
+    made = make_configs("--scale", "tiny", "--prompt_runs", "tiny/fit/runs", "--out", str(tmp_path / "s"))
     assert made.returncode == 0, made.stderr
     assert {p.name: p.read_text() for p in (ROOT / "sweeps").glob("*.yaml")} == tracked
     transfer = yaml.safe_load((tmp_path / "s" / "transfer.yaml").read_text())
+    old = make_configs("--scale", "tiny", "--prompt-runs", "tiny/fit/runs", "--out", str(tmp_path / "old"))
+    assert old.returncode == 0 and "deprecated spelling: --prompt-runs -> --prompt_runs" in old.stderr
+    assert (tmp_path / "old" / "transfer.yaml").read_text() == (tmp_path / "s" / "transfer.yaml").read_text()
     assert transfer["parameters"]["from_run"]["values"] == [
         f"tiny/fit/runs?backbone={b}&task={t}&seed=33" for b in ("tiny-roberta", "tiny-t5")
         for t in ("marker", "sst2_sample")]
