@@ -54,7 +54,9 @@ FROM_RUN = """\
 --from_run RUN evaluates the best prompt of fit run RUN with that run's config (it becomes --config
 RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt, placed first, so the other options override it). RUN is
 a run directory (runs/<id>) or ROOT?key=value&... — the latest finished fit run under ROOT whose settings
-match (backbone, task, seed, ...). Options such as --data.task (transfer) or --suppression.* apply on top."""
+match (backbone, task, seed, ...). Options such as --data.task (transfer) or --suppression.* apply on top.
+A run that is not finished (running, killed, interrupted, failed, incomplete) is refused, naming its status;
+--allow_incomplete evaluates its best checkpoint so far anyway (with a warning)."""
 
 
 def wants_help(argv: list[str]) -> bool:

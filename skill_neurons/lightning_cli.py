@@ -21,14 +21,15 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.checkpoint import RunCheckpoint
+from callbacks.checkpoint import RunCheckpoint, RunConfigFile
 from callbacks.contracts import preflight
 from callbacks.model_summary import PromptModelSummary
 from callbacks.predictions import PredictionWriter
 from callbacks.prompt_checkpoint import read_checkpoint
 from callbacks.rng_state import RNGState
-from callbacks.run_files import flatten, new_run_id, offline_segments, read_summary
+from callbacks.run_files import flatten, new_run_id, offline_segments, read_summary, status_exit_code
 from callbacks.run_summary import SMOKE, RunSummary
 from callbacks.suppression import NeuronSuppression
 from datamodules.prompt_datamodule import PromptDataModule, check_sizes
@@ -70,6 +71,7 @@ class SkillNeuronsCLI(LightningCLI):
         self._run_dir: Path | None = None
         super().__init__(
             PromptTuningModule, PromptDataModule, subclass_mode_model=True, args=args, run=run,
+            save_config_callback=RunConfigFile,  # config.yaml written atomically, like every run file
             save_config_kwargs={"overwrite": True},  # run directories are unique; a resume rewrites its own
             trainer_defaults={"logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "skill-neurons"}}},
             parser_kwargs=parser_kwargs(),
@@ -249,15 +251,29 @@ class SkillNeuronsCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the stage; on failure remove an empty claimed run directory; always close the W&B run; then
-        say where the run is (the last line the command prints)."""
+        say where the run is (the last line the command prints). A run that did not finish exits non-zero
+        (:func:`callbacks.run_files.status_exit_code`): 143 after SIGTERM (Lightning's ``SIGTERMException`` is a
+        ``SystemExit`` without a code: it exited 0), 130 after Ctrl-C, 3 when ``incomplete``."""
         try:
             super()._run_subcommand(subcommand)
+        except (SIGTERMException, SystemExit) as stop:
+            self._release()
+            self._finish_wandb(exit_code=1)
+            status = read_summary(self._run_dir).get("status") if self._run_dir else None
+            if isinstance(stop, SIGTERMException) or status == "interrupted":
+                self._print_where()
+                raise SystemExit(status_exit_code("interrupted", sigterm=isinstance(stop, SIGTERMException))) \
+                    from None
+            raise
         except BaseException:
             self._release()
             self._finish_wandb(exit_code=1)
             raise
         self._finish_wandb(exit_code=0)
         self._print_where()
+        code = status_exit_code(read_summary(self._run_dir).get("status")) if self._run_dir else 0
+        if code:
+            raise SystemExit(code)
 
     def _finish_wandb(self, exit_code: int) -> None:
         """Close the W&B run this command started, so the next command in the same process starts its own."""

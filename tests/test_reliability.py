@@ -228,7 +228,9 @@ def test_a_run_without_its_promised_analysis_is_incomplete(tmp_path, monkeypatch
     from skill_neurons.cli import main
 
     monkeypatch.setattr(SkillNeuronCallback, "analyse", lambda self, *args, **kwargs: {})
-    main(["fit", *FAST, f"--runs_dir={tmp_path}", "--run_id=I"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *FAST, f"--runs_dir={tmp_path}", "--run_id=I"])
+    assert exit_.value.code == 3  # not finished: a scheduler must not take it for a success
     summary = json.loads((tmp_path / "I" / "summary.json").read_text())
     assert summary["status"] == "incomplete"
     assert summary["missing"] == ["skill_neurons/validation.safetensors", "skill_neurons/marker_typo.safetensors"]
