@@ -245,12 +245,13 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path, monkeypatch, tiny_backbones)
     try:
         with monkeypatch.context() as m:
             _fail_analysis(m, KeyboardInterrupt())
-            with pytest.raises(SystemExit):
+            with pytest.raises(SystemExit) as exit_:
                 main(["fit", *FAST, f"--runs_dir={tmp_path}", "--run_id=C"])
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it shuts down
     summary = json.loads((tmp_path / "C" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary.get("error") is None
+    assert exit_.value.code == 130  # 128 + SIGINT, as a shell reports it (Lightning exits 1)
 
 
 # ---------------------------------------------------------------- resume: the same trajectory
