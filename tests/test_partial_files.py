@@ -149,6 +149,18 @@ def test_a_full_disk_during_the_analysis_outputs_keeps_the_previous_file(name, f
     assert summary["status"] == "failed" and name in summary["error"]
 
 
+def test_a_full_disk_while_writing_a_prediction_table_fails_the_predict_run(finished, monkeypatch, capsys):
+    runs = finished.parent / "predicted"
+    disk_full(monkeypatch, lambda target: ".validation.csv-" in target)
+    line = ends_with_one_line(["predict", "--from_run", str(finished), "--trainer.logger=false",
+                               f"--runs_dir={runs}"], capsys)
+    (run,) = runs.iterdir()
+    assert f"cannot write {run / 'predictions' / 'validation.csv'}: No space left on device" in line
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "validation.csv" in summary["error"]
+    assert not [f for f in hashes(run) if f.endswith(".tmp")]
+
+
 @pytest.mark.parametrize("name", ["summary.json", "config.yaml"])
 def test_a_full_disk_while_writing_the_summary_or_config_keeps_them(name, finished, monkeypatch, capsys):
     before = hashes(finished)
