@@ -13,6 +13,7 @@ of the fit that wrote the checkpoint (best score, paths): Lightning would warn t
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -35,7 +36,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's writer
             return super().save_checkpoint(checkpoint, path, storage_options)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: torch.save(checkpoint, f), binary=True)
+        buffer = io.BytesIO()  # serialised first: torch's zip writer turns a full disk into a RuntimeError
+        torch.save(checkpoint, buffer)
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()), binary=True)
 
 
 class RunConfigFile(SaveConfigCallback):

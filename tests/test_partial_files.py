@@ -11,11 +11,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import QUICK, ROOT
+from tests.helpers import QUICK, ROOT, subprocess_env
 
 FAST = ["--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, "--trainer.max_epochs=1",
         "--data.max_train_samples=64", "--data.max_eval_samples=40", "--trainer.logger=false"]
@@ -200,9 +202,67 @@ def test_no_project_writer_bypasses_the_atomic_writer():
                 continue
             for number, line in enumerate(file.read_text().splitlines(), 1):
                 code = line.split("#")[0]
-                if direct.search(code) and "lambda f" not in code and not code.lstrip().startswith(('"', "'")):
+                in_memory = "torch.save(checkpoint, buffer)" in code  # a BytesIO, then written atomically
+                if direct.search(code) and "lambda f" not in code and not in_memory and not code.lstrip().startswith(
+                        ('"', "'")):
                     found.append(f"{name}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+# ---------------------------------------------------------------- a real full disk (a small tmpfs)
+# In a private mount namespace (root only): the finished run is copied onto a 1 MiB tmpfs that a filler file
+# leaves FREE_KB free, the command runs there, and the hashes, summary and listing are copied out before the
+# namespace (and its tmpfs) goes.
+ON_TMPFS = r"""
+set -e
+mount -t tmpfs -o size=1m tmpfs "$M"
+mkdir "$M/runs" && cp -a "$RUN" "$M/runs/X"
+avail=$(df -k --output=avail "$M" | tail -1)
+head -c $(( (avail - FREE_KB) * 1024 )) /dev/zero > "$M/filler"
+(cd "$M/runs/X" && sha256sum checkpoints/* skill_neurons/* > "$OUT/before.txt")
+set +e
+"$PY" -m skill_neurons.cli "$@" > "$OUT/stdout.txt" 2> "$OUT/stderr.txt"
+echo $? > "$OUT/rc.txt"
+(cd "$M/runs/X" && sha256sum checkpoints/* skill_neurons/* > "$OUT/after.txt" && cp summary.json "$OUT/" \
+ && ls -aR . > "$OUT/ls.txt")
+df -k --output=avail "$M" | tail -1 > "$OUT/free.txt"
+"""
+
+
+def on_a_full_tmpfs(run: Path, tmp: Path, free_kb: int, *args: str) -> Path:
+    mount, out = tmp / "small-disk", tmp / "out"
+    mount.mkdir()
+    out.mkdir()
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if os.geteuid() != 0 or probe.returncode != 0:
+        pytest.skip("a private tmpfs needs root and unshare(1): the injected-ENOSPC tests above cover this")
+    args = [a.replace("{M}", str(mount / "runs" / "X")).replace("{RUNS}", str(mount / "runs")) for a in args]
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", ON_TMPFS, "sh", *args], capture_output=True, text=True,
+                          timeout=600, env=subprocess_env({"M": str(mount), "RUN": str(run), "OUT": str(out),
+                                                           "FREE_KB": str(free_kb), "PY": sys.executable}))
+    assert (out / "rc.txt").exists(), proc.stderr
+    return out
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+@pytest.mark.parametrize("free_kb, args, written", [
+    (20, ["fit", *FAST, "--trainer.max_epochs=2", "--ckpt_path={M}/checkpoints/last.ckpt"], r"checkpoints/(best|last)\.ckpt"),
+    (36, ["analyse", "{M}", "--trainer.logger=false", "--runs_dir={RUNS}"], r"skill_neurons/validation\.safetensors"),
+])
+def test_on_a_really_full_disk_the_run_fails_in_one_line_and_its_files_stay_whole(free_kb, args, written, finished,
+                                                                                    tmp_path):
+    out = on_a_full_tmpfs(finished, tmp_path, free_kb, *args)
+    err = (out / "stderr.txt").read_text()
+    assert (out / "rc.txt").read_text().strip() == "1", err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("skill-neurons: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert re.search(rf"cannot write \S+/runs/X/{written}: No space left on device \([\d,]+ KiB free", lines[0])
+    # every checkpoint and neuron file byte-identical (config.yaml is the resumed command's, rewritten on purpose)
+    assert (out / "after.txt").read_text() == (out / "before.txt").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+    assert ".tmp" not in (out / "ls.txt").read_text()
 
 
 # ---------------------------------------------------------------- a summary that does not parse
