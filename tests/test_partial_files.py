@@ -247,7 +247,8 @@ def on_a_full_tmpfs(run: Path, tmp: Path, free_kb: int, *args: str) -> Path:
 @pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("free_kb, args, written", [
-    (20, ["fit", *FAST, "--trainer.max_epochs=2", "--ckpt_path={M}/checkpoints/last.ckpt"], r"checkpoints/(best|last)\.ckpt"),
+    (20, ["fit", *FAST, "--trainer.max_epochs=2", "--ckpt_path={M}/checkpoints/last.ckpt"],
+     r"checkpoints/(best|last)\.ckpt"),
     (36, ["analyse", "{M}", "--trainer.logger=false", "--runs_dir={RUNS}"], r"skill_neurons/validation\.safetensors"),
 ])
 def test_on_a_really_full_disk_the_run_fails_in_one_line_and_its_files_stay_whole(free_kb, args, written, finished,

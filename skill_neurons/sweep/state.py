@@ -128,7 +128,8 @@ def format_table(state: dict[str, Any], trials: list[Trial], directory: Path, ob
         score = scores[t.number]
         shown = "" if score is None else f"{score:.4g}" + (" *" if t.number == best else "")
         run_dir = str(directory / "runs" / t.run_id) if t.run_id else ""
-        rows.append([str(t.number), t.run_id or "", shown_state(t, directory), *[_short(t.params.get(k, "")) for k in keys], shown,
+        rows.append([str(t.number), t.run_id or "", shown_state(t, directory),
+                     *[_short(t.params.get(k, "")) for k in keys], shown,
                      run_dir])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
