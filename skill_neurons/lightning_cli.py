@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -260,10 +261,14 @@ class SkillNeuronsCLI(LightningCLI):
             self._release()
             self._finish_wandb(exit_code=1)
             status = read_summary(self._run_dir).get("status") if self._run_dir else None
-            if isinstance(stop, SIGTERMException) or status == "interrupted":
+            sigterm = isinstance(stop, SIGTERMException)
+            if sigterm or status == "interrupted":
+                if subcommand == "fit" and self._run_dir is not None and self.trainer.is_global_zero:
+                    print(f"skill-neurons: run {self._run_id} was interrupted ({'SIGTERM' if sigterm else 'Ctrl-C'}): "
+                          f"`skill-neurons analyse {shlex.quote(str(self._run_dir))}` finishes it (resuming its "
+                          "training first if it was not complete)", file=sys.stderr, flush=True)
                 self._print_where()
-                raise SystemExit(status_exit_code("interrupted", sigterm=isinstance(stop, SIGTERMException))) \
-                    from None
+                raise SystemExit(status_exit_code("interrupted", sigterm=sigterm)) from None
             raise
         except BaseException:
             self._release()

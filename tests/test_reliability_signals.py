@@ -98,6 +98,7 @@ def test_sigterm_during_fit_exits_143_and_the_run_is_interrupted(tmp_path):
     assert 1 <= len(record["history"]) < 200
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] < 199  # whole, loadable
     assert "run T is in" in err.splitlines()[-1]  # the last line still says where the run is
+    assert f"run T was interrupted (SIGTERM): `skill-neurons analyse {run}` finishes it" in err
 
 
 @pytest.mark.subprocess
