@@ -245,7 +245,6 @@ def on_a_full_tmpfs(run: Path, tmp: Path, free_kb: int, *args: str) -> Path:
 
 
 @pytest.mark.subprocess
-@pytest.mark.slow
 @pytest.mark.parametrize("free_kb, args, written", [
     (20, ["fit", *FAST, "--trainer.max_epochs=2", "--ckpt_path={M}/checkpoints/last.ckpt"],
      r"checkpoints/(best|last)\.ckpt"),

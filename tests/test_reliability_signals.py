@@ -82,7 +82,6 @@ def one_run(runs: Path) -> Path | None:
 
 # ---------------------------------------------------------------- SIGTERM during fit / the analysis / a trial
 @pytest.mark.subprocess
-@pytest.mark.slow
 def test_sigterm_during_fit_exits_143_and_the_run_is_interrupted(tmp_path):
     runs = tmp_path / "runs"
     proc = start(["fit", *BASE, "--trainer.max_epochs=200", f"--runs_dir={runs}", "--run_id=T"], tmp_path)
