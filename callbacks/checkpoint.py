@@ -1,4 +1,4 @@
-"""``RunCheckpoint``: Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch.
+"""``RunCheckpoint``: Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch, written atomically.
 
 Lightning (2.6) writes ``last.ckpt`` only when it also writes a top-k checkpoint, i.e. with
 ``monitor=val/acc, save_top_k=1`` only in epochs that improve the best accuracy. A run killed after an epoch
@@ -13,8 +13,51 @@ of the fit that wrote the checkpoint (best score, paths): Lightning would warn t
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
+
+from callbacks.run_files import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written through a temp file in the checkpoint's own folder,
+    fsynced and renamed (:func:`~callbacks.run_files.atomic_write`). Lightning's own writer goes through
+    fsspec, which writes to the system temp folder and then *moves* the file: across filesystems that is a copy
+    over the old ``last.ckpt``, so a kill or a full disk during it destroyed the previous good checkpoint. A
+    failed write raises :class:`~callbacks.run_files.WriteError` and leaves the previous checkpoint intact."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # serialised first: torch's zip writer turns a full disk into a RuntimeError
+        torch.save(checkpoint, buffer)
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()), binary=True)
+
+
+class RunConfigFile(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` of the run, written atomically (rank 0) like every other run file."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # a broadcast: every rank asks
+        if trainer.is_global_zero:
+            path = Path(log_dir) / self.config_filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:  # None values kept, as Lightning's writer does (jsonargparse >= 4.49 calls the option skip_unset)
+                text = self.parser.dump(self.config, skip_unset=False)
+            except TypeError:
+                text = self.parser.dump(self.config, skip_none=False)
+            atomic_write(path, lambda f: f.write(text))
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -27,9 +70,12 @@ class RunCheckpoint(ModelCheckpoint):
     _stage: str | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """Lightning's set-up; remember whether this run fits (restoring a checkpoint comes after set-up)."""
+        """Lightning's set-up; remember whether this run fits (restoring a checkpoint comes after set-up); write
+        checkpoints atomically (:class:`AtomicCheckpointIO`) unless the strategy has a writer of its own."""
         super().setup(trainer, pl_module, stage)
         self._stage = stage
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
     def load_state_dict(self, state_dict: dict) -> None:
         """A fit (a resume) restores the checkpoint's bookkeeping; an evaluation leaves it: it saves nothing."""

@@ -13,6 +13,10 @@ line drawn, and end at 100: a gap of a point looks like one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from callbacks.run_files import atomic_write
+
 BLUE, VERMILLION, ORANGE, PURPLE = "#0072B2", "#D55E00", "#E69F00", "#CC79A7"
 GREEN, SKY, GREY, BLACK = "#009E73", "#56B4E9", "#7F7F7F", "#000000"
 CLEAN = BLUE
@@ -104,3 +108,17 @@ def per_layer_boxplot(ax, scores: dict, colours: list, part: str, ylabel: str,
     ax.set_xlabel(f"{part} layer")
     ax.set_ylabel(ylabel)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=LEGEND_FONT, frameon=False)
+
+
+def save_figure(fig, path: str | Path, dpi: int) -> None:
+    """Write ``fig`` to ``path`` (format from its suffix) through a temp file in the same folder: a full disk or
+    a kill leaves the previous figure, never a truncated one. A pyplot figure is closed afterwards."""
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi),
+                     binary=True)
+    finally:
+        if fig.canvas.manager is not None:  # made by pyplot (which holds on to it): release it
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+

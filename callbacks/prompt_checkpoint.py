@@ -13,6 +13,7 @@ This module is the bottom layer: torch only, no Lightning, no project imports be
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -106,4 +107,6 @@ def write_checkpoint(out: str | Path, prompt: torch.Tensor, hyper_parameters: di
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: torch.save(checkpoint, f), binary=True)
+    buffer = io.BytesIO()  # serialised first: torch's zip writer turns a full disk into a RuntimeError
+    torch.save(checkpoint, buffer)
+    atomic_write(out, lambda f: f.write(buffer.getbuffer()), binary=True)

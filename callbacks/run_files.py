@@ -12,11 +12,14 @@ This module is the bottom layer: it imports nothing of Lightning, transformers o
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import re
 import secrets
+import shutil
+import socket
 import string
 from collections import defaultdict
 from collections.abc import Callable
@@ -52,6 +55,7 @@ class Summary(TypedDict, total=False):
     ended: str
     error: str | None
     missing: list[str] | None
+    process: dict[str, Any]  # pid, host and start of the process that writes the run (see process_gone)
     settings: dict[str, Any]  # backbone, family, task, seed, prompt_length, layout, learning_rate, ...
     config: dict[str, Any]  # the flat LightningCLI config, secrets removed
     data: dict[str, Any]
@@ -99,21 +103,54 @@ def _create_temp(folder: Path, name: str) -> tuple[int, str]:
     raise FileExistsError(f"no free temp file name for {name} in {folder}")
 
 
-def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> None:
+class WriteError(OSError):
+    """A run file could not be written (disk full, read-only or forbidden folder). The message names the file
+    and the free space; the file's previous version is intact. The CLI prints it as one line, exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, path: str | Path, err: OSError):
+        folder = Path(path).parent
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1024:,.0f} KiB free on its filesystem"
+        except OSError:
+            free = "free space unknown"
+        reason = err.strerror or str(err)
+        fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+               errno.EROFS: "the folder is read-only: choose another --runs_dir / --dir / --out",
+               errno.EACCES: "you may not write there: choose another --runs_dir / --dir / --out",
+               errno.EPERM: "you may not write there: choose another --runs_dir / --dir / --out"}
+        super().__init__(err.errno, f"cannot write {path}: {reason} ({free}) — "
+                                    f"{fix.get(err.errno, 'check the folder')}; its previous version is intact")
+        self.path = str(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = False, backup: bool = False) -> None:
     """Write ``path`` through a temp file in the same folder, fsync, rename: a reader (or a restart after a
     crash) sees the old file or the new one, never a half-written one. ``write(f)`` fills the file, whose mode
-    is that of any new file (0666 less the umask)."""
+    is that of any new file (0666 less the umask). With ``backup`` the previous version stays as ``<name>.bak``
+    (a hard link, replaced atomically). Any ``OSError`` (disk full, read-only folder) becomes a
+    :class:`WriteError` naming the file and the free space, with the previous file intact."""
     path = Path(path)
-    fd, tmp = _create_temp(path.parent, path.name)
+    tmp = None
     try:
+        fd, tmp = _create_temp(path.parent, path.name)
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if backup and path.is_file():
+            _keep_backup(path)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(path, err) from err
         raise
     with contextlib.suppress(OSError):  # the rename itself survives a power cut
         folder = os.open(path.parent, os.O_RDONLY)
@@ -121,6 +158,23 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = F
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+def backup_path(path: str | Path) -> Path:
+    """Where :func:`atomic_write` (``backup=True``) keeps the previous version of ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".bak")
+
+
+def _keep_backup(path: Path) -> None:
+    """``path`` (the version about to be replaced) becomes ``path.bak``, atomically: a hard link, renamed over
+    the old backup (a copy where the filesystem has no hard links)."""
+    link = path.with_name(f".{path.name}-{secrets.token_hex(6)}.bak")
+    try:
+        os.link(path, link)
+    except OSError:
+        shutil.copyfile(path, link)
+    os.replace(link, backup_path(path))
 
 
 def jsonable(value: Any) -> Any:
@@ -149,10 +203,11 @@ def strict_json(value: Any, default: Callable[[Any], Any] = jsonable) -> Any:
 
 
 def write_json_atomic(path: str | Path, data: Any, indent: int = 1,
-                      default: Callable[[Any], Any] = jsonable) -> None:
-    """``data`` as strict JSON (:func:`strict_json`: no ``NaN``), written atomically."""
+                      default: Callable[[Any], Any] = jsonable, backup: bool = False) -> None:
+    """``data`` as strict JSON (:func:`strict_json`: no ``NaN``), written atomically (``backup``: keep the previous
+    file as ``<name>.bak``)."""
     data = strict_json(data, default)
-    atomic_write(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False))
+    atomic_write(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False), backup=backup)
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
@@ -174,13 +229,41 @@ def read_summary(run_dir: str | Path) -> Summary:
     return read_json(summary_path(run_dir))  # type: ignore[return-value]
 
 
+class SummaryError(ValueError):
+    """A ``summary.json`` that exists but does not parse: the run's record, never overwritten."""
+
+
+def summary_problem(run_dir: str | Path) -> str | None:
+    """Why ``run_dir/summary.json`` may not be updated (it exists but is not a JSON object: truncated by a full
+    disk, edited), as one line naming the way out; None when it is missing or readable."""
+    path = summary_path(run_dir)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        data = err
+    if isinstance(data, dict):
+        return None
+    why = f"{type(data).__name__}: {data}" if isinstance(data, BaseException) else "not a JSON object"
+    backup = backup_path(path)
+    restore = (f"restore the previous version with `cp {backup} {path}`" if read_json(backup)
+               else "restore it or move it away")
+    return (f"{path} does not parse ({' '.join(why.split())[:120]}) — it is the run's record and is left as it "
+            f"is: {restore}, then run the command again")
+
+
 def update_summary(run_dir: str | Path, /, **sections: Any) -> Summary:
-    """Merge ``sections`` into ``run_dir/summary.json`` atomically."""
+    """Merge ``sections`` into ``run_dir/summary.json`` atomically, keeping the previous version as
+    ``summary.json.bak``. A summary that exists but does not parse is never overwritten (:class:`SummaryError`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    problem = summary_problem(run_dir)
+    if problem:
+        raise SummaryError(problem)
     summary = read_summary(run_dir)
     summary.update(sections)  # type: ignore[typeddict-item]
-    write_json_atomic(summary_path(run_dir), summary, indent=2)
+    atomic_write(summary_path(run_dir), lambda f: json.dump(summary, f, indent=2, default=jsonable), backup=True)
     return summary
 
 
@@ -197,6 +280,72 @@ def without_secrets(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [without_secrets(v) for v in value]
     return value
+
+
+# ------------------------------------------------------------------ is the run's process still there?
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux ``/proc``), None where unknown."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_record() -> dict[str, Any]:
+    """This process as ``summary.json`` records it (``process``): pid, host and start time."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_ticks(os.getpid())}
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_gone(summary: Summary) -> bool:
+    """True when ``summary`` says ``running`` but the process that wrote it no longer exists: a run on this
+    host whose pid is gone (or now belongs to a process started at another time). A run of another host, or
+    one without a recorded process, is never declared gone."""
+    process = summary.get("process") or {}
+    pid = process.get("pid")
+    if summary.get("status") != "running" or not isinstance(pid, int) or process.get("host") != socket.gethostname():
+        return False
+    if not pid_exists(pid):
+        return True
+    start = _start_ticks(pid)
+    return process.get("start") is not None and start is not None and start != process["start"]
+
+
+EXIT_INCOMPLETE, EXIT_CTRL_C, EXIT_SIGTERM = 3, 130, 143  # 128 + the signal, as a shell reports a killed command
+
+
+def status_exit_code(status: str | None, sigterm: bool = False) -> int:
+    """The exit code of a command whose run ended with ``status``: 0 for ``finished`` and ``smoke`` (and an
+    evaluation without a run), 143 / 130 for a run ``interrupted`` by SIGTERM / Ctrl-C, 3 for ``incomplete``
+    (``missing`` lists what it lacks), 1 otherwise (``failed``, or still ``running``)."""
+    if status in (None, "finished", "smoke"):
+        return 0
+    if status == "interrupted":
+        return EXIT_SIGTERM if sigterm else EXIT_CTRL_C
+    return EXIT_INCOMPLETE if status == "incomplete" else 1
+
+
+def status_of(summary: Summary) -> str:
+    """The run's status in words: ``finished``, ..., ``running (pid 12 on host)`` or, for a run whose process
+    is gone, ``running, but its process is gone (pid 12 on host: killed or crashed)``."""
+    status = str(summary.get("status") or "unknown (no readable summary.json)")
+    process = summary.get("process") or {}
+    if status != "running" or not process.get("pid"):
+        return status
+    where = f"pid {process['pid']} on {process.get('host')}"
+    if process_gone(summary):
+        return f"running, but its process is gone ({where}: killed or crashed)"
+    return f"running ({where})"
 
 
 def redact(config: dict[str, Any]) -> dict[str, Any]:

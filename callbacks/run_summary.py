@@ -9,6 +9,7 @@ its checkpoints and where its W&B run lives. Other callbacks add their own secti
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.contracts import PromisesOutputs, PromptData, ReportsMetrics, neurons_perturbed
 from callbacks.prompt_checkpoint import metadata_of, read_checkpoint
 from callbacks.run_files import (
-    BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, jsonable, offline_segments, read_summary, redact, transfer_record,
-    update_summary,
+    BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, SummaryError, jsonable, offline_segments, process_record, read_summary,
+    redact, transfer_record, update_summary,
 )
 from callbacks.sweep_trial import sweep_trial
 from callbacks.wandb_config import chart_step, run_config, run_tags
@@ -112,7 +113,7 @@ class RunSummary(Callback):
         sections: dict[str, Any] = {
             "run_id": self.run_id or Path(self.run_dir).name, "run_dir": str(Path(self.run_dir).resolve()),
             "stage": stage, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "settings": settings, "config": redact(self.config),
+            "process": process_record(), "settings": settings, "config": redact(self.config),
         }
         if isinstance(datamodule, PromptData):
             sections["data"] = datamodule.state_for_summary()
@@ -146,7 +147,7 @@ class RunSummary(Callback):
         return {
             "id": run.id, "project": run.project, "mode": "offline" if offline else "online",
             "dir": str(files_dir), "url": None if offline else run.url,
-            "sync_command": f"wandb sync {' '.join(map(str, segments or [files_dir]))}" if offline else None,
+            "sync_command": shlex.join(["wandb", "sync", *map(str, segments or [files_dir])]) if offline else None,
         }
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -177,8 +178,7 @@ class RunSummary(Callback):
             # A resume whose training was already complete runs no epoch: keep the last epoch's evaluation.
             last = {k: v for k, v in self._history[-1].items() if k not in ("epoch", "step")}
             metrics = {**last, **metrics}
-        missing = [path for cb in trainer.callbacks if isinstance(cb, PromisesOutputs)
-                   for path in cb.promised_outputs(trainer, stage) if not (Path(self.run_dir) / path).exists()]
+        missing = self._missing(trainer, stage)
         smoke = stage == "fit" and bool(trainer.fast_dev_run)
         sections: dict[str, Any] = {
             "status": "smoke" if smoke else "incomplete" if missing else "finished", "missing": missing or None,
@@ -196,6 +196,11 @@ class RunSummary(Callback):
             if trainer.ckpt_path and Path(trainer.ckpt_path).is_file():
                 sections.update(self._transfer(trainer, stage, sections[f"{stage}_metrics"]))
         update_summary(self.run_dir, **sections)
+
+    def _missing(self, trainer: Trainer, stage: str) -> list[str]:
+        """The outputs promised for ``stage`` (e.g. the neuron files) that the run directory lacks."""
+        return [path for cb in trainer.callbacks if isinstance(cb, PromisesOutputs)
+                for path in cb.promised_outputs(trainer, stage) if not (Path(self.run_dir) / path).exists()]
 
     def _transfer(self, trainer: Trainer, stage: str, metrics: dict[str, float]) -> dict[str, Any]:
         """``prompt_source`` of an evaluated checkpoint and, unless neurons are perturbed, ``transfer``."""
@@ -216,13 +221,20 @@ class RunSummary(Callback):
         return sections
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """A run that stops on an error is ``failed``, one stopped by Ctrl-C or SIGTERM ``interrupted``."""
+        """A run that stops on an error is ``failed`` (with the error), one stopped by Ctrl-C or SIGTERM
+        ``interrupted``; either lists what it did not write (``missing``: ``skill-neurons analyse runs/<id>``
+        completes a run stopped during its analysis). A summary that cannot be written (full disk) or that no
+        longer parses is left as it is: the error itself is what the command reports."""
         if not trainer.is_global_zero or not self.run_dir or not (Path(self.run_dir) / SUMMARY_FILE).exists():
             return  # nothing recorded yet (the run failed before it started): leave no summary behind
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
-        update_summary(self.run_dir, status="interrupted" if interrupted else "failed",
-                       ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       error=None if interrupted else f"{type(exception).__name__}: {exception}"[:2000])
+        stage = str(getattr(trainer.state.fn, "value", trainer.state.fn) or "fit")
+        try:
+            update_summary(self.run_dir, status="interrupted" if interrupted else "failed",
+                           ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), missing=self._missing(trainer, stage) or None,
+                           error=None if interrupted else f"{type(exception).__name__}: {exception}"[:2000])
+        except (OSError, SummaryError):
+            pass
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the final metrics (``fit_metrics``) and checkpoint paths."""

@@ -38,6 +38,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.contracts import PromptData, neurons_perturbed
 from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
@@ -46,10 +47,10 @@ from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron
 from callbacks.neuron_statistics import (
     PredictivityAccumulator, ThresholdAccumulator, mean_predictivity_of, overlap_at, top_neurons, top_percent_mask,
 )
-from callbacks.figure_style import RUN_DPI, per_layer_boxplot, run_figure_size, set_colours
+from callbacks.figure_style import RUN_DPI, per_layer_boxplot, run_figure_size, save_figure, set_colours
 from callbacks.progress import pass_bar, progress_enabled
 from callbacks.prompt_checkpoint import read_prompt
-from callbacks.run_files import update_summary
+from callbacks.run_files import atomic_write, update_summary
 from callbacks.run_summary import run_dir_of
 from callbacks.wandb_config import artifact_name
 from lightning_modules.ffn import PARTS, FFNLookupError, Part, ffn_hooks, ffn_shape
@@ -160,6 +161,7 @@ class SkillNeuronCallback(Callback):
         self.metrics: dict[str, float] = {}
         self._fit_analysed = False
         self._progress, self._live = False, None  # the passes' progress (per analysis, rank 0; callbacks/progress.py)
+        self._stop_requested = lambda: False  # during analyse: has the trainer received SIGTERM?
 
     # ------------------------------------------------------------------ checks (before any work)
     def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
@@ -297,6 +299,7 @@ class SkillNeuronCallback(Callback):
         bar = trainer.progress_bar_callback  # Lightning's rich bar, still on screen at on_train_end: add to it
         live = bar.progress if isinstance(bar, RichProgressBar) else None
         self._live = live if live is not None and live.live.is_started else None
+        self._stop_requested = lambda: trainer.received_sigterm
         try:
             with torch.no_grad(), trainer.precision_plugin.forward_context():
                 self.results = self.passes(pl_module, datamodule, datamodule.eval_roles(stage),
@@ -365,6 +368,8 @@ class SkillNeuronCallback(Callback):
         with ffn_hooks(pl_module.backbone, on_units, self.part), \
                 pass_bar(len(loader), f"Skill neurons: {what}", self._progress, live=self._live) as bar:
             for batch in loader:
+                if self._stop_requested():  # SIGTERM: stop between batches; the run is left interrupted
+                    raise SIGTERMException
                 current.update(move_data_to_device(batch, pl_module.device))
                 pl_module.run_to_neurons(current, self.part)
                 bar.update(1)
@@ -448,7 +453,7 @@ class SkillNeuronCallback(Callback):
                                                              r["score"][i:i + 1]) for i in range(layers)],
             }
         columns, rows = self._top_rows(roles)
-        (out / "top_neurons.csv").write_text("\n".join(",".join(map(str, row)) for row in [columns, *rows]) + "\n")
+        atomic_write(out / "top_neurons.csv", lambda f: f.writelines(",".join(map(str, r)) + "\n" for r in [columns, *rows]))
         figure = out / "per_layer_predictivity.png"
         self._figure(roles, figure, common)
         update_summary(run_dir, skill_neurons={**common, "sets": sets, "metrics": self.metrics,
@@ -473,8 +478,7 @@ class SkillNeuronCallback(Callback):
                           "neuron score (max predictivity over positions)", baselines)
         ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
         fig.tight_layout()
-        fig.savefig(path, dpi=RUN_DPI)
-        plt.close(fig)
+        save_figure(fig, path, RUN_DPI)
 
     def _log_wandb(self, logger: WandbLogger, columns, rows, figure: Path, out: Path, common: dict) -> None:
         import wandb

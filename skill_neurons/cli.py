@@ -35,6 +35,7 @@ STAGES = ("fit", "validate", "test", "predict")
 
 # The project's errors: each is a user's mistake with a message that names the fix (module, class).
 USER_ERRORS = (("callbacks.neuron_files", "SkillNeuronError"), ("callbacks.prompt_checkpoint", "CheckpointError"),
+               ("callbacks.run_files", "WriteError"), ("callbacks.run_files", "SummaryError"),
                ("datamodules.tasks", "TaskError"), ("lightning_modules.backbones", "BackboneError"),
                ("lightning_modules.ffn", "FFNLookupError"),
                ("lightning_modules.soft_prompt", "OptionError"),
@@ -73,7 +74,7 @@ def main(args: list[str] | None = None) -> None:
         message = describe(cause)
         print(f"skill-neurons: error: {message}  (--debug or {DEBUG_ENV}=1 shows the traceback)",
               file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(cause, "exit_code", 2)) from None  # a file that cannot be written: 1
     finally:
         if before is None:
             os.environ.pop(DEBUG_ENV, None)

@@ -9,6 +9,7 @@ command is :func:`where_line`, printed after W&B has finished its run (so no W&B
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ def where_line(run_id: str, run_dir: Path, segments: list[Path], url: str | None
     if smoke:
         line += f" ({smoke})"
     if segments:
-        line += (f"; upload its W&B run with `wandb sync {' '.join(map(str, segments))}` (browse it offline "
-                 f"with `wandb leet {run_dir}/wandb`)")
+        line += (f"; upload its W&B run with `{shlex.join(['wandb', 'sync', *map(str, segments)])}` (browse it "
+                 f"offline with `wandb leet {shlex.quote(f'{run_dir}/wandb')}`)")
     elif url:
         line += f"; W&B run: {url}"
     return line

@@ -15,22 +15,24 @@ import argparse
 import inspect
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.checkpoint import RunCheckpoint
+from callbacks.checkpoint import RunCheckpoint, RunConfigFile
 from callbacks.contracts import preflight
 from callbacks.model_summary import PromptModelSummary
 from callbacks.predictions import PredictionWriter
 from callbacks.prompt_checkpoint import prompt_of, read_checkpoint
 from callbacks.rng_state import RNGState
 from callbacks.run_files import (
-    flatten, is_secret, new_run_id, offline_segments, read_summary, redact, without_secrets,
+    flatten, is_secret, new_run_id, offline_segments, read_summary, redact, status_exit_code, without_secrets,
 )
 from callbacks.run_summary import SMOKE, RunSummary
 from callbacks.suppression import NeuronSuppression
@@ -106,9 +108,9 @@ def config_without_secrets(config):
     return config
 
 
-class SecretFreeConfig(SaveConfigCallback):
-    """LightningCLI's ``config.yaml`` without secrets: a run reused through it (a resume, ``--from_run``) takes
-    credentials from the environment (``WANDB_API_KEY``, ``wandb login``) again."""
+class SecretFreeConfig(RunConfigFile):
+    """The run's ``config.yaml`` (written atomically) without secrets: a run reused through it (a resume,
+    ``--from_run``) takes credentials from the environment (``WANDB_API_KEY``, ``wandb login``) again."""
 
     def __init__(self, parser, config, *args, **kwargs):
         super().__init__(parser, config_without_secrets(config), *args, **kwargs)
@@ -131,7 +133,8 @@ class SkillNeuronsCLI(LightningCLI):
             PromptTuningModule, PromptDataModule, subclass_mode_model=True, args=args, run=run,
             save_config_kwargs={"overwrite": True},  # run directories are unique; a resume rewrites its own
             trainer_defaults={"logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "skill-neurons"}}},
-            parser_kwargs=parser_kwargs(), parser_class=OneLineParser, save_config_callback=SecretFreeConfig,
+            parser_kwargs=parser_kwargs(), parser_class=OneLineParser,
+            save_config_callback=SecretFreeConfig,  # config.yaml written atomically, without secrets
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -324,15 +327,33 @@ class SkillNeuronsCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the stage; on failure remove an empty claimed run directory; always close the W&B run; then
-        say where the run is (the last line the command prints)."""
+        say where the run is (the last line the command prints). A run that did not finish exits non-zero
+        (:func:`callbacks.run_files.status_exit_code`): 143 after SIGTERM (Lightning's ``SIGTERMException`` is a
+        ``SystemExit`` without a code: it exited 0), 130 after Ctrl-C, 3 when ``incomplete``."""
         try:
             super()._run_subcommand(subcommand)
+        except (SIGTERMException, SystemExit) as stop:
+            self._release()
+            self._finish_wandb(exit_code=1)
+            status = read_summary(self._run_dir).get("status") if self._run_dir else None
+            sigterm = isinstance(stop, SIGTERMException)
+            if sigterm or status == "interrupted":
+                if subcommand == "fit" and self._run_dir is not None and self.trainer.is_global_zero:
+                    print(f"skill-neurons: run {self._run_id} was interrupted ({'SIGTERM' if sigterm else 'Ctrl-C'}): "
+                          f"`skill-neurons analyse {shlex.quote(str(self._run_dir))}` finishes it (resuming its "
+                          "training first if it was not complete)", file=sys.stderr, flush=True)
+                self._print_where()
+                raise SystemExit(status_exit_code("interrupted", sigterm=sigterm)) from None
+            raise
         except BaseException:
             self._release()
             self._finish_wandb(exit_code=1)
             raise
         self._finish_wandb(exit_code=0)
         self._print_where()
+        code = status_exit_code(read_summary(self._run_dir).get("status")) if self._run_dir else 0
+        if code:
+            raise SystemExit(code)
 
     def _finish_wandb(self, exit_code: int) -> None:
         """Close the W&B run this command started, so the next command in the same process starts its own."""

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-
 from typing import Any
 
 from callbacks.configuration import configuration_of, differing_keys
 from callbacks.run_files import (
     BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RunSelectorError, find_run, is_run_id,
-    read_summary,
+    process_gone, read_summary, status_of, summary_problem,
 )
 
 RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
@@ -48,6 +48,16 @@ def analyse_args(rest: list[str]) -> list[str]:
     for path in (config, last):
         if not path.is_file():
             raise CLIError(f"analyse {rest[0]!r}: {path} does not exist — give the folder of a fit run (runs/<id>)")
+    problem = summary_problem(run)
+    if problem:
+        raise CLIError(f"analyse {rest[0]!r}: {problem}")
+    summary = read_summary(run)
+    if summary.get("status") == "running" and summary.get("process") and not process_gone(summary):
+        raise CLIError(f"analyse {rest[0]!r}: the run is {status_of(summary)} — wait for it to end, or stop it "
+                       "(kill -TERM <pid>) and analyse it then")
+    if process_gone(summary):
+        print(f"skill-neurons: note: run {run.name} is {status_of(summary)}; analysing it from its last "
+              "checkpoint", file=sys.stderr, flush=True)
     return ["fit", "--config", str(config), f"--ckpt_path={last}", *rest[1:]]
 
 
@@ -72,22 +82,32 @@ def find_fit_run(spec: str) -> Path:
                    "check the folder (e.g. the --dir of the sweep that trained the prompts) and the values")
 
 
+ALLOW_INCOMPLETE = "--allow_incomplete"
+
+
 def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
     """``--from_run RUN`` evaluates that fit run's best prompt with its own config: it becomes ``--config
     RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt --run_id=null --runs_dir=runs``, placed first, so every
     other option (``--data.task`` for transfer, ``--suppression.*``, ``--runs_dir``) overrides it. The derived run
     goes under the ``--runs_dir`` this command is given (default ``runs``), never beside the source run: the
-    source's config names the folder it was written to (a sweep's ``DIR/runs``), which is not this run's."""
-    rest, spec = [], None
+    source's config names the folder it was written to (a sweep's ``DIR/runs``), which is not this run's. A run
+    that is not ``finished`` (still running, killed, interrupted, failed, incomplete) is refused, naming its
+    status, unless ``--allow_incomplete`` is given (then a warning names it)."""
+    rest, spec, allow = [], None, False
     iterator = iter(argv)
     for arg in iterator:
         if arg == "--from_run":
             spec = next(iterator, None)
         elif arg.startswith("--from_run="):
             spec = arg.split("=", 1)[1]
+        elif arg in (ALLOW_INCOMPLETE, f"{ALLOW_INCOMPLETE}=true"):
+            allow = True
         else:
             rest.append(arg)
     if spec is None:
+        if allow:
+            raise CLIError(f"{ALLOW_INCOMPLETE} goes with --from_run runs/<id> (it lets an unfinished run's best "
+                           "prompt be evaluated)")
         return argv, []
     if rest[0] == "fit":
         raise CLIError("--from_run evaluates a trained prompt: use it with validate or test, not fit")
@@ -95,10 +115,17 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
     best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
     if not best.is_file():
         raise CLIError(f"--from_run {spec!r}: {best} does not exist (the run saved no best checkpoint)")
+    summary = read_summary(run)
+    if summary.get("status") != "finished":
+        status = status_of(summary)
+        if not allow:
+            raise CLIError(f"--from_run {spec!r}: the run is {status}, not finished — its best prompt may not be "
+                           f"final; finish it (skill-neurons analyse {run}, or resume its fit) or add "
+                           f"{ALLOW_INCOMPLETE} to evaluate it anyway")
+        print(f"skill-neurons: warning: --from_run {spec}: the run is {status}, not finished — evaluating its best "
+              f"checkpoint so far ({ALLOW_INCOMPLETE})", file=sys.stderr, flush=True)
     return rest, ["--config", str(run / CONFIG_FILE), f"--ckpt_path={best}", "--run_id=null",
                   f"--runs_dir={DEFAULT_RUNS_DIR}"]
-
-
 
 
 # What a resume may change: how long it trains, and where it runs. Everything else of the run's configuration

@@ -228,7 +228,9 @@ def test_a_run_without_its_promised_analysis_is_incomplete(tmp_path, monkeypatch
     from skill_neurons.cli import main
 
     monkeypatch.setattr(SkillNeuronCallback, "analyse", lambda self, *args, **kwargs: {})
-    main(["fit", *FAST, f"--runs_dir={tmp_path}", "--run_id=I"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *FAST, f"--runs_dir={tmp_path}", "--run_id=I"])
+    assert exit_.value.code == 3  # not finished: a scheduler must not take it for a success
     summary = json.loads((tmp_path / "I" / "summary.json").read_text())
     assert summary["status"] == "incomplete"
     assert summary["missing"] == ["skill_neurons/validation.safetensors", "skill_neurons/marker_typo.safetensors"]
@@ -243,12 +245,13 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path, monkeypatch, tiny_backbones)
     try:
         with monkeypatch.context() as m:
             _fail_analysis(m, KeyboardInterrupt())
-            with pytest.raises(SystemExit):
+            with pytest.raises(SystemExit) as exit_:
                 main(["fit", *FAST, f"--runs_dir={tmp_path}", "--run_id=C"])
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it shuts down
     summary = json.loads((tmp_path / "C" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary.get("error") is None
+    assert exit_.value.code == 130  # 128 + SIGINT, as a shell reports it (Lightning exits 1)
 
 
 # ---------------------------------------------------------------- resume: the same trajectory

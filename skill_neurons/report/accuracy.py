@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from callbacks import figure_style as style
+from callbacks.run_files import status_of
 from skill_neurons.report.groups import group_lines
 from skill_neurons.report.seed_means import layout_of
 from skill_neurons.report.base import (
@@ -45,7 +46,7 @@ def runs_section(ctx: Context) -> Section:
                           f"'{ctx.eval_set}' and no fit run analysed the same prompt)."), ""]
     if unfinished:
         section.lines += ["Unfinished runs (status is not `finished`), skipped:", ""]
-        section.lines += [f"- {r.describe()}: status `{r.summary.get('status')}`" for r in unfinished] + [""]
+        section.lines += [f"- {r.describe()}: status `{status_of(r.summary)}`" for r in unfinished] + [""]
     if ctx.inputs.invalid:
         section.lines += ["Files skipped (not run summaries):", ""]
         section.lines += [f"- warning: {line}" for line in ctx.inputs.invalid] + [""]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from callbacks.figure_style import save_figure
 from callbacks.neuron_files import OUTPUT_DIR, SkillNeuronError, neuron_file_of
 
 FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like", "causal_lm": "GPT-like (decoder-only)"}
@@ -417,7 +418,7 @@ class Context:
             fig.suptitle("\n".join(t for t in (title, figure.configuration) if t), fontsize="medium")
         fig.tight_layout()
         figure.path.parent.mkdir(parents=True, exist_ok=True)  # the folder appears with its first figure
-        fig.savefig(figure.path, dpi=DPI)  # no bbox_inches="tight": the size stays exactly figure.size
+        save_figure(fig, figure.path, DPI)  # no bbox_inches="tight": the size stays exactly figure.size
         return figure
 
 

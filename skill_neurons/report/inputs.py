@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from callbacks.neuron_files import OUTPUT_DIR
-from callbacks.run_files import SUMMARY_FILE, summary_from_wandb
+from callbacks.run_files import SUMMARY_FILE, process_gone, status_of, summary_from_wandb
 from skill_neurons.report.base import Inputs, ReportError, Run
 from skill_neurons.wandb_env import offline_reason
 
@@ -61,6 +62,9 @@ def read_runs(arguments: list[str], download_dir: Path) -> Inputs:
             if not isinstance(summary, dict) or not isinstance(summary.get("settings"), dict):
                 invalid.append(f"`{file}`: not a run summary (no `settings` section)")
                 continue
+            if process_gone(summary):  # not still running: killed (its record says so in report.md too)
+                print(f"skill-neurons report: run {file.parent} is {status_of(summary)} — skipped as unfinished",
+                      file=sys.stderr, flush=True)
             runs.append(Run(summary, file.parent, str(file)))
     if not runs:
         also = f"; skipped {len(invalid)} files that are not run summaries: {', '.join(invalid)}" if invalid else ""

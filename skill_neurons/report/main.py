@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 import time
 import traceback
@@ -48,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from callbacks.neuron_files import set_name
-from callbacks.run_files import redact_argv
+from callbacks.run_files import atomic_write, redact_argv
 from callbacks.wandb_config import REPORT_NAME
 from skill_neurons.report.accuracy import accuracy_section, runs_section
 from skill_neurons.report.balance import balanced_section
@@ -136,8 +137,10 @@ def write_report(ctx: Context, sections: list[Section], out: Path, command: str)
                          "height": f.size[1], "table": f.table, "configuration": f.configuration}
                         for f in section.figures],
         }
-    (out / "report.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(render_markdown(ctx, sections, command))
+    text = json.dumps(document, indent=2, default=str) + "\n"
+    atomic_write(out / "report.json", lambda f: f.write(text))
+    markdown = render_markdown(ctx, sections, command)
+    atomic_write(out / "report.md", lambda f: f.write(markdown))
     return document
 
 
@@ -213,7 +216,8 @@ def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set:
     if use_wandb:
         document["artifacts"] = used_artifacts(ctx)  # the neuron-file artifact versions it read
         document["wandb"] = log_to_wandb(out, sections, project, document)
-        (out / "report.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+        text = json.dumps(document, indent=2, default=str) + "\n"
+        atomic_write(out / "report.json", lambda f: f.write(text))
     return document
 
 
@@ -276,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if document.get("wandb"):
         info = document["wandb"]
         print(f"skill-neurons report: W&B run {info['id']} ({info['mode']}) in {info['dir']}"
-              + (f"; upload with `wandb sync {info['dir']}`" if info["mode"] == "offline" else f": {info['url']}"))
+              + (f"; upload with `wandb sync {shlex.quote(str(info['dir']))}`" if info["mode"] == "offline" else f": {info['url']}"))
     return 0
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from callbacks.run_files import atomic_write
+
 STATE_FILE = "state.json"
 MARKER_ENV = "SKILL_NEURONS_SWEEP_TRIAL"  # "<sweep id>/<run id>" in every trial process's environment
 KILL_DELAY_S = 30.0  # SIGTERM -> SIGKILL, as wandb agent's default
@@ -141,13 +143,9 @@ def render_command(config: dict, params: dict[str, Any], args_json_file: str | o
 def save_param_file(path: Path, params: dict[str, Any]) -> None:
     """``WANDB_SWEEP_PARAM_PATH``: the trial's parameters in W&B's config-file format (wandb.init reads it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    values = {k: {"value": v} for k, v in params.items()}
-    try:
-        from wandb.sdk.lib.config_util import save_config_file_from_dict
-    except ImportError:
-        path.write_text("wandb_version: 1\n\n" + yaml.safe_dump(values, sort_keys=False))
-        return
-    save_config_file_from_dict(str(path), values)
+    values = {k: {"value": v} for k, v in params.items()}  # as wandb's save_config_file_from_dict, atomically
+    text = "wandb_version: 1" + ("\n\n" + yaml.safe_dump(values, sort_keys=False, allow_unicode=True) if values else "")
+    atomic_write(path, lambda f: f.write(text))
 
 
 # ------------------------------------------------------------------------------- the sweep file

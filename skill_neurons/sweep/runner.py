@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from callbacks.run_files import new_run_id, read_json, summary_path
+from callbacks.run_files import atomic_write, new_run_id, read_json, summary_path
 from callbacks.sweep_trial import PARAM_PATH_ENV, SWEEP_ID_ENV, SWEEP_NAME_ENV, VARIED_ENV, varied_keys
 from skill_neurons.runs import RUN_ID_ENV, RUNS_DIR_ENV
 from skill_neurons.sweep.config import (
@@ -104,7 +104,8 @@ class SweepRunner:
         else:
             self.state = {"version": 1, "sweep_id": new_run_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.state.update(config=self.raw_config, sweep_file=str(self.sweep_file), cwd=os.getcwd(), group=self.group)
-        (self.dir / "sweep.yaml").write_text(yaml.safe_dump(self.raw_config, sort_keys=False))
+        sweep_yaml = yaml.safe_dump(self.raw_config, sort_keys=False)
+        atomic_write(self.dir / "sweep.yaml", lambda f: f.write(sweep_yaml))
         self._save()
 
     def _save(self) -> None:
@@ -236,7 +237,8 @@ class SweepRunner:
         argv = self.argv_of(trial, run_id)
         save_param_file(self.dir / "params" / f"config-{run_id}.yaml", trial.params)
         if "${args_json_file}" in [str(c) for c in self.config.get("command") or []]:
-            (self.dir / "params" / f"config-{run_id}.json").write_text(json.dumps(trial.params))
+            params = json.dumps(trial.params)
+            atomic_write(self.dir / "params" / f"config-{run_id}.json", lambda f: f.write(params))
         # The skill-neurons CLI claims its run folder itself (and refuses one that exists); other programs get it.
         self.run_dir(run_id).parent.mkdir(parents=True, exist_ok=True)
         if not is_skill_neurons_cli(argv):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
+import shlex
 from pathlib import Path
 from typing import Any
 
-from callbacks.run_files import read_json, read_summary, write_json_atomic
+from callbacks.run_files import pid_exists, process_gone, read_json, read_summary, write_json_atomic
 from skill_neurons.sweep.config import SUMMARY_SECTIONS, SweepError, plain
 
 
@@ -58,9 +58,7 @@ def backup_of(path: Path) -> Path:
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write the sweep state atomically, keeping the previous good state as ``state.json.bak``."""
-    if "sweep_id" in read_json(path):
-        shutil.copyfile(path, backup_of(path))
-    write_json_atomic(path, state, default=plain)
+    write_json_atomic(path, state, default=plain, backup="sweep_id" in read_json(path))
 
 
 def read_state(path: Path) -> tuple[dict[str, Any], str | None]:
@@ -102,6 +100,17 @@ def trial_report(run_dir: Path) -> tuple[dict[str, Any], dict[str, float], list[
 
 
 
+def shown_state(trial: Trial, directory: Path) -> str:
+    """A trial's state for the table: a ``running`` trial whose process is gone (its runner was killed and has
+    not been started again) says so; the runner's next start requeues it."""
+    if trial.state != "running" or not trial.run_id:
+        return trial.state
+    summary = read_summary(directory / "runs" / trial.run_id)
+    pid = trial.attempts[-1].pid
+    gone = process_gone(summary) if summary.get("process") else pid is not None and not pid_exists(pid)
+    return "running (process gone)" if gone else trial.state
+
+
 def format_table(state: dict[str, Any], trials: list[Trial], directory: Path, objective) -> str:
     """Trials as rows: number, run id, state, parameters, objective (best one marked ``*``), run directory."""
     config = state.get("config", {})
@@ -119,7 +128,8 @@ def format_table(state: dict[str, Any], trials: list[Trial], directory: Path, ob
         score = scores[t.number]
         shown = "" if score is None else f"{score:.4g}" + (" *" if t.number == best else "")
         run_dir = str(directory / "runs" / t.run_id) if t.run_id else ""
-        rows.append([str(t.number), t.run_id or "", t.state, *[_short(t.params.get(k, "")) for k in keys], shown,
+        rows.append([str(t.number), t.run_id or "", shown_state(t, directory),
+                     *[_short(t.params.get(k, "")) for k in keys], shown,
                      run_dir])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
@@ -130,8 +140,9 @@ def format_table(state: dict[str, Any], trials: list[Trial], directory: Path, ob
     title = (f"sweep {state.get('sweep_id')} ({config.get('method')}, {state.get('sweep_file')}): "
              f"{len(trials)} trials — {counts or 'none yet'}{goal}")
     group = state.get("group") or state.get("sweep_id")  # a sweep started before groups were named: its id
+    where = shlex.quote(str(directory))
     foot = [(("* best trial. " if best is not None else "") + f"Offline W&B runs: browse with `wandb leet "
-             f"{directory}`, upload with `wandb sync {directory}` (group {group}).")] if trials else []
+             f"{where}`, upload with `wandb sync {where}` (group {group}).")] if trials else []
     return "\n".join([title, *lines, *foot])
 
 
