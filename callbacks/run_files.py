@@ -263,7 +263,7 @@ def update_summary(run_dir: str | Path, /, **sections: Any) -> Summary:
         raise SummaryError(problem)
     summary = read_summary(run_dir)
     summary.update(sections)  # type: ignore[typeddict-item]
-    atomic_write(summary_path(run_dir), lambda f: json.dump(summary, f, indent=2, default=jsonable), backup=True)
+    write_json_atomic(summary_path(run_dir), summary, indent=2, backup=True)  # strict JSON: NaN becomes null
     return summary
 
 
