@@ -19,6 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -103,7 +104,10 @@ def config_without_secrets(config):
     for key, value in list(config.items(branches=False)):
         if any(is_secret(part) for part in key.split(".")):
             del config[key]
-        elif isinstance(value, (dict, list)):
+        elif isinstance(value, list):  # e.g. trainer.callbacks: a list of class_path/init_args namespaces
+            config[key] = [config_without_secrets(v) if isinstance(v, Namespace) else without_secrets(v)
+                           for v in value]
+        elif isinstance(value, dict):
             config[key] = without_secrets(value)
     return config
 

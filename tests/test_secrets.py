@@ -55,3 +55,11 @@ def test_secrets_are_redacted_from_argv_configs_and_nested_values():
     assert clean.as_dict() == {"trainer": {"logger": {"init_args": {"settings": {"init_timeout": 5},
                                                                      "project": "p"}}}, "seed_everything": 1}
     assert config.trainer.logger.init_args.api_token == "K"  # the run itself still gets its credentials
+    # a list of classes (trainer.callbacks) holds namespaces: their init_args are cleaned too
+    listed = Namespace(trainer=Namespace(callbacks=[
+        Namespace(class_path="my.Callback", init_args=Namespace(api_token="K", every=2)),
+        Namespace(class_path="my.Other", init_args=Namespace(settings={"password": "K", "n": 1}))]))
+    assert config_without_secrets(listed).as_dict() == {"trainer": {"callbacks": [
+        {"class_path": "my.Callback", "init_args": {"every": 2}},
+        {"class_path": "my.Other", "init_args": {"settings": {"n": 1}}}]}}
+    assert listed.trainer.callbacks[0].init_args.api_token == "K"
