@@ -159,9 +159,8 @@ class SkillNeuronCallback(Callback):
         self.balanced = balanced
         self.results: dict[str, dict[str, torch.Tensor]] = {}
         self.metrics: dict[str, float] = {}
-        self._fit_analysed = False
+        self._fit_analysed, self._signalled = False, None  # _signalled: the analysing trainer (see analyse)
         self._progress, self._live = False, None  # the passes' progress (per analysis, rank 0; callbacks/progress.py)
-        self._stop_requested = lambda: False  # during analyse: has the trainer received SIGTERM?
 
     # ------------------------------------------------------------------ checks (before any work)
     def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
@@ -299,13 +298,14 @@ class SkillNeuronCallback(Callback):
         bar = trainer.progress_bar_callback  # Lightning's rich bar, still on screen at on_train_end: add to it
         live = bar.progress if isinstance(bar, RichProgressBar) else None
         self._live = live if live is not None and live.live.is_started else None
-        self._stop_requested = lambda: trainer.received_sigterm
+        self._signalled = trainer  # an attribute, not a closure: the callback is pickled by ddp_spawn
         try:
             with torch.no_grad(), trainer.precision_plugin.forward_context():
                 self.results = self.passes(pl_module, datamodule, datamodule.eval_roles(stage),
                                            trainer.global_rank, trainer.world_size)
         finally:
             pl_module.train(was_training)
+            self._signalled = None
         self.metrics = self._metrics(datamodule, stage)
         for key, value in self.metrics.items():
             trainer.callback_metrics[key] = torch.tensor(value)
@@ -368,7 +368,8 @@ class SkillNeuronCallback(Callback):
         with ffn_hooks(pl_module.backbone, on_units, self.part), \
                 pass_bar(len(loader), f"Skill neurons: {what}", self._progress, live=self._live) as bar:
             for batch in loader:
-                if self._stop_requested():  # SIGTERM: stop between batches; the run is left interrupted
+                # SIGTERM: stop between batches; the run is left interrupted
+                if self._signalled is not None and self._signalled.received_sigterm:
                     raise SIGTERMException
                 current.update(move_data_to_device(batch, pl_module.device))
                 pl_module.run_to_neurons(current, self.part)
