@@ -110,7 +110,7 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
                            "prompt be evaluated)")
         return argv, []
     if rest[0] == "fit":
-        raise CLIError("--from_run evaluates a trained prompt: use it with validate or test, not fit")
+        raise CLIError("--from_run evaluates a trained prompt: use it with validate, test or predict, not fit")
     run = find_fit_run(spec)
     best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
     if not best.is_file():

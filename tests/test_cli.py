@@ -230,7 +230,7 @@ def test_from_run_names_what_is_missing(tmp_path, monkeypatch, capsys):
     for argv, message in ((["validate", "--from_run=runs/nope"], "no run directory with a config.yaml there"),
                           (["validate", "--from_run", "runs?task=sst2"],
                            "no finished fit run under 'runs' has settings {'task': 'sst2'}"),
-                          (["fit", "--from_run=runs/nope"], "use it with validate or test, not fit")):
+                          (["fit", "--from_run=runs/nope"], "use it with validate, test or predict, not fit")):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
