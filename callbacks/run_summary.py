@@ -21,9 +21,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.contracts import PromisesOutputs, PromptData, ReportsMetrics, neurons_perturbed
 from callbacks.prompt_checkpoint import metadata_of, read_checkpoint
 from callbacks.run_files import (
-    BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, SummaryError, jsonable, offline_segments, process_record, read_summary,
-    redact, transfer_record, update_summary,
+    BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, SummaryError, jsonable, offline_segments, read_summary, redact,
+    transfer_record, update_summary,
 )
+from callbacks.run_status import process_record
 from callbacks.sweep_trial import sweep_trial
 from callbacks.wandb_config import chart_step, run_config, run_tags
 

@@ -32,9 +32,8 @@ from callbacks.model_summary import PromptModelSummary
 from callbacks.predictions import PredictionWriter
 from callbacks.prompt_checkpoint import prompt_of, read_checkpoint
 from callbacks.rng_state import RNGState
-from callbacks.run_files import (
-    flatten, is_secret, new_run_id, offline_segments, read_summary, redact, status_exit_code, without_secrets,
-)
+from callbacks.run_files import flatten, is_secret, new_run_id, offline_segments, read_summary, redact, without_secrets
+from callbacks.run_status import status_exit_code
 from callbacks.run_summary import SMOKE, RunSummary
 from callbacks.suppression import NeuronSuppression
 from datamodules.prompt_datamodule import PromptDataModule, check_sizes
@@ -332,7 +331,7 @@ class SkillNeuronsCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the stage; on failure remove an empty claimed run directory; always close the W&B run; then
         say where the run is (the last line the command prints). A run that did not finish exits non-zero
-        (:func:`callbacks.run_files.status_exit_code`): 143 after SIGTERM (Lightning's ``SIGTERMException`` is a
+        (:func:`callbacks.run_status.status_exit_code`): 143 after SIGTERM (Lightning's ``SIGTERMException`` is a
         ``SystemExit`` without a code: it exited 0), 130 after Ctrl-C, 3 when ``incomplete``."""
         try:
             super()._run_subcommand(subcommand)

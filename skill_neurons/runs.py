@@ -10,8 +10,9 @@ from typing import Any
 from callbacks.configuration import configuration_of, differing_keys
 from callbacks.run_files import (
     BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RunSelectorError, find_run, is_run_id,
-    process_gone, read_summary, status_of, summary_problem,
+    read_summary, summary_problem,
 )
+from callbacks.run_status import process_gone, status_of
 
 RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
 RUNS_DIR_ENV = "SKILL_NEURONS_RUNS_DIR"  # a sweep trial's default --runs_dir

@@ -25,10 +25,10 @@ from tests.helpers import ROOT, subprocess_env
 PACKAGES = ("callbacks", "datamodules", "lightning_modules", "skill_neurons")
 MIDDLE_ORDER = ("lightning_modules", "datamodules", "callbacks")
 BOTTOM = {
-    "callbacks", "callbacks.configuration", "callbacks.contracts", "callbacks.figure_style", "callbacks.neuron_files", "callbacks.progress",
-    "callbacks.neuron_statistics", "callbacks.prompt_checkpoint", "callbacks.run_files", "callbacks.sweep_trial",
-    "callbacks.wandb_config", "datamodules", "datamodules.eval_sets", "datamodules.synthetic", "datamodules.task_spec",
-    "datamodules.tasks",
+    "callbacks", "callbacks.configuration", "callbacks.contracts", "callbacks.figure_style", "callbacks.neuron_files",
+    "callbacks.neuron_statistics", "callbacks.progress", "callbacks.prompt_checkpoint", "callbacks.run_files",
+    "callbacks.run_status", "callbacks.sweep_trial", "callbacks.wandb_config",
+    "datamodules", "datamodules.eval_sets", "datamodules.synthetic", "datamodules.task_spec", "datamodules.tasks",
     "lightning_modules", "lightning_modules.backbones", "lightning_modules.ffn",
 }
 NO_LIGHTNING = ("lightning", "pytorch_lightning", "wandb")  # third-party packages the bottom layer never imports

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from callbacks import figure_style as style
-from callbacks.run_files import status_of
+from callbacks.run_status import status_of
 from skill_neurons.report.groups import group_lines
 from skill_neurons.report.seed_means import layout_of
 from skill_neurons.report.base import (

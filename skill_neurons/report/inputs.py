@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from callbacks.neuron_files import OUTPUT_DIR
-from callbacks.run_files import SUMMARY_FILE, process_gone, status_of, summary_from_wandb
+from callbacks.run_files import SUMMARY_FILE, summary_from_wandb
+from callbacks.run_status import process_gone, status_of
 from skill_neurons.report.base import Inputs, ReportError, Run
 from skill_neurons.wandb_env import offline_reason
 
