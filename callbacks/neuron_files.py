@@ -71,7 +71,7 @@ def neuron_file_of(run: str | Path, eval_set: str = "validation") -> Path:
 
 
 def combine_neuron_files(runs: list[str | Path], eval_set: str = "validation") -> tuple[torch.Tensor, dict]:
-    """Skill-neuron scores of several prompts (seeds) combined as METHOD.md orders it: each run's score is
+    """Skill-neuron scores of several prompts (seeds) combined in the papers' order: each run's score is
     already the max over prompt positions; the combined score is the mean of those maxima over runs.
 
     Returns the (L, N) mean score and metadata (runs, files, backbone, task, per-run scores as a list).

@@ -1,7 +1,7 @@
 """
 Skill-neuron statistics as plain tensor code (no Lightning, no file I/O).
 
-Definitions (Wang et al. 2022 and Ackermann & Ohmer 2024 agree; see METHOD.md, "Skill neurons"):
+Definitions (Wang et al. 2022 and Ackermann & Ohmer 2024 agree; the README's "Skill neurons" states them):
 
     activation    a[l,t,i](x)  FFN hidden value, i.e. the input of the FFN down-projection, of layer l,
                                prompt position t, unit i, for example x.

@@ -1,5 +1,5 @@
 """``SkillNeuronCallback``: which FFN neurons a tuned prompt activates, and do they stay predictive on
-adversarial data? (METHOD.md, "Skill neurons"; the statistics themselves are in ``neuron_statistics.py``.)
+adversarial data? (README, "Skill neurons"; the statistics themselves are in ``neuron_statistics.py``.)
 
 At the end of ``fit`` (with the best checkpoint's prompt) and after ``validate`` / ``test`` (with the prompt
 that was loaded) the callback makes three kinds of passes of the frozen backbone, with forward hooks on the

@@ -1,4 +1,4 @@
-"""``NeuronSuppression``: perturb selected FFN neurons while evaluating a prompt (METHOD.md, "Suppression").
+"""``NeuronSuppression``: perturb selected FFN neurons while evaluating a prompt (README, "The paper's experiments").
 
     skill-neurons validate --config configs/roberta/sst2.yaml --ckpt_path runs/<id>/checkpoints/best.ckpt \
         --suppression.rate=5 --suppression.selection=skill --suppression.perturbation=zero

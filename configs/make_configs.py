@@ -13,7 +13,7 @@ header.
 from dataclasses import dataclass
 from pathlib import Path
 
-# P1's nine tasks (its src/config/<Task>Prompt{Roberta,T5}.config files) in METHOD.md's type order; RTE is not one
+# P1's nine tasks (its src/config/<Task>Prompt{Roberta,T5}.config files) in the task-type order sentiment, NLI, paraphrase, ethics; RTE is not one
 # of them: configs/<backbone>/rte.yaml is written too (same regime), but the paper grid leaves it out.
 PAPER_TASKS = ["sst2", "imdb", "movie_rationales", "mnli", "qnli", "qqp", "mrpc", "ethics_deontology", "ethics_justice"]
 TASKS = [*PAPER_TASKS, "rte"]
@@ -40,7 +40,7 @@ TEMPLATE = """\
 #   layout paper: P1's input, verbalizer ids, readout and loss (src/models/Prompt{p1}.py, src/formatter/)
 #   prompt_length 100: [prompt] prompt_num/prompt_len; learning_rate, max_epochs, batch_size, max_text_length:
 #   [train] learning_rate, epoch, batch_size, max_len; eval_batch_size: [eval] batch_size; optimizer adamw,
-#   weight_decay 0 ([train]); adam_eps 1e-6 and a constant learning rate: P1's released checkpoints (METHOD.md)
+#   weight_decay 0 ([train]); adam_eps 1e-6 and a constant learning rate: P1's released checkpoints (their saved optimizer state)
 #   backbone_dropout true: P1 trains with the backbone in train mode (dropout on; RoBERTa: not on the embeddings)
 #   prompt_init {prompt_init}: {init_note}
 #   precision 32-true: P1 trains in fp32 (bf16-mixed is an option: --trainer.precision=bf16-mixed)

@@ -1,7 +1,7 @@
 """Where a backbone's feed-forward ("skill") neurons live — answered here and nowhere else.
 
 A neuron is one unit of the FFN hidden layer: the value after the nonlinearity, i.e. the *input of the FFN
-down-projection* (METHOD.md, "Skill neurons"). :func:`ffn_sites` finds, for every layer of the encoder (the
+down-projection* (README, "Skill neurons"). :func:`ffn_sites` finds, for every layer of the encoder (the
 decoder of an encoder–decoder with ``part="decoder"``; a decoder-only causal LM's one stack of layers, which
 reads the prompt, is its ``encoder`` part), the module that carries those units and whether they are its output
 or its input:

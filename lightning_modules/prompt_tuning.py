@@ -296,7 +296,7 @@ class PromptTuningModule(LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def configure_optimizers(self):
-        """AdamW over the prompt only (METHOD.md: eps 1e-6, weight decay 0, constant learning rate)."""
+        """AdamW over the prompt only (as P1's released checkpoints record: eps 1e-6, weight decay 0, constant learning rate)."""
         return torch.optim.AdamW(self.prompt.parameters(), lr=self.hparams.learning_rate,
                                  eps=self.hparams.adam_eps, weight_decay=self.hparams.weight_decay)
 

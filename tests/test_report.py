@@ -304,7 +304,7 @@ def test_suppression_curves_are_mean_and_sem_over_seeds(full_report):
         assert row["mean"] == pytest.approx(statistics.fmean(values), abs=1e-12)
         assert row["sem"] == pytest.approx(statistics.stdev(values) / math.sqrt(2), abs=1e-12)
     assert "### tiny-roberta · sst2 · zero" in markdown
-    assert "Rate 0 vs the source fit run's best `val/acc`: largest difference" in markdown  # METHOD.md's check
+    assert "Rate 0 vs the source fit run's best `val/acc`: largest difference" in markdown  # suppression at rate 0 must equal plain evaluation
 
 
 def test_spearman_matrices_have_unit_diagonal_and_match_spearman(full_report):

@@ -18,7 +18,7 @@ the max of the predictivity over prompt positions (P1 ``find.py::get_max_seed``)
     histogram        0.05-wide bins from floor(min/0.05)·0.05 to ceil(max/0.05)·0.05  get_bin_boundaries
 
 Ties in a ranking: the lower unit (flat) index first (P1's ``np.argsort(x)[::-1]`` leaves ties to the sort
-algorithm). Where P1 has bugs (METHOD.md lists them) we do not follow it: the Spearman across seeds without
+algorithm). Where P1 has bugs (the README's deviation table lists them) we do not follow it: the Spearman across seeds without
 ``topn`` stores the p-value (``spearmanr(...)[1]``) — we use ρ; the histogram's combined bins drop the last
 edge (``np.arange(min, max, 0.05)``) — we keep every value; ``12`` layers and ``3072`` units are read from the
 tensors, not hard-coded.

@@ -20,7 +20,7 @@ FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like", "causal_lm": 
 # The paper's two families, in its order (the accuracy table notes which of them are absent); any other family,
 # such as causal_lm, ranks after them.
 FAMILY_ORDER = ("masked_lm", "seq2seq")
-TYPE_ORDER = ("sentiment", "nli", "paraphrase", "ethics")  # METHOD.md's task types, in its order
+TYPE_ORDER = ("sentiment", "nli", "paraphrase", "ethics")  # the papers' task types, in their order
 OVERLAP_PERCENTS = (1, 5, 10, 15)  # the n of overlap@n% P1 reports (the callback's default too)
 DPI = 100
 WIDE = (1200, 600)  # pixels (width, height) of line, bar and box plots
@@ -366,7 +366,7 @@ class Context:
         return types
 
     def task_order(self, tasks: set[str] | list[str]) -> list[str]:
-        """Tasks ordered by task type (METHOD.md's order, then others alphabetically), then name."""
+        """Tasks ordered by task type (TYPE_ORDER, then others alphabetically), then name."""
         types = self.task_types()
 
         def key(task: str) -> tuple:

@@ -17,7 +17,7 @@ and writes
   ``wandb.Table`` and the report folder as an artifact; offline (``DIR/wandb/offline-run-*``) without
   credentials, as the training CLI does.
 
-Sections (METHOD.md, "Experiments built on it"), each replaced by one line saying why when its runs are
+Sections (README, "The paper's experiments"), each replaced by one line saying why when its runs are
 missing, in :data:`skill_neurons.report.base.TITLES` order: runs read; accuracy; transfer (:mod:`.transfer`); the paper's
 neuron analyses computed as P1 computes them (:mod:`report_paper`, :mod:`report_spearman`, numbers from
 :mod:`.analyses`, seed means from :mod:`.seed_means`); suppression (:mod:`.suppression` and the

@@ -76,7 +76,7 @@ def suppression_section(ctx: Context) -> Section:
 
 
 def rate_zero_check(ctx: Context, runs: list[Run]) -> list[str]:
-    """Rate 0 must reproduce the unperturbed accuracy (METHOD.md): compare rate-0 runs with the clean
+    """Rate 0 must reproduce the unperturbed accuracy: compare rate-0 runs with the clean
     ``val/acc`` of their source fit run's best epoch, where that run was read."""
     fits = {r.run_id: r for r in ctx.of_kind("fit")}
     differences = []
