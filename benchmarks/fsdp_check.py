@@ -22,7 +22,7 @@ The statistics are exact when the thresholds agree to float rounding (``--thresh
 relative to the largest threshold: a mean summed in another order) and the accuracies and scores, which are
 counts of examples over the threshold, are equal. Any failure is printed to stderr as ``fsdp_check: FAILED: ...``
 and the exit status is 1, after the JSON line. With more than one GPU pass ``--devices N``: the all-reduce of
-``callbacks/neuron_statistics.py`` then sums the ranks' counts (exact under DDP: ``tests/test_skill_neurons.py``).
+``lightning_modules/neuron_statistics.py`` then sums the ranks' counts (exact under DDP: ``tests/test_skill_neurons.py``).
 """
 
 from __future__ import annotations

@@ -22,15 +22,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from callbacks.run_files import atomic_write
+from records.files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``torch.save`` checkpoints, written through a temp file in the checkpoint's own folder,
-    fsynced and renamed (:func:`~callbacks.run_files.atomic_write`). Lightning's own writer goes through
+    fsynced and renamed (:func:`~records.files.atomic_write`). Lightning's own writer goes through
     fsspec, which writes to the system temp folder and then *moves* the file: across filesystems that is a copy
     over the old ``last.ckpt``, so a kill or a full disk during it destroyed the previous good checkpoint. A
-    failed write raises :class:`~callbacks.run_files.WriteError` and leaves the previous checkpoint intact."""
+    failed write raises :class:`~records.files.WriteError` and leaves the previous checkpoint intact."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's writer

@@ -24,10 +24,11 @@ import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.contracts import PromptData
-from callbacks.neuron_files import set_name
-from callbacks.run_files import atomic_write, update_summary
 from callbacks.run_summary import run_dir_of
+from lightning_modules.contracts import PromptData
+from records.files import atomic_write
+from records.neuron_files import set_name
+from records.summary import update_summary
 
 OUTPUT_DIR = "predictions"
 FORMAT = "csv"

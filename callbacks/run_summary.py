@@ -18,15 +18,23 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.contracts import PromisesOutputs, PromptData, ReportsMetrics, neurons_perturbed
-from callbacks.prompt_checkpoint import metadata_of, read_checkpoint
-from callbacks.run_files import (
-    BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, SummaryError, jsonable, offline_segments, read_summary, redact,
-    transfer_record, update_summary,
+from lightning_modules.contracts import PromisesOutputs, PromptData, ReportsMetrics, neurons_perturbed
+from records.files import jsonable
+from records.prompt_checkpoint import metadata_of, read_checkpoint
+from records.run_status import process_record
+from records.secrets import redact
+from records.summary import (
+    BEST_KEY,
+    CHECKPOINT_DIR,
+    SUMMARY_FILE,
+    SummaryError,
+    offline_segments,
+    read_summary,
+    update_summary,
 )
-from callbacks.run_status import process_record
-from callbacks.sweep_trial import sweep_trial
-from callbacks.wandb_config import chart_step, run_config, run_tags
+from records.sweep_trial import sweep_trial
+from records.transfer import transfer_record
+from records.wandb_config import chart_step, run_config, run_tags
 
 # A fit under --trainer.fast_dev_run: a check that the pipeline runs, not a trained prompt (see RunSummary).
 SMOKE = ("--trainer.fast_dev_run: one batch per loop, no best checkpoint, no config.yaml, no skill-neuron "
@@ -65,7 +73,7 @@ class RunSummary(Callback):
 
     Hooks: ``setup`` (settings, data, W&B metric declarations and config), ``on_validation_epoch_end``
     (history and best epoch), ``on_fit_end`` / ``on_validation_end`` / ``on_test_end`` / ``on_predict_end``
-    (final metrics, with those of every :class:`~callbacks.contracts.ReportsMetrics` callback).
+    (final metrics, with those of every :class:`~lightning_modules.contracts.ReportsMetrics` callback).
 
     A fit under ``--trainer.fast_dev_run`` (Lightning runs one batch per loop and turns logging and
     checkpointing off) ends with ``status: smoke`` (and ``smoke``: what it left out) instead of ``finished``,
@@ -136,7 +144,7 @@ class RunSummary(Callback):
         run.define_metric("val/acc", summary="max,last")
         run.define_metric("val/loss", summary="min")
         run.define_metric("adv/*", summary="last")
-        # the settings that apply to this run, one key each (callbacks.wandb_config.run_config)
+        # the settings that apply to this run, one key each (records.wandb_config.run_config)
         run.config.update(run_config(redact(self.config), stage, settings), allow_val_change=True)
         run.tags = tuple(run_tags(settings, run.tags))  # plain tags for dashboard filters, after the config's
         trial = sweep_trial()

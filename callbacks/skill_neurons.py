@@ -40,21 +40,27 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.contracts import PromptData, neurons_perturbed
-from callbacks.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
-    OUTPUT_DIR, SkillNeuronError, combine_neuron_files, load_neuron_file, neuron_file_of, save_neuron_file, set_name,
-)
-from callbacks.neuron_statistics import (
-    PredictivityAccumulator, ThresholdAccumulator, mean_predictivity_of, overlap_at, top_neurons, top_percent_mask,
-)
-from callbacks.figure_style import RUN_DPI, per_layer_boxplot, run_figure_size, save_figure, set_colours
 from callbacks.progress import pass_bar, progress_enabled
-from callbacks.prompt_checkpoint import read_prompt
-from callbacks.run_files import atomic_write, update_summary
 from callbacks.run_summary import run_dir_of
-from callbacks.wandb_config import artifact_name
+from lightning_modules.contracts import PromptData, neurons_perturbed
 from lightning_modules.ffn import PARTS, FFNLookupError, Part, ffn_hooks, ffn_shape
+from lightning_modules.neuron_statistics import PredictivityAccumulator, ThresholdAccumulator
 from lightning_modules.prompt_tuning import PromptTuningModule
+from records.figures import RUN_DPI, per_layer_boxplot, run_figure_size, save_figure, set_colours
+from records.files import atomic_write
+from records.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
+    OUTPUT_DIR,
+    SkillNeuronError,
+    combine_neuron_files,
+    load_neuron_file,
+    neuron_file_of,
+    save_neuron_file,
+    set_name,
+)
+from records.neuron_selection import mean_predictivity_of, overlap_at, top_neurons, top_percent_mask
+from records.prompt_checkpoint import read_prompt
+from records.summary import update_summary
+from records.wandb_config import artifact_name
 
 THRESHOLD_ROLE = "train"
 

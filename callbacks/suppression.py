@@ -40,11 +40,11 @@ from typing import Literal, get_args
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from callbacks.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
-from callbacks.neuron_statistics import num_selected, top_percent_mask
-from callbacks.run_files import finished_fit_runs, read_summary, update_summary
 from callbacks.run_summary import run_dir_of
 from lightning_modules.ffn import PARTS, Part, ffn_shape, hook_ffn, remove_hooks
+from records.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
+from records.neuron_selection import num_selected, top_percent_mask
+from records.summary import finished_fit_runs, read_summary, update_summary
 
 Selection = Literal["skill", "random"]
 NeuronSource = Literal["own", "seed_mean"]

@@ -15,9 +15,9 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from callbacks.prompt_checkpoint import FAMILY_CLASSES, check_prompt_shape, keep_prompt_only, metadata
 from lightning_modules.backbones import BackboneError, load_backbone
 from lightning_modules.soft_prompt import OptionError, SoftPrompt, check_prompt_options
+from records.prompt_checkpoint import FAMILY_CLASSES, check_prompt_shape, keep_prompt_only, metadata
 
 # Intended, so not worth a warning: checkpoints leave the backbone out, and the backbone runs in eval mode.
 

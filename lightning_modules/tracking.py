@@ -21,7 +21,7 @@ from typing import Any
 from lightning.pytorch.loggers import wandb as lightning_wandb
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from callbacks.run_files import redact_argv
+from records.secrets import redact_argv
 
 INIT_TIMEOUT_S = 30.0
 CLASS_PATH = "lightning_modules.tracking.WandbLogger"
@@ -56,7 +56,7 @@ class WandbLogger(lightning_wandb.WandbLogger):
             self._wandb_init.pop("anonymous", None)
 
     def identify(self, name: str, job_type: str) -> None:
-        """The run's readable name and job type (``skill_neurons.run_identity``), unless the config gave
+        """The run's readable name and job type (``records.run_identity``), unless the config gave
         them; call it before the run starts."""
         self._wandb_init["name"] = self._name = self._wandb_init.get("name") or name
         self._wandb_init["job_type"] = self._wandb_init.get("job_type") or job_type
@@ -66,7 +66,7 @@ class WandbLogger(lightning_wandb.WandbLogger):
     def experiment(self):
         """The W&B run; an online start that fails (no network, bad key) becomes an offline run. W&B records the
         command line (``sys.argv``) in the run, and ``wandb sync`` uploads it: it sees it with secrets redacted
-        (:func:`callbacks.run_files.redact_argv`); the process's own ``sys.argv`` (which DDP ranks re-run) is kept."""
+        (:func:`records.secrets.redact_argv`); the process's own ``sys.argv`` (which DDP ranks re-run) is kept."""
         argv = sys.argv
         sys.argv = redact_argv(argv)
         try:

@@ -34,8 +34,8 @@ STAGES = ("fit", "validate", "test", "predict")
 
 
 # The project's errors: each is a user's mistake with a message that names the fix (module, class).
-USER_ERRORS = (("callbacks.neuron_files", "SkillNeuronError"), ("callbacks.prompt_checkpoint", "CheckpointError"),
-               ("callbacks.run_files", "WriteError"), ("callbacks.run_files", "SummaryError"),
+USER_ERRORS = (("records.neuron_files", "SkillNeuronError"), ("records.prompt_checkpoint", "CheckpointError"),
+               ("records.files", "WriteError"), ("records.summary", "SummaryError"),
                ("datamodules.tasks", "TaskError"), ("lightning_modules.backbones", "BackboneError"),
                ("lightning_modules.ffn", "FFNLookupError"),
                ("lightning_modules.soft_prompt", "OptionError"),

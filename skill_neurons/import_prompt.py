@@ -66,9 +66,9 @@ from pathlib import Path
 
 import torch
 
-from callbacks.prompt_checkpoint import FAMILY_CLASSES, metadata, write_checkpoint
 from lightning_modules.backbones import BackboneError, family_of, load_tokenizer
 from lightning_modules.prompt_tuning import PromptTuningModule
+from records.prompt_checkpoint import FAMILY_CLASSES, metadata, write_checkpoint
 from skill_neurons.flags import old_spellings
 
 PROMPT_FILE = "task_prompt"

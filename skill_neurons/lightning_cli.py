@@ -6,7 +6,7 @@ logged offline, never prompting; ``wandb sync`` uploads it later.
 
 A run directory is claimed with an atomic ``mkdir`` before any work: a command on an existing run id is
 refused unless it is a ``fit`` resuming a checkpoint of that run. Before the stage starts, the data are read
-and every callback checks the run (:func:`callbacks.contracts.preflight`), so a user's mistake leaves nothing.
+and every callback checks the run (:func:`lightning_modules.contracts.preflight`), so a user's mistake leaves nothing.
 """
 
 from __future__ import annotations
@@ -27,24 +27,30 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.checkpoint import RunCheckpoint, RunConfigFile
-from callbacks.contracts import preflight
 from callbacks.model_summary import PromptModelSummary
 from callbacks.predictions import PredictionWriter
-from callbacks.prompt_checkpoint import prompt_of, read_checkpoint
 from callbacks.rng_state import RNGState
-from callbacks.run_files import flatten, is_secret, new_run_id, offline_segments, read_summary, redact, without_secrets
-from callbacks.run_status import status_exit_code
 from callbacks.run_summary import SMOKE, RunSummary
 from callbacks.suppression import NeuronSuppression
 from datamodules.prompt_datamodule import PromptDataModule, check_sizes
 from lightning_modules import tracking
+from lightning_modules.contracts import preflight
 from lightning_modules.prompt_tuning import PromptTuningModule, check_model_options
+from records.prompt_checkpoint import prompt_of, read_checkpoint
+from records.run_identity import run_identity
+from records.run_status import status_exit_code
+from records.secrets import is_secret, redact, without_secrets
+from records.summary import flatten, new_run_id, offline_segments, read_summary
 from skill_neurons.cli_options import DEBUG_ENV, parser_kwargs
 from skill_neurons.console import metrics_table, where_line
 from skill_neurons.parse_errors import one_line
-from skill_neurons.run_identity import run_identity
 from skill_neurons.runs import (
-    DEFAULT_RUNS_DIR, RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero, resume_changes,
+    DEFAULT_RUNS_DIR,
+    RUN_ID_ENV,
+    CLIError,
+    check_run_id,
+    launched_rank_is_zero,
+    resume_changes,
 )
 from skill_neurons.wandb_env import NO_CREDENTIALS, offline_reason
 
@@ -98,7 +104,7 @@ def flat_config(config) -> dict:
 
 def config_without_secrets(config):
     """A copy of a LightningCLI config (``Namespace``) without any key named like a credential
-    (:func:`callbacks.run_files.is_secret`), at any depth: what ``config.yaml`` may hold."""
+    (:func:`records.secrets.is_secret`), at any depth: what ``config.yaml`` may hold."""
     config = config.clone()
     for key, value in list(config.items(branches=False)):
         if any(is_secret(part) for part in key.split(".")):
@@ -331,7 +337,7 @@ class SkillNeuronsCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the stage; on failure remove an empty claimed run directory; always close the W&B run; then
         say where the run is (the last line the command prints). A run that did not finish exits non-zero
-        (:func:`callbacks.run_status.status_exit_code`): 143 after SIGTERM (Lightning's ``SIGTERMException`` is a
+        (:func:`records.run_status.status_exit_code`): 143 after SIGTERM (Lightning's ``SIGTERMException`` is a
         ``SystemExit`` without a code: it exited 0), 130 after Ctrl-C, 3 when ``incomplete``."""
         try:
             super()._run_subcommand(subcommand)

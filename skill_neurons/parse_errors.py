@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from callbacks.configuration import ABBREVIATIONS
+from records.configuration import ABBREVIATIONS
 
 # jsonargparse's ways of naming the option a message is about.
 _UNRECOGNIZED = re.compile(r"Unrecognized arguments:\s*(.+)", re.DOTALL | re.IGNORECASE)

@@ -7,12 +7,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from callbacks.configuration import configuration_of, differing_keys
-from callbacks.run_files import (
-    BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RunSelectorError, find_run, is_run_id,
-    read_summary, summary_problem,
+from records.configuration import configuration_of, differing_keys
+from records.run_status import process_gone, status_of
+from records.summary import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    RunSelectorError,
+    find_run,
+    is_run_id,
+    read_summary,
+    summary_problem,
 )
-from callbacks.run_status import process_gone, status_of
 
 RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
 RUNS_DIR_ENV = "SKILL_NEURONS_RUNS_DIR"  # a sweep trial's default --runs_dir
@@ -65,7 +72,7 @@ def analyse_args(rest: list[str]) -> list[str]:
 def find_fit_run(spec: str) -> Path:
     """A fit run directory: ``runs/<id>``, or ``ROOT?key=value&...`` — the finished fit run under ROOT (searched
     recursively) whose ``summary.json`` settings match (``backbone``, ``task``, ``seed``, ...; several matches are
-    refused with the candidates unless ``&pick=best|latest``, :func:`callbacks.run_files.find_run`)."""
+    refused with the candidates unless ``&pick=best|latest``, :func:`records.summary.find_run`)."""
     try:
         run = find_run(spec)
     except RunSelectorError as err:
@@ -130,7 +137,7 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 # What a resume may change: how long it trains, and where it runs. Everything else of the run's configuration
-# (callbacks.configuration: learning rate, data sizes, prompt, task, analysis options ...) would make the record
+# (records.configuration: learning rate, data sizes, prompt, task, analysis options ...) would make the record
 # describe a run that never happened — epochs 0-2 on 640 rows, the rest on 64 — so it is refused.
 RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.accelerator",
                   "trainer.devices", "trainer.num_nodes", "trainer.strategy")
@@ -140,7 +147,7 @@ def resume_changes(run_dir: Path, config: dict[str, Any], ckpt_path: str) -> dic
     """The settings a resume of ``run_dir`` changes, ``{key: [was, now]}``, from the run's recorded config
     (``summary.json`` → ``config``) and this command's flat config; refuses (:class:`CLIError`, listing every
     difference) when one of them is not in :data:`RESUMABLE_KEYS`. Presentation keys, paths and the seed
-    (:func:`callbacks.configuration.configuration_of`) are not compared. ``{}`` when the run recorded no config."""
+    (:func:`records.configuration.configuration_of`) are not compared. ``{}`` when the run recorded no config."""
     saved = read_summary(run_dir).get("config")
     if not saved:
         return {}

@@ -12,7 +12,6 @@ import pytest
 import torch
 from lightning import Trainer, seed_everything
 
-from callbacks.neuron_statistics import top_percent_mask
 from callbacks.skill_neurons import SkillNeuronCallback, SkillNeuronError, load_neuron_file
 from callbacks.suppression import NeuronSuppression
 from datamodules import PromptDataModule
@@ -21,6 +20,7 @@ from datamodules.tasks import TaskError, TaskSpec, get_task
 from lightning_modules import CausalLMPromptTuning, MaskedLMPromptTuning
 from lightning_modules.backbones import BackboneError, load_backbone
 from lightning_modules.ffn import FFNLookupError, ffn_hooks, ffn_shape, ffn_sites
+from records.neuron_selection import top_percent_mask
 from tests.helpers.tiny import brute_force_statistics, marker_task, validate
 from tests.test_suppression import RecordUnits
 
@@ -87,9 +87,20 @@ def brute_force(model, dm, role: str, choice: str) -> tuple[np.ndarray, np.ndarr
 
 # ---------------------------------------------------------------- where neurons live
 def test_ffn_sites_of_decoder_only_architectures():
-    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
-                              LlamaForCausalLM, MistralConfig, MistralForCausalLM, OPTConfig, OPTForCausalLM,
-                              Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
     from transformers.pytorch_utils import Conv1D
 
     small = dict(vocab_size=50)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from callbacks.neuron_files import load_neuron_file, save_neuron_file
+from records.neuron_files import load_neuron_file, save_neuron_file
 from skill_neurons.report.main import main
 from tests.helpers import QUICK, ROOT, cli_in_process, run_cli, summary_of
 from tests.test_experiments import runs_by

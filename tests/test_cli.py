@@ -89,7 +89,8 @@ def test_quickstart_fit_writes_run_directory_summary_and_offline_wandb_run(workd
 
 
 def test_wandb_config_uses_cli_keys_and_drops_secret_like_keys():
-    from callbacks.run_files import flatten, redact
+    from records.secrets import redact
+    from records.summary import flatten
 
     flat = flatten({"model": {"class_path": "x.Y", "init_args": {"learning_rate": 0.1}}, "data": {"task": "sst2"},
                     "trainer": {"logger": {"init_args": {"api_key": "abc", "project": "p"}}}})

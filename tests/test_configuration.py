@@ -1,6 +1,6 @@
-"""What makes two runs one configuration (callbacks/configuration.py)."""
+"""What makes two runs one configuration (records/configuration.py)."""
 
-from callbacks.configuration import configuration_id, configuration_of, differing_keys, format_value, label
+from records.configuration import configuration_id, configuration_of, differing_keys, format_value, label
 
 BASE = {
     "seed_everything": 33, "model.class_path": "lightning_modules.MaskedLMPromptTuning",

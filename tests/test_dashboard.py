@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from callbacks.wandb_config import PER_RUN_KEYS, artifact_name, clean_config, job_type, run_name
+from records.wandb_config import PER_RUN_KEYS, artifact_name, clean_config, job_type, run_name
 from tests.helpers import ROOT, leet, only_run_dir, run_cli
 
 # The exact lines item 8 of the issue lists; none may appear in a normal run's output.
@@ -195,7 +195,7 @@ def brute_spearman(a: list[float], b: list[float]) -> float:
 
 
 def test_spearman_equals_a_brute_force_rank_correlation_with_ties_and_constants():
-    from callbacks.neuron_statistics import spearman
+    from lightning_modules.neuron_statistics import spearman
     from skill_neurons.report.analyses import spearman_rho
 
     rng = np.random.default_rng(0)
@@ -214,7 +214,7 @@ def test_spearman_equals_a_brute_force_rank_correlation_with_ties_and_constants(
 
 # -------------------------------------------------------------------------------------- figures
 def test_run_figure_size_rule_and_colours_are_one_scheme():
-    from callbacks import figure_style as style
+    from records import figures as style
 
     assert style.run_figure_size(2, 2) == (600, 400)  # the quick-start (2 layers, clean + 1 adversarial)
     assert style.run_figure_size(12, 2) == (1440, 400)  # roberta-base
@@ -295,7 +295,7 @@ def test_the_offline_wandb_record_has_name_job_type_clean_config_and_both_val_ac
 
 @pytest.mark.slow
 def test_the_run_figure_has_the_documented_size(quickstart):
-    from callbacks.figure_style import run_figure_size
+    from records.figures import run_figure_size
 
     _, _, run = quickstart
     assert png_size(run / "skill_neurons" / "per_layer_predictivity.png") == run_figure_size(2, 2) == (600, 400)

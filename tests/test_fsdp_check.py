@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks.neuron_files import save_neuron_file
+from records.neuron_files import save_neuron_file
 from tests.helpers import ROOT, subprocess_env
 
 

@@ -1,10 +1,11 @@
 """The layering rule (README "Layout"), checked on the source: an import against it fails here.
 
-* bottom — formats, tasks, FFN sites, statistics, backbones: :data:`BOTTOM`. They import no Lightning and no
-  project module outside the bottom layer.
-* middle — the Lightning components: every other module of ``lightning_modules``, ``datamodules`` and
-  ``callbacks``. They import bottom modules and middle modules of their own package or of an earlier one in
-  :data:`MIDDLE_ORDER` (a callback may name the module class it observes; a model never imports a callback).
+* bottom — the ``records`` package: the run directory and ``summary.json``, prompt checkpoints, neuron files, the
+  W&B config and names, figures. It imports no Lightning, transformers, datasets or W&B, and no project module
+  outside ``records``.
+* middle — the Lightning components: ``lightning_modules``, ``datamodules`` and ``callbacks``. They import
+  ``records`` and modules of their own package or of an earlier one in :data:`MIDDLE_ORDER` (a callback may
+  name the module class it observes; a model never imports a callback or a DataModule).
 * top — the command layer ``skill_neurons``: imports anything; nothing else imports it.
 
 Function-local imports of project modules are allowed only in the top layer (they keep a tool's start light);
@@ -22,16 +23,10 @@ import pytest
 
 from tests.helpers import ROOT, subprocess_env
 
-PACKAGES = ("callbacks", "datamodules", "lightning_modules", "skill_neurons")
+PACKAGES = ("records", "callbacks", "datamodules", "lightning_modules", "skill_neurons")
+BOTTOM_PACKAGE = "records"
 MIDDLE_ORDER = ("lightning_modules", "datamodules", "callbacks")
-BOTTOM = {
-    "callbacks", "callbacks.configuration", "callbacks.contracts", "callbacks.figure_style", "callbacks.neuron_files",
-    "callbacks.neuron_statistics", "callbacks.progress", "callbacks.prompt_checkpoint", "callbacks.run_files",
-    "callbacks.run_status", "callbacks.sweep_trial", "callbacks.wandb_config",
-    "datamodules", "datamodules.eval_sets", "datamodules.synthetic", "datamodules.task_spec", "datamodules.tasks",
-    "lightning_modules", "lightning_modules.backbones", "lightning_modules.ffn",
-}
-NO_LIGHTNING = ("lightning", "pytorch_lightning", "wandb")  # third-party packages the bottom layer never imports
+HEAVY = ("lightning", "pytorch_lightning", "wandb", "transformers", "datasets")  # never imported by the bottom layer
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -59,9 +54,8 @@ def project_imports(tree: ast.AST) -> list[tuple[str, int, bool]]:
 
 
 def layer(module: str) -> str:
-    if module.split(".")[0] == "skill_neurons":
-        return "top"
-    return "bottom" if module in BOTTOM else "middle"
+    package = module.split(".")[0]
+    return "top" if package == "skill_neurons" else "bottom" if package == BOTTOM_PACKAGE else "middle"
 
 
 def violations(sources: dict[str, str]) -> list[str]:
@@ -72,8 +66,8 @@ def violations(sources: dict[str, str]) -> list[str]:
         for target, line, local in project_imports(ast.parse(source)):
             top_name = target.split(".")[0]
             where = f"{module}:{line} imports {target}"
-            if layer(module) == "bottom" and top_name in NO_LIGHTNING:
-                found.append(f"{where} (the bottom layer imports no Lightning/W&B)")
+            if layer(module) == "bottom" and top_name in HEAVY:
+                found.append(f"{where} (the bottom layer imports no Lightning, transformers, datasets or W&B)")
             if target not in sources:
                 continue
             graph[module].add(target)
@@ -131,27 +125,30 @@ def project_sources(root: Path) -> dict[str, str]:
 
 def test_the_source_follows_the_layering_rule():
     sources = project_sources(ROOT)
-    assert {"callbacks.run_files", "skill_neurons.cli", "lightning_modules.prompt_tuning"} <= set(sources)
+    assert {"records.summary", "skill_neurons.cli", "lightning_modules.prompt_tuning"} <= set(sources)
     assert violations(sources) == []
 
 
 def test_the_checker_finds_each_kind_of_violation():
     bad = {
-        "callbacks.run_files": "import lightning\nfrom callbacks import skill_neurons\n",  # bottom -> Lightning, middle
+        "records.summary": "import transformers\nfrom callbacks import skill_neurons\n",  # bottom -> heavy, middle
         "callbacks.skill_neurons": "from skill_neurons.cli import main\n",  # middle -> top
         "lightning_modules.prompt_tuning": "def f():\n    from callbacks.suppression import X\n",  # later, local
         "callbacks.suppression": "from lightning_modules.prompt_tuning import M\n",
         "skill_neurons.cli": "",
-        "datamodules.tasks": "from datamodules.synthetic import a\n",
-        "datamodules.synthetic": "from datamodules.tasks import b\n",  # a cycle among bottom modules
+        "records.files": "from records.figures import a\n",
+        "records.figures": "from records.files import b\n",  # a cycle among bottom modules
+        "lightning_modules.backbones": "from datamodules.tasks import T\n",  # a model imports a DataModule module
+        "datamodules.tasks": "",
     }
     found = "\n".join(violations(bad))
-    assert "callbacks.run_files:1 imports lightning (the bottom layer imports no Lightning/W&B)" in found
-    assert "callbacks.run_files:2 imports callbacks.skill_neurons (a bottom module imports only bottom" in found
+    assert "records.summary:1 imports transformers (the bottom layer imports no Lightning, transformers" in found
+    assert "records.summary:2 imports callbacks.skill_neurons (a bottom module imports only bottom" in found
     assert "callbacks.skill_neurons:1 imports skill_neurons.cli (nothing outside skill_neurons" in found
     assert "lightning_modules.prompt_tuning:2 imports callbacks.suppression inside a function" in found
     assert "(lightning_modules comes before callbacks" in found
-    assert "import cycle: datamodules.synthetic -> datamodules.tasks" in found
+    assert "import cycle: records.figures -> records.files" in found
+    assert "lightning_modules.backbones:1 imports datamodules.tasks (lightning_modules comes before datamodules" in found
     assert "callbacks.suppression:1" not in found  # a callback may import the module class it observes
 
 

@@ -1,12 +1,17 @@
-"""Tests for callbacks/neuron_statistics.py: the streaming accumulators against brute force loops."""
+"""Tests for lightning_modules/neuron_statistics.py and records/neuron_selection.py: the streaming accumulators against brute force loops."""
 
 import numpy as np
 import pytest
 import torch
 
-from callbacks.neuron_statistics import (
-    PredictivityAccumulator, ThresholdAccumulator, mean_over_prompts, mean_predictivity_of, num_selected, overlap_at,
-    top_neurons, top_percent_mask,
+from lightning_modules.neuron_statistics import PredictivityAccumulator, ThresholdAccumulator
+from records.neuron_selection import (
+    mean_over_prompts,
+    mean_predictivity_of,
+    num_selected,
+    overlap_at,
+    top_neurons,
+    top_percent_mask,
 )
 
 L, P, N = 3, 4, 5  # layers, prompt positions, units
@@ -386,7 +391,7 @@ def test_end_to_end_planted_neuron_is_top_and_seed_mean_keeps_shape():
 
 def test_spearman_matches_scipy_with_ties_and_matrix_diagonal_is_one():
     scipy_stats = pytest.importorskip("scipy.stats")
-    from callbacks.neuron_statistics import spearman, spearman_matrix
+    from lightning_modules.neuron_statistics import spearman, spearman_matrix
 
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 5, (3, 40), generator=g).float()  # many ties

@@ -77,8 +77,8 @@ def finished(tmp_path_factory, tiny_backbones):
     (errno.ENOSPC, "No space left on device"), (errno.EROFS, "read-only"), (errno.EACCES, "may not write"),
 ])
 def test_a_failed_write_names_the_file_and_the_free_space_and_keeps_the_old_file(err, words, tmp_path, monkeypatch):
-    from callbacks import run_files
-    from callbacks.run_files import WriteError, atomic_write
+    from records import files as run_files
+    from records.files import WriteError, atomic_write
 
     path = tmp_path / "table.csv"
     path.write_text("the good version\n")
@@ -96,7 +96,7 @@ def test_a_failed_write_names_the_file_and_the_free_space_and_keeps_the_old_file
 
 
 def test_the_backup_is_the_previous_version(tmp_path):
-    from callbacks.run_files import atomic_write, backup_path
+    from records.files import atomic_write, backup_path
 
     path = tmp_path / "state.json"
     for text in ("one", "two", "three"):
@@ -174,7 +174,7 @@ def test_a_full_disk_while_writing_the_summary_or_config_keeps_them(name, finish
 
 
 def test_a_full_disk_while_saving_the_sweep_state_keeps_the_previous_state(tmp_path, monkeypatch):
-    from callbacks.run_files import WriteError
+    from records.files import WriteError
     from skill_neurons.sweep.state import read_state, save_state
 
     path = tmp_path / "state.json"
@@ -285,7 +285,7 @@ def test_a_resume_never_overwrites_a_truncated_summary(finished, capsys):
 
 
 def test_update_summary_refuses_a_summary_that_does_not_parse(tmp_path):
-    from callbacks.run_files import SummaryError, update_summary
+    from records.summary import SummaryError, update_summary
 
     (tmp_path / "summary.json").write_text("[1, 2")
     with pytest.raises(SummaryError, match="does not parse .* restore it or move it away"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from callbacks.wandb_config import job_type, run_name
+from records.wandb_config import job_type, run_name
 from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
 
 # Two epochs on 512 rows at a high learning rate: enough for the tiny backbones to predict both classes (measured:
@@ -193,7 +193,8 @@ def test_predict_runs_are_named_and_typed_predict():
 
 def test_predict_sets_load_only_the_chosen_sets_with_their_text(tiny_backbones):
     from datamodules import PromptDataModule
-    from tests.helpers.tiny import MARKER as TINY_MARKER, marker_task
+    from tests.helpers.tiny import MARKER as TINY_MARKER
+    from tests.helpers.tiny import marker_task
 
     task = marker_task()
     task["splits"]["test"] = {**task["splits"]["validation"], "file": str(TINY_MARKER / "validation.jsonl")}

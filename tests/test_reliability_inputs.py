@@ -231,7 +231,7 @@ def test_training_stops_at_a_non_finite_loss_naming_step_and_learning_rate(tmp_p
 
 
 def test_summary_json_is_strict_json(tmp_path):
-    from callbacks.run_files import read_summary, update_summary
+    from records.summary import read_summary, update_summary
 
     update_summary(tmp_path, fit_metrics={"val/loss": math.nan, "val/acc": 0.5, "x": torch.tensor(math.inf)},
                    history=[{"epoch": 0, "val/loss": float("-inf")}])
@@ -267,7 +267,7 @@ def test_more_epochs_on_resume_are_recorded_in_the_settings_history(finished_run
 
 
 def test_resume_changes_allow_only_the_resumable_keys(tmp_path):
-    from callbacks.run_files import update_summary
+    from records.summary import update_summary
     from skill_neurons.runs import CLIError, resume_changes
 
     saved = {"model.learning_rate": 0.01, "trainer.max_epochs": 1, "seed_everything": 33, "trainer.devices": 1,

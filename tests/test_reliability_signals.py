@@ -164,7 +164,7 @@ def summary_like(path: Path) -> dict:
 
 
 def test_ctrl_c_exits_130_and_incomplete_exits_3():
-    from callbacks.run_status import status_exit_code
+    from records.run_status import status_exit_code
 
     assert [status_exit_code(s) for s in ("finished", "smoke", None, "incomplete", "failed", "running")] == \
         [0, 0, 0, 3, 1, 1]
@@ -192,8 +192,8 @@ def fake_run(folder: Path, status: str, pid: int, host: str | None = None) -> Pa
 
 
 def test_a_running_run_whose_pid_is_gone_reads_as_dead_and_a_live_one_as_running(tmp_path):
-    from callbacks.run_files import read_summary
-    from callbacks.run_status import process_gone, status_of
+    from records.run_status import process_gone, status_of
+    from records.summary import read_summary
 
     dead = read_summary(fake_run(tmp_path / "dead", "running", dead_pid()))
     live = read_summary(fake_run(tmp_path / "live", "running", os.getpid()))

@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from callbacks.neuron_statistics import mean_predictivity_of, overlap_at, spearman, top_percent_mask
 from callbacks.skill_neurons import save_neuron_file
+from lightning_modules.neuron_statistics import spearman
+from records.neuron_selection import mean_predictivity_of, overlap_at, top_percent_mask
 from skill_neurons.report.base import SQUARE, TITLES, WIDE
 from skill_neurons.report.main import main
 

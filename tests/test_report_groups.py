@@ -19,8 +19,8 @@ import pytest
 from matplotlib.colors import to_hex
 from matplotlib.container import ErrorbarContainer
 
-from callbacks import figure_style as style
-from callbacks.run_files import read_summary, update_summary
+from records import figures as style
+from records.summary import read_summary, update_summary
 from skill_neurons.report import base
 from skill_neurons.report.base import TITLES
 from skill_neurons.report.main import main

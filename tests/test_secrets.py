@@ -38,7 +38,7 @@ def test_a_key_given_on_the_command_line_is_in_no_file_the_run_writes(tmp_path, 
 def test_secrets_are_redacted_from_argv_configs_and_nested_values():
     from jsonargparse import Namespace
 
-    from callbacks.run_files import redact, redact_argv
+    from records.secrets import redact, redact_argv
     from skill_neurons.lightning_cli import config_without_secrets
 
     argv = ["skill-neurons", "fit", "--trainer.logger.init_args.settings={api_key: K}", "--x.auth_token", "K",

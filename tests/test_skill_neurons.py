@@ -22,6 +22,7 @@ from lightning_modules.ffn import FFNLookupError, ffn_hooks, ffn_shape, ffn_site
 from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
 from tests.helpers.tiny import MARKER, P, brute_force_statistics, make, marker_task, validate
 
+
 # ---------------------------------------------------------------- brute force (independent of ffn.py)
 def brute_force_activations(model, dm, role: str, part: str) -> tuple[np.ndarray, np.ndarray]:
     """Every activation (n, L, P', N) of every example, one example per full forward; labels (n,) from rows."""
@@ -280,8 +281,16 @@ def test_planted_signal_is_found_and_shuffled_labels_stay_at_chance(tmp_path, ti
 
 # ---------------------------------------------------------------- where neurons live
 def test_ffn_sites_of_both_families_and_other_architectures(tiny_backbones):
-    from transformers import (BartConfig, BartForConditionalGeneration, BertConfig, BertForMaskedLM,
-                              DistilBertConfig, DistilBertForMaskedLM, T5Config, T5ForConditionalGeneration)
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        BertConfig,
+        BertForMaskedLM,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     roberta = MaskedLMPromptTuning(backbone="tiny-roberta", prompt_length=P).backbone
     t5 = Seq2SeqPromptTuning(backbone="tiny-t5", prompt_length=P).backbone
@@ -366,7 +375,7 @@ def test_single_class_evaluation_set_fails_before_any_run_directory(tmp_path, ti
 
 # ---------------------------------------------------------------- combining seeds
 def test_combined_score_is_the_mean_over_runs_of_each_runs_max_over_positions(tmp_path):
-    from callbacks.neuron_files import combine_neuron_files, save_neuron_file
+    from records.neuron_files import combine_neuron_files, save_neuron_file
 
     g = torch.Generator().manual_seed(0)
     runs, predictivities = [], []

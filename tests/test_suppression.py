@@ -8,10 +8,10 @@ import pytest
 import torch
 from lightning import Callback
 
-from callbacks.neuron_statistics import num_selected, top_percent_mask
 from callbacks.skill_neurons import SkillNeuronCallback, SkillNeuronError, load_neuron_file
 from callbacks.suppression import NeuronSuppression, hashed_normal, random_units, stable_seed
 from lightning_modules.ffn import hook_ffn, remove_hooks
+from records.neuron_selection import num_selected, top_percent_mask
 from tests.helpers.tiny import P, make, validate
 
 

@@ -55,8 +55,8 @@ def quickstart_config(lr: float, seed: int) -> dict:
 
 
 def test_trials_are_named_by_the_swept_values_that_differ(tmp_path):
-    from callbacks.sweep_trial import sweep_trial
-    from skill_neurons.run_identity import run_identity
+    from records.run_identity import run_identity
+    from records.sweep_trial import sweep_trial
 
     runner = SweepRunner(ROOT / "sweeps/quickstart.yaml", tmp_path / "d")
     runner.state = {"sweep_id": "sw123456"}
@@ -81,8 +81,8 @@ def test_trials_are_named_by_the_swept_values_that_differ(tmp_path):
 
 def test_a_wandb_agent_trial_is_named_from_its_param_file_alone(tmp_path):
     """``wandb agent`` writes the param file and WANDB_SWEEP_ID only: every swept key counts as varied."""
-    from callbacks.sweep_trial import sweep_trial
-    from skill_neurons.run_identity import run_identity
+    from records.run_identity import run_identity
+    from records.sweep_trial import sweep_trial
 
     path = tmp_path / "config-x.yaml"
     sweep_config.save_param_file(path, {"model.learning_rate": 0.003, "model.prompt_length": 16,
@@ -96,8 +96,8 @@ def test_a_wandb_agent_trial_is_named_from_its_param_file_alone(tmp_path):
 
 
 def test_varied_keys_leave_out_fixed_values_and_suppression_names_show_what_they_add():
-    from callbacks.sweep_trial import SweepTrial, varied_keys
-    from skill_neurons.run_identity import run_identity
+    from records.run_identity import run_identity
+    from records.sweep_trial import SweepTrial, varied_keys
 
     parameters = {"from_run": {"values": ["a", "b"]}, "suppression.rate": {"values": [0, 5, 15]},
                   "suppression.perturbation": {"values": ["zero"]}, "suppression.adversarial_neurons":

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from callbacks.model_summary import summary_text
-from callbacks.wandb_config import REPORT_NAME, applies, run_config, run_tags
+from records.wandb_config import REPORT_NAME, applies, run_config, run_tags
 from skill_neurons.console import metrics_table, where_line
 from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, subprocess_env, summary_of, wandb_state
 
@@ -121,7 +121,7 @@ def test_wandb_is_quiet_unless_the_user_chose(monkeypatch):
 
 # ------------------------------------------------------------------------------ smoke runs (item 11)
 def test_a_fast_dev_run_is_a_smoke_run_never_a_finished_fit(tmp_path, tiny_backbones):
-    from callbacks.run_files import find_run, finished_fit_runs
+    from records.summary import find_run, finished_fit_runs
     from skill_neurons.report.main import main as report
 
     proc = cli_in_process(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *QUICK, *TINY,

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from callbacks.figure_style import save_figure
-from callbacks.neuron_files import OUTPUT_DIR, SkillNeuronError, neuron_file_of
+from records.figures import save_figure
+from records.neuron_files import OUTPUT_DIR, SkillNeuronError, neuron_file_of
 
 FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like", "causal_lm": "GPT-like (decoder-only)"}
 # The paper's two families, in its order (the accuracy table notes which of them are absent); any other family,

@@ -1,7 +1,7 @@
 """Which runs the report compares: the user's filters, each run's configuration, one configuration per
 backbone × task, and the comparable groups (backbone family × input layout × analysed positions).
 
-* **Configuration** (:mod:`callbacks.configuration`): a fit run's is that of its resolved config
+* **Configuration** (:mod:`records.configuration`): a fit run's is that of its resolved config
   (``summary.json`` → ``config``). A run that evaluates a prompt (suppression, transfer, a plain ``validate``)
   inherits the configuration of the fit run that trained the prompt (``prompt_source.run_id``, read among the
   runs given or from ``prompt_source.run_dir``); when that fit run is nowhere to be found, its own config with
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from callbacks.configuration import configuration_id, configuration_of, differing_keys, label
-from callbacks.run_files import SUMMARY_FILE
+from records.configuration import configuration_id, configuration_of, differing_keys, label
+from records.summary import SUMMARY_FILE
 from skill_neurons.report.base import ReportError, Run, family_name, family_rank, fit_accuracies, seed_label, seed_rank
 
 # settings -> LightningCLI keys, for runs without a recorded config
@@ -73,7 +73,7 @@ class Configuration:
     family: str
     backbone: str
     task: str
-    settings: dict[str, Any]  # callbacks.configuration.configuration_of of its config
+    settings: dict[str, Any]  # records.configuration.configuration_of of its config
     config: dict[str, Any]  # one of its runs' flat config (for labels)
     runs: list[Run] = field(default_factory=list)
     label: str = ""  # the values of the keys this backbone × task's configurations differ in ("" when alone)

@@ -8,9 +8,10 @@ import re
 import sys
 from pathlib import Path
 
-from callbacks.neuron_files import OUTPUT_DIR
-from callbacks.run_files import SUMMARY_FILE, summary_from_wandb
-from callbacks.run_status import process_gone, status_of
+from datamodules.tasks import TaskError, get_task
+from records.neuron_files import OUTPUT_DIR
+from records.run_status import process_gone, status_of
+from records.summary import SUMMARY_FILE, summary_from_wandb
 from skill_neurons.report.base import Inputs, ReportError, Run
 from skill_neurons.wandb_env import offline_reason
 
@@ -104,6 +105,11 @@ def read_wandb_run(path: str, download_dir: Path) -> Run:
         artifact.download(root=str(directory / OUTPUT_DIR))
     summary = summary_from_wandb(run_id, state, config, metrics)
     summary["run_dir"] = str(directory)
+    try:
+        spec = get_task(summary["data"]["task"])
+        summary["data"].update(task_type=spec.type, label_names=list(spec.label_names))
+    except TaskError:  # a user's task: labels unknown, so no chance level
+        pass
     return Run(summary, directory, f"wandb:{path}")
 
 

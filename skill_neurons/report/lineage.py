@@ -2,7 +2,7 @@
 dashboard's lineage graph links the report to the skill-neuron artifacts of the runs it read.
 
 Each analysed run logged its neuron files as a version of the artifact of its configuration
-(:func:`callbacks.wandb_config.artifact_name`), aliased ``run-<run id>``; the report names exactly that version.
+(:func:`records.wandb_config.artifact_name`), aliased ``run-<run id>``; the report names exactly that version.
 W&B cannot record the use of an artifact from an offline run (``run.use_artifact`` raises ``TypeError`` in
 offline mode, and ``wandb sync`` has no way to add it later), so an offline report run lists the references in
 its config (``artifacts_used``) and ``report.json`` says they were not declared.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from callbacks.wandb_config import artifact_name
+from records.wandb_config import artifact_name
 from skill_neurons.report.base import Context
 
 OFFLINE_NOTE = ("not declared: W&B cannot record artifact use from an offline run (run.use_artifact raises "

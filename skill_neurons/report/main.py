@@ -48,9 +48,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from callbacks.neuron_files import set_name
-from callbacks.run_files import atomic_write, redact_argv
-from callbacks.wandb_config import REPORT_NAME
+from records.files import atomic_write
+from records.neuron_files import set_name
+from records.secrets import redact_argv
+from records.wandb_config import REPORT_NAME
 from skill_neurons.report.accuracy import accuracy_section, runs_section
 from skill_neurons.report.balance import balanced_section
 from skill_neurons.report.base import SQUARE, TITLES, WIDE, Context, Inputs, ReportError, Section

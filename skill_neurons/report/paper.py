@@ -9,16 +9,31 @@ from collections import defaultdict
 
 import numpy as np
 
-from callbacks.figure_style import BACKBONES, CLEAN, GREY, MARKERS, MEDIAN, VERMILLION
+from records.figures import BACKBONES, CLEAN, GREY, MARKERS, MEDIAN, VERMILLION
 from skill_neurons.report.analyses import (
-    P1_N_GRID, adversarial_of_clean, histogram_counts, histogram_edges, layer_location, overlap_curve, p1_count,
+    P1_N_GRID,
+    adversarial_of_clean,
+    histogram_counts,
+    histogram_edges,
+    layer_location,
+    overlap_curve,
+    p1_count,
 )
 from skill_neurons.report.base import (
-    WIDE, Context, Figure, Section, family_name, fit_accuracies, fmt, markdown_table, pct, slug,
+    WIDE,
+    Context,
+    Figure,
+    Section,
+    family_name,
+    fit_accuracies,
+    fmt,
+    markdown_table,
+    pct,
+    slug,
 )
 from skill_neurons.report.seed_means import MARK, SeedMean, missing_seed_lines, seed_means
 
-COLOURS = list(BACKBONES)  # per backbone (callbacks/figure_style.py)
+COLOURS = list(BACKBONES)  # per backbone (records/figures.py)
 NO_MEANS = ("No skill-neuron analyses to average (fit runs get one from SkillNeuronCallback; `--eval_set` names "
             "the clean set).")
 

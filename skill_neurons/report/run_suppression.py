@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from callbacks import figure_style as style
+from records import figures as style
 from skill_neurons.report.base import (
-    WIDE, Context, Figure, Run, Section, family_rank, fit_accuracies, fmt, markdown_table, mean_sem, pct, slug,
+    WIDE,
+    Context,
+    Figure,
+    Run,
+    Section,
+    family_rank,
+    fit_accuracies,
+    fmt,
+    markdown_table,
+    mean_sem,
+    pct,
+    slug,
     validate_accuracies,
 )
 from skill_neurons.report.suppression import neuron_source

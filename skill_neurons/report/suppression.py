@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from callbacks import figure_style as style
+from records import figures as style
 from skill_neurons.report.analyses import mean_sem
 from skill_neurons.report.base import Context, Section, fmt, markdown_table, pct, slug, validate_accuracies
 from skill_neurons.report.paper import embed, panels

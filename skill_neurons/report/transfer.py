@@ -1,6 +1,6 @@
 """Prompt transfer between tasks (P1 ``src/analysis.py::get_transferability_matrix_new``,
 ``plot_transferability_matrix``): the relative matrix (clean targets) and the absolute matrix whose columns
-include each target's adversarial sets. Relative scores follow :mod:`callbacks.run_files`, the one
+include each target's adversarial sets. Relative scores follow :mod:`records.summary`, the one
 definition ``summary.json`` and W&B use."""
 
 from __future__ import annotations
@@ -9,16 +9,27 @@ from collections import defaultdict
 
 import numpy as np
 
-from callbacks.run_files import MEAN_OVER_SEEDS, NO_REFERENCE, reference_accuracy, relative_score
+from records.transfer import MEAN_OVER_SEEDS, NO_REFERENCE, reference_accuracy, relative_score
 from skill_neurons.report.base import (
-    SQUARE, Context, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table, mean_sd, pct, slug,
+    SQUARE,
+    Context,
+    Run,
+    Section,
+    family_name,
+    family_rank,
+    fit_accuracies,
+    fmt,
+    markdown_table,
+    mean_sd,
+    pct,
+    slug,
     validate_accuracies,
 )
 
 
 def relative_of(run: Run, fits: list[Run]) -> tuple[float | None, float | None, str]:
     """(relative %, acc(B→B) %, how) of a transfer run: the value its summary.json recorded at run time (the
-    number W&B got too), else :func:`callbacks.run_files.reference_accuracy` over the fit runs read."""
+    number W&B got too), else :func:`records.transfer.reference_accuracy` over the fit runs read."""
     info = run.summary.get("transfer") or {}
     if info.get("relative") is not None:
         return float(info["relative"]), pct(info.get("reference_accuracy")), str(info.get("reference") or
@@ -45,7 +56,7 @@ def transfer_section(ctx: Context) -> Section:
             "`suppression` come from the transfer experiment: task A's prompt evaluated on task B with "
             "`skill-neurons validate`).")
     section.lines += [
-        "**Formula** (P1 `get_transferability_matrix_new`; defined once in `callbacks/run_files.py`): "
+        "**Formula** (P1 `get_transferability_matrix_new`; defined once in `records/transfer.py`): "
         "relative(A→B) = 100 · acc(A→B) / acc(B→B) per seed, acc(B→B) = the best clean val/acc of B's fit run "
         "with the prompt's seed (the mean over B's fit runs when that seed has none); a cell is the mean ± sd "
         "over seeds. The same number is in each transfer run's summary.json (`transfer.relative`) and W&B summary "

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from callbacks.run_files import atomic_write
+from records.files import atomic_write
 
 STATE_FILE = "state.json"
 MARKER_ENV = "SKILL_NEURONS_SWEEP_TRIAL"  # "<sweep id>/<run id>" in every trial process's environment

@@ -18,12 +18,22 @@ from typing import Any
 
 import yaml
 
-from callbacks.run_files import atomic_write, new_run_id, read_json, summary_path
-from callbacks.sweep_trial import PARAM_PATH_ENV, SWEEP_ID_ENV, SWEEP_NAME_ENV, VARIED_ENV, varied_keys
+from records.files import atomic_write, read_json
+from records.summary import new_run_id, summary_path
+from records.sweep_trial import PARAM_PATH_ENV, SWEEP_ID_ENV, SWEEP_NAME_ENV, VARIED_ENV, varied_keys
 from skill_neurons.runs import RUN_ID_ENV, RUNS_DIR_ENV
 from skill_neurons.sweep.config import (
-    ENGINE_STATES, KILL_DELAY_S, MARKER_ENV, STATE_FILE, SweepError, check_sweep_config, engine,
-    load_sweep_file, plain, render_command, save_param_file,
+    ENGINE_STATES,
+    KILL_DELAY_S,
+    MARKER_ENV,
+    STATE_FILE,
+    SweepError,
+    check_sweep_config,
+    engine,
+    load_sweep_file,
+    plain,
+    render_command,
+    save_param_file,
 )
 from skill_neurons.sweep.display import progress_of, sweep_group
 from skill_neurons.sweep.processes import LAUNCHER, RunnerLock, Running, is_skill_neurons_cli, kill_marked, visible_gpus

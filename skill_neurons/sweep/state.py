@@ -8,8 +8,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from callbacks.run_files import read_json, read_summary, write_json_atomic
-from callbacks.run_status import pid_exists, process_gone
+from records.files import read_json, write_json_atomic
+from records.run_status import pid_exists, process_gone
+from records.summary import read_summary
 from skill_neurons.sweep.config import SUMMARY_SECTIONS, SweepError, plain
 
 

@@ -99,6 +99,6 @@ def only_run_dir(runs: Path) -> Path:
 
 
 def summary_of(run_dir: Path) -> dict:
-    from callbacks.run_files import summary_path
+    from records.summary import summary_path
 
     return json.loads(summary_path(run_dir).read_text())

@@ -1,24 +1,24 @@
 """The W&B name and job type of a ``skill-neurons`` command (command layer: reads the evaluated checkpoint and
-its run's ``summary.json``; the naming rules themselves are :mod:`callbacks.wandb_config`)."""
+its run's ``summary.json``; the naming rules themselves are :mod:`records.wandb_config`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from callbacks.configuration import label
-from callbacks.prompt_checkpoint import metadata_of, read_checkpoint
-from callbacks.run_files import CHECKPOINT_DIR, flatten, read_summary
-from callbacks.sweep_trial import SweepTrial, sweep_trial
-from callbacks.wandb_config import job_type, run_name, task_name
+from records.configuration import label
+from records.prompt_checkpoint import metadata_of, read_checkpoint
+from records.summary import CHECKPOINT_DIR, flatten, read_summary
+from records.sweep_trial import SweepTrial, sweep_trial
+from records.wandb_config import job_type, run_name, task_name
 
 
 def run_identity(config: dict[str, Any], stage: str, trial: SweepTrial | None = None) -> tuple[str, str]:
     """(W&B run name, job type) of a command, from its resolved config as a dict and, for ``validate``/``test``,
     the evaluated checkpoint: the task and seed its prompt was trained with (from the checkpoint and, for
     ``runs/<id>/checkpoints/*.ckpt``, that run's ``summary.json``). A sweep trial (``trial``, default: the one
-    this process is, :func:`callbacks.sweep_trial.sweep_trial`) adds the values of its varied keys that the
-    name does not show yet, as :func:`callbacks.configuration.label` writes them."""
+    this process is, :func:`records.sweep_trial.sweep_trial`) adds the values of its varied keys that the
+    name does not show yet, as :func:`records.configuration.label` writes them."""
     backbone = ((config.get("model") or {}).get("init_args") or {}).get("backbone")
     task, seed = task_name((config.get("data") or {}).get("task")), config.get("seed_everything")
     suppression = config.get("suppression") or {}

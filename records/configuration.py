@@ -4,7 +4,7 @@ Two fit runs belong to one configuration when their resolved LightningCLI config
 flat keys such as ``model.learning_rate``) agree on every key except
 
 * the seed (``seed_everything``): the seeds of one configuration are what a seed mean averages;
-* per-run paths and identities (:data:`callbacks.wandb_config.PER_RUN_KEYS`, the checkpoint to resume from);
+* per-run paths and identities (:data:`records.wandb_config.PER_RUN_KEYS`, the checkpoint to resume from);
 * how the run is shown or tracked, never what it computes (:data:`PRESENTATION_KEYS`: the W&B logger's name,
   group, tags, project; progress bars; logging frequency; data-loader workers; the sets ``predict`` writes).
 
@@ -20,7 +20,7 @@ import hashlib
 import json
 from typing import Any, Iterable, Mapping
 
-from callbacks.wandb_config import PER_RUN_KEYS, clean_config
+from records.wandb_config import PER_RUN_KEYS, clean_config
 
 SEED_KEY = "seed_everything"
 # Keys (or key prefixes ending in ".") that change how a run is shown, logged or scheduled, not its numbers.

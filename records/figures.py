@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from callbacks.run_files import atomic_write
+from records.files import atomic_write
 
 BLUE, VERMILLION, ORANGE, PURPLE = "#0072B2", "#D55E00", "#E69F00", "#CC79A7"
 GREEN, SKY, GREY, BLACK = "#009E73", "#56B4E9", "#7F7F7F", "#000000"

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from callbacks.run_files import atomic_write
+from records.files import atomic_write
 
 PROMPT_KEY = "prompt.weight"
 METADATA_KEY = "skill_neurons"

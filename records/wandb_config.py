@@ -78,7 +78,7 @@ def run_name(stage: str, backbone: str | None, task: str | None, seed: Any = Non
              suppression: dict[str, Any] | None = None, source_task: str | None = None, swept: str = "") -> str:
     """The readable run name of the table above. ``task`` is the data's task; ``source_task`` the task the
     evaluated prompt was trained on (None: the same); ``seed`` that prompt's seed; ``swept`` a sweep trial's
-    values that tell it from the other trials (``lr3e-3``, :mod:`callbacks.sweep_trial`), right after the seed:
+    values that tell it from the other trials (``lr3e-3``, :mod:`records.sweep_trial`), right after the seed:
     ``tiny-roberta·marker·s33·lr3e-3``."""
     kind = job_type(stage, (suppression or {}).get("rate"), source_task, task)
     prompt_task = source_task or task

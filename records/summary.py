@@ -4,30 +4,24 @@ A run is ``runs/<run_id>/`` holding ``config.yaml`` (the resolved LightningCLI c
 run's own record: W&B offline runs cannot be read back through ``wandb.Api``), ``checkpoints/{best,last}.ckpt``
 and ``wandb/``. The :class:`~callbacks.run_summary.RunSummary` callback writes the summary, other callbacks add
 sections with :func:`update_summary`; the CLI, the sweep runner and the report read it with
-:func:`read_summary`. Relative prompt transfer is defined here once (:func:`relative_score`).
-
-This module is the bottom layer: it imports nothing of Lightning, transformers or the project.
+:func:`read_summary`. 
+The bottom layer: imports nothing of Lightning, transformers or the project outside ``records``.
 """
+
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import math
-import os
 import re
 import secrets
-import shutil
 import string
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypedDict
+from typing import Any, TypedDict
 
-from callbacks.configuration import differing_keys, label
-from callbacks.wandb_config import SETTING_KEYS, task_name
-from datamodules.tasks import TaskError, get_task
+from records.configuration import differing_keys, label
+from records.files import backup_path, read_json, write_json_atomic
+from records.wandb_config import SETTING_KEYS, task_name
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -36,7 +30,6 @@ BEST_CHECKPOINT = "best.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_KEY = "val/acc"  # the metric that picks the best epoch and best.ckpt
 FILE_MODE = 0o666  # as open() creates a file: the umask decides (0644 under the usual 022), like every run file
-SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 RUN_ID_ALPHABET = string.ascii_lowercase + string.digits  # W&B's run-id alphabet
 
@@ -75,7 +68,7 @@ class Summary(TypedDict, total=False):
     transfer: dict[str, Any]
     skill_neurons: dict[str, Any]
     suppression: dict[str, Any]
-    sweep: dict[str, Any]  # a sweep trial's sweep (name, id), swept values and varied keys (callbacks.sweep_trial)
+    sweep: dict[str, Any]  # a sweep trial's sweep (name, id), swept values and varied keys (records.sweep_trial)
 
 
 # ------------------------------------------------------------------ run ids
@@ -88,134 +81,6 @@ def is_run_id(run_id: str) -> bool:
     """A run id names one folder: letters, digits, ``_ - .``, no path separators, no ``..``."""
     return bool(RUN_ID.fullmatch(run_id)) and ".." not in run_id
 
-
-# ------------------------------------------------------------------ atomic files
-def _create_temp(folder: Path, name: str) -> tuple[int, str]:
-    """A new temp file beside ``name`` in ``folder``, created with :data:`FILE_MODE` so that the umask gives
-    it the mode of any other new file (``tempfile.mkstemp`` would make it 0600 whatever the umask)."""
-    for _ in range(100):
-        tmp = str(folder / f".{name}-{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temp file name for {name} in {folder}")
-
-
-class WriteError(OSError):
-    """A run file could not be written (disk full, read-only or forbidden folder). The message names the file
-    and the free space; the file's previous version is intact. The CLI prints it as one line, exit code 1."""
-
-    exit_code = 1
-
-    def __init__(self, path: str | Path, err: OSError):
-        folder = Path(path).parent
-        try:
-            free = f"{shutil.disk_usage(folder).free / 1024:,.0f} KiB free on its filesystem"
-        except OSError:
-            free = "free space unknown"
-        reason = err.strerror or str(err)
-        fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
-               errno.EROFS: "the folder is read-only: choose another --runs_dir / --dir / --out",
-               errno.EACCES: "you may not write there: choose another --runs_dir / --dir / --out",
-               errno.EPERM: "you may not write there: choose another --runs_dir / --dir / --out"}
-        super().__init__(err.errno, f"cannot write {path}: {reason} ({free}) — "
-                                    f"{fix.get(err.errno, 'check the folder')}; its previous version is intact")
-        self.path = str(path)
-
-    def __str__(self) -> str:
-        return self.strerror
-
-
-def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = False, backup: bool = False) -> None:
-    """Write ``path`` through a temp file in the same folder, fsync, rename: a reader (or a restart after a
-    crash) sees the old file or the new one, never a half-written one. ``write(f)`` fills the file, whose mode
-    is that of any new file (0666 less the umask). With ``backup`` the previous version stays as ``<name>.bak``
-    (a hard link, replaced atomically). Any ``OSError`` (disk full, read-only folder) becomes a
-    :class:`WriteError` naming the file and the free space, with the previous file intact."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = _create_temp(path.parent, path.name)
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if backup and path.is_file():
-            _keep_backup(path)
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, WriteError):
-            raise WriteError(path, err) from err
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-
-
-def backup_path(path: str | Path) -> Path:
-    """Where :func:`atomic_write` (``backup=True``) keeps the previous version of ``path``."""
-    path = Path(path)
-    return path.with_name(path.name + ".bak")
-
-
-def _keep_backup(path: Path) -> None:
-    """``path`` (the version about to be replaced) becomes ``path.bak``, atomically: a hard link, renamed over
-    the old backup (a copy where the filesystem has no hard links)."""
-    link = path.with_name(f".{path.name}-{secrets.token_hex(6)}.bak")
-    try:
-        os.link(path, link)
-    except OSError:
-        shutil.copyfile(path, link)
-    os.replace(link, backup_path(path))
-
-
-def jsonable(value: Any) -> Any:
-    """``json.dump``'s fallback: tensors and numpy scalars become numbers or lists, anything else a string."""
-    if hasattr(value, "tolist"):  # a 0-d tensor or numpy scalar gives its number
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
-def strict_json(value: Any, default: Callable[[Any], Any] = jsonable) -> Any:
-    """``value`` as strict JSON data: NaN and ±inf (which ``json.dump`` writes as ``NaN``/``Infinity``, invalid
-    for strict readers) become ``null``; tensors and other objects go through ``default`` first."""
-    if isinstance(value, dict):
-        return {str(k) if not isinstance(k, (str, int, float, bool)) and k is not None else k:
-                strict_json(v, default) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v, default) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    converted = default(value)
-    return str(value) if converted is value else strict_json(converted, default)
-
-
-def write_json_atomic(path: str | Path, data: Any, indent: int = 1,
-                      default: Callable[[Any], Any] = jsonable, backup: bool = False) -> None:
-    """``data`` as strict JSON (:func:`strict_json`: no ``NaN``), written atomically (``backup``: keep the previous
-    file as ``<name>.bak``)."""
-    data = strict_json(data, default)
-    atomic_write(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False), backup=backup)
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    """A JSON object from ``path``; ``{}`` when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 # ------------------------------------------------------------------ summary.json
@@ -266,53 +131,6 @@ def update_summary(run_dir: str | Path, /, **sections: Any) -> Summary:
     return summary
 
 
-def is_secret(key: str) -> bool:
-    """A key named like a credential (``api_key``, ``*token*``, ``*secret*``, ``*password*``): its value is
-    written to no run file, logged config or recorded command line."""
-    return bool(SECRET.search(str(key)))
-
-
-def without_secrets(value: Any) -> Any:
-    """``value`` with every mapping entry whose key :func:`is_secret` removed, at any depth."""
-    if isinstance(value, dict):
-        return {k: without_secrets(v) for k, v in value.items() if not is_secret(k)}
-    if isinstance(value, (list, tuple)):
-        return [without_secrets(v) for v in value]
-    return value
-
-
-def redact(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a flat config without keys that look like secrets (API keys, tokens, passwords), also inside
-    values (``trainer.logger.settings: {api_key: ...}``)."""
-    return {k: without_secrets(v) for k, v in config.items() if not is_secret(k)}
-
-
-REDACTED = "<redacted>"
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """A command line with the value of every secret replaced by :data:`REDACTED`: ``--x.api_key=K``, ``--x.api_key
-    K`` and any argument whose text names a secret (``--trainer.logger.init_args.settings={api_key: K}``)."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-        elif is_secret(arg):
-            option, equals, _ = arg.partition("=")
-            if equals and option.startswith("-"):
-                out.append(f"{option}={REDACTED}")
-            elif arg.startswith("-"):
-                out.append(arg)
-                hide_next = True  # --x.api_key K
-            else:
-                out.append(REDACTED)
-        else:
-            out.append(arg)
-    return out
-
-
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"model": {"init_args": {"lr": 1}}}`` -> ``{"model.lr": 1}`` (LightningCLI's command-line keys)."""
     out: dict[str, Any] = {}
@@ -350,12 +168,7 @@ def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics:
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("_")}
     best = {k[len("best/"):]: v for k, v in numbers.items() if k.startswith("best/")}
     stage = "fit" if best else "test" if any(k.startswith("test/") for k in numbers) else "validate"
-    data: dict[str, Any] = {"task": settings["task"]}
-    try:
-        spec = get_task(settings["task"])
-        data.update(task_type=spec.type, label_names=list(spec.label_names))
-    except TaskError:  # a user's task: labels unknown, so no chance level
-        pass
+    data: dict[str, Any] = {"task": settings["task"]}  # the reader adds what the task declares (labels, type)
     summary: dict[str, Any] = {
         "run_id": run_id, "stage": stage, "status": "finished" if state == "finished" else str(state),
         "settings": settings, "config": config, "data": data,
@@ -446,51 +259,3 @@ def find_run(spec: str) -> Path | None:
     raise RunSelectorError(
         f"--from_run {spec!r} matches {len(matches)} finished fit runs ({differ}): {candidates} — give a setting "
         "that tells them apart, a run directory, or add &pick=best (highest best val/acc) or &pick=latest")
-
-
-# ------------------------------------------------------------------ relative transfer
-# relative(A→B) = 100 · acc(A→B) / acc(B→B). acc(B→B) (the *reference*) is the best clean validation accuracy
-# (best['val/acc']) of the fit run of task B on the same backbone **with the seed of A's prompt** — the same
-# number as evaluating B's own prompt on B, which P1 reads from its B→B transfer runs. This is P1's
-# get_transferability_matrix_new (src/analysis.py): a ratio per seed; a cell of the matrix is the mean of those
-# ratios over seeds. When B has no fit run of that seed, the reference is the mean over B's fit runs and ``how``
-# says so. Adversarial targets get no relative score (P1 leaves those cells empty). summary.json, the W&B
-# summary and the report all use these two functions.
-SAME_SEED = "fit run of B with the prompt's seed (best val/acc)"
-MEAN_OVER_SEEDS = "mean over B's fit runs (best val/acc); none has the prompt's seed"
-NO_REFERENCE = "no finished fit run of B on this backbone"
-
-
-def reference_accuracy(candidates: list[tuple[str, Any, float]], seed: Any) -> tuple[float | None, list[str], str]:
-    """acc(B→B) from B's fit runs ``candidates`` = [(run id, seed, best val/acc as a fraction)] for a prompt of
-    seed ``seed``: (reference or None, the run ids it comes from, how it was found)."""
-    same = [c for c in candidates if seed is not None and c[1] == seed]
-    chosen = same or candidates
-    if not chosen:
-        return None, [], NO_REFERENCE
-    reference = sum(c[2] for c in chosen) / len(chosen)
-    return reference, [str(c[0]) for c in chosen], SAME_SEED if same else MEAN_OVER_SEEDS
-
-
-def relative_score(accuracy: float | None, reference: float | None) -> float | None:
-    """100 · accuracy / reference (both fractions, or both %), None without a positive reference."""
-    if accuracy is None or reference is None or reference <= 0:
-        return None
-    return 100.0 * accuracy / reference
-
-
-def transfer_record(source: dict[str, Any], target_task: str, backbone: str, accuracy: float,
-                    runs_roots: list[Path]) -> dict[str, Any]:
-    """Transfer of a prompt from ``source['task']`` (A) to ``target_task`` (B): the accuracy and, when B's own
-    fit runs with this backbone are in one of ``runs_roots``, the relative score."""
-    own = [summary for _, summary in finished_fit_runs(runs_roots)
-           if summary.get("settings", {}).get("task") == target_task
-           and summary.get("settings", {}).get("backbone") == backbone
-           and (summary.get("best") or {}).get(BEST_KEY) is not None]
-    candidates = [(o.get("run_id"), o["settings"].get("seed"), o["best"][BEST_KEY]) for o in own]
-    reference, runs, how = reference_accuracy(candidates, source.get("seed"))
-    return {
-        "source_task": source.get("task"), "target_task": target_task, "accuracy": accuracy,
-        "reference_accuracy": reference, "reference_runs": runs, "reference": how,
-        "relative": relative_score(accuracy, reference),
-    }

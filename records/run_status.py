@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from callbacks.run_files import Summary
+from records.summary import Summary
 
 
 def _start_ticks(pid: int) -> int | None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from callbacks.neuron_statistics import mean_over_prompts
-from callbacks.run_files import atomic_write
+from records.files import atomic_write
+from records.neuron_selection import mean_over_prompts
 
 OUTPUT_DIR = "skill_neurons"
 
