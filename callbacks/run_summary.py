@@ -24,13 +24,7 @@ from records.prompt_checkpoint import metadata_of, read_checkpoint
 from records.run_status import process_record
 from records.secrets import redact
 from records.summary import (
-    BEST_KEY,
-    CHECKPOINT_DIR,
-    SUMMARY_FILE,
-    SummaryError,
-    offline_segments,
-    read_summary,
-    update_summary,
+    BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, SummaryError, offline_segments, read_summary, update_summary,
 )
 from records.sweep_trial import sweep_trial
 from records.transfer import transfer_record

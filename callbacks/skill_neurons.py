@@ -49,13 +49,7 @@ from lightning_modules.prompt_tuning import PromptTuningModule
 from records.figures import RUN_DPI, per_layer_boxplot, run_figure_size, save_figure, set_colours
 from records.files import atomic_write
 from records.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
-    OUTPUT_DIR,
-    SkillNeuronError,
-    combine_neuron_files,
-    load_neuron_file,
-    neuron_file_of,
-    save_neuron_file,
-    set_name,
+    OUTPUT_DIR, SkillNeuronError, combine_neuron_files, load_neuron_file, neuron_file_of, save_neuron_file, set_name,
 )
 from records.neuron_selection import mean_predictivity_of, overlap_at, top_neurons, top_percent_mask
 from records.prompt_checkpoint import read_prompt

@@ -45,12 +45,7 @@ from skill_neurons.cli_options import DEBUG_ENV, parser_kwargs
 from skill_neurons.console import metrics_table, where_line
 from skill_neurons.parse_errors import one_line
 from skill_neurons.runs import (
-    DEFAULT_RUNS_DIR,
-    RUN_ID_ENV,
-    CLIError,
-    check_run_id,
-    launched_rank_is_zero,
-    resume_changes,
+    DEFAULT_RUNS_DIR, RUN_ID_ENV, CLIError, check_run_id, launched_rank_is_zero, resume_changes,
 )
 from skill_neurons.wandb_env import NO_CREDENTIALS, offline_reason
 

@@ -10,14 +10,7 @@ from typing import Any
 from records.configuration import configuration_of, differing_keys
 from records.run_status import process_gone, status_of
 from records.summary import (
-    BEST_CHECKPOINT,
-    CHECKPOINT_DIR,
-    CONFIG_FILE,
-    LAST_CHECKPOINT,
-    RunSelectorError,
-    find_run,
-    is_run_id,
-    read_summary,
+    BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RunSelectorError, find_run, is_run_id, read_summary,
     summary_problem,
 )
 

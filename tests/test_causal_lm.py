@@ -88,18 +88,8 @@ def brute_force(model, dm, role: str, choice: str) -> tuple[np.ndarray, np.ndarr
 # ---------------------------------------------------------------- where neurons live
 def test_ffn_sites_of_decoder_only_architectures():
     from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        GPTNeoXConfig,
-        GPTNeoXForCausalLM,
-        LlamaConfig,
-        LlamaForCausalLM,
-        MistralConfig,
-        MistralForCausalLM,
-        OPTConfig,
-        OPTForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
+        GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+        MistralForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM,
     )
     from transformers.pytorch_utils import Conv1D
 

@@ -6,12 +6,7 @@ import torch
 
 from lightning_modules.neuron_statistics import PredictivityAccumulator, ThresholdAccumulator
 from records.neuron_selection import (
-    mean_over_prompts,
-    mean_predictivity_of,
-    num_selected,
-    overlap_at,
-    top_neurons,
-    top_percent_mask,
+    mean_over_prompts, mean_predictivity_of, num_selected, overlap_at, top_neurons, top_percent_mask,
 )
 
 L, P, N = 3, 4, 5  # layers, prompt positions, units

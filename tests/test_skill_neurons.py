@@ -282,14 +282,8 @@ def test_planted_signal_is_found_and_shuffled_labels_stay_at_chance(tmp_path, ti
 # ---------------------------------------------------------------- where neurons live
 def test_ffn_sites_of_both_families_and_other_architectures(tiny_backbones):
     from transformers import (
-        BartConfig,
-        BartForConditionalGeneration,
-        BertConfig,
-        BertForMaskedLM,
-        DistilBertConfig,
-        DistilBertForMaskedLM,
-        T5Config,
-        T5ForConditionalGeneration,
+        BartConfig, BartForConditionalGeneration, BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM,
+        T5Config, T5ForConditionalGeneration,
     )
 
     roberta = MaskedLMPromptTuning(backbone="tiny-roberta", prompt_length=P).backbone

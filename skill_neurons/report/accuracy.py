@@ -9,22 +9,8 @@ from typing import Any
 from records import figures as style
 from records.run_status import status_of
 from skill_neurons.report.base import (
-    FAMILY_ORDER,
-    Context,
-    Figure,
-    Run,
-    Section,
-    family_name,
-    family_rank,
-    fit_accuracies,
-    fmt,
-    markdown_table,
-    mean_sd,
-    mixed_settings,
-    pct,
-    seed_label,
-    seed_rank,
-    test_accuracies,
+    FAMILY_ORDER, Context, Figure, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table, mean_sd,
+    mixed_settings, pct, seed_label, seed_rank, test_accuracies,
 )
 from skill_neurons.report.groups import group_lines
 from skill_neurons.report.seed_means import layout_of

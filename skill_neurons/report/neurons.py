@@ -13,18 +13,7 @@ from records import figures as style
 from records.neuron_selection import mean_over_prompts, mean_predictivity_of, overlap_at, top_percent_mask
 from records.summary import SUMMARY_FILE
 from skill_neurons.report.base import (
-    OVERLAP_PERCENTS,
-    TOLERANCE,
-    WIDE,
-    Context,
-    Figure,
-    Run,
-    Section,
-    family_name,
-    fmt,
-    markdown_table,
-    mean_sd,
-    slug,
+    OVERLAP_PERCENTS, TOLERANCE, WIDE, Context, Figure, Run, Section, family_name, fmt, markdown_table, mean_sd, slug,
 )
 from skill_neurons.report.seed_means import majority_baseline
 

@@ -11,25 +11,10 @@ import numpy as np
 
 from records.figures import BACKBONES, CLEAN, GREY, MARKERS, MEDIAN, VERMILLION
 from skill_neurons.report.analyses import (
-    P1_N_GRID,
-    adversarial_of_clean,
-    histogram_counts,
-    histogram_edges,
-    layer_location,
-    overlap_curve,
-    p1_count,
+    P1_N_GRID, adversarial_of_clean, histogram_counts, histogram_edges, layer_location, overlap_curve, p1_count,
 )
 from skill_neurons.report.base import (
-    WIDE,
-    Context,
-    Figure,
-    Section,
-    family_name,
-    fit_accuracies,
-    fmt,
-    markdown_table,
-    pct,
-    slug,
+    WIDE, Context, Figure, Section, family_name, fit_accuracies, fmt, markdown_table, pct, slug,
 )
 from skill_neurons.report.seed_means import MARK, SeedMean, missing_seed_lines, seed_means
 

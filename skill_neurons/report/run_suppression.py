@@ -6,18 +6,7 @@ from collections import defaultdict
 
 from records import figures as style
 from skill_neurons.report.base import (
-    WIDE,
-    Context,
-    Figure,
-    Run,
-    Section,
-    family_rank,
-    fit_accuracies,
-    fmt,
-    markdown_table,
-    mean_sem,
-    pct,
-    slug,
+    WIDE, Context, Figure, Run, Section, family_rank, fit_accuracies, fmt, markdown_table, mean_sem, pct, slug,
     validate_accuracies,
 )
 from skill_neurons.report.suppression import neuron_source

@@ -11,18 +11,7 @@ import numpy as np
 
 from records.transfer import MEAN_OVER_SEEDS, NO_REFERENCE, reference_accuracy, relative_score
 from skill_neurons.report.base import (
-    SQUARE,
-    Context,
-    Run,
-    Section,
-    family_name,
-    family_rank,
-    fit_accuracies,
-    fmt,
-    markdown_table,
-    mean_sd,
-    pct,
-    slug,
+    SQUARE, Context, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table, mean_sd, pct, slug,
     validate_accuracies,
 )
 

@@ -106,10 +106,7 @@ def _create_sweep_command(command: list) -> list:
 
 def _agent_helpers():
     try:
-        from wandb.sdk.launch.sweeps.utils import (
-            create_sweep_command,
-            create_sweep_command_args,
-        )
+        from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
     except ImportError:
         return _create_sweep_command, _create_sweep_command_args
     return create_sweep_command, create_sweep_command_args

@@ -23,17 +23,8 @@ from records.summary import new_run_id, summary_path
 from records.sweep_trial import PARAM_PATH_ENV, SWEEP_ID_ENV, SWEEP_NAME_ENV, VARIED_ENV, varied_keys
 from skill_neurons.runs import RUN_ID_ENV, RUNS_DIR_ENV
 from skill_neurons.sweep.config import (
-    ENGINE_STATES,
-    KILL_DELAY_S,
-    MARKER_ENV,
-    STATE_FILE,
-    SweepError,
-    check_sweep_config,
-    engine,
-    load_sweep_file,
-    plain,
-    render_command,
-    save_param_file,
+    ENGINE_STATES, KILL_DELAY_S, MARKER_ENV, STATE_FILE, SweepError, check_sweep_config, engine, load_sweep_file, plain,
+    render_command, save_param_file,
 )
 from skill_neurons.sweep.display import progress_of, sweep_group
 from skill_neurons.sweep.processes import LAUNCHER, RunnerLock, Running, is_skill_neurons_cli, kill_marked, visible_gpus
