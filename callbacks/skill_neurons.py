@@ -343,8 +343,8 @@ class SkillNeuronCallback(Callback):
             if world > 1:
                 counts.all_reduce(dist.all_reduce)
             results[role] = {
-                "threshold": threshold, "accuracy": counts.accuracy(), "predictivity": counts.predictivity(),
-                "score": counts.score(), "class_count": counts.class_count.clone(),
+                "threshold": threshold, "accuracy": counts.accuracy(datamodule.accuracy_label), "score": counts.score(),
+                "predictivity": counts.predictivity(), "class_count": counts.class_count.clone(),
                 "threshold_examples": thresholds.count.clone(),
                 **({"balanced_predictivity": balanced_view(counts), "balanced_score": counts.balanced_score()}
                    if self.balanced else {}),

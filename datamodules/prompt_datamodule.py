@@ -18,7 +18,8 @@ from datamodules.collator import Collator
 from datamodules.eval_sets import CLEAN_EVAL, check_set_names, predict_roles, source_of
 from datamodules.sources import BIG_SPLIT_ROWS, prepare_split, progress_bars_if
 from datamodules.task_spec import MARKERS, Source, TaskError, TaskSpec, as_source
-from datamodules.tasks import P1_ROBERTA_BASE_IDS, get_task
+from datamodules.p1_vocabulary import check_p1_ids
+from datamodules.tasks import accuracy_label, get_task
 from lightning_modules.backbones import check_lengths, family_of, load_tokenizer, max_input_length_of
 
 
@@ -81,6 +82,8 @@ class PromptDataModule(LightningDataModule):
         adversarial_files: local files replacing adversarial sets' hub sources (AdvGLUE ``dev.json``).
         extra_adversarial: more adversarial sets, ``{name: {file: ..., columns: {...}}}``.
         max_train_samples: use only the first N training rows (deterministic).
+        train_split: the split the optimiser trains on: ``train`` (default), or ``validation`` as P1's released
+            RoBERTa SST-2 prompts were (README, "Reproducing the paper"). Thresholds still come from ``train``.
         max_eval_samples: use only the first N rows of each evaluation set.
         shuffle: shuffle the training set every epoch.
         num_workers: DataLoader workers.
@@ -104,6 +107,7 @@ class PromptDataModule(LightningDataModule):
         extra_adversarial: dict[str, Any] | None = None,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
+        train_split: Literal["train", "validation"] = "train",
         shuffle: bool = True,
         num_workers: int = 0,
         cache_dir: str | None = None,
@@ -179,6 +183,12 @@ class PromptDataModule(LightningDataModule):
             self._max_positions = max_input_length_of(config, self._tokenizer)
             self._config = config
         return self._tokenizer
+
+    @property
+    def accuracy_label(self) -> int:
+        """The label whose agreement with ``a > b`` a binary task stores as ``accuracy`` (P1's order under
+        ``paper``; :func:`~datamodules.tasks.accuracy_label`)."""
+        return accuracy_label(self.task.name, self.layout)
 
     @property
     def family(self) -> str:
@@ -305,13 +315,16 @@ class PromptDataModule(LightningDataModule):
         return wanted
 
     def train_dataloader(self):
-        ds = self.datasets["train"]
+        ds = self.datasets[self.hparams.train_split]
         trainer = self.trainer
+        # P1 drops the last partial batch (its released checkpoints record floor(rows / batch) steps per epoch,
+        # e.g. 458 for MRPC's 3,668 rows at batch 8); `paper` does too, unless that would leave no batch at all.
+        drop_last = self.layout == "paper" and len(ds) >= self.hparams.batch_size
         if not self.hparams.shuffle and trainer is not None and trainer.world_size > 1:
             # Lightning always shuffles the training set under DDP; honour shuffle=False with our own sampler.
             sampler = DistributedSampler(ds, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
-            return self._loader(ds, self.hparams.batch_size, sampler=sampler)
-        return self._loader(ds, self.hparams.batch_size, shuffle=self.hparams.shuffle)
+            return self._loader(ds, self.hparams.batch_size, sampler=sampler, drop_last=drop_last)
+        return self._loader(ds, self.hparams.batch_size, shuffle=self.hparams.shuffle, drop_last=drop_last)
 
     def val_dataloader(self):
         return [self._loader(self.datasets[role]) for role in self._eval_roles(CLEAN_EVAL)]
@@ -345,10 +358,10 @@ class PromptDataModule(LightningDataModule):
         return self._loader(self.datasets[role], batch_size, sampler=indices)
 
     def _loader(self, ds: datasets.Dataset, batch_size: int | None = None, shuffle: bool = False,
-                sampler=None) -> DataLoader:
+                sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             ds, batch_size=batch_size or self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=shuffle,
-            sampler=sampler,
+            sampler=sampler, drop_last=drop_last,
             collate_fn=Collator(pad_id_of(self.tokenizer), self.hparams.padding_side), num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(), persistent_workers=self.hparams.num_workers > 0,
         )
@@ -407,7 +420,8 @@ class PromptDataModule(LightningDataModule):
             "task": self.task.name, "task_type": self.task.type, "label_names": list(self.task.label_names),
             "layout": self.layout, "verbalizer": list(words), "extra_words": list(extra),
             "label_token_ids": self.label_token_ids,
-            "eval_sets": self.eval_set_names, "splits": self.split_records,
+            "accuracy_label": self.task.label_names[self.accuracy_label] if self.num_classes == 2 else None,
+            "train_split": self.hparams.train_split, "eval_sets": self.eval_set_names, "splits": self.split_records,
         }
 
 
@@ -423,24 +437,6 @@ def p1_tokens(tokenizer, paper, row: dict[str, Any], budget: int) -> list[int]:
     if len(ids) > budget:
         ids = ids[: budget - 1] + ids[-1:] if paper.keeps_last else ids[:budget]
     return ids
-
-
-def check_p1_ids(backbone: str, tokenizer, task: TaskSpec, family: str, layout: str, ids: list[int]) -> None:
-    """``layout: paper`` on roberta-base must read the vocabulary ids P1 reads (``P1_ROBERTA_BASE_IDS``)."""
-    name = str(getattr(tokenizer, "name_or_path", "") or backbone)
-    if layout != "paper" or family != "masked_lm" or task.name not in P1_ROBERTA_BASE_IDS:
-        return
-    if Path(name).name != "roberta-base" and Path(str(backbone)).name != "roberta-base":
-        return
-    labels, extra = P1_ROBERTA_BASE_IDS[task.name]
-    expected = [*labels, *extra]
-    if len(expected) != len(ids) or any(e is not None and e != i for e, i in zip(expected, ids)):
-        raise TaskError(
-            f"layout 'paper' on roberta-base must read P1's vocabulary ids {expected} for task {task.name!r} "
-            f"(None: not checked), but this tokenizer gives {ids} for the words "
-            f"{list(sum(task.scored_words(family, layout), ()))} — the tokenizer is not roberta-base's, or the "
-            "verbalizer was changed; use the original roberta-base tokenizer or --model.layout=standard"
-        )
 
 
 def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec, layout: str = "standard") -> list[int]:

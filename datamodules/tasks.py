@@ -203,6 +203,31 @@ P1_ROBERTA_BASE_IDS: dict[str, tuple[tuple[int | None, ...], tuple[int, ...]]] =
     **{t: ((None, 32047), ()) for t in ("ethics_deontology", "ethics_justice")},
 }
 
+# P1's vocabulary ids for T5 (src/models/PromptT5.py acc(): the first-step logits it compares, e.g. negative
+# 2841 / positive 1465, contradiction 27252 / entailment 3 (the "▁" that starts "entailment"), neutral 7163),
+# in this project's label-id order, then the extra scored ids; checked like P1_ROBERTA_BASE_IDS on any tokenizer
+# with T5's vocabulary (t5-small/base/large share it).
+P1_T5_IDS: dict[str, tuple[tuple[int | None, ...], tuple[int, ...]]] = {
+    **{t: ((2841, 1465), ()) for t in ("sst2", "imdb", "movie_rationales")},
+    "qnli": ((3, 27252), ()),
+    "mnli": ((3, 27252), (7163,)),
+    **{t: ((6136, 1176), ()) for t in ("qqp", "mrpc")},
+    **{t: ((29452, 9961), ()) for t in ("ethics_deontology", "ethics_justice")},
+}
+
+# The label id P1 encodes as 1, where it is not ours: P1's src/dataset/{QNLI,AdvQNLI}Dataset.py map the hub's
+# label 0 (entailment) to 1 (`_map={0:1,1:0}`) and {MNLI,AdvMNLI}Dataset.py map entailment (0) to 1 and
+# contradiction (2) to 0 (`_dict = {2:0, 0:1}`); find.py compute_accuracy counts `(a > b) == label`. Every other
+# P1 task keeps the hub's labels (ETHICS: column 0 of the csv, 1 = acceptable), as ours do.
+P1_LABEL_ONE = {"qnli": 0, "mnli": 0}
+
+
+def accuracy_label(task: str, layout: str) -> int:
+    """The label id whose one-vs-rest accuracy a binary task stores as ``accuracy``: 1 (``(a > b) == (y == 1)``),
+    or under ``layout: paper`` P1's label 1, so the stored array equals P1's ``neuron_accuracy`` dumps
+    (QNLI, MNLI: 1 − ours). Predictivity, max(acc, 1 − acc), is the same either way."""
+    return P1_LABEL_ONE.get(task, 1) if layout == "paper" else 1
+
 
 def get_task(task: str | dict | TaskSpec) -> TaskSpec:
     """A built-in task by name, or a user's declaration (mapping) turned into a :class:`TaskSpec`."""

@@ -292,10 +292,13 @@ class PredictivityAccumulator:
         """(C, L, N) float32 max over prompt positions of predictivity_per_class()."""
         return self.predictivity_per_class().amax(dim=2)
 
-    def accuracy(self):
-        """Binary: (L, P, N) fraction with 1[a > b] == y. Multi-class: (C, L, P, N) one-vs-rest."""
+    def accuracy(self, positive: int = 1):
+        """Binary: (L, P, N) fraction with 1[a > b] == 1[y == positive] (``positive=0``: 1 − that, computed from
+        the counts, for a label order that names the other class 1). Multi-class: (C, L, P, N) one-vs-rest."""
+        if self.num_classes == 2 and positive not in (0, 1):
+            raise ValueError(f"positive must be a class id, 0 or 1, got {positive!r}")
         acc = self.accuracy_per_class()  # (C, L, P, N)
-        return acc[1] if self.num_classes == 2 else acc
+        return acc[positive] if self.num_classes == 2 else acc
 
     def predictivity(self):
         """Binary: (L, P, N) max(acc, 1 - acc). Multi-class: (C, L, P, N) per class."""

@@ -200,3 +200,29 @@ def test_every_builtin_task_declares_both_families_and_matching_label_counts():
     for task in TASKS.values():
         for family in ("masked_lm", "seq2seq"):
             assert len(task.words(family)) == len(task.label_names)
+
+
+def test_paper_drops_the_last_partial_training_batch_as_p1(tmp_path, tiny_backbones):
+    # 8 train rows at batch 3: P1 (drop_last, as its checkpoints' steps per epoch show) trains 2 batches of 3.
+    task = review_task(tmp_path, paper={"masked_lm": {"segments": ["{cls}", "{review}", "{sep}"], "extra_length": 2}})
+    common = dict(task=task, backbone="tiny-roberta", prompt_length=4, batch_size=3, shuffle=False)
+    paper, standard = setup_dm(layout="paper", **common), setup_dm(layout="standard", **common)
+    assert [len(b["labels"]) for b in paper.train_dataloader()] == [3, 3]
+    assert [len(b["labels"]) for b in standard.train_dataloader()] == [3, 3, 2]  # kept outside paper
+    for dm in (paper, standard):  # evaluation keeps every row
+        assert sum(len(b["labels"]) for b in dm.val_dataloader()[0]) == 4
+    # a training set smaller than one batch still trains (P1's sets never were)
+    tiny = setup_dm(layout="paper", **{**common, "batch_size": 16})
+    assert [len(b["labels"]) for b in tiny.train_dataloader()] == [8]
+
+
+def test_train_split_validation_trains_on_the_validation_rows(tmp_path, tiny_backbones):
+    dm = setup_dm(task=review_task(tmp_path), backbone="tiny-roberta", prompt_length=4, batch_size=2, shuffle=False,
+                  train_split="validation")
+    trained = [i for b in dm.train_dataloader() for i in b["idx"].tolist()]
+    validated = [i for b in dm.val_dataloader()[0] for i in b["idx"].tolist()]
+    assert trained == validated and len(trained) == 4
+    assert dm.state_for_summary()["train_split"] == "validation"
+    assert len(dm.datasets["train"]) == 8  # still loaded: the skill-neuron thresholds come from it
+    default = setup_dm(task=review_task(tmp_path), backbone="tiny-roberta", prompt_length=4, batch_size=2)
+    assert sum(len(b["labels"]) for b in default.train_dataloader()) == 8
