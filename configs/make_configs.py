@@ -133,6 +133,24 @@ def config_text(family: str, task: str) -> str:
                            init_note=spec["init_note"])
 
 
+# Not the default (the README's deviation table says how the rows were inferred).
+P1_ROWS = """\
+#   train_split validation: P1's released RoBERTa SST-2 prompts (seeds 33-36) record 54 steps per epoch at batch
+#   16 = floor(872 / 16), the size of SST-2's validation split (src/dataset/SST2Dataset.py loads split='validation'
+#   unless [eval] compute_baseline is True). This config trains on those 872 rows, as they were; the validation
+#   metrics (and the kept best epoch) are then measured on the rows trained on. Thresholds still use the train split.
+"""
+
+
+def p1_rows_text() -> str:
+    """configs/roberta/sst2_p1_rows.yaml: sst2.yaml, trained on SST-2's 872 validation rows as P1's prompts were."""
+    text = config_text("roberta", "sst2").replace("configs/roberta/sst2.yaml", "configs/roberta/sst2_p1_rows.yaml")
+    text = text.replace("P1's setup (generated", "P1's setup and training rows (generated")
+    text = text.replace("seed_everything: 33\n", P1_ROWS + "seed_everything: 33\n", 1)
+    text = text.replace("  task: sst2\n", "  task: sst2\n  train_split: validation\n", 1)
+    return text.replace("group: roberta-sst2\n", "group: roberta-sst2-p1-rows\n").replace("p1]", "p1, p1_rows]")
+
+
 def paper_grid() -> str:
     configs = "\n".join(f"      - configs/{family}/{task}.yaml" for family in BACKBONES for task in PAPER_TASKS)
     tasks = ", ".join(PAPER_TASKS[:5]) + ",\n# " + ", ".join(PAPER_TASKS[5:])
@@ -295,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         (root / family).mkdir(exist_ok=True)
         for task in TASKS:
             (root / family / f"{task}.yaml").write_text(config_text(family, task))
+    (root / "roberta" / "sst2_p1_rows.yaml").write_text(p1_rows_text())
 
 
 if __name__ == "__main__":

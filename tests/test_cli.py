@@ -36,8 +36,11 @@ def test_every_shipped_config_parses(config, capsys, monkeypatch):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["logger"]["class_path"].endswith("WandbLogger")
     if config.count("/") == 2:  # configs/<backbone>/<task>.yaml: P1's setup (src/config/<Task>Prompt<Model>.config)
-        family, task = config.split("/")[1], config.split("/")[2][: -len(".yaml")]
+        family, name = config.split("/")[1], config.split("/")[2][: -len(".yaml")]
+        task = {"sst2_p1_rows": "sst2"}.get(name, name)  # sst2 trained on the validation rows, as P1's prompts
         model, data = printed["model"]["init_args"], printed["data"]
+        assert data["task"] == task
+        assert data["train_split"] == ("validation" if name == "sst2_p1_rows" else "train")
         assert model["prompt_length"] == 100 and model["layout"] == "paper"  # data.layout is linked to it
         assert model["adam_eps"] == 1e-6 and model["weight_decay"] == 0 and model["backbone_dropout"] is True
         assert data["max_text_length"] == 128 and data["eval_batch_size"] == 64
@@ -55,6 +58,7 @@ def test_every_shipped_config_parses(config, capsys, monkeypatch):
             p1_name = {"movie_rationales": "movierationales", "ethics_deontology": "ethicsdeontology",
                        "ethics_justice": "ethicsjustice"}.get(task, task.upper())
             assert f"src/config/{p1_name}Prompt{ {'roberta': 'Roberta', 't5': 'T5'}[family]}.config" in header
+    assert "configs/roberta/sst2_p1_rows.yaml" in CONFIGS  # the P1-rows variant is shipped and checked here
 
 
 @pytest.mark.subprocess
