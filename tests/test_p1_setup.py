@@ -135,7 +135,8 @@ def test_accuracy_label_is_recorded_and_rejects_non_classes(tiny_backbones):
     assert [accuracy_label(t, "paper") for t in ("sst2", "qnli", "mnli", "qqp", "rte")] == [1, 0, 0, 1, 1]
     assert {accuracy_label(t, "standard") for t in TASKS} == {1}
     dm = PromptDataModule(task="qnli", backbone="tiny-roberta", prompt_length=4, layout="paper")
-    assert dm.accuracy_label == 0 and TASKS["qnli"].label_names[dm.accuracy_label] == "entailment"
+    assert dm.accuracy_label == 0 and dm.state_for_summary()["accuracy_label"] == "entailment"
+    assert PromptDataModule(task="qnli", backbone="tiny-roberta", prompt_length=4).accuracy_label == 1
     counts = PredictivityAccumulator(torch.zeros(1, 1, 1), 2)
     with pytest.raises(ValueError, match="positive must be a class id"):
         counts.accuracy(2)
