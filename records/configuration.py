@@ -29,6 +29,9 @@ PRESENTATION_KEYS = (
     "trainer.callbacks.RichProgressBar.", "trainer.callbacks.TQDMProgressBar.", "data.num_workers", "ckpt_path",
     "runs_dir", "config", "print_config", "data.predict_sets",
 )
+# Options added after runs were made, with the value under which older runs (that lack the key) behaved: a run
+# recording that value is the same configuration as an older run without the key.
+ADDED_DEFAULTS = {"data.train_split": "train"}
 # Short spellings of the keys users sweep most, for names such as ``tiny-roberta·marker·s33·lr3e-3``.
 ABBREVIATIONS = {
     "model.learning_rate": "lr", "model.prompt_length": "p", "model.weight_decay": "wd", "data.batch_size": "bs",
@@ -50,7 +53,8 @@ def configuration_of(config: Mapping[str, Any]) -> dict[str, Any]:
     docstring for what is left out). Lists of callbacks are spelled out one key per argument first, so a
     callback option is compared like any other setting."""
     cleaned = clean_config(dict(config))
-    return {key: cleaned[key] for key in sorted(cleaned) if not _ignored(key)}
+    return {key: cleaned[key] for key in sorted(cleaned)
+            if not _ignored(key) and not (key in ADDED_DEFAULTS and cleaned[key] == ADDED_DEFAULTS[key])}
 
 
 def configuration_id(config: Mapping[str, Any]) -> str:

@@ -43,3 +43,10 @@ def test_labels_are_short_and_readable():
     assert label(lr, ["trainer.max_epochs", "data.task"]) == "ep3-marker"
     assert label(lr, ["data.max_train_samples"]) == ""  # unset (null) keys are left out
     assert label(lr, []) == ""
+
+
+def test_an_option_added_later_at_its_old_behaviour_keeps_older_runs_in_the_configuration():
+    old = {"model.learning_rate": 0.003, "data.task": "sst2", "seed_everything": 33}
+    new = {**old, "data.train_split": "train", "seed_everything": 34}
+    assert configuration_id(old) == configuration_id(new)
+    assert configuration_id({**new, "data.train_split": "validation"}) != configuration_id(old)
