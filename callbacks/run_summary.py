@@ -18,14 +18,15 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_modules.contracts import PromisesOutputs, PromptData, ReportsMetrics, neurons_perturbed
+from lightning_modules.contracts import (
+    AnalysesNeurons, PromisesOutputs, PromptData, ReportsMetrics, neurons_perturbed,
+)
 from records.files import jsonable
-from records.prompt_checkpoint import metadata_of, read_checkpoint
+from records.run_identity import prompt_provenance
 from records.run_status import process_record
 from records.secrets import redact
-from records.summary import (
-    BEST_KEY, CHECKPOINT_DIR, SUMMARY_FILE, SummaryError, offline_segments, read_summary, update_summary,
-)
+from records.settings import RunSettings
+from records.summary import BEST_KEY, SUMMARY_FILE, SummaryError, offline_segments, read_summary, update_summary
 from records.sweep_trial import sweep_trial
 from records.transfer import transfer_record
 from records.wandb_config import chart_step, run_config, run_tags
@@ -42,24 +43,6 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 def run_dir_of(trainer: Trainer) -> Path | None:
     """The run directory the run summary writes to (the CLI's ``runs/<id>``), if a callback knows it."""
     return next((Path(cb.run_dir) for cb in trainer.callbacks if isinstance(cb, RunSummary) and cb.run_dir), None)
-
-
-def prompt_source(ckpt_path: str | Path) -> dict[str, Any]:
-    """Where an evaluated prompt came from: its checkpoint, the task and backbone it was trained on and, when
-    the checkpoint lies in ``runs/<id>/checkpoints/``, that run's id and seed."""
-    path = Path(ckpt_path).resolve()
-    checkpoint = read_checkpoint(path)
-    task = (checkpoint.get("datamodule_hyper_parameters") or {}).get("task")
-    imported = metadata_of(checkpoint).get("imported_from") or {}
-    run_dir = path.parent.parent if path.parent.name == CHECKPOINT_DIR else None
-    source = read_summary(run_dir) if run_dir else {}
-    settings = source.get("settings", {})
-    return {
-        "checkpoint": str(path), "run_id": source.get("run_id"), "run_dir": str(run_dir) if source else None,
-        "task": (task.get("name") if isinstance(task, dict) else task) or settings.get("task") or imported.get("task"),
-        "backbone": (checkpoint.get("hyper_parameters") or {}).get("backbone") or settings.get("backbone"),
-        "seed": settings.get("seed", imported.get("seed")),
-    }
 
 
 class RunSummary(Callback):
@@ -104,19 +87,17 @@ class RunSummary(Callback):
         if not trainer.is_global_zero:
             return
         datamodule = getattr(trainer, "datamodule", None)
-        hparams = dict(pl_module.hparams)
-        settings = {
-            "backbone": hparams.get("backbone"), "family": getattr(pl_module, "family", None),
+        analysis = next((cb.analysis_settings() for cb in trainer.callbacks if isinstance(cb, AnalysesNeurons)), {})
+        settings = RunSettings.read({  # the module's init arguments (backbone, layout, ...) and what it runs with
+            **pl_module.hparams, "family": getattr(pl_module, "family", None),
             "task": getattr(getattr(datamodule, "task", None), "name", None),
-            "seed": self.config.get("seed_everything"), "prompt_length": hparams.get("prompt_length"),
-            "layout": hparams.get("layout", "standard"),
-            "learning_rate": hparams.get("learning_rate"), "precision": str(trainer.precision),
-            "world_size": trainer.world_size,
-        }
+            "seed": self.config.get("seed_everything"), "stage": stage, "precision": str(trainer.precision),
+            "world_size": trainer.world_size, **analysis,
+        })
         sections: dict[str, Any] = {
             "run_id": self.run_id or Path(self.run_dir).name, "run_dir": str(Path(self.run_dir).resolve()),
             "stage": stage, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "process": process_record(), "settings": settings, "config": redact(self.config),
+            "process": process_record(), "settings": settings.to_json(), "config": redact(self.config),
         }
         if isinstance(datamodule, PromptData):
             sections["data"] = datamodule.state_for_summary()
@@ -128,8 +109,9 @@ class RunSummary(Callback):
                                             {"from_epoch": previous.get("epochs_completed", len(self._history)),
                                              "at": sections["started"], "changed": self.changes}]
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                sections["wandb"] = self._setup_wandb(logger, settings, stage)
+            if isinstance(logger, WandbLogger):  # a run without an analysis logs no analysed part or positions
+                logged = {k: v for k, v in settings.to_json().items() if analysis or k not in ("part", "positions")}
+                sections["wandb"] = self._setup_wandb(logger, logged, stage)
         update_summary(self.run_dir, **sections)
 
     def _setup_wandb(self, logger: WandbLogger, settings: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -207,7 +189,7 @@ class RunSummary(Callback):
 
     def _transfer(self, trainer: Trainer, stage: str, metrics: dict[str, float]) -> dict[str, Any]:
         """``prompt_source`` of an evaluated checkpoint and, unless neurons are perturbed, ``transfer``."""
-        source = prompt_source(trainer.ckpt_path)
+        source = prompt_provenance(trainer.ckpt_path)
         sections: dict[str, Any] = {"prompt_source": source}
         datamodule = getattr(trainer, "datamodule", None)
         target = getattr(getattr(datamodule, "task", None), "name", None)

@@ -54,7 +54,7 @@ from records.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_f
 from records.neuron_selection import mean_predictivity_of, overlap_at, top_neurons, top_percent_mask
 from records.prompt_checkpoint import read_prompt
 from records.summary import update_summary
-from records.wandb_config import artifact_name
+from records.settings import RunSettings
 
 THRESHOLD_ROLE = "train"
 
@@ -161,6 +161,9 @@ class SkillNeuronCallback(Callback):
         self.metrics: dict[str, float] = {}
         self._fit_analysed, self._signalled = False, None  # _signalled: the analysing trainer (see analyse)
         self._progress, self._live = False, None  # the passes' progress (per analysis, rank 0; callbacks/progress.py)
+
+    def analysis_settings(self) -> dict[str, str]:  # the run's analysed part and positions (its settings)
+        return {"part": self.part, "positions": self.positions}
 
     # ------------------------------------------------------------------ checks (before any work)
     def runs_in(self, stage: str, trainer: Trainer | None = None) -> bool:
@@ -421,15 +424,14 @@ class SkillNeuronCallback(Callback):
         roles = datamodule.eval_roles(stage)
         layers, positions, units = self.results[roles[0]]["threshold"].shape
         analysed = pl_module.analysed_positions(self.part, self.positions)
+        settings = RunSettings.read({**pl_module.hparams, "family": pl_module.family, "task": datamodule.task.name,
+                                     "stage": stage, **self.analysis_settings()})
         common = {
-            "backbone": pl_module.hparams.get("backbone"), "family": pl_module.family, "part": self.part,
-            "task": datamodule.task.name, "label_names": list(datamodule.task.label_names),
+            **settings.neuron_metadata(), "label_names": list(datamodule.task.label_names),
             "threshold_split": THRESHOLD_ROLE, "threshold_examples": int(self.results[roles[0]]["threshold_examples"]),
             "max_threshold_samples": self.max_threshold_samples, "threshold_seed": self.threshold_seed,
-            "prompt_checkpoint": str(prompt_source), "stage": stage,
+            "prompt_checkpoint": str(prompt_source), "absolute_positions": analysed.absolute,
             "shape": {"layers": layers, "positions": positions, "units": units},
-            "layout": pl_module.hparams.get("layout", "standard"), "analysed_positions": self.positions,
-            "absolute_positions": analysed.absolute,
             "positions": (analysed.description if analysed.absolute is None else
                           f"{self.positions}: absolute positions {_span(analysed.absolute)}"
                           if self.part == "encoder" else "first decoder step"),
@@ -490,11 +492,9 @@ class SkillNeuronCallback(Callback):
                  "skill_neurons/per_layer_predictivity": wandb.Image(str(figure))})
         if self.log_artifact:
             # One artifact per configuration: the seeds' runs are its versions, aliased by seed and run id.
-            name = artifact_name(common["backbone"], common["task"], common["layout"], common["stage"])
-            seed = run.config.get("seed_everything")
-            artifact = wandb.Artifact(name, type="skill-neurons", metadata={
-                **{k: v for k, v in common.items() if v is not None}, "run_id": run.id, "seed": seed})
+            seed, settings = run.config.get("seed_everything"), RunSettings.from_neuron_file(common)
+            metadata = {**{k: v for k, v in common.items() if v is not None}, "run_id": run.id, "seed": seed}
+            artifact = wandb.Artifact(settings.artifact_name, type="skill-neurons", metadata=metadata)
             for file in sorted(p for p in out.iterdir() if p.is_file()):  # add_dir would print a line of its own
                 artifact.add_file(str(file), name=file.name)
-            run.log_artifact(artifact, aliases=["latest", f"run-{run.id}", *([f"seed-{seed}"] if seed is not None
-                                                                             else [])])
+            run.log_artifact(artifact, aliases=["latest", f"run-{run.id}", *[f"seed-{seed}"] * (seed is not None)])

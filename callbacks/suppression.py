@@ -44,7 +44,7 @@ from callbacks.run_summary import run_dir_of
 from lightning_modules.ffn import PARTS, Part, ffn_shape, hook_ffn, remove_hooks
 from records.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
 from records.neuron_selection import num_selected, top_percent_mask
-from records.summary import finished_fit_runs, read_summary, update_summary
+from records.summary import finished_fit_runs, read_summary, run_of_checkpoint, update_summary
 
 Selection = Literal["skill", "random"]
 NeuronSource = Literal["own", "seed_mean"]
@@ -204,11 +204,11 @@ class NeuronSuppression(Callback):
         self.check_run(trainer, pl_module, trainer.datamodule, stage)
 
     def _checkpoint_run(self, trainer: Trainer) -> Path:
-        ckpt = trainer.ckpt_path
-        if not ckpt or Path(ckpt).parent.name != "checkpoints":
+        run = run_of_checkpoint(trainer.ckpt_path) if trainer.ckpt_path else None
+        if run is None:
             raise SkillNeuronError("suppression needs skill-neuron files: give --suppression.neurons=[runs/<id>] "
                                    "(or validate a checkpoint from runs/<id>/checkpoints/, whose run is used)")
-        return Path(ckpt).resolve().parent.parent
+        return run
 
     def _sources(self, runs: list[Path]) -> list[Path]:
         """The runs whose neuron files give the units: ``runs`` themselves (``own``), or (``seed_mean``) every

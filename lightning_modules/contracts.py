@@ -9,6 +9,8 @@
 * :class:`PromisesOutputs` — a callback whose files a run must hold before it counts as ``finished``.
 * :class:`ReportsMetrics` — a callback that computes a stage's metrics itself (``predict`` logs none through
   Lightning): the run summary records them with the stage's other metrics.
+* :class:`AnalysesNeurons` — a callback that analyses neurons: the part and positions it analyses are settings
+  of the run (``summary.json`` → ``settings``).
 * :class:`PromptData` — what the callbacks ask of the DataModule (``PromptDataModule`` has it all).
 """
 
@@ -43,6 +45,12 @@ class PromisesOutputs(Protocol):
 class ReportsMetrics(Protocol):
     def stage_metrics(self, trainer: Any, stage: str) -> dict[str, float]:
         """Metrics this callback computed in ``stage`` (``{}`` when it computed none)."""
+
+
+@runtime_checkable
+class AnalysesNeurons(Protocol):
+    def analysis_settings(self) -> dict[str, str]:
+        """``{"part": ..., "positions": ...}``: which neurons this callback analyses."""
 
 
 @runtime_checkable

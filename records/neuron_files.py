@@ -16,6 +16,7 @@ import torch
 
 from records.files import atomic_write
 from records.neuron_selection import mean_over_prompts
+from records.settings import RunSettings
 
 OUTPUT_DIR = "skill_neurons"
 
@@ -85,16 +86,17 @@ def combine_neuron_files(runs: list[str | Path], eval_set: str = "validation") -
         scores.append(tensors["score"])
         metas.append(meta)
         files.append(str(file))
-    defaults = {"layout": "standard", "analysed_positions": "prompt"}  # files written before these keys existed
-    for key in ("backbone", "part", "layout", "analysed_positions"):
-        values = {str(m.get(key, defaults.get(key))) for m in metas}
+    settings = [RunSettings.from_neuron_file(m) for m in metas]  # older files: their defaults filled in
+    for key, what in (("backbone", "backbones"), ("part", "parts"), ("layout", "layouts"),
+                      ("positions", "analysed positions")):
+        values = {str(getattr(s, key)) for s in settings}
         if len(values) > 1:
-            raise SkillNeuronError(f"cannot combine neuron files of different {key}s {sorted(values)}: {files}")
+            raise SkillNeuronError(f"cannot combine neuron files of different {what} {sorted(values)}: {files}")
     shapes = {tuple(score.shape) for score in scores}
     if len(shapes) > 1:
         raise SkillNeuronError(f"cannot combine neuron files of different shapes {sorted(shapes)}: {files}")
     combined = mean_over_prompts(scores)  # (L, N)
-    meta = {"runs": [str(r) for r in runs], "files": files, "backbone": metas[0].get("backbone"),
-            "part": metas[0].get("part"), "tasks": sorted({str(m.get("task")) for m in metas}),
+    meta = {"runs": [str(r) for r in runs], "files": files, "backbone": settings[0].backbone,
+            "part": settings[0].part, "tasks": sorted({str(m.get("task")) for m in metas}),
             "split": metas[0].get("split"), "combined": "mean over runs of the max over prompt positions"}
     return combined, meta

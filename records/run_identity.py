@@ -1,5 +1,5 @@
-"""The W&B name and job type of a ``skill-neurons`` command (command layer: reads the evaluated checkpoint and
-its run's ``summary.json``; the naming rules themselves are :mod:`records.wandb_config`)."""
+"""Where an evaluated prompt came from, and the W&B name and job type of a ``skill-neurons`` command (reads the
+evaluated checkpoint and its run's ``summary.json``; the naming rules themselves are :mod:`records.wandb_config`)."""
 
 from __future__ import annotations
 
@@ -8,31 +8,45 @@ from typing import Any
 
 from records.configuration import label
 from records.prompt_checkpoint import metadata_of, read_checkpoint
-from records.summary import CHECKPOINT_DIR, flatten, read_summary
+from records.settings import RunSettings
+from records.summary import flatten, read_summary, run_of_checkpoint
 from records.sweep_trial import SweepTrial, sweep_trial
 from records.wandb_config import job_type, run_name, task_name
 
 
+def prompt_provenance(ckpt_path: str | Path) -> dict[str, Any]:
+    """Where the prompt of a checkpoint came from: the checkpoint, the task and backbone it was trained on and,
+    when it lies in ``<run>/checkpoints/`` (:func:`~records.summary.run_of_checkpoint`), that run's id, directory
+    and seed; an imported prompt's task and seed are those ``import-prompt`` recorded (``imported_from``)."""
+    path = Path(ckpt_path).resolve()
+    checkpoint = read_checkpoint(path)
+    imported = metadata_of(checkpoint).get("imported_from") or {}
+    run_dir = run_of_checkpoint(path)
+    source = read_summary(run_dir) if run_dir else {}
+    settings = RunSettings.from_summary(source) if source else RunSettings()
+    trained_on = task_name((checkpoint.get("datamodule_hyper_parameters") or {}).get("task"))
+    return {
+        "checkpoint": str(path), "run_id": source.get("run_id"), "run_dir": str(run_dir) if source else None,
+        "task": trained_on or settings.task or imported.get("task"),
+        "backbone": (checkpoint.get("hyper_parameters") or {}).get("backbone") or settings.backbone,
+        "seed": settings.seed if source else imported.get("seed"),
+    }
+
+
 def run_identity(config: dict[str, Any], stage: str, trial: SweepTrial | None = None) -> tuple[str, str]:
     """(W&B run name, job type) of a command, from its resolved config as a dict and, for ``validate``/``test``,
-    the evaluated checkpoint: the task and seed its prompt was trained with (from the checkpoint and, for
-    ``runs/<id>/checkpoints/*.ckpt``, that run's ``summary.json``). A sweep trial (``trial``, default: the one
-    this process is, :func:`records.sweep_trial.sweep_trial`) adds the values of its varied keys that the
-    name does not show yet, as :func:`records.configuration.label` writes them."""
+    the evaluated checkpoint: the task and seed its prompt was trained with (:func:`prompt_provenance`). A sweep
+    trial (``trial``, default: the one this process is, :func:`records.sweep_trial.sweep_trial`) adds the values
+    of its varied keys that the name does not show yet, as :func:`records.configuration.label` writes them."""
     backbone = ((config.get("model") or {}).get("init_args") or {}).get("backbone")
     task, seed = task_name((config.get("data") or {}).get("task")), config.get("seed_everything")
     suppression = config.get("suppression") or {}
     source_task = None
     ckpt_path = config.get("ckpt_path")
     if stage != "fit" and ckpt_path and Path(ckpt_path).is_file():
-        checkpoint = read_checkpoint(ckpt_path)
-        imported = metadata_of(checkpoint).get("imported_from") or {}
-        backbone = (checkpoint.get("hyper_parameters") or {}).get("backbone") or backbone
-        trained_on = (checkpoint.get("datamodule_hyper_parameters") or {}).get("task")
-        source_task = task_name(trained_on) or imported.get("task")
-        folder = Path(ckpt_path).resolve().parent
-        settings = read_summary(folder.parent).get("settings", {}) if folder.name == CHECKPOINT_DIR else {}
-        seed = settings.get("seed", imported.get("seed", seed))
+        source = prompt_provenance(ckpt_path)
+        backbone, source_task = source["backbone"] or backbone, source["task"]
+        seed = source["seed"] if source["run_dir"] or source["seed"] is not None else seed
     rate = suppression.get("rate")
     trial = trial or sweep_trial()
     swept = label(flatten(config), trial.name_keys(suppression=rate is not None)) if trial else ""

@@ -21,7 +21,7 @@ from typing import Any, TypedDict
 
 from records.configuration import differing_keys, label
 from records.files import backup_path, read_json, write_json_atomic
-from records.wandb_config import SETTING_KEYS, task_name
+from records.settings import RunSettings
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -81,6 +81,13 @@ def is_run_id(run_id: str) -> bool:
     """A run id names one folder: letters, digits, ``_ - .``, no path separators, no ``..``."""
     return bool(RUN_ID.fullmatch(run_id)) and ".." not in run_id
 
+
+
+def run_of_checkpoint(path: str | Path) -> Path | None:
+    """The run directory of a checkpoint in ``<run>/checkpoints/`` (symbolic links resolved); None for a
+    checkpoint anywhere else (an imported prompt, a copy)."""
+    resolved = Path(path).resolve()
+    return resolved.parent.parent if resolved.parent.name == CHECKPOINT_DIR else None
 
 
 # ------------------------------------------------------------------ summary.json
@@ -158,20 +165,18 @@ def offline_segments(wandb_dir: str | Path, run_id: str) -> list[Path]:
 
 def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """The ``summary.json`` structure of a W&B run, from the config and summary that :class:`RunSummary` and the
-    skill-neuron callback log to W&B (``run.*`` config keys, ``best/*`` and ``skill_neurons/<set>/<metric>``
-    summary keys): the report reads W&B runs through it (``skill_neurons.report.inputs.read_wandb_run``)."""
-    keys = ("backbone", "family", "task", "seed", "prompt_length", "learning_rate", "precision", "world_size")
-    settings = {k: config.get(f"run.{k}") for k in keys}  # runs logged before one key per setting had run.*
-    for name, key in SETTING_KEYS.items():  # now each setting is its CLI key, and run.* only what none holds
-        if settings.get(name) is None and config.get(key) is not None:
-            settings[name] = task_name(config[key]) if name == "task" else config[key]
+    skill-neuron callback log to W&B (the settings as :meth:`RunSettings.from_wandb_config` reads them,
+    ``best/*`` and ``skill_neurons/<set>/<metric>`` summary keys): the report reads W&B runs through it
+    (``skill_neurons.report.inputs.read_wandb_run``)."""
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("_")}
     best = {k[len("best/"):]: v for k, v in numbers.items() if k.startswith("best/")}
     stage = "fit" if best else "test" if any(k.startswith("test/") for k in numbers) else "validate"
-    data: dict[str, Any] = {"task": settings["task"]}  # the reader adds what the task declares (labels, type)
+    settings = RunSettings.from_wandb_config(config, stage=stage)  # stage: for runs logged before run.stage
+    stage = settings.stage or stage
     summary: dict[str, Any] = {
         "run_id": run_id, "stage": stage, "status": "finished" if state == "finished" else str(state),
-        "settings": settings, "config": config, "data": data,
+        "settings": settings.to_json(), "config": config,
+        "data": {"task": settings.task},  # the reader adds what the task declares (labels, type)
         f"{stage}_metrics": {k: v for k, v in numbers.items() if not k.startswith("best/")},
     }
     if best:
@@ -180,19 +185,23 @@ def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics:
         values = {k[len(section) + 1:]: v for k, v in config.items() if k.startswith(f"{section}.")}
         if values:
             summary[section] = values
+    sets = _neuron_sets(numbers, stage)
+    if sets:
+        summary["skill_neurons"] = {**settings.neuron_metadata(), "sets": sets}
+    return summary
+
+
+def _neuron_sets(numbers: dict[str, Any], stage: str) -> dict[str, dict[str, Any]]:
+    """``skill_neurons/<set>/<metric>`` summary values by set, each with the split it was analysed on."""
     sets: dict[str, dict[str, Any]] = defaultdict(dict)
     for key, value in numbers.items():
         parts = key.split("/")
         if len(parts) == 3 and parts[0] == "skill_neurons":
             sets[parts[1]][parts[2]] = value
-    if sets:
-        clean = "test" if stage == "test" else "validation"
-        for name, values in sets.items():
-            values["split"] = name if name == clean else f"adv/{name}"
-        summary["skill_neurons"] = {"backbone": settings["backbone"], "family": settings["family"],
-                                    "task": settings["task"], "part": config.get("part", "encoder"),
-                                    "sets": dict(sets)}
-    return summary
+    clean = "test" if stage == "test" else "validation"
+    for name, values in sets.items():
+        values["split"] = name if name == clean else f"adv/{name}"
+    return dict(sets)
 
 
 # ------------------------------------------------------------------ finding runs

@@ -1,6 +1,6 @@
-"""How a run presents itself on the W&B dashboard: its name, its job type, the config W&B shows, the name of
-its skill-neuron artifact and the step of its charts. Plain functions of plain data (no Lightning, no wandb,
-no I/O), called by the CLI, the run summary and the skill-neuron callback.
+"""How a run presents itself on the W&B dashboard: its name, its job type, the config W&B shows and the step of
+its charts (its skill-neuron artifact's name is :func:`records.settings.artifact_name`). Plain functions of plain
+data (no Lightning, no wandb, no I/O), called by the CLI, the run summary and the skill-neuron callback.
 
 =============  ==========================================  ==========================================
 job type       when                                        name
@@ -25,7 +25,6 @@ to the run's job type (:func:`applies`), so "show differences" between runs show
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePath
 from typing import Any
 
@@ -37,10 +36,12 @@ PER_RUN_KEYS = frozenset({"trainer.default_root_dir", "checkpoint.dirpath", "sum
                           "trainer.logger.save_dir", "trainer.logger.dir", "trainer.logger.version", "run_id"})
 # Copies of a model setting that the CLI links into the data (``--model.backbone`` fills ``data.backbone``).
 LINKED_KEYS = frozenset({"data.backbone", "data.prompt_length", "data.layout"})
-# The run's derived settings (``summary.json`` → ``settings``) and the config key that already holds each one;
-# a derived setting is logged (as ``run.<name>``) only when no config key holds it (``run.family``).
+# The run's settings (:class:`records.settings.RunSettings`) and the config key that already holds each one; a
+# setting is logged (as ``run.<name>``) only when no config key holds it (``run.family``, ``run.stage``).
 SETTING_KEYS = {"backbone": "model.backbone", "task": "data.task", "seed": "seed_everything",
                 "prompt_length": "model.prompt_length", "layout": "model.layout",
+                "positions": "trainer.callbacks.SkillNeuronCallback.positions",
+                "part": "trainer.callbacks.SkillNeuronCallback.part",
                 "learning_rate": "model.learning_rate", "precision": "trainer.precision"}
 # What a fit's checkpoint callback decides about the experiment: which epoch's prompt is kept (and analysed). Its
 # other options (file names, versions, verbosity) only manage files.
@@ -95,16 +96,6 @@ def run_name(stage: str, backbone: str | None, task: str | None, seed: Any = Non
         name += f"{SEPARATOR}supp-{selection}-{rate:g}%" + ("" if perturbation == "zero" else f"-{perturbation}")
         return name + (f"→{task}" if source_task and task and source_task != task else "")
     return name if kind == "fit" else f"{name}{SEPARATOR}{kind}"
-
-
-def artifact_name(backbone: str | None, task: str | None, layout: str | None, stage: str = "fit") -> str:
-    """The skill-neuron artifact of one configuration: ``skill-neurons-roberta-base-sst2-paper``; the runs of
-    every seed log versions of it (aliased by seed). Evaluation runs (``validate``/``test``) get their own
-    (``…-validate``). W&B artifact names allow letters, digits, ``-``, ``_`` and ``.``."""
-    parts = ["skill-neurons", short_backbone(backbone), task or "task", layout or "standard"]
-    if stage != "fit":
-        parts.append(stage)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
 
 
 def _drop_nulls(value: Any) -> Any:

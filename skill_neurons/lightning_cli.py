@@ -40,7 +40,9 @@ from records.prompt_checkpoint import prompt_of, read_checkpoint
 from records.run_identity import run_identity
 from records.run_status import status_exit_code
 from records.secrets import is_secret, redact, without_secrets
-from records.summary import flatten, new_run_id, offline_segments, read_summary
+from records.summary import (
+    CHECKPOINT_DIR, flatten, new_run_id, offline_segments, read_summary, run_of_checkpoint,
+)
 from skill_neurons.cli_options import DEBUG_ENV, parser_kwargs
 from skill_neurons.console import metrics_table, where_line
 from skill_neurons.parse_errors import one_line
@@ -188,8 +190,8 @@ class SkillNeuronsCLI(LightningCLI):
             checkpoint = read_checkpoint(path)
             prompt_of(checkpoint, f"checkpoint {ckpt_path!r}")  # present and finite
             self._check_checkpoint_model(config, checkpoint, ckpt_path)
-            run_dir = path.resolve().parent.parent
-            if (self.config.get("subcommand") == "fit" and path.resolve().parent.name == "checkpoints"
+            run_dir = run_of_checkpoint(path)
+            if (self.config.get("subcommand") == "fit" and run_dir is not None
                     and config.get("run_id") in (None, run_dir.name)):
                 # before the checkpoint's hyper-parameters replace the config's: compare what the user asked for
                 self._resume_changes = resume_changes(run_dir, flat_config(config), ckpt_path)
@@ -227,14 +229,15 @@ class SkillNeuronsCLI(LightningCLI):
         os.environ[RUN_ID_ENV] = run_id  # processes started by Lightning's DDP launcher reuse it
         run_dir = Path(runs_dir) / run_id
         if suppression is not None and suppression.get("rate") is not None and not suppression.get("neurons"):
-            if not ckpt_path or Path(ckpt_path).parent.name != "checkpoints":
+            source = run_of_checkpoint(ckpt_path) if ckpt_path else None
+            if source is None:
                 raise CLIError("--suppression.rate needs skill-neuron files: give --suppression.neurons="
                                "[runs/<id>] or a --ckpt_path inside runs/<id>/checkpoints/ (that run's are used)")
-            suppression.neurons = [str(Path(ckpt_path).resolve().parent.parent)]
+            suppression.neurons = [str(source)]
         self._claim(run_dir, run_id, origin, resume=self.subcommand == "fit" and bool(ckpt_path)
-                    and Path(ckpt_path).resolve().parent == (run_dir / "checkpoints").resolve())
+                    and run_of_checkpoint(ckpt_path) == run_dir.resolve())
         config.trainer.default_root_dir = str(run_dir)
-        config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        config.checkpoint.dirpath = str(run_dir / CHECKPOINT_DIR)
         config.summary.run_dir = str(run_dir)
         self._run_id, self._run_dir = run_id, run_dir
         for logger in self._logger_configs(config):
@@ -258,9 +261,8 @@ class SkillNeuronsCLI(LightningCLI):
         runs_dir = config.runs_dir
         if config.run_id:
             return check_run_id(config.run_id), runs_dir, "--run_id"
-        if self.subcommand == "fit" and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
-            # Resuming runs/<id>/checkpoints/last.ckpt continues run <id> in its own folder.
-            run_dir = Path(ckpt_path).resolve().parent.parent
+        run_dir = run_of_checkpoint(ckpt_path) if self.subcommand == "fit" and ckpt_path else None
+        if run_dir is not None:  # resuming runs/<id>/checkpoints/last.ckpt continues run <id> in its own folder
             return run_dir.name, str(run_dir.parent), "--ckpt_path"
         if not launched_rank_is_zero() and os.environ.get(RUN_ID_ENV):
             return check_run_id(os.environ[RUN_ID_ENV], RUN_ID_ENV), runs_dir, RUN_ID_ENV

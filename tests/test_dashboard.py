@@ -18,7 +18,8 @@ import pytest
 import torch
 import yaml
 
-from records.wandb_config import PER_RUN_KEYS, artifact_name, clean_config, job_type, run_name
+from records.settings import artifact_name
+from records.wandb_config import PER_RUN_KEYS, clean_config, job_type, run_name
 from tests.helpers import ROOT, leet, only_run_dir, run_cli
 
 # The exact lines item 8 of the issue lists; none may appear in a normal run's output.

@@ -15,6 +15,7 @@ import torch
 
 from records.figures import save_figure
 from records.neuron_files import OUTPUT_DIR, SkillNeuronError, neuron_file_of
+from records.settings import RunSettings
 
 FAMILY_NAMES = {"masked_lm": "RoBERTa-like", "seq2seq": "T5-like", "causal_lm": "GPT-like (decoder-only)"}
 # The paper's two families, in its order (the accuracy table notes which of them are absent); any other family,
@@ -78,7 +79,14 @@ class Run:
 
     @property
     def settings(self) -> dict[str, Any]:
+        """The ``settings`` section as the run recorded it (:attr:`run_settings` reads it with older files'
+        defaults)."""
         return self.summary.get("settings") or {}
+
+    @property
+    def run_settings(self) -> RunSettings:
+        """The run's settings (:meth:`records.settings.RunSettings.from_summary`)."""
+        return RunSettings.from_summary(self.summary)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -90,18 +98,15 @@ class Run:
 
     @property
     def backbone(self) -> str:
-        return str(self.settings.get("backbone") or self.neurons.get("backbone") or "unknown backbone")
+        return str(self.run_settings.backbone or "unknown backbone")
 
     @property
     def family(self) -> str:
-        family = self.settings.get("family") or self.neurons.get("family")
-        if family:
-            return str(family)
-        return "seq2seq" if "t5" in self.backbone.lower() else "masked_lm"
+        return str(self.run_settings.family)
 
     @property
     def task(self) -> str:
-        return str(self.settings.get("task") or self.data.get("task") or self.neurons.get("task") or "unknown task")
+        return str(self.run_settings.task or "unknown task")
 
     @property
     def task_type(self) -> str | None:
@@ -111,7 +116,7 @@ class Run:
     def seed(self) -> Any:
         """The seed of the prompt: the source prompt's for transfer/suppression runs, else the run's own."""
         source = self.summary.get("prompt_source") or {}
-        return source.get("seed", self.settings.get("seed"))
+        return source.get("seed", self.run_settings.seed)
 
     @property
     def chance(self) -> float | None:
@@ -121,16 +126,12 @@ class Run:
 
     @property
     def layout(self) -> tuple[str, str]:
-        """(input layout, analysed positions) from ``settings`` or ``skill_neurons``; runs written before these
-        keys existed are ``("standard", "prompt")``."""
-        sources = (self.settings, self.neurons)
-        layout = next((s["layout"] for s in sources if s.get("layout")), "standard")
-        positions = next((s["analysed_positions"] for s in sources if s.get("analysed_positions")), "prompt")
-        return str(layout), str(positions)
+        """(input layout, analysed positions) of the run's settings."""
+        return self.run_settings.layout, self.run_settings.positions
 
     @property
     def part(self) -> str:
-        return str(self.neurons.get("part") or "encoder")
+        return self.run_settings.part
 
     def describe(self) -> str:
         return f"`{self.run_id}` ({self.kind}, {self.backbone}, {self.task}, seed {self.seed})"
@@ -207,7 +208,7 @@ def mixed_settings(runs: list[Run], what: str) -> list[str]:
     """A line per setting (other than the seed) that differs among runs averaged together, or none."""
     lines = []
     for key in ("prompt_length", "learning_rate", "precision"):
-        values = sorted({str(r.settings.get(key)) for r in runs})
+        values = sorted({str(getattr(r.run_settings, key)) for r in runs})
         if len(values) > 1:
             lines.append(f"Note: {what} averages runs with different {key} ({', '.join(values)}) — pass the runs "
                          "of one setting to compare like with like.")

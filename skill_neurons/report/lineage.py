@@ -2,7 +2,7 @@
 dashboard's lineage graph links the report to the skill-neuron artifacts of the runs it read.
 
 Each analysed run logged its neuron files as a version of the artifact of its configuration
-(:func:`records.wandb_config.artifact_name`), aliased ``run-<run id>``; the report names exactly that version.
+(:attr:`records.settings.RunSettings.artifact_name`), aliased ``run-<run id>``; the report names exactly that version.
 W&B cannot record the use of an artifact from an offline run (``run.use_artifact`` raises ``TypeError`` in
 offline mode, and ``wandb sync`` has no way to add it later), so an offline report run lists the references in
 its config (``artifacts_used``) and ``report.json`` says they were not declared.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from records.wandb_config import artifact_name
 from skill_neurons.report.base import Context
 
 OFFLINE_NOTE = ("not declared: W&B cannot record artifact use from an offline run (run.use_artifact raises "
@@ -21,13 +20,7 @@ OFFLINE_NOTE = ("not declared: W&B cannot record artifact use from an offline ru
 
 def used_artifacts(ctx: Context) -> list[str]:
     """``name:run-<id>`` of the skill-neuron artifact version of every analysed run the report read."""
-    refs = []
-    for run in ctx.neuron_runs():
-        neurons = run.neurons
-        name = artifact_name(neurons.get("backbone"), neurons.get("task"), neurons.get("layout"),
-                             neurons.get("stage") or "fit")
-        refs.append(f"{name}:run-{run.run_id}")
-    return sorted(set(refs))
+    return sorted({f"{run.run_settings.artifact_name}:run-{run.run_id}" for run in ctx.neuron_runs()})
 
 
 def declare_artifacts(run: Any, refs: list[str]) -> dict[str, Any]:

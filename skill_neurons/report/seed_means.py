@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from records.settings import RunSettings
 from skill_neurons.report.base import Context, ReportError, Run, family_rank, seed_label, seed_rank
 from skill_neurons.report.groups import check_layouts
 
@@ -117,13 +118,14 @@ def missing_seed_lines(means: list[SeedMean]) -> list[str]:
 def layout_of(ctx: Context, run: Run) -> tuple[str, str | None]:
     """(input layout, analysed positions) of a run as its neuron files record them (its summary's for older
     files); positions None for a run without an analysis of its own (transfer, suppression)."""
-    layout = run.layout
+    layout: tuple[str, str | None] = run.layout
     sets = (run.neurons.get("sets") or {}) if run.kind in ("fit", "validate", "test") else {}
     for name in sets:
         meta = ctx.scores.metadata(run, name)
-        if meta.get("layout") or meta.get("analysed_positions"):
-            layout = (str(meta.get("layout", "standard")), str(meta.get("analysed_positions", "prompt")))
-    if not sets and not any(s.get("analysed_positions") for s in (run.settings, run.neurons)):
+        if meta.get("layout") or meta.get("analysed_positions"):  # else a file older than both: the summary's
+            file = RunSettings.from_neuron_file(meta)
+            layout = (file.layout, file.positions)
+    if not sets:
         layout = (layout[0], None)  # no analysis of its own (transfer, suppression): only its layout counts
     return layout
 
