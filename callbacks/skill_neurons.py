@@ -51,7 +51,7 @@ from records.files import atomic_write
 from records.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
     OUTPUT_DIR, SkillNeuronError, combine_neuron_files, load_neuron_file, neuron_file_of, save_neuron_file, set_name,
 )
-from records.neuron_selection import mean_predictivity_of, overlap_at, top_neurons, top_percent_mask
+from records.neuron_selection import mean_of_top, num_selected, overlap_at, per_layer_top_means, sizing_of, top_neurons
 from records.prompt_checkpoint import read_prompt
 from records.summary import update_summary
 from records.settings import RunSettings
@@ -309,7 +309,7 @@ class SkillNeuronCallback(Callback):
         finally:
             pl_module.train(was_training)
             self._signalled = None
-        self.metrics = self._metrics(datamodule, stage)
+        self.metrics = self._metrics(datamodule, stage, pl_module.hparams.get("layout"))
         for key, value in self.metrics.items():
             trainer.callback_metrics[key] = torch.tensor(value)
         if trainer.is_global_zero:
@@ -379,10 +379,13 @@ class SkillNeuronCallback(Callback):
                 bar.update(1)
 
     # ------------------------------------------------------------------ summaries
-    def _metrics(self, datamodule, stage: str) -> dict[str, float]:
-        roles = datamodule.eval_roles(stage)
+    def _metrics(self, datamodule, stage: str, layout: str | None) -> dict[str, float]:
+        """The scalars of every set; top-n% sets sized as the run's layout says (``sizing_of``)."""
+        roles, sizing = datamodule.eval_roles(stage), sizing_of(layout)
         clean = self.results[roles[0]]["score"]  # (L, N)
         metrics: dict[str, float] = {}
+        tops, overlaps = ([n for n in percents if num_selected(clean.shape[1], n, sizing)]  # P1's int may give 0
+                          for percents in (self.top_percents, self.overlap_percents))
         for role in roles:
             score = self.results[role]["score"]
             prefix = f"skill_neurons/{set_name(role)}"
@@ -390,21 +393,18 @@ class SkillNeuronCallback(Callback):
             class_count = self.results[role]["class_count"]
             metrics[f"{prefix}/majority_baseline"] = int(class_count.max()) / int(class_count.sum())
             balanced = self.results[role].get("balanced_score")
-            for n in self.top_percents if balanced is not None else ():
-                metrics[f"{prefix}/balanced_top{n:g}_mean"] = mean_predictivity_of(top_percent_mask(balanced, n),
-                                                                                   balanced)
-            for n in self.top_percents:
-                metrics[f"{prefix}/top{n:g}_mean"] = mean_predictivity_of(top_percent_mask(score, n), score)
+            for n in tops if balanced is not None else ():
+                metrics[f"{prefix}/balanced_top{n:g}_mean"] = mean_of_top(balanced, n, sizing)
+            for n in tops:
+                metrics[f"{prefix}/top{n:g}_mean"] = mean_of_top(score, n, sizing)
             if role == roles[0]:
                 continue
-            for n in self.overlap_percents:
-                metrics[f"{prefix}/overlap@{n:g}"] = overlap_at(clean, score, n)
-                metrics[f"{prefix}/clean_top{n:g}_predictivity"] = mean_predictivity_of(
-                    top_percent_mask(clean, n), score)
+            for n in overlaps:
+                metrics[f"{prefix}/overlap@{n:g}"] = overlap_at(clean, score, n, sizing)
+                metrics[f"{prefix}/clean_top{n:g}_predictivity"] = mean_of_top(clean, n, sizing, score)
                 if balanced is not None:
-                    clean_balanced = self.results[roles[0]]["balanced_score"]
-                    metrics[f"{prefix}/balanced_clean_top{n:g}_predictivity"] = mean_predictivity_of(
-                        top_percent_mask(clean_balanced, n), balanced)
+                    metrics[f"{prefix}/balanced_clean_top{n:g}_predictivity"] = mean_of_top(
+                        self.results[roles[0]]["balanced_score"], n, sizing, balanced)
         return metrics
 
     def _top_rows(self, roles: list[str]) -> tuple[list[str], list[list]]:
@@ -452,8 +452,7 @@ class SkillNeuronCallback(Callback):
                 "split": role, "examples": examples, "class_count": r["class_count"].tolist(),
                 "majority_baseline": int(r["class_count"].max()) / examples,
                 "file": str(file), **{k[len(prefix):]: v for k, v in self.metrics.items() if k.startswith(prefix)},
-                "per_layer_top5_mean": [mean_predictivity_of(top_percent_mask(r["score"][i:i + 1], 5),
-                                                             r["score"][i:i + 1]) for i in range(layers)],
+                "per_layer_top5_mean": per_layer_top_means(r["score"], 5, sizing_of(common["layout"])),
             }
         columns, rows = self._top_rows(roles)
         atomic_write(out / "top_neurons.csv", lambda f: f.writelines(",".join(map(str, r)) + "\n" for r in [columns, *rows]))

@@ -20,6 +20,9 @@ analysis reads), during ``validate``/``test`` only:
   causal LM's positions (``last``, ``text_mean``) are per example and have no absolute positions: its one
   threshold row replaces the unit at every position.
 
+How many units per layer: ``records.neuron_selection.num_selected`` with the sizing of the evaluated model's
+layout (``sizing_of``): P1's ``int(N/100 · rate)`` under ``paper`` (P1 ``src/utils.py::init_mask``), ours
+``ceil(N · rate/100)`` (at least one unit) otherwise; the random control picks as many.
 ``rate: 0`` selects no unit and registers no hook: accuracy equals plain validation bit for bit.
 ``neuron_source``: ``own`` (default) takes the units from ``neurons`` (the run the checkpoint belongs to, unless
 given); ``seed_mean`` (P1, ``src/utils.py::init_mask`` loads ``{task}Prompt{model}_mean.npy``) from the mean
@@ -43,7 +46,7 @@ from lightning import Callback, LightningModule, Trainer
 from callbacks.run_summary import run_dir_of
 from lightning_modules.ffn import PARTS, Part, ffn_shape, hook_ffn, remove_hooks
 from records.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
-from records.neuron_selection import num_selected, top_percent_mask
+from records.neuron_selection import Sizing, num_selected, sizing_of, top_percent_mask
 from records.summary import finished_fit_runs, read_summary, run_of_checkpoint, update_summary
 
 Selection = Literal["skill", "random"]
@@ -82,10 +85,10 @@ def stable_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def random_units(num_layers: int, num_units: int, percent: float, seed: int) -> torch.Tensor:
+def random_units(num_layers: int, num_units: int, percent: float, seed: int, sizing: Sizing = "ceil") -> torch.Tensor:
     """(L, N) bool: the same number of units per layer as the top-``percent``% selection, at random.
     One permutation per layer, so the sets are nested as ``percent`` grows."""
-    k = num_selected(num_units, percent)
+    k = num_selected(num_units, percent, sizing)
     generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros(num_layers, num_units, dtype=torch.bool)
     for layer in range(num_layers):
@@ -147,6 +150,7 @@ class NeuronSuppression(Callback):
         self.masks: list[torch.Tensor] = []  # per evaluation loader: (L, N) bool
         self.values: list[tuple | None] = []  # per loader: (L, P, N) thresholds and their positions, for "mean"
         self.record: dict = {}
+        self.sizing: Sizing = "ceil"  # of the evaluated model's layout, fixed in check_run
         self._handles: list = []
         self._loader = 0
         self._rows: torch.Tensor | None = None
@@ -175,7 +179,7 @@ class NeuronSuppression(Callback):
             raise SkillNeuronError(f"suppression perturbs evaluation only (validate, test) — use `skill-neurons "
                                    f"validate` (or test) with --ckpt_path, not {stage}, or leave suppression.rate unset")
         layers, units = ffn_shape(pl_module.backbone, self.part)
-        roles = datamodule.eval_roles(stage)
+        roles, self.sizing = datamodule.eval_roles(stage), sizing_of(pl_module.hparams.get("layout"))
         sources = self._sources([Path(n) for n in self.neurons] if self.neurons else [self._checkpoint_run(trainer)])
         clean_score, meta = combine_neuron_files(sources, self.eval_set)
         if tuple(clean_score.shape) != (layers, units):
@@ -193,7 +197,8 @@ class NeuronSuppression(Callback):
         self.record = {
             "rate": float(self.rate), "selection": self.selection, "perturbation": self.perturbation,
             "std": self.std if self.perturbation == "gaussian" else None, "seed": self.seed, "part": self.part,
-            "units_per_layer": num_selected(units, self.rate), "neurons_from": [str(s) for s in sources],
+            "units_per_layer": num_selected(units, self.rate, self.sizing), "sizing": self.sizing,
+            "neurons_from": [str(s) for s in sources],
             "eval_set": self.eval_set, "adversarial_neurons": self.adversarial_neurons,
             "neuron_source": self.neuron_source,
             "selected_units": {set_name(role): int(mask.sum()) for role, mask in zip(roles, self.masks)},
@@ -230,9 +235,9 @@ class NeuronSuppression(Callback):
 
     def _select(self, score: torch.Tensor, pl_module, datamodule) -> torch.Tensor:
         if self.selection == "skill":
-            return top_percent_mask(score, self.rate)
+            return top_percent_mask(score, self.rate, self.sizing)
         seed = stable_seed("random-control", datamodule.task.name, pl_module.hparams.get("backbone"), self.seed)
-        return random_units(*score.shape, self.rate, seed)
+        return random_units(*score.shape, self.rate, seed, self.sizing)
 
     def _thresholds(self, files: list[str], pl_module) -> tuple[torch.Tensor, list[int]]:
         """The mean threshold over ``files`` (L, P, N) and the absolute positions its P rows belong to."""

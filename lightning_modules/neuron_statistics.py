@@ -31,7 +31,6 @@ accuracy of class 1 is exactly the binary accuracy, and class 0's predictivity e
 
 
 import torch
-from scipy import stats
 
 
 def _as_bool_keep(keep, batch_size, device):
@@ -44,22 +43,13 @@ def _as_bool_keep(keep, batch_size, device):
     return keep.to(torch.bool)
 
 
-def _check_acts(acts, shape, layer=None):
-    if layer is not None:
-        # one layer's activations (B, P, N): checked as (B, 1, P, N) against layer `layer`
-        if not 0 <= int(layer) < shape[0]:
-            raise ValueError(f"layer {layer} is out of range for {shape[0]} layers")
-        if acts.ndim != 3 or tuple(acts.shape[1:]) != tuple(shape[1:]):
-            raise ValueError(
-                f"one layer's activations must have shape (B, P, N) = (B, {shape[1]}, {shape[2]}), "
-                f"got {tuple(acts.shape)}"
-            )
-        if not acts.is_floating_point():
-            raise ValueError(f"activations must be a floating point tensor, got {acts.dtype}")
-        return
-    if acts.ndim != 4 or tuple(acts.shape[1:]) != tuple(shape):
+def _check_acts(acts, shape, layer):
+    """One layer's activations (B, P, N) of layer ``layer`` of an (L, P, N) accumulator."""
+    if not 0 <= int(layer) < shape[0]:
+        raise ValueError(f"layer {layer} is out of range for {shape[0]} layers")
+    if acts.ndim != 3 or tuple(acts.shape[1:]) != tuple(shape[1:]):
         raise ValueError(
-            f"activations must have shape (B, L, P, N) = (B, {', '.join(map(str, shape))}), "
+            f"one layer's activations must have shape (B, P, N) = (B, {shape[1]}, {shape[2]}), "
             f"got {tuple(acts.shape)}"
         )
     if not acts.is_floating_point():
@@ -94,24 +84,19 @@ class ThresholdAccumulator:
         self.count = torch.zeros((), dtype=torch.int64, device=device)  # () examples counted
 
     @torch.no_grad()
-    def update(self, acts, keep=None, layer=None):
-        """acts: (B, L, P, N) any float dtype (bf16/fp16 are upcast); keep: optional (B,) bool rows to count.
-
-        With ``layer=l``, acts is one layer's (B, P, N) (streamed from a forward hook). Every layer must then
-        get the same rows; the example count advances with the last layer.
+    def update(self, acts, *, layer, keep=None):
+        """acts: layer ``layer``'s (B, P, N) (streamed from a forward hook), any float dtype (bf16/fp16 are
+        upcast); keep: optional (B,) bool rows to count. Every layer must get the same rows; the example count
+        advances with the last layer.
         """
         _check_acts(acts, self.shape, layer)
         if keep is None:
             kept = acts
         else:
             keep = _as_bool_keep(keep, acts.shape[0], acts.device)  # (B,)
-            kept = acts[keep]  # (B', [L,] P, N)
-        total = kept.sum(dim=0, dtype=torch.float64).to(self.sum.device)  # ([L,] P, N)
-        if layer is None:
-            self.sum += total
-        else:
-            self.sum[layer] += total
-        if layer is None or layer == self.shape[0] - 1:
+            kept = acts[keep]  # (B', P, N)
+        self.sum[layer] += kept.sum(dim=0, dtype=torch.float64).to(self.sum.device)  # (P, N)
+        if layer == self.shape[0] - 1:
             self.count += kept.shape[0]
 
     def threshold(self):
@@ -128,21 +113,6 @@ class ThresholdAccumulator:
     def state(self):
         """Dict of the tensors that sum across shards: {'sum': (L,P,N) float64, 'count': () int64}."""
         return {"sum": self.sum, "count": self.count}
-
-    def load_state(self, state):
-        """Replace the running state by `state` (as returned by state())."""
-        self.sum = state["sum"].to(device=self.sum.device, dtype=torch.float64).clone()
-        self.count = state["count"].to(device=self.count.device, dtype=torch.int64).clone()
-        return self
-
-    def merge(self, other):
-        """Add another accumulator's (or state dict's) sums and counts to this one."""
-        state = other.state() if isinstance(other, ThresholdAccumulator) else other
-        if tuple(state["sum"].shape) != self.shape:
-            raise ValueError(f"cannot merge state of shape {tuple(state['sum'].shape)} into {self.shape}")
-        self.sum += state["sum"].to(self.sum)
-        self.count += state["count"].to(self.count)
-        return self
 
     def all_reduce(self, reduce_fn):
         """Sum the state across processes: reduce_fn(tensor) must sum `tensor` over all ranks, in place
@@ -176,11 +146,10 @@ class PredictivityAccumulator:
         self.class_count = torch.zeros(num_classes, dtype=torch.int64, device=device)  # (C,)
 
     @torch.no_grad()
-    def update(self, acts, labels, keep=None, layer=None):
-        """acts: (B, L, P, N) any float dtype; labels: (B,) ints in [0, C); keep: optional (B,) bool.
-
-        Only kept rows are validated and counted (dropped rows may carry any label, e.g. -100).
-        With ``layer=l``, acts is one layer's (B, P, N); the class counts advance with the last layer.
+    def update(self, acts, labels, *, layer, keep=None):
+        """acts: layer ``layer``'s (B, P, N), any float dtype; labels: (B,) ints in [0, C); keep: optional (B,)
+        bool. Only kept rows are validated and counted (dropped rows may carry any label, e.g. -100); the class
+        counts advance with the last layer.
         """
         _check_acts(acts, self.shape, layer)
         device = self.threshold.device
@@ -193,26 +162,22 @@ class PredictivityAccumulator:
         labels = labels.to(torch.int64)
         keep = _as_bool_keep(keep, B, device)  # (B,)
         kept_labels = labels[keep]
-        # (checked once per batch: with per-layer updates only at layer 0 — the check syncs with the host)
-        if layer in (None, 0) and kept_labels.numel() and (kept_labels.min() < 0 or kept_labels.max() >= self.num_classes):
+        # (checked once per batch, at layer 0: the check syncs with the host)
+        if layer == 0 and kept_labels.numel() and (kept_labels.min() < 0 or kept_labels.max() >= self.num_classes):
             raise ValueError(
                 f"labels must lie in [0, {self.num_classes}), got values in "
                 f"[{int(kept_labels.min())}, {int(kept_labels.max())}]"
             )
         # bf16/fp16 are promoted to fp32 for the comparison (exact); fp64 is compared in fp64 (exact)
-        threshold = self.threshold if layer is None else self.threshold[layer]  # ([L,] P, N)
-        fire = acts.to(device) > threshold  # (B, [L,] P, N) bool
+        fire = acts.to(device) > self.threshold[layer]  # (B, P, N) bool
         classes = torch.arange(self.num_classes, device=device)  # (C,)
         onehot = (labels[:, None] == classes[None, :]) & keep[:, None]  # (B, C), dropped rows all False
         # 0/1 products summed in fp32: exact for B < 2**24, also under TF32 matmuls
         onehot_t = onehot.T.to(torch.float32)  # (C, B)
-        counts = onehot_t @ fire.reshape(B, -1).to(torch.float32)  # (C, [L*]P*N)
-        if layer is None:
-            self.fire_count += counts.round().to(torch.int64)
-        else:
-            per_layer = self.fire_count.view(self.num_classes, self.shape[0], -1)  # (C, L, P*N)
-            per_layer[:, layer] += counts.round().to(torch.int64)
-        if layer is None or layer == self.shape[0] - 1:
+        counts = onehot_t @ fire.reshape(B, -1).to(torch.float32)  # (C, P*N)
+        per_layer = self.fire_count.view(self.num_classes, self.shape[0], -1)  # (C, L, P*N)
+        per_layer[:, layer] += counts.round().to(torch.int64)
+        if layer == self.shape[0] - 1:
             self.class_count += onehot.sum(dim=0)  # (C,)
 
     # --- results ---------------------------------------------------------------
@@ -316,55 +281,9 @@ class PredictivityAccumulator:
         The threshold is not part of it (it is the same on every rank)."""
         return {"fire_count": self.fire_count, "class_count": self.class_count}
 
-    def load_state(self, state):
-        """Replace the running counts by `state` (as returned by state())."""
-        self.fire_count = state["fire_count"].to(self.fire_count).clone()
-        self.class_count = state["class_count"].to(self.class_count).clone()
-        return self
-
-    def merge(self, other):
-        """Add another accumulator's (same threshold) or a state dict's counts to this one."""
-        if isinstance(other, PredictivityAccumulator):
-            if not torch.equal(other.threshold.to(self.threshold.device), self.threshold):
-                raise ValueError("cannot merge PredictivityAccumulators built on different thresholds")
-            other = other.state()
-        if other["fire_count"].shape != self.fire_count.shape:
-            raise ValueError(
-                f"cannot merge fire_count of shape {tuple(other['fire_count'].shape)} "
-                f"into {tuple(self.fire_count.shape)}"
-            )
-        self.fire_count += other["fire_count"].to(self.fire_count)
-        self.class_count += other["class_count"].to(self.class_count)
-        return self
-
     def all_reduce(self, reduce_fn):
         """Sum the counts across processes: reduce_fn(tensor) must sum `tensor` over all ranks, in place
         (e.g. torch.distributed.all_reduce) or by returning the summed tensor. Call it exactly once."""
         for key in ("fire_count", "class_count"):
             _reduce_in_place(self.state()[key], reduce_fn)
         return self
-
-
-# -----------------------------------------------------------------------------
-# rank correlation of neuron scores (across seeds, across tasks)
-
-
-def spearman(a, b):
-    """Spearman's rho of two score tensors of the same shape (e.g. (L, N) scores of two seeds), flattened
-    (``scipy.stats.spearmanr``: ties share their average rank)."""
-    if a.shape != b.shape:
-        raise ValueError(f"score shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    x, y = (t.detach().cpu().to(torch.float64).reshape(-1).numpy() for t in (a, b))
-    if (x == x[0]).all() or (y == y[0]).all():
-        raise ValueError("Spearman correlation is undefined for a constant score tensor")
-    return float(stats.spearmanr(x, y).statistic)
-
-
-def spearman_matrix(scores):
-    """(S, S) float64 matrix of pairwise Spearman correlations of S score tensors (diagonal exactly 1)."""
-    count = len(scores)
-    out = torch.eye(count, dtype=torch.float64)
-    for i in range(count):
-        for j in range(i + 1, count):
-            out[i, j] = out[j, i] = spearman(scores[i], scores[j])
-    return out

@@ -29,7 +29,6 @@ from pathlib import PurePath
 from typing import Any
 
 SEPARATOR = "·"
-JOB_TYPES = ("fit", "validate", "test", "suppression", "transfer", "predict", "report")
 REPORT_NAME = "report"  # the W&B name of a `skill-neurons report --wandb` run
 # Keys that differ between any two runs without saying anything about the experiment.
 PER_RUN_KEYS = frozenset({"trainer.default_root_dir", "checkpoint.dirpath", "summary.run_dir", "trainer.logger.id",

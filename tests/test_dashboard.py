@@ -196,7 +196,7 @@ def brute_spearman(a: list[float], b: list[float]) -> float:
 
 
 def test_spearman_equals_a_brute_force_rank_correlation_with_ties_and_constants():
-    from lightning_modules.neuron_statistics import spearman
+    from tests.helpers.statistics import spearman
     from skill_neurons.report.analyses import spearman_rho
 
     rng = np.random.default_rng(0)

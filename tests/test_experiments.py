@@ -63,7 +63,8 @@ def test_fit_suppress_transfer_and_report_end_to_end(tmp_path):
         record, metrics = summary["suppression"], summary["validate_metrics"]
         fit = summary_of(Path(summary["prompt_source"]["run_dir"]))
         adv = TASKS[summary["settings"]["task"]]
-        assert record["units_per_layer"] == (39 if record["rate"] == 15 else 0)  # ceil(15% of 256)
+        # quickstart.yaml is layout paper: P1's int(256/100 · 15) = 38 units per layer (ceil would give 39)
+        assert record["units_per_layer"] == (38 if record["rate"] == 15 else 0) and record["sizing"] == "p1"
         if record["rate"] == 0:
             assert metrics["val/acc"] == fit["best"]["val/acc"]
             assert metrics[f"adv/{adv}/acc"] == fit["best"][f"adv/{adv}/acc"]

@@ -1,12 +1,15 @@
-"""Tests for lightning_modules/neuron_statistics.py and records/neuron_selection.py: the streaming accumulators against brute force loops."""
+"""Tests for lightning_modules/neuron_statistics.py and records/neuron_selection.py: the streaming accumulators against
+brute force loops (fed a whole model at a time through tests/helpers/statistics.py), and the top-n% sizings."""
 
 import numpy as np
 import pytest
 import torch
 
 from lightning_modules.neuron_statistics import PredictivityAccumulator, ThresholdAccumulator
+from tests.helpers.statistics import load_state, merge, update
 from records.neuron_selection import (
-    mean_over_prompts, mean_predictivity_of, num_selected, overlap_at, top_neurons, top_percent_mask,
+    mean_over_prompts, mean_predictivity_of, model_wide_top, num_selected, overlap_at, overlap_per_layer,
+    per_layer_top_means, sizing_of, top_neurons, top_percent_mask, top_units,
 )
 
 L, P, N = 3, 4, 5  # layers, prompt positions, units
@@ -64,10 +67,10 @@ def brute_score(pred):
 def run_accumulators(train, evals, labels, train_sizes, eval_sizes, num_classes=2):
     ta = ThresholdAccumulator(L, P, N)
     for chunk in batches(train, train_sizes):
-        ta.update(chunk)
+        update(ta, chunk)
     pa = PredictivityAccumulator(ta.threshold(), num_classes=num_classes)
     for a, y in zip(batches(evals, eval_sizes), batches(labels, eval_sizes)):
-        pa.update(a, y)
+        update(pa, a, y)
     return ta, pa
 
 
@@ -134,10 +137,10 @@ def test_keep_mask_excludes_rows_exactly():
 
     ta = ThresholdAccumulator(L, P, N)
     for a, k in zip(batches(train, [10, 27]), batches(keep_train, [10, 27])):
-        ta.update(a, keep=k)
+        update(ta, a, keep=k)
     pa = PredictivityAccumulator(ta.threshold())
     for a, y, k in zip(batches(evals, [13, 16]), batches(labels_dropped, [13, 16]), batches(keep_eval, [13, 16])):
-        pa.update(a, y, keep=k)
+        update(pa, a, y, keep=k)
 
     ta_ref, pa_ref = run_accumulators(
         train[keep_train], evals[keep_eval], labels[keep_eval], [int(keep_train.sum())], [int(keep_eval.sum())]
@@ -182,7 +185,7 @@ def test_all_reduce_of_two_ranks_equals_one_accumulator_over_all_data():
 
     tas = [ThresholdAccumulator(L, P, N) for _ in range(2)]
     for r in range(2):
-        tas[r].update(train_r[r], keep=keep_train_r[r])
+        update(tas[r], train_r[r], keep=keep_train_r[r])
     fns = [fake_all_reduce(tas, 0, in_place=True), fake_all_reduce(tas, 1, in_place=False)]
     for r in range(2):
         tas[r].all_reduce(fns[r])
@@ -193,7 +196,7 @@ def test_all_reduce_of_two_ranks_equals_one_accumulator_over_all_data():
     thr = ta_all.threshold()
     pas = [PredictivityAccumulator(thr) for _ in range(2)]
     for r in range(2):
-        pas[r].update(eval_r[r], labels_r[r], keep=keep_eval_r[r])
+        update(pas[r], eval_r[r], labels_r[r], keep=keep_eval_r[r])
     fns = [fake_all_reduce(pas, 0, in_place=True), fake_all_reduce(pas, 1, in_place=False)]
     for r in range(2):
         pas[r].all_reduce(fns[r])
@@ -205,11 +208,11 @@ def test_all_reduce_of_two_ranks_equals_one_accumulator_over_all_data():
     # merge() / load_state() give the same as all_reduce
     merged = PredictivityAccumulator(thr)
     half0, half1 = PredictivityAccumulator(thr), PredictivityAccumulator(thr)
-    half0.update(eval_r[0], labels_r[0], keep=keep_eval_r[0])
-    half1.update(eval_r[1], labels_r[1], keep=keep_eval_r[1])
-    merged.load_state(half0.state()).merge(half1)
+    update(half0, eval_r[0], labels_r[0], keep=keep_eval_r[0])
+    update(half1, eval_r[1], labels_r[1], keep=keep_eval_r[1])
+    merge(load_state(merged, half0.state()), half1)
     assert torch.equal(merged.fire_count, pa_all.fire_count)
-    t_merged = ThresholdAccumulator(L, P, N).merge(tas[0].load_state({"sum": ta_all.sum, "count": ta_all.count}))
+    t_merged = merge(ThresholdAccumulator(L, P, N), load_state(tas[0], {"sum": ta_all.sum, "count": ta_all.count}))
     assert torch.equal(t_merged.threshold(), ta_all.threshold())
 
 
@@ -260,7 +263,7 @@ def test_single_class_eval_set_raises_clear_error():
     train, evals, _ = make_data(8)
     ta, _ = run_accumulators(train, evals, torch.zeros(29, dtype=torch.long), [37], [29])
     pa = PredictivityAccumulator(ta.threshold())
-    pa.update(evals, torch.ones(29, dtype=torch.long))
+    update(pa, evals, torch.ones(29, dtype=torch.long))
     with pytest.raises(ValueError, match="evaluation set has a single class.*Fix: evaluate on a split"):
         pa.accuracy()
     with pytest.raises(ValueError, match="single class"):
@@ -279,9 +282,9 @@ def test_labels_out_of_range_raise(bad):
     pa = PredictivityAccumulator(torch.zeros(L, P, N))
     labels = torch.tensor([0, 1, bad])
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
-        pa.update(torch.randn(3, L, P, N), labels)
+        update(pa, torch.randn(3, L, P, N), labels)
     # the same label is fine on a dropped row
-    pa.update(torch.randn(3, L, P, N), labels, keep=torch.tensor([True, True, False]))
+    update(pa, torch.randn(3, L, P, N), labels, keep=torch.tensor([True, True, False]))
     assert pa.class_count.tolist() == [1, 1]
 
 
@@ -291,9 +294,9 @@ def test_empty_accumulators_and_wrong_shapes_raise():
     with pytest.raises(ValueError, match="no evaluation examples"):
         PredictivityAccumulator(torch.zeros(L, P, N)).accuracy()
     with pytest.raises(ValueError, match=r"\(B, L, P, N\)"):
-        ThresholdAccumulator(L, P, N).update(torch.randn(2, L, P, N + 1))
+        update(ThresholdAccumulator(L, P, N), torch.randn(2, L, P, N + 1))
     with pytest.raises(ValueError, match="labels for a batch"):
-        PredictivityAccumulator(torch.zeros(L, P, N)).update(torch.randn(2, L, P, N), torch.tensor([0, 1, 1]))
+        update(PredictivityAccumulator(torch.zeros(L, P, N)), torch.randn(2, L, P, N), torch.tensor([0, 1, 1]))
 
 
 def test_accumulator_state_size_does_not_grow_with_updates():
@@ -302,13 +305,13 @@ def test_accumulator_state_size_does_not_grow_with_updates():
 
     ta = ThresholdAccumulator(L, P, N)
     pa = PredictivityAccumulator(torch.zeros(L, P, N), num_classes=2)
-    ta.update(torch.randn(4, L, P, N))
-    pa.update(torch.randn(4, L, P, N), torch.tensor([0, 1, 0, 1]))
+    update(ta, torch.randn(4, L, P, N))
+    update(pa, torch.randn(4, L, P, N), torch.tensor([0, 1, 0, 1]))
     sizes = (tensor_bytes(ta), tensor_bytes(pa))
     assert sizes == ((L * P * N) * 8 + 8, (L * P * N) * 4 + 2 * L * P * N * 8 + 2 * 8)
     for _ in range(50):
-        ta.update(torch.randn(16, L, P, N))
-        pa.update(torch.randn(16, L, P, N), torch.randint(0, 2, (16,)))
+        update(ta, torch.randn(16, L, P, N))
+        update(pa, torch.randn(16, L, P, N), torch.randint(0, 2, (16,)))
     assert (tensor_bytes(ta), tensor_bytes(pa)) == sizes
     assert int(ta.count) == 4 + 50 * 16 and int(pa.class_count.sum()) == 4 + 50 * 16
 
@@ -322,6 +325,53 @@ def test_num_selected_is_ceil_of_percent_with_at_least_one_unit():
     assert num_selected(5, 1) == 1  # 0.05 units -> at least one
     with pytest.raises(ValueError):
         num_selected(10, 101)
+
+
+def test_both_sizings_on_the_edge_cases():
+    assert [num_selected(3072, p, "ceil") for p in (1, 3, 15)] == [31, 93, 461]
+    assert [num_selected(3072, p, "p1") for p in (1, 3, 15)] == [30, 92, 460]  # P1's int(3072/100·n)
+    assert num_selected(100, 15, "ceil") == num_selected(100, 15, "p1") == 15
+    assert num_selected(5, 1, "ceil") == 1 and num_selected(5, 1, "p1") == 0  # floor gives no unit
+    assert num_selected(50, 1, "p1") == 0 and num_selected(50, 2, "p1") == 1 and num_selected(50, 0, "p1") == 0
+    assert num_selected(3072 * 12, 5, "p1") == int(3072 * 12 / 100 * 5) == 1843  # model-wide count
+    assert num_selected(3072, 100, "p1") == num_selected(3072, 100, "ceil") == 3072
+    for sizing in ("ceil", "p1"):
+        with pytest.raises(ValueError):
+            num_selected(10, 101, sizing)
+    with pytest.raises(ValueError, match="sizing"):
+        num_selected(10, 5, "floor")
+    assert (sizing_of("paper"), sizing_of("standard"), sizing_of(None)) == ("p1", "ceil", "ceil")
+
+
+def test_p1_sizing_selects_the_same_ranking_cut_shorter():
+    g = torch.Generator().manual_seed(3)
+    score = torch.rand(3, 250, generator=g)  # (L, N): 250 · 3 / 100 = 7.5 units
+    ours, p1 = top_percent_mask(score, 3), top_percent_mask(score, 3, "p1")
+    assert ours.sum(dim=1).tolist() == [8, 8, 8] and p1.sum(dim=1).tolist() == [7, 7, 7]
+    assert torch.equal(p1 & ours, p1)  # P1's set is ours less the last unit of each layer
+    assert torch.equal(top_units(score, 3, "p1"), top_units(score, 3)[:, :7])
+    assert model_wide_top(score, 3, "p1").tolist() == torch.argsort(-score.reshape(-1), stable=True)[:22].tolist()
+    assert len(model_wide_top(score, 3)) == 23
+    assert top_percent_mask(score, 0.3, "p1").sum() == 0 and per_layer_top_means(score, 0.3, "p1") == []
+    with pytest.raises(ValueError, match="no unit"):
+        overlap_at(score, score, 0.3, "p1")
+    assert overlap_at(score, score.flip(1), 3, "p1") == overlap_per_layer(score, score.flip(1), 3, "p1").mean().item()
+
+
+def test_the_reports_numpy_selection_is_the_callbacks():
+    from skill_neurons.report import analyses
+
+    g = torch.Generator().manual_seed(4)
+    clean, adversarial = torch.rand(4, 250, generator=g), torch.rand(4, 250, generator=g)  # (L, N)
+    for sizing in ("ceil", "p1"):
+        for n in (1, 3, 5, 14):
+            top = analyses.per_layer_top(clean.numpy(), n, sizing)  # (L, k) best first
+            mask = top_percent_mask(clean, n, sizing)
+            assert all(sorted(row.tolist()) == mask[l].nonzero().squeeze(1).tolist() for l, row in enumerate(top))
+            per_layer = analyses.overlap_per_layer(clean.numpy(), adversarial.numpy(), n, sizing)
+            assert float(np.mean(per_layer)) == pytest.approx(overlap_at(clean, adversarial, n, sizing), abs=1e-15)
+            assert analyses.model_wide_top(clean.numpy(), n, sizing).tolist() == model_wide_top(clean, n, sizing).tolist()
+    assert analyses.overlap_per_layer(clean.numpy(), adversarial.numpy(), 0.3, "p1") is None
 
 
 def test_top_percent_mask_counts_per_layer_and_breaks_ties_by_lower_index():
@@ -384,28 +434,14 @@ def test_end_to_end_planted_neuron_is_top_and_seed_mean_keeps_shape():
     torch.testing.assert_close(mean_over_prompts(scores), pa.score() / 2)
 
 
-def test_spearman_matches_scipy_with_ties_and_matrix_diagonal_is_one():
-    scipy_stats = pytest.importorskip("scipy.stats")
-    from lightning_modules.neuron_statistics import spearman, spearman_matrix
-
-    g = torch.Generator().manual_seed(0)
-    a = torch.randint(0, 5, (3, 40), generator=g).float()  # many ties
-    b = a + torch.rand(3, 40, generator=g) * 3
-    assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a.flatten(), b.flatten()).statistic, abs=1e-12)
-    m = spearman_matrix([a, b, -a])
-    assert m[0, 0] == 1.0 and m[0, 2] == pytest.approx(-1.0) and torch.equal(m, m.T)
-    with pytest.raises(ValueError, match="constant"):
-        spearman(torch.ones(4), torch.arange(4.0))
-
-
 # --- class-balanced predictivity ------------------------------------------------------------------
 
 
 def accumulate(train, evals, labels, num_classes=2):
     thresholds = ThresholdAccumulator(L, P, N)
-    thresholds.update(train)
+    update(thresholds, train)
     counts = PredictivityAccumulator(thresholds.threshold(), num_classes)
-    counts.update(evals, labels)
+    update(counts, evals, labels)
     return thresholds.threshold(), counts
 
 

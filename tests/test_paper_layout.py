@@ -336,3 +336,74 @@ def test_a_task_without_a_paper_format_is_refused_under_paper(tiny_backbones):
     dm = PromptDataModule(task="mnli3", backbone="tiny-roberta", prompt_length=P, layout="paper")
     with pytest.raises(TaskError, match=r"no P1 input format for masked_lm.*--model.layout=standard"):
         dm.label_token_ids
+
+
+# ---------------------------------------------------------------- P1's top-n% sizing under paper
+@pytest.fixture(scope="module")
+def paper_neuron_run(tmp_path_factory, tiny_backbones):
+    """A paper-layout run directory with the skill-neuron files and summary of the tiny RoBERTa prompt."""
+    from tests.helpers.tiny import make, validate
+
+    root = tmp_path_factory.mktemp("paper-neurons")
+    model, dm = make("masked_lm", "paper")
+    validate(model, dm, root, SkillNeuronCallback())
+    return root
+
+
+def test_suppression_under_paper_suppresses_p1s_int_of_units_per_layer(tmp_path, paper_neuron_run):
+    from callbacks.suppression import NeuronSuppression
+    from records.neuron_selection import num_selected, top_percent_mask
+    from tests.helpers.tiny import make, validate
+
+    score = load_neuron_file(paper_neuron_run / "skill_neurons" / "validation.safetensors")[0]["score"]  # (2, 256)
+    for rate, p1, ours in ((10, 25, 26), (15, 38, 39), (0.3, 0, 1)):  # int(256/100·rate) vs ceil(256·rate/100)
+        for selection in ("skill", "random"):
+            model, dm = make("masked_lm", "paper")
+            suppression = NeuronSuppression(rate=rate, selection=selection, neurons=[str(paper_neuron_run)])
+            validate(model, dm, tmp_path / f"{selection}-{rate:g}", suppression)
+            assert [int(mask.sum(dim=1).max()) for mask in suppression.masks] == [p1, p1], (rate, selection)
+            assert all(mask.sum(dim=1).tolist() == [p1, p1] for mask in suppression.masks)
+            assert suppression.record["units_per_layer"] == p1 == num_selected(256, rate, "p1") != ours
+            assert suppression.record["sizing"] == "p1"
+            if selection == "skill":
+                assert torch.equal(suppression.masks[0], top_percent_mask(score, rate, "p1"))
+    model, dm = make("masked_lm")  # the same files under standard: our ceil
+    standard = NeuronSuppression(rate=10, neurons=[str(paper_neuron_run)])
+    validate(model, dm, tmp_path / "standard", standard)
+    assert standard.masks[0].sum(dim=1).tolist() == [26, 26] and standard.record["sizing"] == "ceil"
+
+
+def test_paper_analysis_sizes_its_top_n_sets_as_p1_and_the_report_recomputes_them(tmp_path, paper_neuron_run):
+    from records.neuron_selection import mean_of_top, overlap_at, per_layer_top_means
+    from skill_neurons.report.main import main as report_main
+
+    summary = json.loads((paper_neuron_run / "summary.json").read_text())
+    sets = summary["skill_neurons"]["sets"]
+    clean = load_neuron_file(paper_neuron_run / "skill_neurons" / "validation.safetensors")[0]["score"]
+    adversarial = load_neuron_file(paper_neuron_run / "skill_neurons" / "typos.safetensors")[0]["score"]
+    for n in (1, 5, 10, 15):  # 256 units: P1's int gives 2, 12, 25, 38 units per layer, our ceil 3, 13, 26, 39
+        assert sets["typos"][f"overlap@{n}"] == overlap_at(clean, adversarial, n, "p1")
+        assert sets["typos"][f"clean_top{n}_predictivity"] == mean_of_top(clean, n, "p1", adversarial)
+    assert sets["validation"]["top5_mean"] == mean_of_top(clean, 5, "p1")
+    assert sets["validation"]["per_layer_top5_mean"] == per_layer_top_means(clean, 5, "p1")
+    assert sets["validation"]["per_layer_top5_mean"] != per_layer_top_means(clean, 5, "ceil")
+    # the report reads the same files and summary: its recomputed numbers (sized by the files' layout) agree
+    run_dir = tmp_path / "runs" / "fit-paper"
+    run_dir.mkdir(parents=True)
+    for file in (paper_neuron_run / "skill_neurons").glob("*.safetensors"):
+        (run_dir / "skill_neurons").mkdir(exist_ok=True)
+        (run_dir / "skill_neurons" / file.name).write_bytes(file.read_bytes())
+        for info in sets.values():
+            if Path(info["file"]).name == file.name:
+                info["file"] = str(run_dir / "skill_neurons" / file.name)
+    summary.update(run_id="fit-paper", stage="fit", status="finished", finished="2024-01-01T00:00:00",
+                   settings={"backbone": "tiny-roberta", "family": "masked_lm", "task": "marker_words", "seed": 33,
+                             "layout": "paper"})
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--percent", "5"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    (row,) = report["overlap"]["runs"]
+    assert row["from"] == "neuron files" and report["overlap"]["mismatches"] == []
+    assert row["overlap@5"] == sets["typos"]["overlap@5"] and row["overlap@15"] == sets["typos"]["overlap@15"]
+    assert report["per_layer"]["mismatches"] == []
+    assert report["per_layer"]["rows"][0]["per_layer_values"][0] == sets["validation"]["per_layer_top5_mean"]

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from callbacks.skill_neurons import save_neuron_file
-from lightning_modules.neuron_statistics import spearman
 from records.neuron_selection import mean_predictivity_of, overlap_at, top_percent_mask
 from skill_neurons.report.base import SQUARE, TITLES, WIDE
 from skill_neurons.report.main import main
+from tests.helpers.statistics import spearman
 
 L, P, N = 3, 4, 40  # layers, prompt positions, units of the synthetic neuron files
 BACKBONES = {"tiny-roberta": "masked_lm", "tiny-t5": "seq2seq"}

@@ -6,8 +6,10 @@ the max of the predictivity over prompt positions (P1 ``find.py::get_max_seed``)
 
     seed mean        s̄[l,i] = mean over the prompts (seeds) of their scores         get_max_mean
     top-n% size      k = int(count / 100 · n), count = N per layer or L·N model-wide  (P1 everywhere)
+                     for ``paper`` runs; ours, ceil(count · n / 100), for the others
+                     (``records.neuron_selection.num_selected``; the sizing follows the runs' layout)
     per-layer top    the k units of each layer with the highest score                skill_neurons_across_layer
-    model-wide top   the k = int(L·N/100·n) units of all layers with the highest score
+    model-wide top   the k (count L·N) units of all layers with the highest score
                                                                                      max_skill_neurons_across_model
     overlap@n        |top_l(clean) ∩ top_l(adv)| / k per layer; mean ± s.e.m. over the L layers
                                                                         get_adv_overlap(_per_topn), get_sem
@@ -17,11 +19,12 @@ the max of the predictivity over prompt positions (P1 ``find.py::get_max_seed``)
                                                                  (the ``topn`` branch of the same functions)
     histogram        0.05-wide bins from floor(min/0.05)·0.05 to ceil(max/0.05)·0.05  get_bin_boundaries
 
-Ties in a ranking: the lower unit (flat) index first (P1's ``np.argsort(x)[::-1]`` leaves ties to the sort
-algorithm). Where P1 has bugs (the README's deviation table lists them) we do not follow it: the Spearman across seeds without
-``topn`` stores the p-value (``spearmanr(...)[1]``) — we use ρ; the histogram's combined bins drop the last
-edge (``np.arange(min, max, 0.05)``) — we keep every value; ``12`` layers and ``3072`` units are read from the
-tensors, not hard-coded.
+Every top-n% set is ``records.neuron_selection``'s, the one the skill-neuron callback and suppression use. Ties
+in a ranking: the lower unit (flat) index first (P1's ``np.argsort(x)[::-1]`` leaves ties to the sort
+algorithm). Where P1 has bugs (the README's deviation table lists them) we do not follow it: the Spearman
+across seeds without ``topn`` stores the p-value (``spearmanr(...)[1]``) — we use ρ; the histogram's combined
+bins drop the last edge (``np.arange(min, max, 0.05)``) — we keep every value; ``12`` layers and ``3072`` units
+are read from the tensors, not hard-coded.
 """
 
 from __future__ import annotations
@@ -29,15 +32,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy import stats
+
+from records import neuron_selection as selection
+from records.neuron_selection import Sizing, num_selected, top_units
 
 P1_N_GRID = (2, 4, 6, 8, 10, 12, 14)  # range(2, topn + 1, 2) with P1's topn = 14
 BIN_WIDTH = 0.05  # P1 get_bin_boundaries
-
-
-def p1_count(total: int, percent: float) -> int:
-    """P1's top-n% size: ``int(total / 100 * n)`` (floor, with P1's float expression)."""
-    return int(total / 100 * percent)
 
 
 def seed_mean(scores: list[np.ndarray]) -> np.ndarray:
@@ -53,57 +55,53 @@ def mean_sem(values) -> tuple[float, float | None]:
     return float(np.mean(values)), sem
 
 
-def ranking(values: np.ndarray) -> np.ndarray:
-    """Indices of ``values`` (1-D) from highest to lowest; ties: lower index first."""
-    return np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
+def _tensor(score: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(score, dtype=np.float64))
 
 
-def per_layer_top(score: np.ndarray, percent: float) -> np.ndarray:
-    """(L, k) unit indices of each layer's top ``k = int(N/100·n)`` units (P1 ``skill_neurons_across_layer``)."""
-    k = p1_count(score.shape[1], percent)
-    return np.stack([ranking(row)[:k] for row in score])
+def per_layer_top(score: np.ndarray, percent: float, sizing: Sizing) -> np.ndarray:
+    """(L, k) unit indices of each layer's top n% units, best first (P1 ``skill_neurons_across_layer``)."""
+    return top_units(_tensor(score), percent, sizing).numpy()
 
 
-def overlap_per_layer(clean: np.ndarray, adversarial: np.ndarray, percent: float) -> np.ndarray | None:
+def overlap_per_layer(clean: np.ndarray, adversarial: np.ndarray, percent: float, sizing: Sizing) -> np.ndarray | None:
     """(L,) |top(clean) ∩ top(adv)| / k per layer (P1 ``get_adv_overlap``); None when k = 0."""
-    top_clean, top_adv = per_layer_top(clean, percent), per_layer_top(adversarial, percent)
-    k = top_clean.shape[1]
-    if k == 0:
+    if not num_selected(clean.shape[1], percent, sizing):
         return None
-    return np.array([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(top_clean, top_adv)])
+    return selection.overlap_per_layer(_tensor(clean), _tensor(adversarial), percent, sizing).numpy()
 
 
-def overlap_curve(clean: np.ndarray, adversarial: np.ndarray, grid=P1_N_GRID) -> list[dict]:
+def overlap_curve(clean: np.ndarray, adversarial: np.ndarray, sizing: Sizing, grid=P1_N_GRID) -> list[dict]:
     """One row per n: k, mean ± s.e.m. over layers of the per-layer overlap (P1 ``get_adv_overlap_per_topn``)."""
     rows = []
     for n in grid:
-        per_layer = overlap_per_layer(clean, adversarial, n)
+        per_layer = overlap_per_layer(clean, adversarial, n, sizing)
         if per_layer is None:
             rows.append({"n": n, "k": 0, "mean": None, "sem": None, "per_layer": None})
             continue
         mean, sem = mean_sem(per_layer)
-        rows.append({"n": n, "k": p1_count(clean.shape[1], n), "mean": mean, "sem": sem,
+        rows.append({"n": n, "k": num_selected(clean.shape[1], n, sizing), "mean": mean, "sem": sem,
                      "per_layer": per_layer.tolist()})
     return rows
 
 
-def model_wide_top(score: np.ndarray, percent: float) -> np.ndarray:
-    """(k,) flat indices (layer·N + unit) of the top ``k = int(L·N/100·n)`` units over all layers
+def model_wide_top(score: np.ndarray, percent: float, sizing: Sizing) -> np.ndarray:
+    """(k,) flat indices (layer·N + unit) of the top n% of all L·N units, best first
     (P1 ``max_skill_neurons_across_model`` then ``[:percent]``)."""
-    return ranking(score.reshape(-1))[:p1_count(score.size, percent)]
+    return selection.model_wide_top(_tensor(score), percent, sizing).numpy()
 
 
-def layer_location(score: np.ndarray, percent: float) -> np.ndarray:
+def layer_location(score: np.ndarray, percent: float, sizing: Sizing) -> np.ndarray:
     """(L,) how many of the model-wide top-n% units sit in each layer (P1 ``get_histplot_distribution`` with
     ``mode="max_mean_location"``)."""
     layers, units = score.shape
-    return np.bincount(model_wide_top(score, percent) // units, minlength=layers)
+    return np.bincount(model_wide_top(score, percent, sizing) // units, minlength=layers)
 
 
-def adversarial_of_clean(clean: np.ndarray, adversarial: np.ndarray, percent: float) -> np.ndarray:
+def adversarial_of_clean(clean: np.ndarray, adversarial: np.ndarray, percent: float, sizing: Sizing) -> np.ndarray:
     """Adversarial scores of the model-wide top-n% clean units, best clean first (P1
     ``get_predictivities_adversarial_skill_neurons_nonadversarial``)."""
-    return adversarial.reshape(-1)[model_wide_top(clean, percent)]
+    return adversarial.reshape(-1)[model_wide_top(clean, percent, sizing)]
 
 
 def histogram_edges(*arrays) -> np.ndarray:
@@ -129,10 +127,10 @@ def spearman_rho(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
-def top_in_index_order(score: np.ndarray, percent: float) -> np.ndarray:
+def top_in_index_order(score: np.ndarray, percent: float, sizing: Sizing) -> np.ndarray:
     """(L, k) per layer the scores of the layer's top-k units, in unit-index order (the vectors P1 correlates
     in the ``topn`` branch of ``correlation_matrix_across_seed`` / ``_across_layer``; n = 100: all units)."""
-    top = np.sort(per_layer_top(score, percent), axis=1)  # (L, k) unit indices, ascending
+    top = np.sort(per_layer_top(score, percent, sizing), axis=1)  # (L, k) unit indices, ascending
     return np.take_along_axis(score, top, axis=1)
 
 
@@ -144,10 +142,10 @@ def per_layer_spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
     return (float(rhos[defined].mean()) if defined.any() else float("nan")), int(defined.sum())
 
 
-def spearman_matrix(scores: list[np.ndarray], percent: float = 100.0) -> np.ndarray:
+def spearman_matrix(scores: list[np.ndarray], percent: float = 100.0, sizing: Sizing = "ceil") -> np.ndarray:
     """(S, S) per-layer-averaged Spearman ρ between the (L, N) scores (seeds, or the seed means of tasks),
-    each reduced to its own top-n% per layer in unit-index order (n = 100: every unit)."""
-    vectors = [top_in_index_order(np.asarray(s, dtype=np.float64), percent) for s in scores]
+    each reduced to its own top-n% per layer in unit-index order (n = 100: every unit, whatever the sizing)."""
+    vectors = [top_in_index_order(np.asarray(s, dtype=np.float64), percent, sizing) for s in scores]
     count = len(vectors)
     matrix = np.eye(count)
     for i in range(count):
@@ -162,7 +160,3 @@ def pair_values(matrix: np.ndarray, pairs: list[tuple[int, int]] | None = None) 
     pairs = pairs if pairs is not None else [(i, j) for i in range(count) for j in range(i + 1, count)]
     return [float(matrix[i, j]) for i, j in pairs]
 
-
-def balanced_gap(raw: float | None, balanced: float | None) -> float | None:
-    """raw − balanced: how much of a predictivity the class imbalance alone explains."""
-    return None if raw is None or balanced is None else raw - balanced

@@ -25,8 +25,8 @@ def balanced_section(ctx: Context) -> Section:
         for mean in [m for m in means if m.task == task and name in m.sets]:
             if ctx.eval_set not in mean.balanced or name not in mean.balanced:
                 continue
-            raw = adversarial_of_clean(mean.sets[ctx.eval_set], mean.sets[name], p)
-            balanced = adversarial_of_clean(mean.balanced[ctx.eval_set], mean.balanced[name], p)
+            raw = adversarial_of_clean(mean.sets[ctx.eval_set], mean.sets[name], p, mean.sizing)
+            balanced = adversarial_of_clean(mean.balanced[ctx.eval_set], mean.balanced[name], p, mean.sizing)
             if not len(raw):
                 continue
             rows.append({**mean.row(), "set": name, "percent": p, "k": len(raw), "raw_mean": float(raw.mean()),

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 
 from records import figures as style
-from records.neuron_selection import mean_over_prompts, mean_predictivity_of, overlap_at, top_percent_mask
+from records.neuron_selection import mean_of_top, mean_over_prompts, num_selected, overlap_at, per_layer_top_means
 from records.summary import SUMMARY_FILE
 from skill_neurons.report.base import (
     OVERLAP_PERCENTS, TOLERANCE, WIDE, Context, Figure, Run, Section, family_name, fmt, markdown_table, mean_sd, slug,
 )
-from skill_neurons.report.seed_means import majority_baseline
+from skill_neurons.report.seed_means import majority_baseline, sizing_of_run
 
 
 def neuron_groups(ctx: Context, runs: list[Run]) -> dict[tuple, list[Run]]:
@@ -32,12 +32,6 @@ def no_neuron_runs(ctx: Context) -> str:
     return (f"No finished runs with a skill-neuron analysis of '{ctx.eval_set}' among the {len(ctx.runs)} runs "
             "read (fit runs get one from SkillNeuronCallback, on in every shipped config; `--eval_set` names the "
             "clean set, e.g. `test` for test runs).")
-
-
-def per_layer_top(score: torch.Tensor, percent: float) -> list[float]:
-    """Per layer: mean score of the layer's top ``percent``% units (as the callback's per_layer_top5_mean)."""
-    return [mean_predictivity_of(top_percent_mask(score[i:i + 1], percent), score[i:i + 1])
-            for i in range(score.shape[0])]
 
 
 def per_layer_section(ctx: Context, runs: list[Run]) -> Section:
@@ -62,7 +56,7 @@ def per_layer_section(ctx: Context, runs: list[Run]) -> Section:
             scored = [(r, s) for r, s in scored if s is not None and tuple(s.shape) == shape]
             if not scored:
                 continue
-            per_run = [per_layer_top(s, p) for _, s in scored]  # (R, L)
+            per_run = [per_layer_top_means(s, p, sizing_of_run(ctx, r)) for r, s in scored]  # (R, L)
             means = [statistics.fmean(col) for col in zip(*per_run)]
             sds = [statistics.stdev(col) if len(col) > 1 else None for col in zip(*per_run)]
             rows.append({"backbone": backbone, "family": family, "part": part, "task": task, "set": name,
@@ -167,12 +161,16 @@ def overlap_of(ctx: Context, run: Run, name: str, percents: list[float], checks:
             run, name, SUMMARY_FILE, overlap={n: recorded.get(f"overlap@{n:g}") for n in percents},
             adversarial_predictivity={n: recorded.get(f"clean_top{n:g}_predictivity") for n in percents},
             clean_predictivity=(run.neurons.get("sets") or {}).get(ctx.eval_set, {}).get(f"top{p:g}_mean"))
+    sizing = sizing_of_run(ctx, run)  # as the run's callback sized them
+    some = {n for n in percents if num_selected(clean.shape[1], n, sizing)}  # P1's int may give no unit: None
     row = OverlapRun(
-        run, name, "neuron files", overlap={n: overlap_at(clean, adversarial, n) for n in percents},
-        adversarial_predictivity={n: mean_predictivity_of(top_percent_mask(clean, n), adversarial) for n in percents},
-        clean_predictivity=mean_predictivity_of(top_percent_mask(clean, p), clean))
+        run, name, "neuron files",
+        overlap={n: overlap_at(clean, adversarial, n, sizing) if n in some else None for n in percents},
+        adversarial_predictivity={n: mean_of_top(clean, n, sizing, adversarial) if n in some else None
+                                  for n in percents},
+        clean_predictivity=mean_of_top(clean, p, sizing) if p in some else None)
     for metric, value in row.metrics(p).items():
-        if recorded.get(metric) is not None and abs(recorded[metric] - value) > TOLERANCE:
+        if None not in (value, recorded.get(metric)) and abs(recorded[metric] - value) > TOLERANCE:
             checks.append(f"{run.describe()} set {name}: recomputed {metric} = {value:.6f}, "
                           f"summary.json says {recorded[metric]:.6f}")
     return row
@@ -203,7 +201,8 @@ def overlap_section(ctx: Context, runs: list[Run]) -> Section:
         rows.append(row)
     section.lines += [("Ours, per seed (the paper's seed-mean version is the section \"Overlap of clean and "
                        "adversarial skill neurons vs n\"): the numbers each run's SkillNeuronCallback wrote, recomputed "
-                       "from its files as a check, with the callback's sizing k = ceil(n/100 · N)."), ""]
+                       "from its files as a check, with the callback's sizing: k = ceil(n/100 · N), or P1's "
+                       "int(N/100 · n) for `paper` runs."), ""]
     section.lines += [(f"overlap@n% = |top-n% clean ∩ top-n% adversarial| / |top-n%| per layer, mean over layers "
                       f"(1.0: the same neurons; a random pick overlaps n/100 on average). \"adv. pred.\": mean "
                       f"adversarial score of the clean top-{p:g}% neurons; \"clean pred.\": their clean score. "

@@ -10,8 +10,9 @@ from collections import defaultdict
 import numpy as np
 
 from records.figures import BACKBONES, CLEAN, GREY, MARKERS, MEDIAN, VERMILLION
+from records.neuron_selection import num_selected
 from skill_neurons.report.analyses import (
-    P1_N_GRID, adversarial_of_clean, histogram_counts, histogram_edges, layer_location, overlap_curve, p1_count,
+    P1_N_GRID, adversarial_of_clean, histogram_counts, histogram_edges, layer_location, overlap_curve,
 )
 from skill_neurons.report.base import (
     WIDE, Context, Figure, Section, family_name, fit_accuracies, fmt, markdown_table, pct, slug,
@@ -19,6 +20,8 @@ from skill_neurons.report.base import (
 from skill_neurons.report.seed_means import MARK, SeedMean, missing_seed_lines, seed_means
 
 COLOURS = list(BACKBONES)  # per backbone (records/figures.py)
+# The size of a top-n% set (records.neuron_selection.num_selected), in the formulas under the figures.
+SIZE = "int({count} / 100 · n) for `paper` runs as P1, ceil({count} · n / 100) for the others"
 NO_MEANS = ("No skill-neuron analyses to average (fit runs get one from SkillNeuronCallback; `--eval_set` names "
             "the clean set).")
 
@@ -76,15 +79,16 @@ def overlap_section(ctx: Context) -> Section:
         for name, adversarial in mean.sets.items():
             if name == ctx.eval_set:
                 continue
-            for point in overlap_curve(mean.sets[ctx.eval_set], adversarial):
+            for point in overlap_curve(mean.sets[ctx.eval_set], adversarial, mean.sizing):
                 rows.append({**mean.row(), "set": name, "adversarial_seeds": mean.set_seeds[name], **point})
     if not rows:
         return section.leave_out(NO_MEANS if not means else "No adversarial skill-neuron analyses (the runs' "
                                  "`skill_neurons` sets have no `adv/...` split).")
     section.lines += [
         "**Formula** (P1 `src/analysis.py::get_adv_overlap`, `get_adv_overlap_per_topn`, `get_sem`): for n = "
-        f"{', '.join(map(str, P1_N_GRID))}, k = int(N / 100 · n) units per layer; overlap_l = |top_k(s̄_clean,l) ∩ "
-        "top_k(s̄_adv,l)| / k, with s̄ = the mean over the prompts (seeds) of each prompt's max over positions "
+        f"{', '.join(map(str, P1_N_GRID))}, k = {SIZE.format(count='N')} units per layer; "
+        "overlap_l = |top_k(s̄_clean,l) ∩ top_k(s̄_adv,l)| / k, with s̄ = the mean over the prompts (seeds) of "
+        "each prompt's max over positions "
         "(`src/find.py::get_max_mean`); shown: mean ± s.e.m. (sd with ddof 1 / √L) over the L layers. A random "
         "pick overlaps n/100 on average (dotted).", ""]
     section.lines += missing_seed_lines(means)
@@ -140,8 +144,9 @@ def histogram_section(ctx: Context) -> Section:
     section.lines += [
         f"**Formula** (P1 `get_predictivities_adversarial_skill_neurons_nonadversarial`, `get_histplot_distribution`, "
         f"`get_bin_boundaries`): the clean skill neurons are the model-wide top n = {p:g}% of all L·N units by the "
-        f"seed-mean clean score, k = int(L·N / 100 · n); the histogram counts their seed-mean adversarial scores in "
-        "0.05-wide bins from floor(min/0.05)·0.05 to ceil(max/0.05)·0.05 (one set of bins per dataset; P1's "
+        f"seed-mean clean score, k = {SIZE.format(count='L·N')}; the histogram counts their seed-mean "
+        "adversarial scores in 0.05-wide bins from floor(min/0.05)·0.05 to ceil(max/0.05)·0.05 (one set of bins "
+        "per dataset; P1's "
         "combined bins drop the last edge, ours keep every neuron). Dashed: the adversarial set's "
         "majority-class share, the score of a unit that never changes (P1 draws none).", ""]
     section.lines += missing_seed_lines(means)
@@ -149,7 +154,7 @@ def histogram_section(ctx: Context) -> Section:
     rows = []
     for task, name in pairs:
         members = [m for m in means if m.task == task and name in m.sets]
-        values = {m.backbone: adversarial_of_clean(m.sets[ctx.eval_set], m.sets[name], p) for m in members}
+        values = {m.backbone: adversarial_of_clean(m.sets[ctx.eval_set], m.sets[name], p, m.sizing) for m in members}
         values = {b: v for b, v in values.items() if len(v)}
         if not values:
             continue
@@ -161,7 +166,8 @@ def histogram_section(ctx: Context) -> Section:
                              "counts": histogram_counts(v, edges), "mean": float(v.mean()),
                              "majority_baseline": mean.baselines.get(name)})
     if not rows:
-        return section.leave_out(f"Top {p:g}% of the units is no unit at all (k = int(L·N/100·n) = 0).")
+        return section.leave_out(f"Top {p:g}% of the units is no unit at all (P1's k = int(L·N/100·n) = 0 for "
+                                 "`paper` runs).")
     section.lines += markdown_table(
         ["backbone", "task", "adversarial set", "k", "mean adversarial score", "majority baseline", "counts per bin"],
         [[r["backbone"], r["task"] + (MARK if r["missing_seeds"] else ""), r["set"], r["k"], f"{r['mean']:.3f}",
@@ -203,12 +209,12 @@ def location_section(ctx: Context) -> Section:
     rows = []
     for mean in means:
         clean = mean.sets[ctx.eval_set]
-        rows.append({**mean.row(), "percent": p, "k": p1_count(clean.size, p),
-                     "counts": layer_location(clean, p).tolist()})
+        rows.append({**mean.row(), "percent": p, "k": num_selected(clean.size, p, mean.sizing),
+                     "counts": layer_location(clean, p, mean.sizing).tolist()})
     section.lines += [
         "**Formula** (P1 `get_histplot_distribution(..., location=True)`, mode `max_mean_location`): the clean "
-        f"skill neurons are the model-wide top n = {p:g}% units by seed-mean clean score, k = int(L·N / 100 · n); "
-        "count per layer how many of them it holds.", ""]
+        f"skill neurons are the model-wide top n = {p:g}% units by seed-mean clean score, "
+        f"k = {SIZE.format(count='L·N')}; count per layer how many of them it holds.", ""]
     section.lines += missing_seed_lines(means)
     layers = max(len(r["counts"]) for r in rows)
     section.lines += markdown_table(["backbone", "task", "k", *(f"L{i}" for i in range(layers))],

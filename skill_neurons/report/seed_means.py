@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from records.neuron_selection import Sizing, sizing_of
 from records.settings import RunSettings
 from skill_neurons.report.base import Context, ReportError, Run, family_rank, seed_label, seed_rank
 from skill_neurons.report.groups import check_layouts
@@ -35,6 +36,7 @@ class SeedMean:
     set_seeds: dict[str, list] = field(default_factory=dict)  # set name -> seeds behind that mean
     balanced: dict[str, np.ndarray] = field(default_factory=dict)  # the same for balanced_score (if stored)
     baselines: dict[str, float] = field(default_factory=dict)  # set name -> majority-class share
+    sizing: Sizing = "ceil"  # of the top-n% sets: the runs' layout's (records.neuron_selection.sizing_of)
 
     @property
     def seeds(self) -> list:
@@ -85,7 +87,7 @@ def seed_means(ctx: Context) -> list[SeedMean]:
         family, backbone, part, task = key
         members = sorted(groups[key], key=lambda r: seed_rank(r.seed))
         mean = SeedMean(family, backbone, part, task, ctx.task_types().get(task), members,
-                        sorted(expected[(backbone, part)], key=seed_rank))
+                        sorted(expected[(backbone, part)], key=seed_rank), sizing=sizing_of_run(ctx, members[0]))
         names = [ctx.eval_set, *sorted({s for r in members for s in ctx.adversarial_sets(r)})]
         for name in names:
             scored = [(r, ctx.scores.score(r, name)) for r in members]
@@ -128,6 +130,11 @@ def layout_of(ctx: Context, run: Run) -> tuple[str, str | None]:
     if not sets:
         layout = (layout[0], None)  # no analysis of its own (transfer, suppression): only its layout counts
     return layout
+
+
+def sizing_of_run(ctx: Context, run: Run) -> Sizing:
+    """The sizing of a run's top-n% sets, as its skill-neuron callback used it: P1's under layout ``paper``."""
+    return sizing_of(layout_of(ctx, run)[0])
 
 
 def check_inputs(ctx: Context, runs: list[Run]) -> None:

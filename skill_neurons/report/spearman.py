@@ -9,12 +9,12 @@ import numpy as np
 
 from skill_neurons.report.analyses import P1_N_GRID, mean_sem, pair_values, spearman_matrix
 from skill_neurons.report.base import SQUARE, Context, Section, fmt, markdown_table, seed_label, slug
-from skill_neurons.report.paper import NO_MEANS, backbone_colours, backbone_marker, by_type, embed, panels
+from skill_neurons.report.paper import NO_MEANS, SIZE, backbone_colours, backbone_marker, by_type, embed, panels
 from skill_neurons.report.seed_means import MARK, missing_seed_lines, seed_means
 
 RHO_FORMULA = ("ρ_l = Spearman ρ of the two (layer l) score vectors, averaged over the layers; for the curves "
-               "over n each side keeps its own top k = int(N / 100 · n) units of the layer, in unit-index order "
-               "(the `topn` branch of P1's functions; n = 100 is every unit)")
+               "over n each side keeps its own top k = " + SIZE.format(count="N") + " units of the layer, in "
+               "unit-index order (the `topn` branch of P1's functions; n = 100 is every unit)")
 
 
 def heatmap(ctx: Context, name: str, caption: str, labels: list[str], matrix: np.ndarray, title: str, table: str,
@@ -58,7 +58,7 @@ def spearman_seeds_section(ctx: Context) -> Section:
         rows.append({**mean.row(), "matrix": matrix.tolist(), "mean_rho": float(np.mean(all_pairs)),
                      "min_rho": min(all_pairs), "max_rho": max(all_pairs)})
         for n in P1_N_GRID:
-            value, sem = mean_sem(pair_values(spearman_matrix(scores, n)))
+            value, sem = mean_sem(pair_values(spearman_matrix(scores, n, mean.sizing)))
             curves.append({**mean.row(), "n": n, "mean": value, "sem": sem})
     section.lines += markdown_table(
         ["backbone", "task", "seeds", "mean ρ (all units)", "min ρ", "max ρ",
@@ -128,7 +128,7 @@ def spearman_tasks_section(ctx: Context) -> Section:
         types = {kind: list(combinations(idx, 2)) for kind, idx in types.items() if len(idx) > 1}
         types["all"] = list(combinations(range(len(tasks)), 2))
         for n in P1_N_GRID:
-            at_n = spearman_matrix(scores, n)
+            at_n = spearman_matrix(scores, n, members[0].sizing)
             for kind, pairs in types.items():
                 value, sem = mean_sem(pair_values(at_n, pairs))
                 curves.append({"backbone": backbone, "family": family, "part": part, "task_type": kind, "n": n,
