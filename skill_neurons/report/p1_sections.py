@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+import torch
 
+from records.neuron_selection import top_percent_mask
 from skill_neurons.report import analyses, p1_code
 from skill_neurons.report.base import Context, Section, fmt, markdown_table, pct, slug, validate_accuracies
 from skill_neurons.report.paper import NO_MEANS, adversarial_pairs, backbone_colours, embed, panels
@@ -102,7 +104,7 @@ def histogram_section(ctx: Context) -> Section:
             note(ctx, "histogram", f"{label}: values counted", len(paper), len(v),
                  "P1 stores each value twice (np.zeros((k, 2))) and cuts the top n% again")
             note(ctx, "histogram", f"{label}: mean adversarial score", float(paper.mean()), float(v.mean()),
-                 "the second cut keeps only the best clean units' values")
+                 "the second cut keeps only the highest adversarial values")
     if not rows:
         return section.leave_out(NO_MEANS if not means else "No adversarial skill-neuron analyses (or k = 0).")
     section.lines += [
@@ -242,7 +244,9 @@ def spearman_tasks_p1(ctx: Context) -> Section:
 
 
 def _p1_lines(section: Section, text: str, columns: list[str], rows: list[list]) -> None:
-    section.lines += ["### As P1's code computes it (`--definitions p1-code`)", "", f"**P1 {text}.** See {DOC}.", ""]
+    section.lines += ["### As P1's code computes it (`--definitions p1-code`)", "",
+                      "The tables and figures above use the paper's definitions (`--definitions paper`); P1's "
+                      f"numbers are these. **P1 {text}.** See {DOC}.", ""]
     section.lines += markdown_table(columns, rows)
 
 
@@ -294,7 +298,7 @@ def suppression_p1(ctx: Context) -> Section:
         "evaluates clean data with the adversarial skill neurons suppressed, and P1's random control for "
         "adversarial data is a second, unseeded draw (`Adv…` random file) while this project's control uses one "
         f"random set per task and backbone on every set. Unit sets: per layer the first int(N/100·r) units of "
-        f"P1's `argsort()[::-1]` order (ours: ceil, lowest index first). See {DOC}.", ""]
+        f"P1's `argsort()[::-1]` order; ours: the runs' selection (`records/neuron_selection.py`). See {DOC}.", ""]
     points: dict[tuple, list] = defaultdict(list)
     for run in runs:
         info = run.summary["suppression"]
@@ -321,7 +325,7 @@ def suppression_p1(ctx: Context) -> Section:
 
 def unit_rows(ctx: Context, rates: list[float]) -> list[dict]:
     """Per backbone × task × curve × rate: P1's suppressed units (count, digest) and how many of them the
-    ``paper`` selection (top ceil(N·r/100) per layer, lowest index first) shares."""
+    project's suppression runs select (:func:`records.neuron_selection.top_percent_mask` of the clean seed mean)."""
     rows = []
     for m in seed_means(ctx):
         clean = m.sets[ctx.eval_set]
@@ -330,7 +334,8 @@ def unit_rows(ctx: Context, rates: list[float]) -> list[dict]:
             for curve, p1_score in ((f"clean ({name} neurons)", m.sets[name]), (f"{name} (clean neurons)", clean)):
                 for rate in rates:
                     p1 = p1_code.suppressed_units(p1_score, rate)
-                    ours = [set(analyses.ranking(row)[:_ceil_count(clean.shape[1], rate)].tolist()) for row in clean]
+                    mask = top_percent_mask(torch.from_numpy(clean), rate).numpy()  # what the callbacks select
+                    ours = [set(np.flatnonzero(row).tolist()) for row in mask]
                     shared = sum(len(set(a.tolist()) & b) for a, b in zip(p1, ours))
                     rows.append({"backbone": m.backbone, "task": m.task, "set": name, "curve": curve, "rate": rate,
                                  "units_p1": int(p1.size), "units_ours": sum(map(len, ours)), "shared": shared,
@@ -340,11 +345,6 @@ def unit_rows(ctx: Context, rates: list[float]) -> list[dict]:
                              sum(map(len, ours)), int(p1.size), f"{shared} shared: P1 sizes with int(), picks by "
                              "argsort()[::-1], and uses the other set's neurons for the clean curve")
     return rows
-
-
-def _ceil_count(units: int, rate: float) -> int:
-    """The ``paper`` callbacks' units per layer (records.neuron_selection.num_selected, without torch)."""
-    return 0 if rate == 0 else min(units, max(1, int(np.ceil(rate * units / 100 - 1e-9))))
 
 
 class DefinitionsSection(Section):
