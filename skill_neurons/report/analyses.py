@@ -1,4 +1,5 @@
-"""The paper's skill-neuron analyses as P1 computes them, as plain numpy (no I/O, no plotting).
+"""The paper's skill-neuron analyses as the paper defines them (``--definitions paper``), as plain numpy (no I/O,
+no plotting); P1's released code as it runs, bugs included: :mod:`.p1_code` (docs/p1_code.md lists the differences).
 
 P1 = the official code of Ackermann & Ohmer 2024 (``LeonAckermann/Robust-Neurons``); each function names the
 P1 function it mirrors. Inputs are per-neuron scores ``(L, N)`` (layers × FFN units): a run's score is already
@@ -21,10 +22,10 @@ the max of the predictivity over prompt positions (P1 ``find.py::get_max_seed``)
 
 Every top-n% set is ``records.neuron_selection``'s, the one the skill-neuron callback and suppression use. Ties
 in a ranking: the lower unit (flat) index first (P1's ``np.argsort(x)[::-1]`` leaves ties to the sort
-algorithm). Where P1 has bugs (the README's deviation table lists them) we do not follow it: the Spearman
-across seeds without ``topn`` stores the p-value (``spearmanr(...)[1]``) — we use ρ; the histogram's combined
-bins drop the last edge (``np.arange(min, max, 0.05)``) — we keep every value; ``12`` layers and ``3072`` units
-are read from the tensors, not hard-coded.
+algorithm). Where P1's code has bugs (docs/p1_code.md) we do not follow it here: the Spearman across seeds without
+``topn`` stores the p-value (``spearmanr(...)[1]``) — we use ρ; the histogram's combined bins drop the last
+edge (``np.arange(min, max, 0.05)``) — we keep every value; ``12`` layers and ``3072`` units are read from the
+tensors, not hard-coded.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ and writes
 
 Sections (README, "The paper's experiments"), each replaced by one line saying why when its runs are
 missing, in :data:`skill_neurons.report.base.TITLES` order: runs read; accuracy; transfer (:mod:`.transfer`); the paper's
-neuron analyses computed as P1 computes them (:mod:`report_paper`, :mod:`report_spearman`, numbers from
-:mod:`.analyses`, seed means from :mod:`.seed_means`); suppression (:mod:`.suppression` and the
+neuron analyses as the paper defines them (:mod:`.paper`, :mod:`.spearman`, numbers from :mod:`.analyses`, seed
+means from :mod:`.seed_means`; ``--definitions p1-code``: as P1's released code computes them, :mod:`.p1_sections`,
+docs/p1_code.md); suppression (:mod:`.suppression` and the
 per-backbone detail here); class-balanced predictivity (:mod:`report_balance`); our per-seed variants (per-layer
 boxes, per-seed overlap checked against ``summary.json``). Before any section, :func:`.groups.select` applies
 the filters (``--backbone``, ``--task``, ``--layout``, ``--positions``) and chooses one configuration per
@@ -60,6 +61,7 @@ from skill_neurons.report.inputs import read_runs
 from skill_neurons.report.lineage import declare_artifacts, used_artifacts
 from skill_neurons.report.neurons import overlap_section, per_layer_section
 from skill_neurons.report.paper import boxes_section, histogram_section, location_section
+from skill_neurons.report.p1_sections import DEFINITIONS, p1_builders
 from skill_neurons.report.paper import overlap_section as paper_overlap_section
 from skill_neurons.report.run_suppression import suppression_section
 from skill_neurons.report.seed_means import check_inputs
@@ -88,6 +90,9 @@ def build_sections(ctx: Context) -> list[Section]:
         ("per_layer", lambda: per_layer_section(ctx, neuron_runs)),
         ("overlap", lambda: overlap_section(ctx, neuron_runs)),
     ]
+    if ctx.cache.get("definitions") == "p1-code":  # P1's released code, bugs included (docs/p1_code.md)
+        p1 = p1_builders(ctx)
+        builders = [(key, p1.get(key, build)) for key, build in builders] + [("p1_differences", p1["p1_differences"])]
     sections = []
     for key, build in builders:
         try:
@@ -104,8 +109,13 @@ def render_markdown(ctx: Context, sections: list[Section], command: str) -> str:
              (f"`{command}` — {time.strftime('%Y-%m-%d %H:%M:%S %z')}; {len(ctx.runs)} runs read, "
              f"{sum(r.finished for r in ctx.runs)} finished, {len(ctx.finished)} used. Clean set '{ctx.eval_set}'. Paper sections: seed means, n = 2, 4, …, 14 "
              f"for overlap and Spearman curves, the model-wide top {ctx.percent:g}% for the histogram, layer location "
-             "and balanced sections, as P1 computes them (formula and P1 function under each section). Numbers as "
-             "in `report.json`."), ""]
+             f"and balanced sections. Definitions: `{ctx.cache.get('definitions', 'paper')}` — "
+             + ("the paper's text (formula and the P1 function it corresponds to under each section; "
+                "`--definitions p1-code` for P1's released code, docs/p1_code.md)"
+                if ctx.cache.get("definitions", "paper") == "paper" else
+                "P1's released code, bugs included (the P1 function under each section; the last section compares "
+                "with the paper's text, docs/p1_code.md)")
+             + ". Numbers as in `report.json`."), ""]
     lines += [f"{i}. [{s.title}](#{re.sub(r'[^a-z0-9 -]', '', s.title.lower()).replace(' ', '-')})"
               + (" — left out" if s.missing else "") for i, s in enumerate(sections, 1)] + [""]
     for section in sections:
@@ -121,7 +131,7 @@ def write_report(ctx: Context, sections: list[Section], out: Path, command: str)
     """``out/report.md`` and ``out/report.json``; returns the JSON document."""
     document: dict[str, Any] = {
         "command": command, "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "percent": ctx.percent,
-        "eval_set": ctx.eval_set, "inputs": ctx.inputs.arguments,
+        "eval_set": ctx.eval_set, "inputs": ctx.inputs.arguments, "definitions": ctx.cache.get("definitions", "paper"),
         "units": "accuracies and relative scores in %, predictivities and overlaps as fractions",
         "figure_sizes": {"wide": list(WIDE), "square": list(SQUARE)},
         "groups": ctx.cache.get("groups", []),
@@ -193,11 +203,14 @@ def wandb_table(rows: list[dict[str, Any]]):
 
 def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set: str = "validation",
                 use_wandb: bool = False, project: str = "skill-neurons", command: str = "",
-                filters: Filters | None = None) -> dict[str, Any]:
+                filters: Filters | None = None, definitions: str = "paper") -> dict[str, Any]:
     """Read the runs, keep those the ``filters`` select, choose one configuration per backbone × task (see
     :mod:`skill_neurons.report.groups`), write ``out/report.md``, ``out/report.json`` and ``out/figures/*.png``;
     log to W&B with ``use_wandb``. Returns the report.json document (with ``wandb`` info when logged).
-    Input it cannot use raises :class:`ReportError` before anything is written."""
+    Input it cannot use raises :class:`ReportError` before anything is written. ``definitions``: ``paper`` (the
+    paper's text) or ``p1-code`` (P1's released code, bugs included; docs/p1_code.md)."""
+    if definitions not in DEFINITIONS:
+        raise ReportError(f"--definitions {definitions}: give one of {', '.join(DEFINITIONS)}")
     if not 0 < percent <= 100:
         raise ReportError(f"--percent {percent:g}: give a percentage of units per layer in (0, 100]")
     inputs = read_runs(arguments, out / "wandb-runs")
@@ -205,6 +218,7 @@ def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set:
     inputs = Inputs(kept, inputs.invalid, inputs.arguments)
     figures_dir = out / "figures"
     ctx = Context(inputs, figures_dir, float(percent), set_name(eval_set), selection=selection)
+    ctx.cache["definitions"] = definitions
     check_inputs(ctx, kept)  # mixed layouts within a family or neuron shapes: one error before any section
     out.mkdir(parents=True, exist_ok=True)
     for stale in figures_dir.glob("*.png"):  # a report written again into the same folder
@@ -263,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     pick.add_argument("--configuration", action="append", default=[], help="use this configuration where a "
                       "backbone × task has several: its id (or first digits) or short label (lr3e-3), as report.md "
                       "lists them")
+    parser.add_argument("--definitions", choices=DEFINITIONS, default="paper",
+                        help="paper (default): the paper's definitions; p1-code: the paper's figures as P1's released "
+                             "analysis code computes them, bugs included, with both numbers side by side where they "
+                             "differ (docs/p1_code.md)")
     parser.add_argument("--wandb", action="store_true", help="also log the figures and tables to a W&B run "
                         "(job type report; offline without credentials)")
     parser.add_argument("--project", default="skill-neurons", help="W&B project of --wandb (default skill-neurons)")
@@ -271,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         filters = Filters(args.backbone, args.task, args.layout, args.positions, args.configuration)
         document = make_report(args.runs, Path(args.out), args.percent, args.eval_set, args.wandb, args.project,
-                               command, filters)
+                               command, filters, args.definitions)
     except ReportError as error:
         print(f"skill-neurons report: error: {error}", file=sys.stderr, flush=True)
         return 2
