@@ -37,7 +37,7 @@ def scores(backbone: str, task: str, seed: int, kind: str) -> np.ndarray:
 def summary(run_id: str, backbone: str, task: str, seed: int, stage: str) -> dict:
     return {"run_id": run_id, "stage": stage, "status": "finished", "finished": "2024-01-01T00:00:00",
             "settings": {"backbone": backbone, "family": BACKBONES[backbone], "task": task, "seed": seed,
-                         "prompt_length": 4},
+                         "prompt_length": 4, "layout": "paper"},
             "data": {"task": task, "task_type": TASKS[task], "label_names": ["no", "yes"]}}
 
 
@@ -48,7 +48,9 @@ def write(run_dir: Path, content: dict) -> None:
 
 def fit_run(root: Path, backbone: str, task: str, seed: int) -> None:
     run_id = f"fit-{backbone}-{task}-{seed}"
-    meta = {"backbone": backbone, "family": BACKBONES[backbone], "part": "encoder", "task": task}
+    # P1's input layout: the paper definition then sizes top sets as P1 does (int), so the two definitions
+    # differ only where P1's code departs from the paper's text
+    meta = {"backbone": backbone, "family": BACKBONES[backbone], "part": "encoder", "task": task, "layout": "paper"}
     sets = {}
     for name, kind in (("validation", "clean"), (ADVERSARIAL.get(task), "adv")):
         if name:

@@ -28,6 +28,11 @@ def differences(ctx: Context) -> list[dict]:
     return ctx.cache.setdefault("p1_differences", [])
 
 
+def sized(mean, why: str) -> str:
+    """``why`` plus the size rule, for runs whose ``paper`` definition sizes top sets as ours (not ``paper``)."""
+    return why if mean.sizing == "p1" else f"{why}; and k: ceil(N·n/100) for these runs, P1's int(N/100·n)"
+
+
 def note(ctx: Context, figure: str, what: str, paper, p1, why: str) -> None:
     differences(ctx).append({"figure": figure, "quantity": what, "paper": paper, "p1_code": p1, "why": why})
 
@@ -52,11 +57,11 @@ def overlap_section(ctx: Context) -> Section:
         f"top-k overlap is under `--definitions paper` (see {DOC}).", ""]
     for m in means:
         for name in [s for s in m.sets if s != ctx.eval_set]:
-            paper = analyses.overlap_curve(m.sets[ctx.eval_set], m.sets[name])
+            paper = analyses.overlap_curve(m.sets[ctx.eval_set], m.sets[name], m.sizing)
             ours = [r for r in rows if (r["backbone"], r["part"], r["task"], r["set"]) == (m.backbone, m.part, m.task, name)]
             for a, b in zip(paper, ours):
                 note(ctx, "overlap", f"{m.backbone} · {m.task} vs {name}, n = {b['n']}", a["mean"], b["mean"],
-                     "P1 overlaps the k lowest units of each layer (bottom-k), the paper describes the top k")
+                     sized(m, "P1 overlaps the k lowest units of each layer (bottom-k), the paper describes the top k"))
     section.lines += markdown_table(
         ["backbone", "task", "adversarial set", *(f"n={n}" for n in analyses.P1_N_GRID)],
         [[b, t, s, *(fmt(r["mean"], r["sem"], digits=3) for r in rows
@@ -97,12 +102,12 @@ def histogram_section(ctx: Context) -> Section:
             continue
         edges = p1_code.combined_edges([v for _, v in kept])
         for m, v in kept:
-            paper = analyses.adversarial_of_clean(m.sets[ctx.eval_set], m.sets[name], p)
+            paper = analyses.adversarial_of_clean(m.sets[ctx.eval_set], m.sets[name], p, m.sizing)
             rows.append({**m.row(), "set": name, "percent": p, "values": len(v), "edges": edges.tolist(),
                          "counts": p1_code.histogram_counts(v, edges), "mean": float(v.mean())})
             label = f"{m.backbone} · {task} → {name}"
             note(ctx, "histogram", f"{label}: values counted", len(paper), len(v),
-                 "P1 stores each value twice (np.zeros((k, 2))) and cuts the top n% again")
+                 sized(m, "P1 stores each value twice (np.zeros((k, 2))) and cuts the top n% again"))
             note(ctx, "histogram", f"{label}: mean adversarial score", float(paper.mean()), float(v.mean()),
                  "the second cut keeps only the highest adversarial values")
     if not rows:
@@ -148,10 +153,10 @@ def location_section(ctx: Context) -> Section:
         clean = m.sets[ctx.eval_set]
         counts = p1_code.layer_location(clean, p).tolist()
         rows.append({**m.row(), "percent": p, "k": int(clean.size / 100 * p), "counts": counts})
-        paper = analyses.layer_location(clean, p).tolist()
+        paper = analyses.layer_location(clean, p, m.sizing).tolist()
         if paper != counts:
             note(ctx, "layer location", f"{m.backbone} · {m.task}: units per layer", " ".join(map(str, paper)),
-                 " ".join(map(str, counts)), "equal scores at the cut: P1's argsort()[::-1] vs lowest index first")
+                 " ".join(map(str, counts)), sized(m, "equal scores at the cut: P1's argsort()[::-1] vs lowest index first"))
     section.lines += [
         "**P1 `get_histplot_distribution(location=True)`, mode `max_mean_location`** (`--definitions p1-code`): "
         f"per layer, how many of the model-wide top k = int(L·N/100·{p:g}) units (P1's `argsort()[::-1]` order) "
