@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
+from records.errors import UserError
 from records.files import atomic_write
 from records.neuron_selection import mean_over_prompts
 
 OUTPUT_DIR = "skill_neurons"
 
 
-class SkillNeuronError(ValueError):
+class SkillNeuronError(UserError, ValueError):
     """A skill-neuron analysis that cannot give a meaningful answer (the message names the fix)."""
 
 

@@ -32,10 +32,10 @@ from callbacks.predictions import PredictionWriter
 from callbacks.rng_state import RNGState
 from callbacks.run_summary import SMOKE, RunSummary
 from callbacks.suppression import NeuronSuppression
-from datamodules.prompt_datamodule import PromptDataModule, check_sizes
+from datamodules.prompt_datamodule import PromptDataModule
 from lightning_modules import tracking
 from lightning_modules.contracts import preflight
-from lightning_modules.prompt_tuning import PromptTuningModule, check_model_options
+from lightning_modules.prompt_tuning import PromptTuningModule
 from records.prompt_checkpoint import prompt_of, read_checkpoint
 from records.run_identity import run_identity
 from records.run_status import status_exit_code
@@ -214,10 +214,6 @@ class SkillNeuronsCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt_path = config.get("ckpt_path")
-        check_sizes(**{k: config.data.get(k) for k in ("batch_size", "eval_batch_size", "max_train_samples",
-                                                          "max_eval_samples", "prompt_length", "max_text_length",
-                                                          "num_workers")})
-        check_model_options(**(config.model.get("init_args") or {}))
         suppression = config.get("suppression")
         if self.subcommand == "fit" and suppression is not None and suppression.get("rate") is not None:
             raise CLIError("--suppression.* applies to validate and test (it perturbs the evaluation of a trained "

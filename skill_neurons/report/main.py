@@ -19,9 +19,9 @@ and writes
 
 Sections (README, "The paper's experiments"), each replaced by one line saying why when its runs are
 missing, in :data:`skill_neurons.report.base.TITLES` order: runs read; accuracy; transfer (:mod:`.transfer`); the paper's
-neuron analyses computed as P1 computes them (:mod:`report_paper`, :mod:`report_spearman`, numbers from
+neuron analyses computed as P1 computes them (:mod:`.paper`, :mod:`.spearman`, numbers from
 :mod:`.analyses`, seed means from :mod:`.seed_means`); suppression (:mod:`.suppression` and the
-per-backbone detail here); class-balanced predictivity (:mod:`report_balance`); our per-seed variants (per-layer
+per-backbone detail here); class-balanced predictivity (:mod:`.balance`); our per-seed variants (per-layer
 boxes, per-seed overlap checked against ``summary.json``). Before any section, :func:`.groups.select` applies
 the filters (``--backbone``, ``--task``, ``--layout``, ``--positions``) and chooses one configuration per
 backbone × task (``--configuration``, else the best by validation accuracy), and :func:`.seed_means.check_inputs`

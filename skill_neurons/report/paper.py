@@ -1,6 +1,6 @@
 """The paper's figures of skill neurons vs adversarial data, computed as P1 computes them (``src/analysis.py``):
 overlap vs n, the adversarial predictivity of the clean skill neurons, where the skill neurons sit, and the
-predictivity of every neuron per dataset next to the model's accuracy. Numbers: :mod:`report_analyses`;
+predictivity of every neuron per dataset next to the model's accuracy. Numbers: :mod:`.analyses`;
 seed means: :mod:`.seed_means`. Each figure groups its datasets by task type."""
 
 from __future__ import annotations
