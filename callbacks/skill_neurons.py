@@ -1,5 +1,5 @@
 """``SkillNeuronCallback``: which FFN neurons a tuned prompt activates, and do they stay predictive on
-adversarial data? (README, "Skill neurons"; the statistics themselves are in ``neuron_statistics.py``.)
+adversarial data? (README, "Skill neurons"; the statistics: :mod:`lightning_modules.neuron_statistics`.)
 
 At the end of ``fit`` (with the best checkpoint's prompt) and after ``validate`` / ``test`` (with the prompt
 that was loaded) the callback makes three kinds of passes of the frozen backbone, with forward hooks on the
@@ -42,10 +42,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.progress import pass_bar, progress_enabled
 from callbacks.run_summary import run_dir_of
-from lightning_modules.contracts import PromptData, neurons_perturbed
+from lightning_modules.contracts import PromptData, check_at_setup, neurons_perturbed
 from lightning_modules.ffn import PARTS, FFNLookupError, Part, ffn_hooks, ffn_shape
 from lightning_modules.neuron_statistics import PredictivityAccumulator, ThresholdAccumulator
 from lightning_modules.prompt_tuning import PromptTuningModule
+from lightning_modules.rules import check_positions
 from records.figures import RUN_DPI, per_layer_boxplot, run_figure_size, save_figure, set_colours
 from records.files import atomic_write
 from records.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
@@ -96,8 +97,9 @@ class SkillNeuronCallback(Callback):
 
     Hooks: ``setup`` (checks the model, the data and the part), ``on_train_end`` (analyses the best
     checkpoint's prompt while the devices and loggers are still up), ``on_validation_end`` (after
-    ``validate``), ``on_test_end`` (after ``test``). The DataModule calls ``data_roles`` (it loads the train
-    split for thresholds whatever the stage) and ``check_run`` (bad input fails before any run starts).
+    ``validate``), ``on_test_end`` (after ``test``). ``data_roles`` names the train split (thresholds), which
+    the DataModule loads whatever the stage; ``check_run`` refuses bad input before any run starts (the CLI's
+    preflight, or ``setup``: once per stage).
 
     Args:
         part: ``encoder`` (default; P1) or ``decoder`` (encoder–decoders only: the units of the first
@@ -193,19 +195,10 @@ class SkillNeuronCallback(Callback):
             ffn_shape(pl_module.backbone, self.part)
         except FFNLookupError as error:
             raise SkillNeuronError(f"SkillNeuronCallback(part={self.part!r}): {error}") from None
-        if self.positions not in pl_module.position_choices() or (self.part == "decoder" and self.positions != "prompt"):
-            raise SkillNeuronError(
-                f"SkillNeuronCallback(positions={self.positions!r}) does not exist for a {pl_module.family} model"
-                + (" analysed at the decoder's first step" if self.part == "decoder" else "")
-                + f" — choose one of {list(pl_module.position_choices()) if self.part == 'encoder' else ['prompt']}"
-                + (" (T5 has no <mask> position)" if pl_module.family == "seq2seq" else "")
-                + (" — a causal LM reads the prompt before the text, so the prompt positions' activations are the "
-                   "same for every example and their predictivity is constant; analyse where the text is: "
-                   "positions=last (the position the label is read at) or text_mean"
-                   if pl_module.family == "causal_lm" else ""))
-        datasets = getattr(datamodule, "datasets", None)
-        if datasets is None or not isinstance(datamodule, PromptData):
+        check_positions(pl_module.family, self.part, self.positions)
+        if not isinstance(datamodule, PromptData):
             raise SkillNeuronError("SkillNeuronCallback needs a PromptDataModule (it reads its splits by role)")
+        datasets = datamodule.datasets
         train = datasets.get(THRESHOLD_ROLE)
         if train is None or len(train) == 0:
             raise SkillNeuronError(
@@ -224,13 +217,10 @@ class SkillNeuronCallback(Callback):
                 )
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Ask the DataModule for the train split (thresholds) and check the run (the CLI did both already,
-        before the stage started; repeated here, cheaply, for a Trainer used without the CLI); warn once when the
-        trainer has more than one SkillNeuronCallback (only the first one runs)."""
-        datamodule = getattr(trainer, "datamodule", None)
-        if isinstance(datamodule, PromptData):
-            datamodule.require(*self.data_roles(stage, trainer))
-        self.check_run(trainer, pl_module, datamodule, stage)
+        """Ask the DataModule for the train split (thresholds) and check the run, unless the CLI did both before
+        the stage started (:func:`lightning_modules.contracts.check_at_setup`); warn once when the trainer has
+        more than one SkillNeuronCallback (only the first one runs)."""
+        check_at_setup(self, trainer, pl_module, stage)
         found = [cb for cb in trainer.callbacks if isinstance(cb, SkillNeuronCallback)]
         if len(found) > 1 and self is found[0]:
             rank_zero_warn(f"the trainer has {len(found)} SkillNeuronCallbacks: only the first one runs the analysis "

@@ -44,7 +44,9 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from callbacks.run_summary import run_dir_of
+from lightning_modules.contracts import check_at_setup
 from lightning_modules.ffn import PARTS, Part, ffn_shape, hook_ffn, remove_hooks
+from records.errors import OptionError
 from records.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
 from records.neuron_selection import Sizing, num_selected, sizing_of, top_percent_mask
 from records.summary import finished_fit_runs, read_summary, run_of_checkpoint, update_summary
@@ -135,14 +137,14 @@ class NeuronSuppression(Callback):
         neuron_source: NeuronSource = "own",
     ):
         if rate is not None and not 0 <= rate <= 100:
-            raise SkillNeuronError(f"suppression.rate={rate}: give a percentage of units per layer in [0, 100]")
+            raise OptionError(f"suppression.rate={rate}: give a percentage of units per layer in [0, 100]")
         for name, value, allowed in (("selection", selection, SELECTIONS), ("perturbation", perturbation, PERTURBATIONS),
                                      ("adversarial_neurons", adversarial_neurons, ADVERSARIAL_NEURONS),
                                      ("part", part, PARTS), ("neuron_source", neuron_source, NEURON_SOURCES)):
             if value not in allowed:
-                raise SkillNeuronError(f"suppression.{name}={value!r}: use one of {', '.join(allowed)}")
+                raise OptionError(f"suppression.{name}={value!r}: use one of {', '.join(allowed)}")
         if perturbation == "gaussian" and not std > 0:
-            raise SkillNeuronError(f"suppression.std={std}: the gaussian perturbation needs a positive std")
+            raise OptionError(f"suppression.std={std}: the gaussian perturbation needs a positive std")
         self.rate, self.selection, self.perturbation, self.std = rate, selection, perturbation, std
         self.neurons = list(neurons) if neurons else None
         self.eval_set, self.adversarial_neurons, self.part, self.seed = eval_set, adversarial_neurons, part, seed
@@ -165,10 +167,6 @@ class NeuronSuppression(Callback):
         return self.active
 
     # ------------------------------------------------------------------ set-up
-    def data_roles(self, stage: str, trainer: Trainer | None = None) -> tuple[str, ...]:
-        """No splits beyond the stage's own."""
-        return ()
-
     def check_run(self, trainer: Trainer, pl_module: LightningModule, datamodule, stage: str) -> None:
         """Called by the CLI before the stage starts: settings, neuron files and model are checked (and the
         units fixed) before any run file exists. Checks the settings against the model and data and fixes the
@@ -205,8 +203,8 @@ class NeuronSuppression(Callback):
         }
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """The same checks for a Trainer used without the CLI (cheap: neuron files are small)."""
-        self.check_run(trainer, pl_module, trainer.datamodule, stage)
+        """The same checks for a Trainer used without the CLI (the CLI made them before the stage started)."""
+        check_at_setup(self, trainer, pl_module, stage)
 
     def _checkpoint_run(self, trainer: Trainer) -> Path:
         run = run_of_checkpoint(trainer.ckpt_path) if trainer.ckpt_path else None

@@ -21,20 +21,23 @@ from datamodules.task_spec import MARKERS, Source, TaskError, TaskSpec, as_sourc
 from datamodules.p1_vocabulary import check_p1_ids
 from datamodules.tasks import accuracy_label, get_task
 from lightning_modules.backbones import check_lengths, family_of, load_tokenizer, max_input_length_of
+from lightning_modules.rules import check_layout
+from records.errors import OptionError
 
 
 def check_sizes(**sizes: int | None) -> None:
     """Sizes and counts are whole numbers >= 1 (``None`` means "not set" where that is allowed):
-    ``batch_size=0`` would otherwise fall back to ``eval_batch_size``, ``max_train_samples=0`` empty the split."""
+    ``batch_size=0`` would otherwise fall back to ``eval_batch_size``, ``max_train_samples=0`` empty the split.
+    The DataModule checks them when it is built (the CLI's too: a failure gives the claimed run folder back)."""
     for name, value in sizes.items():
         if value is None and name != "batch_size":
             continue
         least = 0 if name == "num_workers" else 1  # num_workers=0 loads in the main process
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             flag = f"--model.{name}" if name == "prompt_length" else f"--data.{name}"
-            raise TaskError(f"{flag}={value!r}: give a whole number of at least {least}"
-                            + ("" if name in ("batch_size", "prompt_length", "max_text_length", "num_workers") else
-                               " (or leave it unset for all)" if name.startswith("max_") else " (or leave it unset)"))
+            raise OptionError(f"{flag}={value!r}: give a whole number of at least {least}"
+                              + ("" if name in ("batch_size", "prompt_length", "max_text_length", "num_workers") else
+                                 " (or leave it unset for all)" if name.startswith("max_") else " (or leave it unset)"))
 
 
 class PromptDataModule(LightningDataModule):
@@ -276,6 +279,7 @@ class PromptDataModule(LightningDataModule):
         if self.hparams.padding_side == "left" and self.family != "causal_lm":
             raise TaskError(f"data.padding_side=left is for causal LMs only: {self.hparams.backbone!r} is a "
                             f"{self.family} model, whose positions are numbered by index — use data.padding_side=right")
+        check_layout(self.family, self.layout, self.hparams.backbone, self.hparams.prompt_length)
         self.label_token_ids  # (loads the tokenizer)
         check_lengths(self._config, self.tokenizer, self.hparams.backbone, self.layout,
                       prompt_length=self.hparams.prompt_length, max_text_length=self.hparams.max_text_length)

@@ -3,7 +3,7 @@
 Hub splits are read with ``datasets.load_dataset``; local csv/tsv/json/jsonl/parquet files through the
 same function's file builders, so both are cached by ``datasets``. Every problem a user can cause (missing
 file or column, a label outside the declared ones, an empty split, a hub name while offline) raises a
-:class:`~datamodules.tasks.TaskError` naming the fix.
+:class:`~datamodules.task_spec.TaskError` naming the fix.
 """
 
 from __future__ import annotations

@@ -41,9 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.rules import PAPER_FAMILIES
+from records.errors import UserError
+
 FAMILIES = ("masked_lm", "seq2seq", "causal_lm")
-# P1's layout exists for the two families P1 used; a causal LM reads its label after the template's text.
-PAPER_FAMILIES = ("masked_lm", "seq2seq")
 # Causal LMs read the label as the next token after the text, so their template ends in a cue: the task's text
 # fields (one per line), a space, then the cue of the task's type (``TaskSpec.causal_template`` overrides it).
 CAUSAL_CUES = {"sentiment": "Sentiment:", "nli": "Entailment:", "paraphrase": "Same meaning:",
@@ -57,7 +58,7 @@ SAMPLES_DIR = Path(__file__).parent / "data"
 FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A user's mistake in declaring or choosing a task; the message names the fix."""
 
 
@@ -259,11 +260,8 @@ class TaskSpec:
         return "\n".join("{%s}" % f for f in self.text_fields) + " " + CAUSAL_CUES.get(self.type, DEFAULT_CAUSAL_CUE)
 
     def paper_format(self, family: str) -> PaperFormat:
-        """P1's format of this task for ``family`` (``layout: paper``); raises if the task has none."""
-        if family not in PAPER_FAMILIES:
-            raise TaskError(f"layout 'paper' is P1's input for masked LMs and encoder–decoders; P1 has no {family} "
-                            "model — use --model.layout=standard (the causal LM reads the label after the task's "
-                            "causal_template)")
+        """P1's format of this task for ``family`` (``layout: paper``); raises if the task has none (which
+        families may run ``paper`` at all is :func:`lightning_modules.rules.check_layout`)."""
         if family not in self.paper:
             raise TaskError(
                 f"task {self.name!r} has no P1 input format for {family} backbones, so layout 'paper' cannot run "

@@ -37,6 +37,8 @@ from transformers import (
     T5ForConditionalGeneration, T5Tokenizer,
 )
 
+from records.errors import UserError
+
 CORPUS = Path(__file__).parent / "assets" / "tokenizer_corpus.txt"
 PRESET_VERSION = "v1"
 TINY_PRESETS = ("tiny-roberta", "tiny-t5", "tiny-gpt2", "tiny-llama")
@@ -49,7 +51,7 @@ PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "roberta-prel
 DEFAULT_LENGTH_LIMIT = 2048  # prompt or text positions of a backbone that states no limit
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError, ValueError):
     """A backbone that cannot be used; the message names the fix."""
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.backbones import BackboneError
 from lightning_modules.prompt_tuning import AnalysedPositions, PromptTuningModule
+from lightning_modules.rules import check_positions
 
 
 class CausalLMPromptTuning(PromptTuningModule):
@@ -29,11 +29,6 @@ class CausalLMPromptTuning(PromptTuningModule):
     """
 
     family = "causal_lm"
-
-    def check_layout(self, layout: str) -> None:
-        if layout == "paper":
-            raise BackboneError(f"layout 'paper' is P1's input for RoBERTa and T5; P1 has no causal LM, so "
-                                f"{self.hparams.backbone!r} runs with --model.layout=standard")
 
     # ------------------------------------------------------------------ forward
     def full_attention_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -64,9 +59,6 @@ class CausalLMPromptTuning(PromptTuningModule):
         self.backbone.base_model(**inputs, use_cache=False)  # the layers (the FFN units) without the head
 
     # ------------------------------------------------------------------ analysed positions
-    def position_choices(self):
-        return ("last", "text_mean")
-
     def neuron_positions(self, part="encoder", choice="last"):
         raise ValueError(f"positions={choice!r} of a causal LM depend on each example's length and padding, so "
                          "they have no fixed absolute positions — use analysed_positions()")
@@ -74,10 +66,7 @@ class CausalLMPromptTuning(PromptTuningModule):
     def analysed_positions(self, part: str = "encoder", choice: str = "last") -> AnalysedPositions:
         if part != "encoder":
             raise ValueError(f"part={part!r}: a causal LM's one stack of layers is analysed as part='encoder'")
-        if choice not in self.position_choices():
-            raise ValueError(f"positions={choice!r} does not exist for a causal LM — choose one of "
-                             f"{list(self.position_choices())} (its prompt positions come before the text, so "
-                             "their activations cannot depend on the example)")
+        check_positions(self.family, part, choice)
         if choice == "last":
             def last(units, batch):
                 at = self.last_positions(self.full_attention_mask(batch))  # (B,)

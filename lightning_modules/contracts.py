@@ -1,9 +1,10 @@
 """What the Lightning components promise each other, as ``typing.Protocol``s instead of attribute probing.
 
-* :class:`ChecksRun` — a callback that checks the model, data and settings before any work, and may need
-  splits beyond the stage's own (the skill-neuron analysis needs the train split for its thresholds). The CLI
-  runs :func:`preflight` before every stage; the callback also asks the DataModule for those splits itself
-  (``datamodule.require``) when it is used without the CLI.
+* :class:`ChecksRun` — a callback that checks the model, data and settings before any work; with
+  :class:`NeedsData` it also names splits beyond the stage's own (the skill-neuron analysis needs the train
+  split for its thresholds). The CLI runs :func:`preflight` before every stage; the callback's ``setup`` calls
+  :func:`check_at_setup`, which checks only what :func:`preflight` did not (a Trainer used without the CLI), so
+  the check runs once per stage.
 * :class:`PerturbsNeurons` — a callback that changes the model's neurons while it evaluates (suppression):
   the skill-neuron analysis and the transfer record stand aside.
 * :class:`PromisesOutputs` — a callback whose files a run must hold before it counts as ``finished``.
@@ -11,21 +12,27 @@
   Lightning): the run summary records them with the stage's other metrics.
 * :class:`AnalysesNeurons` — a callback that analyses neurons: the part and positions it analyses are settings
   of the run (``summary.json`` → ``settings``).
-* :class:`PromptData` — what the callbacks ask of the DataModule (``PromptDataModule`` has it all).
+* :class:`PromptData` — what the callbacks and the CLI ask of the DataModule; :class:`ModelData` — what the
+  prompt-tuning module reads from it in ``setup`` (``PromptDataModule`` has both). Two protocols, so that a
+  callback's ``isinstance`` check does not evaluate the verbalizer properties the module needs.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
+from weakref import WeakKeyDictionary
 
 
 @runtime_checkable
 class ChecksRun(Protocol):
+    def check_run(self, trainer: Any, pl_module: Any, datamodule: Any, stage: str) -> None:
+        """Raise one clear error (a :class:`records.errors.UserError`) for input that cannot give a meaningful run."""
+
+
+@runtime_checkable
+class NeedsData(Protocol):
     def data_roles(self, stage: str, trainer: Any = None) -> tuple[str, ...]:
         """Splits the DataModule must load for ``stage`` beyond its own (e.g. ``("train",)``)."""
-
-    def check_run(self, trainer: Any, pl_module: Any, datamodule: Any, stage: str) -> None:
-        """Raise one clear error (the project's own exception) for input that cannot give a meaningful run."""
 
 
 @runtime_checkable
@@ -56,7 +63,12 @@ class AnalysesNeurons(Protocol):
 @runtime_checkable
 class PromptData(Protocol):
     task: Any  # the task declaration (datamodules.task_spec.TaskSpec): name, text fields, label names
+    datasets: dict[str, Any]  # loaded, tokenised splits by role (input_ids, label, idx ...)
     source_rows: dict[str, Any]  # loaded evaluation splits before tokenising (text fields, label, idx), by role
+
+    @property
+    def num_classes(self) -> int:
+        """How many labels the task has."""
 
     def load(self, stage: str | None) -> None:
         """Read, check and tokenise the splits ``stage`` needs."""
@@ -66,6 +78,9 @@ class PromptData(Protocol):
 
     def eval_roles(self, stage: str) -> list[str]:
         """The evaluation sets of ``stage``: the clean one first, then the adversarial ones."""
+
+    def lengths(self, role: str) -> list[int]:
+        """The token count of every example of a loaded split."""
 
     def analysis_loader(self, role: str, indices: list[int], batch_size: int | None = None) -> Any:
         """A loader over the rows ``indices`` of split ``role``."""
@@ -77,9 +92,41 @@ class PromptData(Protocol):
         """The classes the model scores, in logit order: the labels, then ``extra:<word>`` per extra word."""
 
 
+@runtime_checkable
+class ModelData(Protocol):
+    @property
+    def family(self) -> str:
+        """The backbone family of the DataModule's tokenizer (``masked_lm``, ``seq2seq``, ``causal_lm``)."""
+
+    @property
+    def layout(self) -> str:
+        """``paper`` or ``standard``: how the text is laid out."""
+
+    @property
+    def label_token_ids(self) -> list[int]:
+        """Vocabulary ids of the scored words, in logit order."""
+
+    @property
+    def label_target_ids(self) -> list[list[int]] | None:
+        """``paper`` seq2seq: per label, its word's target tokens (-100 padded); ``None`` otherwise."""
+
+    @property
+    def mask_index(self) -> int | None:
+        """Where ``<mask>`` sits among the text tokens; ``None`` when the text holds none."""
+
+    @property
+    def eval_set_names(self) -> list[str]:
+        """Names of the evaluation loaders, in loader order."""
+
+
 def neurons_perturbed(callbacks: list) -> bool:
     """Whether a callback of this trainer perturbs the model's neurons."""
     return any(isinstance(cb, PerturbsNeurons) and cb.perturbs_neurons for cb in callbacks)
+
+
+# callback -> (trainer, stage) that preflight checked and whose setup has not run yet (a weak key: callbacks
+# pickled to spawned processes check again there, with the data loaded there)
+_PREFLIGHTED: WeakKeyDictionary = WeakKeyDictionary()
 
 
 def preflight(trainer: Any, pl_module: Any, datamodule: Any, stage: str) -> None:
@@ -90,5 +137,19 @@ def preflight(trainer: Any, pl_module: Any, datamodule: Any, stage: str) -> None
     datamodule.load(stage)
     for callback in trainer.callbacks:
         if isinstance(callback, ChecksRun):
-            datamodule.require(*callback.data_roles(stage, trainer))
-            callback.check_run(trainer, pl_module, datamodule, stage)
+            _check(callback, trainer, pl_module, datamodule, stage)
+            _PREFLIGHTED[callback] = (id(trainer), stage)
+
+
+def check_at_setup(callback: ChecksRun, trainer: Any, pl_module: Any, stage: str) -> None:
+    """A :class:`ChecksRun` callback's ``setup``: load its splits and check the run, unless :func:`preflight`
+    did both for this trainer and stage (the CLI) — so the check runs once per stage either way."""
+    if _PREFLIGHTED.pop(callback, None) == (id(trainer), stage):
+        return
+    _check(callback, trainer, pl_module, getattr(trainer, "datamodule", None), stage)
+
+
+def _check(callback: ChecksRun, trainer: Any, pl_module: Any, datamodule: Any, stage: str) -> None:
+    if isinstance(callback, NeedsData) and isinstance(datamodule, PromptData):
+        datamodule.require(*callback.data_roles(stage, trainer))
+    callback.check_run(trainer, pl_module, datamodule, stage)

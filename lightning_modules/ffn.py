@@ -44,11 +44,13 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.pytorch_utils import Conv1D
 
+from records.errors import UserError
+
 Part = Literal["encoder", "decoder"]
 PARTS = get_args(Part)
 
 
-class FFNLookupError(ValueError):
+class FFNLookupError(UserError, ValueError):
     """The backbone has no FFN of the requested part, or none this module knows how to find."""
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.backbones import BackboneError
 from lightning_modules.prompt_tuning import PromptTuningModule
+from lightning_modules.rules import LayoutError
 
 
 class MaskedLMPromptTuning(PromptTuningModule):
@@ -28,13 +28,13 @@ class MaskedLMPromptTuning(PromptTuningModule):
         embeddings = getattr(self.backbone.base_model, "embeddings", None)
         kind = getattr(self.backbone.config, "position_embedding_type", "absolute")
         if getattr(embeddings, "position_embeddings", None) is None or kind not in (None, "absolute"):
-            raise BackboneError(
+            raise LayoutError(
                 f"layout 'paper' zeroes the prompt slots' absolute position embeddings (P1), but "
                 f"{self.hparams.backbone!r} ({self.backbone.config.model_type}) has none — use --model.layout=standard"
             )
         if self.tokenizer.mask_token_id is None:
-            raise BackboneError(f"layout 'paper' puts <mask> in prompt slot 0, but {self.hparams.backbone!r} has no "
-                                "mask token — use another backbone")
+            raise LayoutError(f"layout 'paper' puts <mask> in prompt slot 0, but {self.hparams.backbone!r} has no "
+                              "mask token — use another backbone")
 
     def _mlm_head(self):
         # RoBERTa/XLM-R/CamemBERT call it lm_head, BERT-like models cls; others use the full model below.
@@ -90,9 +90,6 @@ class MaskedLMPromptTuning(PromptTuningModule):
 
     def encode(self, inputs):
         self.backbone.base_model(**inputs)
-
-    def position_choices(self):
-        return ("prompt", "mask", "prompt+mask")
 
     def neuron_positions(self, part="encoder", choice="prompt"):
         prompt = super().neuron_positions(part, choice)

@@ -16,6 +16,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.backbones import BackboneError, load_backbone
+from lightning_modules.contracts import ModelData
+from lightning_modules.rules import LayoutError, check_layout, check_positions, position_choices
 from lightning_modules.soft_prompt import OptionError, SoftPrompt, check_prompt_options
 from records.prompt_checkpoint import FAMILY_CLASSES, check_prompt_shape, keep_prompt_only, metadata
 
@@ -27,7 +29,7 @@ def check_model_options(prompt_length: int = 8, prompt_init: str = "vocab", prom
                         **_: object) -> None:
     """Refuse, before any backbone is loaded, options that cannot train: a learning rate that is not a positive
     number (0 trains nothing), a negative or non-finite weight decay or ``adam_eps``, a prompt that cannot be
-    built (:func:`check_prompt_options`). The CLI calls it before it claims a run folder; the module too."""
+    built (:func:`check_prompt_options`). The module calls it first, before it loads the backbone."""
     rules = (("learning_rate", learning_rate, "a positive number (P1: 1e-3 RoBERTa, 5e-3 T5)", lambda v: v > 0),
              ("weight_decay", weight_decay, "a number of at least 0 (P1: 0)", lambda v: v >= 0),
              ("adam_eps", adam_eps, "a positive number (P1: 1e-6)", lambda v: v > 0))
@@ -110,6 +112,7 @@ class PromptTuningModule(LightningModule):
     ):
         super().__init__()
         check_model_options(prompt_length, prompt_init, prompt_init_text, learning_rate, weight_decay, adam_eps)
+        check_layout(self.family, layout, backbone, prompt_length)
         self.save_hyperparameters(logger=False)
         loaded = load_backbone(backbone)
         if loaded.family != self.family:
@@ -117,9 +120,6 @@ class PromptTuningModule(LightningModule):
                 f"backbone {backbone!r} is a {loaded.family} model, but {type(self).__name__} tunes "
                 f"{self.family} models — use --model={FAMILY_CLASSES[loaded.family]} (class_path in a config)"
             )
-        if layout == "paper" and self.family == "masked_lm" and prompt_length < 2:
-            raise BackboneError(f"layout 'paper' puts <mask> in prompt slot 0, so prompt_length={prompt_length} "
-                                "leaves no trainable vector — use --model.prompt_length=2 or more (P1: 100)")
         self.backbone = loaded.model.requires_grad_(False)
         self.tokenizer = loaded.tokenizer
         self.check_layout(layout)
@@ -136,24 +136,25 @@ class PromptTuningModule(LightningModule):
         self.mask_index: int | None = None
 
     def check_layout(self, layout: str) -> None:
-        """Refuse a layout this backbone cannot run (the family subclasses add their rules)."""
+        """Refuse a layout this loaded backbone cannot run (the family's own rules are
+        :func:`lightning_modules.rules.check_layout`, checked before the backbone is loaded)."""
 
     # ------------------------------------------------------------------ set-up from the data
     def setup(self, stage: str) -> None:
         """Take the verbalizer ids and evaluation-set names from the DataModule; build one metric per set."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "label_token_ids"):
+        if not isinstance(datamodule, ModelData):
             raise TypeError(f"{type(self).__name__} needs a PromptDataModule (it provides the task's verbalizer)")
         if datamodule.family != self.family:
             raise BackboneError(f"data.backbone is a {datamodule.family} model, model.backbone a {self.family} one "
                                 "— use the same backbone for both (the CLI links them)")
-        if getattr(datamodule, "layout", "standard") != self.hparams.layout:
-            raise BackboneError(f"data.layout is {datamodule.layout!r} but model.layout {self.hparams.layout!r} — "
-                                "use the same layout for both (the CLI links them)")
+        if datamodule.layout != self.hparams.layout:
+            raise LayoutError(f"data.layout is {datamodule.layout!r} but model.layout {self.hparams.layout!r} — "
+                              "use the same layout for both (the CLI links them)")
         self.label_token_ids = torch.tensor(datamodule.label_token_ids, device=self.device)
-        targets = getattr(datamodule, "label_target_ids", None)
+        targets = datamodule.label_target_ids
         self.label_target_ids = torch.tensor(targets if targets is not None else [], dtype=torch.long, device=self.device)
-        self.mask_index = getattr(datamodule, "mask_index", None)
+        self.mask_index = datamodule.mask_index
         self.eval_set_names = list(datamodule.eval_set_names)
         # Metrics count every scored word as a class: a prediction of an extra word (P1's MNLI) is simply wrong.
         classes = len(datamodule.label_token_ids)
@@ -200,9 +201,9 @@ class PromptTuningModule(LightningModule):
         else:
             self.encode(inputs)
 
-    def position_choices(self) -> tuple[str, ...]:
-        """The analysed-position choices this model has (``mask`` ones only where the input has a <mask>)."""
-        return ("prompt",)
+    def position_choices(self, part: str = "encoder") -> tuple[str, ...]:
+        """The analysed-position choices of this model's ``part`` (:func:`lightning_modules.rules.position_choices`)."""
+        return position_choices(self.family, part)
 
     def neuron_positions(self, part: str = "encoder", choice: str = "prompt") -> list[int]:
         """Absolute sequence positions whose FFN units are analysed.
@@ -211,15 +212,8 @@ class PromptTuningModule(LightningModule):
         slot 0 is its ``<mask>``, as P1 and P2 analyse it); masked LMs add ``mask`` (the ``<mask>`` position
         alone) and ``prompt+mask``. Decoder: its single first step (the decoder never sees the prompt).
         """
-        if part == "decoder":
-            if choice != "prompt":
-                raise ValueError(f"positions={choice!r}: the decoder is analysed at its first step only — use "
-                                 "positions=prompt with part=decoder")
-            return [0]
-        if choice not in self.position_choices():
-            raise ValueError(f"positions={choice!r} does not exist for a {self.family} model — choose one of "
-                             f"{list(self.position_choices())}")
-        return list(range(self.prompt.length))
+        check_positions(self.family, part, choice)
+        return [0] if part == "decoder" else list(range(self.prompt.length))
 
     def analysed_positions(self, part: str = "encoder", choice: str = "prompt") -> AnalysedPositions:
         """The positions the skill-neuron analysis reads (see :class:`AnalysedPositions`): here the fixed

@@ -5,11 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from records.errors import OptionError
+
 INIT_CHOICES = ("random", "vocab", "normal", "text")
-
-
-class OptionError(ValueError):
-    """An option of the prompt or its training that cannot give a meaningful run; the message names the fix."""
 
 
 def check_prompt_options(length: int, how: str, text: str | None) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from records.errors import UserError
+
 FILE_MODE = 0o666  # as open() creates a file: the umask decides (0644 under the usual 022), like every run file
 
 
@@ -32,7 +34,7 @@ def _create_temp(folder: Path, name: str) -> tuple[int, str]:
     raise FileExistsError(f"no free temp file name for {name} in {folder}")
 
 
-class WriteError(OSError):
+class WriteError(UserError, OSError):
     """A run file could not be written (disk full, read-only or forbidden folder). The message names the file
     and the free space; the file's previous version is intact. The CLI prints it as one line, exit code 1."""
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from records.errors import UserError
 from records.files import atomic_write
 from records.neuron_selection import mean_over_prompts
 from records.settings import RunSettings
@@ -21,7 +22,7 @@ from records.settings import RunSettings
 OUTPUT_DIR = "skill_neurons"
 
 
-class SkillNeuronError(ValueError):
+class SkillNeuronError(UserError, ValueError):
     """A skill-neuron analysis that cannot give a meaningful answer (the message names the fix)."""
 
 

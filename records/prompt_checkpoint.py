@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from records.errors import UserError
 from records.files import atomic_write
 
 PROMPT_KEY = "prompt.weight"
@@ -30,7 +31,7 @@ FAMILY_CLASSES = {"masked_lm": "lightning_modules.MaskedLMPromptTuning",
                   "causal_lm": "lightning_modules.CausalLMPromptTuning"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is not a readable skill-neurons prompt checkpoint; the message names the fix."""
 
 

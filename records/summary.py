@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from records.configuration import differing_keys, label
+from records.errors import UserError
 from records.files import backup_path, read_json, write_json_atomic
 from records.settings import RunSettings
 
@@ -100,7 +101,7 @@ def read_summary(run_dir: str | Path) -> Summary:
     return read_json(summary_path(run_dir))  # type: ignore[return-value]
 
 
-class SummaryError(ValueError):
+class SummaryError(UserError, ValueError):
     """A ``summary.json`` that exists but does not parse: the run's record, never overwritten."""
 
 
@@ -225,7 +226,7 @@ def finished_fit_runs(roots: list[str | Path], recursive: bool = False) -> list[
 PICKS = ("latest", "best")  # ``&pick=`` of a ``--from_run`` selector: which of several matching runs
 
 
-class RunSelectorError(ValueError):
+class RunSelectorError(UserError, ValueError):
     """A ``ROOT?key=value&...`` selector that matches several runs (and says no ``pick``), or a bad ``pick``; the
     message lists the candidates and names the fix."""
 

@@ -10,8 +10,9 @@
 ``fit``/``validate``/``test``/``predict`` are the LightningCLI (:mod:`skill_neurons.lightning_cli`); ``sweep``,
 ``report`` and ``import-prompt`` are tools with ``main(argv) -> exit code`` that never import Lightning unless
 they need it; ``skill-neurons --help``, a missing or unknown command and ``analyse --help`` are answered by plain
-argparse (:mod:`skill_neurons.cli_options`), so they load no Lightning either. The project's errors (a bad task,
-backbone, data file, checkpoint, option) end the command with one line on stderr and exit code 2; ``--debug`` or
+argparse (:mod:`skill_neurons.cli_options`), so they load no Lightning either. A user's mistake (a
+:class:`records.errors.UserError`: a bad task, backbone, data file, checkpoint, option) ends the command with one
+line on stderr and exit code 2 (1 for a file that cannot be written); ``--debug`` or
 ``SKILL_NEURONS_DEBUG=1`` shows the traceback instead. Process-wide settings (warning and log filters,
 :mod:`skill_neurons.quiet`) are made here, at the entry point, never on import of a library module.
 """
@@ -23,9 +24,10 @@ import os
 import re
 import sys
 
+from records.errors import UserError
 from skill_neurons.cli_options import COMMANDS, DEBUG_ENV, HELP_FLAGS, analyse_parser, main_parser, wants_help
 from skill_neurons.quiet import quiet_known_noise
-from skill_neurons.runs import RUNS_DIR_ENV, CLIError, analyse_args, take_from_run
+from skill_neurons.runs import RUNS_DIR_ENV, analyse_args, take_from_run
 
 # skill-neurons <tool> ...: each module has main(argv) -> exit code.
 TOOLS = {"sweep": "skill_neurons.sweep.command", "report": "skill_neurons.report.main",
@@ -33,21 +35,14 @@ TOOLS = {"sweep": "skill_neurons.sweep.command", "report": "skill_neurons.report
 STAGES = ("fit", "validate", "test", "predict")
 
 
-# The project's errors: each is a user's mistake with a message that names the fix (module, class).
-USER_ERRORS = (("records.neuron_files", "SkillNeuronError"), ("records.prompt_checkpoint", "CheckpointError"),
-               ("records.files", "WriteError"), ("records.summary", "SummaryError"),
-               ("datamodules.tasks", "TaskError"), ("lightning_modules.backbones", "BackboneError"),
-               ("lightning_modules.ffn", "FFNLookupError"),
-               ("lightning_modules.soft_prompt", "OptionError"),
-               # a config's ${...} that names no key, or a cycle (omegaconf+ mode resolves them)
-               ("omegaconf.errors", "InterpolationResolutionError"))
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The classes of :data:`USER_ERRORS` that exist in this process: an error can only have been raised by a
-    module that was imported, so classifying one never imports the Lightning side."""
-    loaded = [getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules]
-    return (CLIError, *loaded)
+    """:class:`UserError`, and omegaconf's error for a config's ``${...}`` that names no key or refers back to
+    itself (omegaconf+ mode resolves them) once omegaconf is loaded: only a loaded module can have raised it, so
+    classifying an error never imports omegaconf or the Lightning side."""
+    interpolation = getattr(sys.modules.get("omegaconf.errors"), "InterpolationResolutionError", None)
+    return (UserError,) if interpolation is None else (UserError, interpolation)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -74,7 +69,7 @@ def main(args: list[str] | None = None) -> None:
         message = describe(cause)
         print(f"skill-neurons: error: {message}  (--debug or {DEBUG_ENV}=1 shows the traceback)",
               file=sys.stderr, flush=True)
-        raise SystemExit(getattr(cause, "exit_code", 2)) from None  # a file that cannot be written: 1
+        raise SystemExit(getattr(cause, "exit_code", UserError.exit_code)) from None  # a file that cannot be written: 1
     finally:
         if before is None:
             os.environ.pop(DEBUG_ENV, None)

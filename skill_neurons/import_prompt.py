@@ -68,6 +68,8 @@ import torch
 
 from lightning_modules.backbones import BackboneError, family_of, load_tokenizer
 from lightning_modules.prompt_tuning import PromptTuningModule
+from lightning_modules.rules import check_layout
+from records.errors import UserError
 from records.prompt_checkpoint import FAMILY_CLASSES, metadata, write_checkpoint
 from skill_neurons.flags import old_spellings
 
@@ -91,7 +93,7 @@ LAYOUTS = ("paper", "standard")
 SEED_DIR = re.compile(r"^seed_?([A-Za-z0-9]+)$|^(\d+)$")
 
 
-class PromptImportError(ValueError):
+class PromptImportError(UserError, ValueError):
     """A prompt that cannot be imported; the message names the fix."""
 
 
@@ -275,9 +277,7 @@ def import_prompt(source: Path, out: Path, backbone: str, family: str | None = N
         )
     if layout not in LAYOUTS:
         raise PromptImportError(f"unknown --layout {layout!r}; choose paper or standard")
-    if layout == "paper" and source_family == "causal_lm":
-        raise PromptImportError("layout 'paper' is P1's input for RoBERTa and T5; P1 has no causal LM — import a "
-                                "causal-LM prompt with --layout standard")
+    check_layout(source_family, layout, backbone, flag="--layout")
     if mask_slot is None:
         mask_slot = "drop" if source_family == "masked_lm" and layout == "standard" else "keep"
     if mask_slot not in MASK_SLOTS:
@@ -443,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``skill-neurons import-prompt …``; returns the exit code (0 imported, 2 refused)."""
+    """``skill-neurons import-prompt …``; returns the exit code (0 imported, 2 refused, 1 a file that cannot be
+    written)."""
     argv = old_spellings(sys.argv[1:] if argv is None else argv, RENAMED, PROG)
     args = build_parser().parse_args(argv)
     try:
@@ -475,9 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             raise PromptImportError(f"{args.source} is not in a …Prompt<Model>/ folder — pass --backbone NAME")
         result = import_prompt(args.source, args.out, backbone, args.family, args.mask_slot, args.task, args.seed,
                                args.key, args.force, layout=args.layout)
-    except PromptImportError as err:
+    except UserError as err:  # PromptImportError, the family rules' LayoutError, a backbone that cannot load ...
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     p, h = result.prompt_shape
     first, end = result.imported_from["rows"]
     print(f"imported rows {first}..{end - 1} of {result.source} as a {p} x {h} prompt for {result.backbone} "

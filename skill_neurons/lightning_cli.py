@@ -216,6 +216,8 @@ class SkillNeuronsCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt_path = config.get("ckpt_path")
+        # the option rules, before any work (the model would load its backbone before the DataModule checks its
+        # sizes): the same functions the model and the DataModule call when they are built without the CLI
         check_sizes(**{k: config.data.get(k) for k in ("batch_size", "eval_batch_size", "max_train_samples",
                                                           "max_eval_samples", "prompt_length", "max_text_length",
                                                           "num_workers")})

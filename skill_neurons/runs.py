@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from records.configuration import configuration_of, differing_keys
+from records.errors import UserError
 from records.run_status import process_gone, status_of
 from records.summary import (
     BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RunSelectorError, find_run, is_run_id, read_summary,
@@ -20,7 +21,7 @@ DEFAULT_RUNS_DIR = "runs"  # --runs_dir when none is given
 RANK_ENVS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
 
 
-class CLIError(ValueError):
+class CLIError(UserError, ValueError):
     """A mistake in the command line (run id, checkpoint, --from_run); the message names the fix."""
 
 

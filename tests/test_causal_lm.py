@@ -20,6 +20,8 @@ from datamodules.tasks import TaskError, TaskSpec, get_task
 from lightning_modules import CausalLMPromptTuning, MaskedLMPromptTuning
 from lightning_modules.backbones import BackboneError, load_backbone
 from lightning_modules.ffn import FFNLookupError, ffn_hooks, ffn_shape, ffn_sites
+from lightning_modules.rules import LayoutError
+from records.errors import OptionError
 from records.neuron_selection import top_percent_mask
 from tests.helpers.tiny import brute_force_statistics, marker_task, validate
 from tests.test_suppression import RecordUnits
@@ -164,7 +166,7 @@ def test_prompt_positions_do_not_depend_on_the_example_so_the_prompt_choice_is_r
         model(Collator(pad_id_of(dm.tokenizer))([dm.datasets["validation"][i] for i in range(5)]))
     for units in prompt_units:  # (B, P, N): the same for every example
         torch.testing.assert_close(units, units[:1].expand_as(units), rtol=0, atol=1e-6)
-    with pytest.raises(SkillNeuronError, match=r"positions='prompt'.*causal_lm.*prompt before the text.*"
+    with pytest.raises(OptionError, match=r"positions='prompt'.*causal_lm.*prompt before the text.*"
                                                r"predictivity is constant.*positions=last"):
         validate(model, dm, tmp_path, SkillNeuronCallback())
     with pytest.raises(ValueError, match="choose one of \\['last', 'text_mean'\\]"):
@@ -339,11 +341,11 @@ def test_verbalizer_words_whose_first_sub_tokens_collide_are_refused(causal_back
 
 
 def test_layout_paper_family_classes_and_left_padding_are_checked(causal_backbones):
-    with pytest.raises(BackboneError, match="P1 has no causal LM.*--model.layout=standard"):
+    with pytest.raises(LayoutError, match="P1 has no causal LM.*--model.layout=standard"):
         CausalLMPromptTuning(backbone="tiny-gpt2", layout="paper")
     with pytest.raises(BackboneError, match="use --model=lightning_modules.CausalLMPromptTuning"):
         MaskedLMPromptTuning(backbone="tiny-llama")
-    with pytest.raises(TaskError, match="layout 'paper' is P1's input .* use --model.layout=standard"):
+    with pytest.raises(LayoutError, match="layout 'paper' is P1's input .* use --model.layout=standard"):
         PromptDataModule(task="marker", backbone="tiny-gpt2", layout="paper").prepare_data()
     with pytest.raises(TaskError, match="P1's layout exists for .*masked_lm.*seq2seq.* only"):
         TaskSpec.from_dict({**causal_task(), "paper": {"causal_lm": {"segments": ["{sentence}"]}}})

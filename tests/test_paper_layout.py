@@ -20,7 +20,8 @@ from datamodules import PromptDataModule
 from datamodules.prompt_datamodule import Collator, check_p1_ids
 from datamodules.tasks import P1_ROBERTA_BASE_IDS, TASKS, TaskError
 from lightning_modules import MaskedLMPromptTuning, Seq2SeqPromptTuning
-from lightning_modules.backbones import BackboneError
+from lightning_modules.rules import LayoutError
+from records.errors import OptionError
 from tests.helpers import ROOT
 
 P = 5
@@ -225,12 +226,12 @@ def test_mask_positions_do_not_exist_for_t5(tmp_path, tiny_backbones):
     model, dm = setup("seq2seq", "sst2_sample", tmp_path)
     dm.setup("fit")
     trainer = SimpleNamespace(callbacks=[])
-    with pytest.raises(SkillNeuronError, match=r"positions='mask'.*T5 has no <mask>"):
+    with pytest.raises(OptionError, match=r"positions='mask'.*T5 has no <mask>"):
         SkillNeuronCallback(positions="mask").check_run(trainer, model, dm, "validate")
 
 
 def test_paper_layout_needs_the_mask_slot_plus_one_vector(tiny_backbones):
-    with pytest.raises(BackboneError, match="prompt_length=1 leaves no trainable vector"):
+    with pytest.raises(LayoutError, match="prompt_length=1 leaves no trainable vector"):
         MaskedLMPromptTuning(backbone="tiny-roberta", prompt_length=1, layout="paper")
 
 
@@ -328,7 +329,7 @@ def test_another_masked_lm_follows_the_same_rules_or_is_refused(tmp_path, tiny_b
 
     relative = MaskedLMPromptTuning(backbone="tiny-roberta", prompt_length=3)
     relative.backbone.config.position_embedding_type = "relative_key"
-    with pytest.raises(BackboneError, match="has none — use --model.layout=standard"):
+    with pytest.raises(LayoutError, match="has none — use --model.layout=standard"):
         relative.check_layout("paper")
 
 

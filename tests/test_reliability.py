@@ -166,11 +166,11 @@ def test_debug_switch_shows_the_traceback(tmp_path, monkeypatch, tiny_backbones)
 
 def test_sizes_are_checked_by_the_datamodule_itself():
     from datamodules import PromptDataModule
-    from datamodules.tasks import TaskError
+    from records.errors import OptionError
 
     for bad in ({"batch_size": 0}, {"batch_size": None}, {"eval_batch_size": 0}, {"max_train_samples": 0},
                 {"prompt_length": 0}, {"max_text_length": 0}, {"batch_size": True}):
-        with pytest.raises(TaskError, match="give a whole number of at least 1"):
+        with pytest.raises(OptionError, match="give a whole number of at least 1"):
             PromptDataModule(task="marker", **bad)
 
 

@@ -126,6 +126,16 @@ def test_bad_values_are_refused_in_one_line_naming_the_fix(option, expected, tmp
     assert expected in err, err
 
 
+def test_sizes_and_model_options_are_refused_before_the_backbone_loads(tmp_path, capsys, tiny_backbones):
+    """The CLI checks the option rules before it builds the model: a bad size is named even when the backbone
+    could not be loaded at all (a big hub model would otherwise load for minutes before the one-line error)."""
+    for option, expected in (("--data.batch_size=0", "--data.batch_size=0"),
+                             ("--model.learning_rate=0", "--model.learning_rate=0.0")):
+        err = one_line_error(["fit", *FAST, f"--runs_dir={tmp_path / 'runs'}", option,
+                              "--model.backbone=/no/such/backbone_dir"], capsys, tmp_path / "runs")
+        assert expected in err and "backbone" not in err, err
+
+
 def test_model_options_are_checked_without_the_cli():
     from lightning_modules import MaskedLMPromptTuning
     from lightning_modules.soft_prompt import OptionError

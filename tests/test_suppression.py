@@ -11,6 +11,7 @@ from lightning import Callback
 from callbacks.skill_neurons import SkillNeuronCallback, SkillNeuronError, load_neuron_file
 from callbacks.suppression import NeuronSuppression, hashed_normal, random_units, stable_seed
 from lightning_modules.ffn import hook_ffn, remove_hooks
+from records.errors import OptionError
 from records.neuron_selection import num_selected, top_percent_mask
 from tests.helpers.tiny import P, make, validate
 
@@ -161,11 +162,11 @@ def test_skill_neuron_analysis_stands_aside_while_neurons_are_suppressed(tmp_pat
 
 # ---------------------------------------------------------------- bad input
 def test_bad_settings_name_the_fix(tmp_path, neuron_run):
-    with pytest.raises(SkillNeuronError, match=r"rate=120: give a percentage"):
+    with pytest.raises(OptionError, match=r"rate=120: give a percentage"):
         NeuronSuppression(rate=120)
-    with pytest.raises(SkillNeuronError, match="selection='best': use one of skill, random"):
+    with pytest.raises(OptionError, match="selection='best': use one of skill, random"):
         NeuronSuppression(rate=5, selection="best")
-    with pytest.raises(SkillNeuronError, match="perturbation='drop': use one of zero, gaussian, mean"):
+    with pytest.raises(OptionError, match="perturbation='drop': use one of zero, gaussian, mean"):
         NeuronSuppression(rate=5, perturbation="drop")
     model, dm = make("masked_lm")
     with pytest.raises(SkillNeuronError, match="the run has no skill-neuron analysis"):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from records.errors import UserError
 from records.figures import save_figure
 from records.neuron_files import OUTPUT_DIR, SkillNeuronError, neuron_file_of
 from records.settings import RunSettings
@@ -45,7 +46,7 @@ TITLES = {
 TOLERANCE = 1e-6  # recomputed vs summary.json numbers (both float64 from the same float32 scores)
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """Input the report cannot use at all (the message names the fix)."""
 
 

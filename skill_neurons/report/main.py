@@ -22,7 +22,7 @@ missing, in :data:`skill_neurons.report.base.TITLES` order: runs read; accuracy;
 neuron analyses as the paper defines them (:mod:`.paper`, :mod:`.spearman`, numbers from :mod:`.analyses`, seed
 means from :mod:`.seed_means`; ``--definitions p1-code``: as P1's released code computes them, :mod:`.p1_sections`,
 docs/p1_code.md); suppression (:mod:`.suppression` and the
-per-backbone detail here); class-balanced predictivity (:mod:`report_balance`); our per-seed variants (per-layer
+per-backbone detail here); class-balanced predictivity (:mod:`.balance`); our per-seed variants (per-layer
 boxes, per-seed overlap checked against ``summary.json``). Before any section, :func:`.groups.select` applies
 the filters (``--backbone``, ``--task``, ``--layout``, ``--positions``) and chooses one configuration per
 backbone × task (``--configuration``, else the best by validation accuracy), and :func:`.seed_means.check_inputs`

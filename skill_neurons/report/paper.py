@@ -1,7 +1,7 @@
 """The paper's figures of skill neurons vs adversarial data as the paper defines them (P1 ``src/analysis.py`` names;
 ``--definitions p1-code``: :mod:`.p1_sections`):
 overlap vs n, the adversarial predictivity of the clean skill neurons, where the skill neurons sit, and the
-predictivity of every neuron per dataset next to the model's accuracy. Numbers: :mod:`report_analyses`;
+predictivity of every neuron per dataset next to the model's accuracy. Numbers: :mod:`.analyses`;
 seed means: :mod:`.seed_means`. Each figure groups its datasets by task type."""
 
 from __future__ import annotations

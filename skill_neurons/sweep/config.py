@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from records.errors import UserError
 from records.files import atomic_write
 
 STATE_FILE = "state.json"
@@ -28,7 +29,7 @@ ENGINE_MISSING = ("W&B's sweep engine is not installed (PyPI package `sweeps`; t
 SUMMARY_SECTIONS = ("fit_metrics", "validate_metrics", "test_metrics", "summary")
 
 
-class SweepError(Exception):
+class SweepError(UserError):
     """A mistake in the sweep file, the options or the sweep directory; the message names the fix."""
 
 
