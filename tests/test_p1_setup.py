@@ -14,6 +14,7 @@ from datamodules.p1_vocabulary import ROBERTA_VOCABULARY, T5_VOCABULARY, check_p
 from datamodules.prompt_datamodule import verbalizer_token_ids
 from datamodules.tasks import TASKS, TaskError, accuracy_label
 from lightning_modules.neuron_statistics import PredictivityAccumulator
+from tests.helpers.statistics import update
 
 # Label-word tokens of the real vocabularies (P1's PromptRoberta.py / PromptT5.py ids, and roberta-base's
 # leading-space ids of "negative" / "positive").
@@ -118,7 +119,7 @@ def test_paper_stores_accuracy_in_p1s_label_order(task):
     threshold = torch.randn(2, 3, 5, generator=generator) * 0.3
     labels = torch.randint(0, 2, (40,), generator=generator)
     counts = PredictivityAccumulator(threshold, 2)
-    counts.update(acts, labels)
+    update(counts, acts, labels)
     p1 = p1_compute_accuracy(acts, threshold, [p1_label_of[int(y)] for y in labels])
     stored = counts.accuracy(accuracy_label(task, "paper"))
     assert torch.allclose(stored.double(), p1, atol=1e-7)
