@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from records.eval_set import EvalSet
+
 
 @runtime_checkable
 class ChecksRun(Protocol):
@@ -48,7 +50,7 @@ class ReportsMetrics(Protocol):
 @runtime_checkable
 class PromptData(Protocol):
     task: Any  # the task declaration (datamodules.task_spec.TaskSpec): name, text fields, label names
-    source_rows: dict[str, Any]  # loaded evaluation splits before tokenising (text fields, label, idx), by role
+    source_rows: dict[str, Any]  # loaded evaluation sets before tokenising (text fields, label, idx), by EvalSet.split
 
     def load(self, stage: str | None) -> None:
         """Read, check and tokenise the splits ``stage`` needs."""
@@ -56,8 +58,8 @@ class PromptData(Protocol):
     def require(self, *roles: str) -> None:
         """Load splits beyond the stage's own, by role."""
 
-    def eval_roles(self, stage: str) -> list[str]:
-        """The evaluation sets of ``stage``: the clean one first, then the adversarial ones."""
+    def eval_sets(self, stage: str) -> list[EvalSet]:
+        """The evaluation sets of ``stage``, in loader order: the clean one first, then the adversarial ones."""
 
     def analysis_loader(self, role: str, indices: list[int], batch_size: int | None = None) -> Any:
         """A loader over the rows ``indices`` of split ``role``."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from records.configuration import differing_keys, label
+from records.eval_set import EvalSet, parse_neuron_metric
 from records.files import backup_path, read_json, write_json_atomic
 from records.wandb_config import SETTING_KEYS, task_name
 
@@ -182,13 +183,11 @@ def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics:
             summary[section] = values
     sets: dict[str, dict[str, Any]] = defaultdict(dict)
     for key, value in numbers.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "skill_neurons":
-            sets[parts[1]][parts[2]] = value
+        if metric := parse_neuron_metric(key):
+            sets[metric.eval_set.name][metric.name] = value
     if sets:
-        clean = "test" if stage == "test" else "validation"
         for name, values in sets.items():
-            values["split"] = name if name == clean else f"adv/{name}"
+            values["split"] = EvalSet(name).split
         summary["skill_neurons"] = {"backbone": settings["backbone"], "family": settings["family"],
                                     "task": settings["task"], "part": config.get("part", "encoder"),
                                     "sets": dict(sets)}
