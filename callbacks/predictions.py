@@ -26,8 +26,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.run_summary import run_dir_of
 from lightning_modules.contracts import PromptData
-from records.files import atomic_write
 from records.eval_set import PREDICT
+from records.files import atomic_write
 from records.summary import update_summary
 
 OUTPUT_DIR = "predictions"
@@ -118,8 +118,8 @@ class PredictionWriter(Callback):
             atomic_write(run_dir / file, lambda f, table=table: _write_csv(f, columns, table))
             correct = sum(row[columns.index("correct")] for row in table)
             accuracy = correct / len(table) if table else None
-            sets[name] = {"file": file, "role": eval_set.split, "rows": len(table), "of_rows": len(rows), "correct": correct,
-                          "accuracy": accuracy, "wandb_key": f"{OUTPUT_DIR}/{name}"}
+            sets[name] = {"file": file, "role": eval_set.split, "rows": len(table), "of_rows": len(rows),
+                          "correct": correct, "accuracy": accuracy, "wandb_key": f"{OUTPUT_DIR}/{name}"}
             if accuracy is not None:
                 self.metrics[eval_set.metric(PREDICT, "acc")] = accuracy
             for logger in trainer.loggers:

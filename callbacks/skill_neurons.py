@@ -46,9 +46,9 @@ from lightning_modules.contracts import PromptData, neurons_perturbed
 from lightning_modules.ffn import PARTS, FFNLookupError, Part, ffn_hooks, ffn_shape
 from lightning_modules.neuron_statistics import PredictivityAccumulator, ThresholdAccumulator
 from lightning_modules.prompt_tuning import PromptTuningModule
+from records.eval_set import EvalSet
 from records.figures import RUN_DPI, per_layer_boxplot, run_figure_size, save_figure, set_colours
 from records.files import atomic_write
-from records.eval_set import EvalSet
 from records.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
     OUTPUT_DIR, SkillNeuronError, combine_neuron_files, load_neuron_file, neuron_file_of, save_neuron_file,
 )
@@ -317,10 +317,9 @@ class SkillNeuronCallback(Callback):
 
     def passes(self, pl_module, datamodule, splits: list[str], rank: int = 0,
                world: int = 1) -> dict[str, dict[str, torch.Tensor]]:
-        """The threshold pass over the train split, then one pass per evaluation set (by ``EvalSet.split``);
-        this rank's shard of every split, all-reduced when ``world > 1``. Call it inside ``torch.no_grad()`` (and
-        the precision context). Returns, per split, threshold / accuracy / predictivity / score / class_count
-        on the CPU."""
+        """The threshold pass over the train split, then one pass per evaluation set's ``split``; this rank's shard
+        of each, all-reduced when ``world > 1``. Call it inside ``torch.no_grad()`` (and the precision context).
+        Returns, per split, threshold / accuracy / predictivity / score / class_count on the CPU."""
         layers, units = ffn_shape(pl_module.backbone, self.part)
         analysed = pl_module.analysed_positions(self.part, self.positions)
         num_positions, select = analysed.count, analysed.select  # select: (B, S, N) units -> (B, P', N)
@@ -379,28 +378,29 @@ class SkillNeuronCallback(Callback):
 
     # ------------------------------------------------------------------ summaries
     def _metrics(self, datamodule, stage: str) -> dict[str, float]:
-        sets = datamodule.eval_sets(stage)
-        clean = self.results[sets[0].split]["score"]  # (L, N)
+        roles = [s.split for s in datamodule.eval_sets(stage)]
+        clean = self.results[roles[0]]["score"]  # (L, N)
         metrics: dict[str, float] = {}
-        for eval_set in sets:
-            result = self.results[eval_set.split]
-            score, prefix = result["score"], eval_set.neuron_prefix
+        for role in roles:
+            score = self.results[role]["score"]
+            prefix = EvalSet.of(role).neuron_prefix
             metrics[f"{prefix}/best_predictivity"] = float(score.max())
-            metrics[f"{prefix}/majority_baseline"] = int(result["class_count"].max()) / int(result["class_count"].sum())
-            balanced = result.get("balanced_score")
+            class_count = self.results[role]["class_count"]
+            metrics[f"{prefix}/majority_baseline"] = int(class_count.max()) / int(class_count.sum())
+            balanced = self.results[role].get("balanced_score")
             for n in self.top_percents if balanced is not None else ():
                 metrics[f"{prefix}/balanced_top{n:g}_mean"] = mean_predictivity_of(top_percent_mask(balanced, n),
                                                                                    balanced)
             for n in self.top_percents:
                 metrics[f"{prefix}/top{n:g}_mean"] = mean_predictivity_of(top_percent_mask(score, n), score)
-            if eval_set == sets[0]:
+            if role == roles[0]:
                 continue
             for n in self.overlap_percents:
                 metrics[f"{prefix}/overlap@{n:g}"] = overlap_at(clean, score, n)
                 metrics[f"{prefix}/clean_top{n:g}_predictivity"] = mean_predictivity_of(
                     top_percent_mask(clean, n), score)
                 if balanced is not None:
-                    clean_balanced = self.results[sets[0].split]["balanced_score"]
+                    clean_balanced = self.results[roles[0]]["balanced_score"]
                     metrics[f"{prefix}/balanced_clean_top{n:g}_predictivity"] = mean_predictivity_of(
                         top_percent_mask(clean_balanced, n), balanced)
         return metrics

@@ -16,8 +16,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.backbones import BackboneError, load_backbone
-from records.eval_set import EvalSet
 from lightning_modules.soft_prompt import OptionError, SoftPrompt, check_prompt_options
+from records.eval_set import EvalSet
 from records.prompt_checkpoint import FAMILY_CLASSES, check_prompt_shape, keep_prompt_only, metadata
 
 # Intended, so not worth a warning: checkpoints leave the backbone out, and the backbone runs in eval mode.

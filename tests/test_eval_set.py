@@ -44,8 +44,9 @@ def test_a_clean_set_has_no_prefix_under_the_other_stage():
 
 
 # every (set, stage) a run logs: a clean set only under its own stage (see the test above) and predict
+ADVERSARIAL = (ADV, EvalSet("marker-typo.v2"), EvalSet("x_test"))
 LOGGED = [(CLEAN_VAL, "val"), (CLEAN_TEST, "test"), (CLEAN_VAL, "predict"), (CLEAN_TEST, "predict"),
-          *((s, stage) for s in (ADV, EvalSet("marker-typo.v2"), EvalSet("x_test")) for stage in ("val", "test", "predict"))]
+          *((s, stage) for s in ADVERSARIAL for stage in ("val", "test", "predict"))]
 
 
 @pytest.mark.parametrize(("eval_set", "stage"), LOGGED)
