@@ -109,3 +109,15 @@ def test_summary_from_wandb_names_each_skill_neuron_set_by_its_split():
         "adv_sst2": {"overlap@5": 0.3, "top5_mean": 0.6, "split": "adv/adv_sst2"}}
     test = summary_from_wandb("r2", "finished", {}, {"test/acc": 0.7, "skill_neurons/test/top5_mean": 0.8})
     assert test["stage"] == "test" and test["skill_neurons"]["sets"]["test"]["split"] == "test"
+
+
+def test_wandb_view_names_only_metrics_that_read_back_to_its_sets():
+    from skill_neurons.wandb_view import panels
+
+    sets = set()
+    for panel in panels(["marker_typo"])["fit"]:
+        for key in panel["metrics"]:
+            metric = parse_metric(key.removeprefix("best/")) or parse_neuron_metric(key)
+            assert metric is not None, key
+            sets.add(metric.eval_set)
+    assert sets == {CLEAN_VAL, EvalSet("marker_typo")}
