@@ -26,8 +26,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.run_summary import run_dir_of
 from lightning_modules.contracts import PromptData
+from records.eval_set import PREDICT
 from records.files import atomic_write
-from records.neuron_files import set_name
 from records.summary import update_summary
 
 OUTPUT_DIR = "predictions"
@@ -72,7 +72,7 @@ class PredictionWriter(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if stage != "predict" or not isinstance(datamodule, PromptData):
             return []
-        return [f"{OUTPUT_DIR}/{set_name(role)}.{FORMAT}" for role in datamodule.eval_roles("predict")]
+        return [f"{OUTPUT_DIR}/{s.file_stem}.{FORMAT}" for s in datamodule.eval_sets(PREDICT)]
 
     def stage_metrics(self, trainer: Trainer, stage: str) -> dict[str, float]:
         """``predict/<set>/acc`` of the last ``predict``; nothing for other stages."""
@@ -101,8 +101,8 @@ class PredictionWriter(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if not isinstance(datamodule, PromptData):
             raise TypeError("PredictionWriter needs a PromptDataModule (it names the sets and keeps their rows' text)")
-        roles = datamodule.eval_roles("predict")
-        gathered = [self._gathered(trainer, loader) for loader in range(len(roles))]
+        eval_sets = datamodule.eval_sets(PREDICT)
+        gathered = [self._gathered(trainer, loader) for loader in range(len(eval_sets))]
         if not trainer.is_global_zero:
             return
         task, classes = datamodule.task, datamodule.scored_classes()
@@ -110,18 +110,18 @@ class PredictionWriter(Callback):
         run_dir = run_dir_of(trainer) or Path(trainer.default_root_dir)
         (run_dir / OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
         sets: dict[str, Any] = {}
-        for role, outputs in zip(roles, gathered):
-            name = set_name(role)
-            rows = datamodule.source_rows[role]
+        for eval_set, outputs in zip(eval_sets, gathered):
+            name = eval_set.name
+            rows = datamodule.source_rows[eval_set.split]
             table = prediction_rows(name, rows, list(task.text_fields), classes, outputs) if outputs else []
-            file = f"{OUTPUT_DIR}/{name}.{FORMAT}"
+            file = f"{OUTPUT_DIR}/{eval_set.file_stem}.{FORMAT}"
             atomic_write(run_dir / file, lambda f, table=table: _write_csv(f, columns, table))
             correct = sum(row[columns.index("correct")] for row in table)
             accuracy = correct / len(table) if table else None
-            sets[name] = {"file": file, "role": role, "rows": len(table), "of_rows": len(rows), "correct": correct,
-                          "accuracy": accuracy, "wandb_key": f"{OUTPUT_DIR}/{name}"}
+            sets[name] = {"file": file, "role": eval_set.split, "rows": len(table), "of_rows": len(rows),
+                          "correct": correct, "accuracy": accuracy, "wandb_key": f"{OUTPUT_DIR}/{name}"}
             if accuracy is not None:
-                self.metrics[f"predict/{name}/acc"] = accuracy
+                self.metrics[eval_set.metric(PREDICT, "acc")] = accuracy
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_table(key=f"{OUTPUT_DIR}/{name}", columns=columns, data=table)

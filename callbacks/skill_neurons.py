@@ -47,10 +47,11 @@ from lightning_modules.ffn import PARTS, FFNLookupError, Part, ffn_hooks, ffn_sh
 from lightning_modules.neuron_statistics import PredictivityAccumulator, ThresholdAccumulator
 from lightning_modules.prompt_tuning import PromptTuningModule
 from lightning_modules.rules import check_positions
+from records.eval_set import EvalSet
 from records.figures import RUN_DPI, per_layer_boxplot, run_figure_size, save_figure, set_colours
 from records.files import atomic_write
 from records.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
-    OUTPUT_DIR, SkillNeuronError, combine_neuron_files, load_neuron_file, neuron_file_of, save_neuron_file, set_name,
+    OUTPUT_DIR, SkillNeuronError, combine_neuron_files, load_neuron_file, neuron_file_of, save_neuron_file,
 )
 from records.neuron_selection import mean_of_top, num_selected, overlap_at, per_layer_top_means, sizing_of, top_neurons
 from records.prompt_checkpoint import read_prompt
@@ -206,12 +207,12 @@ class SkillNeuronCallback(Callback):
                 "split) — give the task a train split, e.g. --data.files='{train: path/to/train.tsv}'"
             )
         classes = datamodule.num_classes
-        for role in datamodule.eval_roles(stage):
-            counts = torch.bincount(torch.tensor(datasets[role]["label"], dtype=torch.long), minlength=classes)
+        for split in (s.split for s in datamodule.eval_sets(stage)):
+            counts = torch.bincount(torch.tensor(datasets[split]["label"], dtype=torch.long), minlength=classes)
             present = int((counts > 0).sum())
             if present < 2 or (classes > 2 and present < classes):
                 raise SkillNeuronError(
-                    f"evaluation set {role!r} has examples per class {counts.tolist()}: predictivity needs every "
+                    f"evaluation set {split!r} has examples per class {counts.tolist()}: predictivity needs every "
                     "class present (a neuron's agreement with a single label is only its firing rate) — use "
                     "the full split (check data.max_eval_samples) or drop this set with --data.adversarial"
                 )
@@ -236,7 +237,7 @@ class SkillNeuronCallback(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if not self.runs_in(stage, trainer) or trainer.fast_dev_run or not isinstance(datamodule, PromptData):
             return []
-        return [f"{OUTPUT_DIR}/{set_name(role)}.safetensors" for role in datamodule.eval_roles(stage)]
+        return [f"{OUTPUT_DIR}/{s.file_stem}.safetensors" for s in datamodule.eval_sets(stage)]
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A resume whose training was already complete (killed during the analysis, or ``skill-neurons analyse``)
@@ -294,7 +295,7 @@ class SkillNeuronCallback(Callback):
         self._signalled = trainer  # an attribute, not a closure: the callback is pickled by ddp_spawn
         try:
             with torch.no_grad(), trainer.precision_plugin.forward_context():
-                self.results = self.passes(pl_module, datamodule, datamodule.eval_roles(stage),
+                self.results = self.passes(pl_module, datamodule, [s.split for s in datamodule.eval_sets(stage)],
                                            trainer.global_rank, trainer.world_size)
         finally:
             pl_module.train(was_training)
@@ -307,11 +308,11 @@ class SkillNeuronCallback(Callback):
         trainer.strategy.barrier("skill_neurons")
         return self.metrics
 
-    def passes(self, pl_module, datamodule, roles: list[str], rank: int = 0,
+    def passes(self, pl_module, datamodule, splits: list[str], rank: int = 0,
                world: int = 1) -> dict[str, dict[str, torch.Tensor]]:
-        """The threshold pass over the train split, then one pass per evaluation role; this rank's shard of
-        every split, all-reduced when ``world > 1``. Call it inside ``torch.no_grad()`` (and the precision
-        context). Returns, per role, threshold / accuracy / predictivity / score / class_count on the CPU."""
+        """The threshold pass over the train split, then one pass per evaluation set's ``split``; this rank's shard
+        of each, all-reduced when ``world > 1``. Call it inside ``torch.no_grad()`` (and the precision context).
+        Returns, per split, threshold / accuracy / predictivity / score / class_count on the CPU."""
         layers, units = ffn_shape(pl_module.backbone, self.part)
         analysed = pl_module.analysed_positions(self.part, self.positions)
         num_positions, select = analysed.count, analysed.select  # select: (B, S, N) units -> (B, P', N)
@@ -327,37 +328,37 @@ class SkillNeuronCallback(Callback):
         threshold = thresholds.threshold()  # (L, P, N)
 
         results = {}
-        for role in roles:
+        for split in splits:
             counts = PredictivityAccumulator(threshold, datamodule.num_classes)
-            rows_eval = list(range(len(datamodule.datasets[role])))
-            self._stream(pl_module, datamodule, role, shard(rows_eval, rank, world),
+            rows_eval = list(range(len(datamodule.datasets[split])))
+            self._stream(pl_module, datamodule, split, shard(rows_eval, rank, world),
                          lambda layer, units_, batch, acc=counts: acc.update(select(units_, batch), batch["labels"],
                                                                              layer=layer))
             if world > 1:
                 counts.all_reduce(dist.all_reduce)
-            results[role] = {
+            results[split] = {
                 "threshold": threshold, "accuracy": counts.accuracy(datamodule.accuracy_label), "score": counts.score(),
                 "predictivity": counts.predictivity(), "class_count": counts.class_count.clone(),
                 "threshold_examples": thresholds.count.clone(),
                 **({"balanced_predictivity": balanced_view(counts), "balanced_score": counts.balanced_score()}
                    if self.balanced else {}),
             }
-        return {role: {k: v.cpu() for k, v in tensors.items()} for role, tensors in results.items()}
+        return {split: {k: v.cpu() for k, v in tensors.items()} for split, tensors in results.items()}
 
-    def _stream(self, pl_module, datamodule, role: str, indices: list[int], update) -> None:
-        """Forward the rows ``indices`` of ``role`` with hooks that call ``update(layer, units, batch)``."""
+    def _stream(self, pl_module, datamodule, split: str, indices: list[int], update) -> None:
+        """Forward the rows ``indices`` of ``split`` with hooks that call ``update(layer, units, batch)``."""
         if not indices:
             return
-        lengths = datamodule.lengths(role)
+        lengths = datamodule.lengths(split)
         # Longest first: batches of similar length pad little, and an out-of-memory error shows at once.
         ordered = sorted(indices, key=lambda i: -lengths[i])
-        loader = datamodule.analysis_loader(role, ordered, self.batch_size)
+        loader = datamodule.analysis_loader(split, ordered, self.batch_size)
         current: dict[str, Any] = {}
 
         def on_units(layer: int, units: torch.Tensor) -> None:
             update(layer, units, current)
 
-        what = f"thresholds ({role})" if role == THRESHOLD_ROLE else f"predictivity ({set_name(role)})"
+        what = f"thresholds ({split})" if split == THRESHOLD_ROLE else f"predictivity ({EvalSet.of(split).name})"
         with ffn_hooks(pl_module.backbone, on_units, self.part), \
                 pass_bar(len(loader), f"Skill neurons: {what}", self._progress, live=self._live) as bar:
             for batch in loader:
@@ -371,14 +372,14 @@ class SkillNeuronCallback(Callback):
     # ------------------------------------------------------------------ summaries
     def _metrics(self, datamodule, stage: str, layout: str | None) -> dict[str, float]:
         """The scalars of every set; top-n% sets sized as the run's layout says (``sizing_of``)."""
-        roles, sizing = datamodule.eval_roles(stage), sizing_of(layout)
+        roles, sizing = [s.split for s in datamodule.eval_sets(stage)], sizing_of(layout)
         clean = self.results[roles[0]]["score"]  # (L, N)
         metrics: dict[str, float] = {}
         tops, overlaps = ([n for n in percents if num_selected(clean.shape[1], n, sizing)]  # P1's int may give 0
                           for percents in (self.top_percents, self.overlap_percents))
         for role in roles:
             score = self.results[role]["score"]
-            prefix = f"skill_neurons/{set_name(role)}"
+            prefix = EvalSet.of(role).neuron_prefix
             metrics[f"{prefix}/best_predictivity"] = float(score.max())
             class_count = self.results[role]["class_count"]
             metrics[f"{prefix}/majority_baseline"] = int(class_count.max()) / int(class_count.sum())
@@ -397,28 +398,28 @@ class SkillNeuronCallback(Callback):
                         self.results[roles[0]]["balanced_score"], n, sizing, balanced)
         return metrics
 
-    def _top_rows(self, roles: list[str]) -> tuple[list[str], list[list]]:
-        clean = self.results[roles[0]]
-        columns = ["rank", "layer", "unit", "best_position", f"{set_name(roles[0])}_predictivity"]
-        columns += [f"{set_name(r)}_predictivity" for r in roles[1:]]
+    def _top_rows(self, sets: list[EvalSet]) -> tuple[list[str], list[list]]:
+        clean = self.results[sets[0].split]
+        columns = ["rank", "layer", "unit", "best_position", *(f"{s.name}_predictivity" for s in sets)]
         rows = []
         for rank, (layer, unit, position, value) in enumerate(
                 top_neurons(clean["score"], clean["predictivity"], self.table_rows), start=1):
             rows.append([rank, layer, unit, position, round(value, 6),
-                         *(round(float(self.results[r]["score"][layer, unit]), 6) for r in roles[1:])])
+                         *(round(float(self.results[s.split]["score"][layer, unit]), 6) for s in sets[1:])])
         return columns, rows
 
     def _write(self, trainer, pl_module, datamodule, stage: str, prompt_source: str) -> None:
         run_dir = run_dir_of(trainer) or Path(trainer.default_root_dir)  # the summary's (broadcast from rank 0)
         out = run_dir / OUTPUT_DIR
-        roles = datamodule.eval_roles(stage)
-        layers, positions, units = self.results[roles[0]]["threshold"].shape
+        sets = datamodule.eval_sets(stage)
+        first = self.results[sets[0].split]
+        layers, positions, units = first["threshold"].shape
         analysed = pl_module.analysed_positions(self.part, self.positions)
         settings = RunSettings.read({**pl_module.hparams, "family": pl_module.family, "task": datamodule.task.name,
                                      "stage": stage, **self.analysis_settings()})
         common = {
             **settings.neuron_metadata(), "label_names": list(datamodule.task.label_names),
-            "threshold_split": THRESHOLD_ROLE, "threshold_examples": int(self.results[roles[0]]["threshold_examples"]),
+            "threshold_split": THRESHOLD_ROLE, "threshold_examples": int(first["threshold_examples"]),
             "max_threshold_samples": self.max_threshold_samples, "threshold_seed": self.threshold_seed,
             "prompt_checkpoint": str(prompt_source), "absolute_positions": analysed.absolute,
             "shape": {"layers": layers, "positions": positions, "units": units},
@@ -427,46 +428,44 @@ class SkillNeuronCallback(Callback):
                           if self.part == "encoder" else "first decoder step"),
             "multiclass": "one-vs-rest (class, layer, position, unit)" if datamodule.num_classes > 2 else None,
         }
-        sets = {}
-        for role in roles:
-            r = self.results[role]
-            name = set_name(role)
+        records = {}
+        for eval_set in sets:
+            r = self.results[eval_set.split]
             examples = int(r["class_count"].sum())
-            file = out / f"{name}.safetensors"
+            file = out / f"{eval_set.file_stem}.safetensors"
             save_neuron_file(file, {k: r[k] for k in ("threshold", "accuracy", "predictivity", "score",
                                                      "class_count", "balanced_predictivity", "balanced_score")
                                     if k in r},
-                             {**common, "split": role, "examples": examples})
-            prefix = f"skill_neurons/{name}/"
-            sets[name] = {
-                "split": role, "examples": examples, "class_count": r["class_count"].tolist(),
+                             {**common, "split": eval_set.split, "examples": examples})
+            prefix = f"{eval_set.neuron_prefix}/"
+            records[eval_set.name] = {
+                "split": eval_set.split, "examples": examples, "class_count": r["class_count"].tolist(),
                 "majority_baseline": int(r["class_count"].max()) / examples,
                 "file": str(file), **{k[len(prefix):]: v for k, v in self.metrics.items() if k.startswith(prefix)},
                 "per_layer_top5_mean": per_layer_top_means(r["score"], 5, sizing_of(common["layout"])),
             }
-        columns, rows = self._top_rows(roles)
+        columns, rows = self._top_rows(sets)
         atomic_write(out / "top_neurons.csv", lambda f: f.writelines(",".join(map(str, r)) + "\n" for r in [columns, *rows]))
         figure = out / "per_layer_predictivity.png"
-        self._figure(roles, figure, common)
-        update_summary(run_dir, skill_neurons={**common, "sets": sets, "metrics": self.metrics,
+        self._figure(sets, figure, common)
+        update_summary(run_dir, skill_neurons={**common, "sets": records, "metrics": self.metrics,
                                                "top_neurons_file": str(out / "top_neurons.csv"),
                                                "figure": str(figure)})
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, columns, rows, figure, out, common)
 
-    def _figure(self, roles: list[str], path: Path, common: dict) -> None:
+    def _figure(self, sets: list[EvalSet], path: Path, common: dict) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        width, height = run_figure_size(common["shape"]["layers"], len(roles))
+        width, height = run_figure_size(common["shape"]["layers"], len(sets))
         fig, ax = plt.subplots(figsize=(width / RUN_DPI, height / RUN_DPI), dpi=RUN_DPI)
-        scores = {set_name(role): self.results[role]["score"] for role in roles}
-        baselines = {set_name(role): self.metrics[f"skill_neurons/{set_name(role)}/majority_baseline"]
-                     for role in roles}
-        per_layer_boxplot(ax, scores, set_colours(list(scores), set_name(roles[0])), common["part"],
+        scores = {s.name: self.results[s.split]["score"] for s in sets}
+        baselines = {s.name: self.metrics[s.neuron_metric("majority_baseline")] for s in sets}
+        per_layer_boxplot(ax, scores, set_colours(list(scores), sets[0].name), common["part"],
                           "neuron score (max predictivity over positions)", baselines)
         ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
         fig.tight_layout()

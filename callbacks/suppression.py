@@ -47,7 +47,7 @@ from callbacks.run_summary import run_dir_of
 from lightning_modules.contracts import check_at_setup
 from lightning_modules.ffn import PARTS, Part, ffn_shape, hook_ffn, remove_hooks
 from records.errors import OptionError
-from records.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file, set_name
+from records.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file
 from records.neuron_selection import Sizing, num_selected, sizing_of, top_percent_mask
 from records.summary import finished_fit_runs, read_summary, run_of_checkpoint, update_summary
 
@@ -177,7 +177,7 @@ class NeuronSuppression(Callback):
             raise SkillNeuronError(f"suppression perturbs evaluation only (validate, test) — use `skill-neurons "
                                    f"validate` (or test) with --ckpt_path, not {stage}, or leave suppression.rate unset")
         layers, units = ffn_shape(pl_module.backbone, self.part)
-        roles, self.sizing = datamodule.eval_roles(stage), sizing_of(pl_module.hparams.get("layout"))
+        sets, self.sizing = datamodule.eval_sets(stage), sizing_of(pl_module.hparams.get("layout"))
         sources = self._sources([Path(n) for n in self.neurons] if self.neurons else [self._checkpoint_run(trainer)])
         clean_score, meta = combine_neuron_files(sources, self.eval_set)
         if tuple(clean_score.shape) != (layers, units):
@@ -185,10 +185,10 @@ class NeuronSuppression(Callback):
                 f"the skill-neuron files {meta['files']} have {tuple(clean_score.shape)} (layers, units) but the "
                 f"model's {self.part} has ({layers}, {units}) — use neuron files of the same backbone")
         self.masks, self.values = [], []
-        for index, role in enumerate(roles):
+        for index, evaluated in enumerate(sets):
             score, files = clean_score, meta["files"]
             if index > 0 and self.adversarial_neurons == "own":
-                score, own = combine_neuron_files(sources, set_name(role))
+                score, own = combine_neuron_files(sources, evaluated.name)
                 files = own["files"]
             self.masks.append(self._select(score, pl_module, datamodule))
             self.values.append(self._thresholds(files, pl_module) if self.perturbation == "mean" else None)
@@ -199,7 +199,7 @@ class NeuronSuppression(Callback):
             "neurons_from": [str(s) for s in sources],
             "eval_set": self.eval_set, "adversarial_neurons": self.adversarial_neurons,
             "neuron_source": self.neuron_source,
-            "selected_units": {set_name(role): int(mask.sum()) for role, mask in zip(roles, self.masks)},
+            "selected_units": {s.name: int(mask.sum()) for s, mask in zip(sets, self.masks)},
         }
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -1,8 +1,7 @@
-"""A task's evaluation sets: their names, the DataModule roles behind them, and the sets ``predict`` writes.
+"""A task's evaluation sets: where their rows come from, which names are allowed, and the sets ``predict`` writes.
 
-A set is named ``validation`` (the clean validation split), ``test`` (the labelled test split) or by an
-adversarial set's name (``adv_sst2``, ``marker_typo``); its role in the DataModule is the name for the clean
-splits and ``adv/<name>`` for adversarial sets. A name becomes a metric prefix and a file name
+A set is a :class:`~records.eval_set.EvalSet`: ``validation``, ``test`` or an adversarial set's name
+(``adv_sst2``, ``marker_typo``). A name becomes a metric prefix and a file name
 (``skill_neurons/<name>.safetensors``, ``predictions/<name>.csv``), so adversarial names must not clash with
 the clean ones nor hold path characters (:func:`check_set_names`).
 """
@@ -12,20 +11,20 @@ from __future__ import annotations
 import re
 
 from datamodules.task_spec import SPLIT_ROLES, Source, TaskError, TaskSpec
+from records.eval_set import CLEAN_SETS, EvalSet
 
-CLEAN_EVAL = "validation"
-CLEAN_SETS = ("validation", "test")  # the labelled clean splits an evaluation can read
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def role_of(name: str) -> str:
-    """``validation`` / ``test`` stay; an adversarial set ``name`` is the role ``adv/<name>``."""
-    return name if name in CLEAN_SETS else f"adv/{name}"
+def source_of(task: TaskSpec, eval_set: EvalSet) -> Source:
+    """Where the rows of an evaluation set come from: the task's split, or its adversarial set."""
+    return task.adversarial[eval_set.name] if eval_set.adversarial else task.splits[eval_set.name]
 
 
-def source_of(task: TaskSpec, role: str) -> Source:
-    """Where the rows of an evaluation ``role`` come from: the task's split, or its adversarial set."""
-    return task.adversarial[role[len("adv/"):]] if role.startswith("adv/") else task.splits[role]
+def task_sets(task: TaskSpec, stage: str | None) -> list[EvalSet]:
+    """The sets a Lightning ``stage`` evaluates, in loader order: the clean one (``test`` under ``test``, else
+    ``validation``), then every adversarial set of ``task``."""
+    return [EvalSet.clean(stage), *(EvalSet(name) for name in task.adversarial)]
 
 
 def check_set_names(adversarial: dict) -> None:
@@ -45,16 +44,16 @@ def check_set_names(adversarial: dict) -> None:
         seen[name.casefold()] = name
 
 
-def predict_roles(task: TaskSpec, names: list[str] | None) -> list[str]:
-    """The roles ``predict`` writes, in the order given: ``names`` (``None``: the clean validation set, then
+def predict_sets_of(task: TaskSpec, names: list[str] | None) -> list[EvalSet]:
+    """The sets ``predict`` writes, in the order given: ``names`` (``None``: the clean validation set, then
     every adversarial set of ``task``, as ``validate`` evaluates them). Unknown or repeated names are refused
     with the sets there are (checked when the DataModule is made: no file is read, no run folder written)."""
     known = [s for s in CLEAN_SETS if s in task.splits] + list(task.adversarial)
     if names is None:
-        return [CLEAN_EVAL, *(role_of(name) for name in task.adversarial)]
+        return task_sets(task, "predict")
     if not names:
         raise TaskError(f"data.predict_sets=[] names no set — choose from {known} (or leave it unset for "
-                        f"{[CLEAN_EVAL, *task.adversarial]})")
+                        f"{[s.name for s in task_sets(task, 'predict')]})")
     unknown = [name for name in names if name not in known]
     if unknown:
         raise TaskError(f"data.predict_sets names {unknown}, but task {task.name!r} has the evaluation sets {known} "
@@ -63,4 +62,4 @@ def predict_roles(task: TaskSpec, names: list[str] | None) -> list[str]:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise TaskError(f"data.predict_sets names {repeated} more than once — give each set once")
-    return [role_of(name) for name in names]
+    return [EvalSet(name) for name in names]

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.causal_text import causal_label_pieces, causal_tokens, pad_id_of
 from datamodules.collator import Collator
-from datamodules.eval_sets import CLEAN_EVAL, check_set_names, predict_roles, source_of
+from datamodules.eval_sets import check_set_names, predict_sets_of, source_of, task_sets
 from datamodules.sources import BIG_SPLIT_ROWS, prepare_split, progress_bars_if
 from datamodules.task_spec import MARKERS, Source, TaskError, TaskSpec, as_source
 from datamodules.p1_vocabulary import check_p1_ids
@@ -23,6 +23,7 @@ from datamodules.tasks import accuracy_label, get_task
 from lightning_modules.backbones import check_lengths, family_of, load_tokenizer, max_input_length_of
 from lightning_modules.rules import check_layout
 from records.errors import OptionError
+from records.eval_set import EvalSet
 
 
 def check_sizes(**sizes: int | None) -> None:
@@ -121,7 +122,7 @@ class PromptDataModule(LightningDataModule):
                     num_workers=num_workers)
         self.save_hyperparameters(logger=False)
         self.task = self._resolve_task(get_task(task), files, adversarial, adversarial_files, extra_adversarial)
-        self.predict_roles = predict_roles(self.task, predict_sets)
+        self._predict_sets = predict_sets_of(self.task, predict_sets)
         self.datasets: dict[str, datasets.Dataset] = {}
         self.source_rows: dict[str, datasets.Dataset] = {}  # evaluation splits before tokenising (text, label, idx)
         self.split_records: dict[str, dict] = {}
@@ -168,11 +169,6 @@ class PromptDataModule(LightningDataModule):
                                 "evaluation must use different data — give a separate file for it")
         return TaskSpec(**{**{f: getattr(task, f) for f in task.__dataclass_fields__},
                            "splits": splits, "adversarial": adv})
-
-    @property
-    def eval_set_names(self) -> list[str]:
-        """Names of the evaluation loaders, in loader order: clean validation first, then adversarial."""
-        return [CLEAN_EVAL, *self.task.adversarial]
 
     @property
     def num_classes(self) -> int:
@@ -305,17 +301,14 @@ class PromptDataModule(LightningDataModule):
         task = self.task
         wanted: dict[str, Source] = {}
         if stage == "predict":
-            return {role: source_of(task, role) for role in self.predict_roles}
+            return {s.split: source_of(task, s) for s in self._predict_sets}
         if stage in (None, "fit", "analysis"):
             wanted["train"] = task.splits["train"]
         if stage == "test":
             if "test" not in task.splits:
                 raise TaskError(f"task {task.name!r} has no labelled test split; use `validate`, or give "
                                 "one with --data.files='{test: path/to/test.tsv}'")
-            wanted["test"] = task.splits["test"]
-        else:
-            wanted[CLEAN_EVAL] = task.splits[CLEAN_EVAL]
-        wanted.update({f"adv/{name}": src for name, src in task.adversarial.items()})
+        wanted.update({s.split: source_of(task, s) for s in task_sets(task, stage)})
         return wanted
 
     def train_dataloader(self):
@@ -331,23 +324,18 @@ class PromptDataModule(LightningDataModule):
         return self._loader(ds, self.hparams.batch_size, shuffle=self.hparams.shuffle, drop_last=drop_last)
 
     def val_dataloader(self):
-        return [self._loader(self.datasets[role]) for role in self._eval_roles(CLEAN_EVAL)]
+        return [self._loader(self.datasets[s.split]) for s in self.eval_sets("validate")]
 
     def test_dataloader(self):
-        return [self._loader(self.datasets[role]) for role in self._eval_roles("test")]
+        return [self._loader(self.datasets[s.split]) for s in self.eval_sets("test")]
 
     def predict_dataloader(self):
-        return [self._loader(self.datasets[role]) for role in self.predict_roles]
+        return [self._loader(self.datasets[s.split]) for s in self.eval_sets("predict")]
 
-    def _eval_roles(self, clean: str) -> list[str]:
-        return [clean, *(f"adv/{name}" for name in self.task.adversarial)]
-
-    def eval_roles(self, stage: str) -> list[str]:
-        """Dataset roles evaluated by ``stage``, in loader order: ``test`` or ``validation``, then ``adv/<set>``
-        (``predict``: the ``predict_sets``)."""
-        if stage == "predict":
-            return list(self.predict_roles)
-        return self._eval_roles("test" if stage == "test" else CLEAN_EVAL)
+    def eval_sets(self, stage: str) -> list[EvalSet]:
+        """The sets ``stage`` evaluates, in loader order: ``test`` (under ``test``) or ``validation``, then each
+        adversarial set (``predict``: the ``predict_sets``); ``datasets[s.split]`` holds a loaded set's rows."""
+        return list(self._predict_sets) if stage == "predict" else task_sets(self.task, stage)
 
     def lengths(self, role: str) -> list[int]:
         """Token count of every example of a loaded split (read from Arrow, without decoding rows)."""
@@ -425,7 +413,8 @@ class PromptDataModule(LightningDataModule):
             "layout": self.layout, "verbalizer": list(words), "extra_words": list(extra),
             "label_token_ids": self.label_token_ids,
             "accuracy_label": self.task.label_names[self.accuracy_label] if self.num_classes == 2 else None,
-            "train_split": self.hparams.train_split, "eval_sets": self.eval_set_names, "splits": self.split_records,
+            "train_split": self.hparams.train_split, "eval_sets": [s.name for s in self.eval_sets("validate")],
+            "splits": self.split_records,
         }
 
 

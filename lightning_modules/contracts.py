@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 from weakref import WeakKeyDictionary
 
+from records.eval_set import EvalSet
+
 
 @runtime_checkable
 class ChecksRun(Protocol):
@@ -63,8 +65,8 @@ class AnalysesNeurons(Protocol):
 @runtime_checkable
 class PromptData(Protocol):
     task: Any  # the task declaration (datamodules.task_spec.TaskSpec): name, text fields, label names
-    datasets: dict[str, Any]  # loaded, tokenised splits by role (input_ids, label, idx ...)
-    source_rows: dict[str, Any]  # loaded evaluation splits before tokenising (text fields, label, idx), by role
+    datasets: dict[str, Any]  # loaded, tokenised splits by EvalSet.split / role (input_ids, label, idx ...)
+    source_rows: dict[str, Any]  # loaded evaluation sets before tokenising (text fields, label, idx), by EvalSet.split
 
     @property
     def num_classes(self) -> int:
@@ -76,8 +78,8 @@ class PromptData(Protocol):
     def require(self, *roles: str) -> None:
         """Load splits beyond the stage's own, by role."""
 
-    def eval_roles(self, stage: str) -> list[str]:
-        """The evaluation sets of ``stage``: the clean one first, then the adversarial ones."""
+    def eval_sets(self, stage: str) -> list[EvalSet]:
+        """The evaluation sets of ``stage``, in loader order: the clean one first, then the adversarial ones."""
 
     def lengths(self, role: str) -> list[int]:
         """The token count of every example of a loaded split."""
@@ -114,9 +116,8 @@ class ModelData(Protocol):
     def mask_index(self) -> int | None:
         """Where ``<mask>`` sits among the text tokens; ``None`` when the text holds none."""
 
-    @property
-    def eval_set_names(self) -> list[str]:
-        """Names of the evaluation loaders, in loader order."""
+    def eval_sets(self, stage: str) -> list[EvalSet]:
+        """The evaluation sets of ``stage``, in loader order (their metric names)."""
 
 
 def neurons_perturbed(callbacks: list) -> bool:

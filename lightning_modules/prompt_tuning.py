@@ -19,6 +19,7 @@ from lightning_modules.backbones import BackboneError, load_backbone
 from lightning_modules.contracts import ModelData
 from lightning_modules.rules import LayoutError, check_layout, check_positions, position_choices
 from lightning_modules.soft_prompt import OptionError, SoftPrompt, check_prompt_options
+from records.eval_set import EvalSet
 from records.prompt_checkpoint import FAMILY_CLASSES, check_prompt_shape, keep_prompt_only, metadata
 
 # Intended, so not worth a warning: checkpoints leave the backbone out, and the backbone runs in eval mode.
@@ -132,7 +133,7 @@ class PromptTuningModule(LightningModule):
         self.strict_loading = False
         self.register_buffer("label_token_ids", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("label_target_ids", torch.zeros(0, dtype=torch.long), persistent=False)
-        self.eval_set_names: list[str] = []
+        self.eval_sets: list[EvalSet] = []
         self.mask_index: int | None = None
 
     def check_layout(self, layout: str) -> None:
@@ -141,7 +142,7 @@ class PromptTuningModule(LightningModule):
 
     # ------------------------------------------------------------------ set-up from the data
     def setup(self, stage: str) -> None:
-        """Take the verbalizer ids and evaluation-set names from the DataModule; build one metric per set."""
+        """Take the verbalizer ids and the stage's evaluation sets from the DataModule; build one metric per set."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if not isinstance(datamodule, ModelData):
             raise TypeError(f"{type(self).__name__} needs a PromptDataModule (it provides the task's verbalizer)")
@@ -155,20 +156,17 @@ class PromptTuningModule(LightningModule):
         targets = datamodule.label_target_ids
         self.label_target_ids = torch.tensor(targets if targets is not None else [], dtype=torch.long, device=self.device)
         self.mask_index = datamodule.mask_index
-        self.eval_set_names = list(datamodule.eval_set_names)
+        self.eval_sets = list(datamodule.eval_sets(stage))
         # Metrics count every scored word as a class: a prediction of an extra word (P1's MNLI) is simply wrong.
         classes = len(datamodule.label_token_ids)
         self.train_acc = MulticlassAccuracy(num_classes=classes, average="micro")
         self.train_loss = MeanMetric()  # the epoch's mean loss, over every rank's examples
-        self.eval_acc = nn.ModuleList(MulticlassAccuracy(num_classes=classes, average="micro") for _ in self.eval_set_names)
+        self.eval_acc = nn.ModuleList(MulticlassAccuracy(num_classes=classes, average="micro") for _ in self.eval_sets)
         self.val_acc_best = MaxMetric()
 
     def metric_prefix(self, stage: str, dataloader_idx: int) -> str:
         """``val``/``test`` for the clean set, ``adv/<set>`` (``test/adv/<set>``) for adversarial ones."""
-        if dataloader_idx == 0:
-            return stage
-        adv = f"adv/{self.eval_set_names[dataloader_idx]}"
-        return adv if stage == "val" else f"{stage}/{adv}"
+        return self.eval_sets[dataloader_idx].metric_prefix(stage)
 
     # ------------------------------------------------------------------ forward
     def prompt_vectors(self, batch_size: int, dtype: torch.dtype) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from records.errors import UserError
+from records.eval_set import EvalSet
 from records.files import atomic_write
 from records.neuron_selection import mean_over_prompts
 from records.settings import RunSettings
@@ -24,11 +25,6 @@ OUTPUT_DIR = "skill_neurons"
 
 class SkillNeuronError(UserError, ValueError):
     """A skill-neuron analysis that cannot give a meaningful answer (the message names the fix)."""
-
-
-def set_name(role: str) -> str:
-    """``adv/adv_sst2`` -> ``adv_sst2``; ``validation`` and ``test`` stay."""
-    return role.split("/", 1)[1] if role.startswith("adv/") else role
 
 
 def save_neuron_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
@@ -58,11 +54,12 @@ def load_neuron_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def neuron_file_of(run: str | Path, eval_set: str = "validation") -> Path:
-    """The skill-neuron file of one evaluation set of a run: a run directory (``runs/<id>``) or a file path."""
+    """The skill-neuron file of one evaluation set (its name or split, ``adv_sst2`` or ``adv/adv_sst2``) of a
+    run: a run directory (``runs/<id>``) or a file path."""
     path = Path(run)
     if path.is_file():
         return path
-    file = path / OUTPUT_DIR / f"{set_name(eval_set)}.safetensors"
+    file = path / OUTPUT_DIR / f"{EvalSet.of(eval_set).file_stem}.safetensors"
     if not file.is_file():
         known = sorted(p.stem for p in (path / OUTPUT_DIR).glob("*.safetensors"))
         raise SkillNeuronError(

@@ -21,6 +21,7 @@ from typing import Any, TypedDict
 
 from records.configuration import differing_keys, label
 from records.errors import UserError
+from records.eval_set import EvalSet, parse_neuron_metric
 from records.files import backup_path, read_json, write_json_atomic
 from records.settings import RunSettings
 
@@ -186,22 +187,20 @@ def summary_from_wandb(run_id: str, state: str, config: dict[str, Any], metrics:
         values = {k[len(section) + 1:]: v for k, v in config.items() if k.startswith(f"{section}.")}
         if values:
             summary[section] = values
-    sets = _neuron_sets(numbers, stage)
+    sets = _neuron_sets(numbers)
     if sets:
         summary["skill_neurons"] = {**settings.neuron_metadata(), "sets": sets}
     return summary
 
 
-def _neuron_sets(numbers: dict[str, Any], stage: str) -> dict[str, dict[str, Any]]:
+def _neuron_sets(numbers: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``skill_neurons/<set>/<metric>`` summary values by set, each with the split it was analysed on."""
     sets: dict[str, dict[str, Any]] = defaultdict(dict)
     for key, value in numbers.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "skill_neurons":
-            sets[parts[1]][parts[2]] = value
-    clean = "test" if stage == "test" else "validation"
+        if metric := parse_neuron_metric(key):
+            sets[metric.eval_set.name][metric.name] = value
     for name, values in sets.items():
-        values["split"] = name if name == clean else f"adv/{name}"
+        values["split"] = EvalSet(name).split
     return dict(sets)
 
 

@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from datamodules.tasks import TASKS
+from records.eval_set import EvalSet
 
 PROJECT = "skill-neurons"
 PERCENTS = (1, 5, 10, 15)
@@ -37,25 +38,27 @@ def adversarial_sets() -> list[str]:
 
 def panels(sets: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """The report's panels, per grid: ``{"kind": bar|line, "title", "metrics"}`` (bar: summary values)."""
-    sets = adversarial_sets() if sets is None else sets
-    skill = [f"skill_neurons/{s}/overlap@{n}" for s in sets for n in PERCENTS]
+    evaluated = [EvalSet.clean("validate"), *(EvalSet(s) for s in (adversarial_sets() if sets is None else sets))]
+    clean, adversarial = evaluated[0], evaluated[1:]
+    accuracy = [s.metric("val", "acc") for s in evaluated]  # val/acc, adv/<set>/acc
     return {
         "fit": [
             {"kind": "bar", "title": "Accuracy at the best epoch: clean vs adversarial",
-             "metrics": ["best/val/acc", *(f"best/adv/{s}/acc" for s in sets)]},
+             "metrics": [f"best/{m}" for m in accuracy]},
             {"kind": "line", "title": "Accuracy per epoch: clean vs adversarial", "x": "trainer/global_step",
-             "metrics": ["val/acc", *(f"adv/{s}/acc" for s in sets)]},
-            {"kind": "bar", "title": "overlap@n% of clean and adversarial skill neurons", "metrics": skill},
+             "metrics": accuracy},
+            {"kind": "bar", "title": "overlap@n% of clean and adversarial skill neurons",
+             "metrics": [s.neuron_metric(f"overlap@{n}") for s in adversarial for n in PERCENTS]},
             {"kind": "bar", "title": "Adversarial predictivity of the clean top n% (vs the set's own top n%)",
-             "metrics": [f"skill_neurons/{s}/{what}{n}{tail}" for s in sets for n in (1, 5, 10)
+             "metrics": [s.neuron_metric(f"{what}{n}{tail}") for s in adversarial for n in (1, 5, 10)
                          for what, tail in (("clean_top", "_predictivity"), ("top", "_mean"))]},
             {"kind": "bar", "title": "Skill neurons on clean data: top n% mean and best predictivity",
-             "metrics": ["skill_neurons/validation/best_predictivity",
-                         *(f"skill_neurons/validation/top{n}_mean" for n in (1, 5, 10))]},
+             "metrics": [clean.neuron_metric("best_predictivity"),
+                         *(clean.neuron_metric(f"top{n}_mean") for n in (1, 5, 10))]},
         ],
         "suppression": [
             {"kind": "bar", "title": "Accuracy with neurons suppressed (name: rate and selection)",
-             "metrics": ["val/acc", *(f"adv/{s}/acc" for s in sets)]},
+             "metrics": accuracy},
         ],
         "transfer": [
             {"kind": "bar", "title": "Relative transfer (100 · acc(A→B) / acc(B→B))",

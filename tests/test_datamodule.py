@@ -100,7 +100,7 @@ def test_tokenisation_is_cached_by_datasets(tmp_path, tiny_backbones):
 
 def test_eval_sets_are_clean_then_adversarial_and_loaders_match(tiny_backbones):
     dm = setup_dm(task="marker", backbone="tiny-roberta", prompt_length=4, eval_batch_size=400)
-    assert dm.eval_set_names == ["validation", "marker_typo"]
+    assert [s.name for s in dm.eval_sets("validate")] == ["validation", "marker_typo"]
     sizes = [len(loader.dataset) for loader in dm.val_dataloader()]
     assert sizes == [400, 400]
     assert dm.split_records["train"]["rows"] == 2000
@@ -117,7 +117,7 @@ def test_local_adversarial_file_is_added_as_a_named_set(tmp_path, tiny_backbones
     adv = write_jsonl(tmp_path / "adv.jsonl", [{"text": "gooood film", "y": 1}, {"text": "bda film", "y": 0}])
     dm = setup_dm(task=review_task(tmp_path), backbone="tiny-roberta", prompt_length=4,
                   extra_adversarial={"typos": {"file": adv, "columns": {"review": "text", "label": "y"}}})
-    assert dm.eval_set_names == ["validation", "typos"]
+    assert [s.name for s in dm.eval_sets("validate")] == ["validation", "typos"]
     assert len(dm.val_dataloader()[1].dataset) == 2
 
 

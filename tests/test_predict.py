@@ -200,15 +200,16 @@ def test_predict_sets_load_only_the_chosen_sets_with_their_text(tiny_backbones):
     task["splits"]["test"] = {**task["splits"]["validation"], "file": str(TINY_MARKER / "validation.jsonl")}
     dm = PromptDataModule(task=task, backbone="tiny-roberta", prompt_length=4, max_eval_samples=7,
                           predict_sets=["typos", "test"])
-    assert dm.eval_roles("predict") == ["adv/typos", "test"]
-    assert dm.eval_roles("validate") == ["validation", "adv/typos"]
+    assert [s.split for s in dm.eval_sets("predict")] == ["adv/typos", "test"]
+    assert [s.split for s in dm.eval_sets("validate")] == ["validation", "adv/typos"]
     dm.load("predict")
     assert list(dm.datasets) == ["adv/typos", "test"]  # nothing else is read
     assert [len(loader.dataset) for loader in dm.predict_dataloader()] == [7, 7]
     typos = [json.loads(line) for line in (TINY_MARKER / "adversarial.jsonl").read_text().splitlines()[:7]]
     assert list(dm.source_rows["adv/typos"]["sentence"]) == [row["sentence"] for row in typos]
     assert list(dm.source_rows["adv/typos"]["idx"]) == list(dm.datasets["adv/typos"]["idx"]) == list(range(7))
-    assert PromptDataModule(task=task, backbone="tiny-roberta").eval_roles("predict") == ["validation", "adv/typos"]
+    assert [s.split for s in PromptDataModule(task=task, backbone="tiny-roberta").eval_sets("predict")] == [
+        "validation", "adv/typos"]
 
 
 def test_rows_follow_the_source_order_once_each_and_an_extra_word_is_a_wrong_prediction():

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from records.errors import UserError
+from records.eval_set import EvalSet, parse_metric
 from records.figures import save_figure
 from records.neuron_files import OUTPUT_DIR, SkillNeuronError, neuron_file_of
 from records.settings import RunSettings
@@ -399,8 +400,8 @@ class Context:
     def adversarial_sets(self, run: Run) -> list[str]:
         """The run's analysed adversarial sets (``adv/...`` splits)."""
         sets = run.neurons.get("sets") or {}
-        return sorted(name for name, info in sets.items() if name != self.eval_set and (
-            str(info.get("split", "")).startswith("adv/") or name not in ("validation", "test")))
+        return sorted(name for name, info in sets.items()
+                      if name != self.eval_set and EvalSet.from_section(name, info).adversarial)
 
     def figure(self, name: str, caption: str, size: tuple[int, int], nrows: int = 1, ncols: int = 1):
         """A new matplotlib Figure (no pyplot state, Agg canvas) of exactly ``size`` pixels, and its axes."""
@@ -426,25 +427,24 @@ class Context:
 
 # ----------------------------------------------------------------------------- accuracies of a run
 
-def _accuracies(metrics: dict[str, Any] | None, clean_key: str, clean: str, adversarial: str) -> dict[str, float]:
-    """Accuracy (fraction) per set: ``clean`` from ``clean_key``, adversarial sets from keys matching
-    ``adversarial`` (a regex whose group 1 is the set's name)."""
-    metrics = metrics or {}
-    out = {clean: metrics[clean_key]} if metrics.get(clean_key) is not None else {}
-    out.update({m.group(1): v for k, v in metrics.items() if v is not None and (m := re.fullmatch(adversarial, k))})
-    return out
+def _accuracies(metrics: dict[str, Any] | None, stage: str) -> dict[str, float]:
+    """Accuracy (fraction) per set of the metrics logged under ``stage`` (``val``, ``test``): the clean set
+    first, then the adversarial sets."""
+    found = [(m.eval_set, v) for k, v in (metrics or {}).items()
+             if v is not None and (m := parse_metric(k)) and m.stage == stage and m.name == "acc"]
+    return {s.name: v for s, v in sorted(found, key=lambda item: item[0].adversarial)}
 
 
 def fit_accuracies(run: Run) -> dict[str, float]:
     """Accuracy per evaluation set of a fit run's best epoch: ``validation`` and adversarial sets."""
-    return _accuracies(run.summary.get("best"), "val/acc", "validation", r"adv/(.+)/acc")
+    return _accuracies(run.summary.get("best"), "val")
 
 
 def test_accuracies(run: Run) -> dict[str, float]:
     """Accuracy per set of a test run: ``test`` and adversarial sets."""
-    return _accuracies(run.summary.get("test_metrics"), "test/acc", "test", r"test/adv/(.+)/acc")
+    return _accuracies(run.summary.get("test_metrics"), "test")
 
 
 def validate_accuracies(run: Run) -> dict[str, float]:
     """Accuracy per set of a validate run: ``validation`` and adversarial sets."""
-    return _accuracies(run.summary.get("validate_metrics"), "val/acc", "validation", r"adv/(.+)/acc")
+    return _accuracies(run.summary.get("validate_metrics"), "val")

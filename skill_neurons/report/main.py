@@ -49,8 +49,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from records.eval_set import EvalSet
 from records.files import atomic_write
-from records.neuron_files import set_name
 from records.secrets import redact_argv
 from records.wandb_config import REPORT_NAME
 from skill_neurons.report.accuracy import accuracy_section, runs_section
@@ -217,7 +217,7 @@ def make_report(arguments: list[str], out: Path, percent: float = 5.0, eval_set:
     kept, selection = select(inputs.runs, filters or Filters())
     inputs = Inputs(kept, inputs.invalid, inputs.arguments)
     figures_dir = out / "figures"
-    ctx = Context(inputs, figures_dir, float(percent), set_name(eval_set), selection=selection)
+    ctx = Context(inputs, figures_dir, float(percent), EvalSet.of(eval_set).name, selection=selection)
     ctx.cache["definitions"] = definitions
     check_inputs(ctx, kept)  # mixed layouts within a family or neuron shapes: one error before any section
     out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from records import figures as style
+from records.eval_set import EvalSet
 from skill_neurons.report.base import (
     WIDE, Context, Figure, Run, Section, family_rank, fit_accuracies, fmt, markdown_table, mean_sem, pct, slug,
     validate_accuracies,
@@ -114,7 +115,7 @@ def suppression_figure(ctx: Context, key: tuple, title: str, sets: list[str], ro
             ax.plot(rate, mean, line, color=colour, marker=marker, label=f"{selection} units")
             ax.fill_between(rate, np.clip(mean - sem, 0, 100), np.clip(mean + sem, 0, 100), color=colour, alpha=0.2)
             lowest.append(float((mean - sem).min()))
-        ax.set_title("clean (validation)" if set_ == "validation" else f"adversarial: {set_}", fontsize="medium")
+        ax.set_title(EvalSet(set_).display, fontsize="medium")
         ax.set_xlabel("units suppressed per layer (%)")
         ax.set_ylabel("accuracy (%)")
     for ax in axes[0]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from records import figures as style
+from records.eval_set import EvalSet
 from skill_neurons.report.analyses import mean_sem
 from skill_neurons.report.base import Context, Section, fmt, markdown_table, pct, slug, validate_accuracies
 from skill_neurons.report.paper import embed, panels
@@ -86,7 +87,7 @@ def paper_suppression_section(ctx: Context) -> Section:
                                 linestyle=style.SELECTION[selection][1], color=colour, marker=marker, capsize=3,
                                 linewidth=2, label=f"{backbone} {selection}")
                     lowest.append(min(m - e for m, e in zip(means, errors[0])))
-            ax.set_title("clean (validation)" if name == "validation" else f"adversarial: {name}", fontsize="medium")
+            ax.set_title(EvalSet(name).display, fontsize="medium")
             ax.set_xlabel("suppression rate (% of units per layer)")
             ax.set_ylabel("accuracy (%)")
         for ax in axes:
