@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_modules.contracts import (
     AnalysesNeurons, PromisesOutputs, PromptData, ReportsMetrics, neurons_perturbed,
 )
+from records.eval_set import ADVERSARIAL
 from records.files import jsonable
 from records.run_identity import prompt_provenance
 from records.run_status import process_record
@@ -119,7 +120,7 @@ class RunSummary(Callback):
         run.define_metric("trainer/global_step")
         run.define_metric("val/acc", summary="max,last")
         run.define_metric("val/loss", summary="min")
-        run.define_metric("adv/*", summary="last")
+        run.define_metric(f"{ADVERSARIAL}/*", summary="last")
         # the settings that apply to this run, one key each (records.wandb_config.run_config)
         run.config.update(run_config(redact(self.config), stage, settings), allow_val_change=True)
         run.tags = tuple(run_tags(settings, run.tags))  # plain tags for dashboard filters, after the config's

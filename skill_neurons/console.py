@@ -13,6 +13,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from records.eval_set import parse_metric
+
 
 def _number(value: Any) -> float | None:
     if hasattr(value, "numel") and value.numel() != 1:
@@ -32,7 +34,7 @@ def metrics_table(metrics: dict[str, Any], stage: str) -> str:
         return ""
     width = max(len(name) for name in numbers)
     lines = [f"{stage} metrics:"]
-    for name in sorted(numbers, key=lambda n: ("adv/" in n, n)):
+    for name in sorted(numbers, key=lambda n: (bool((metric := parse_metric(n)) and metric.eval_set.adversarial), n)):
         value = numbers[name]
         shown = f"{value:.4f}" if math.isfinite(value) and value != int(value) else f"{value:g}"
         lines.append(f"  {name.ljust(width)}  {shown}")
