@@ -242,3 +242,19 @@ def test_seed_mean_source_suppresses_the_top_units_of_the_mean_over_the_tasks_fi
     lonely = SimpleNamespace(ckpt_path=str(alone / "x" / "checkpoints" / "best.ckpt"), datamodule=dm)
     with pytest.raises(SkillNeuronError, match="neuron_source=seed_mean: no finished fit run"):
         NeuronSuppression(rate=10, neuron_source="seed_mean").setup(lonely, model, "validate")
+
+
+@pytest.mark.parametrize("units", [3072, 1536])
+def test_suppression_of_a_paper_model_sizes_each_layer_as_p1_at_every_rate(units):
+    """P1's ``init_mask``: ``int(number_neurons/100*topn)`` units per layer — the skill and the random selection
+    of a ``paper`` model, at roberta-base's/t5-base's 3072 FFN units and at 1536, for rates 1–15%."""
+    from callbacks.suppression import random_units
+    from records.neuron_selection import sizing_of, top_percent_mask
+
+    score = torch.rand(12, units, generator=torch.Generator().manual_seed(units))
+    sizing = sizing_of("paper")
+    for rate in range(1, 16):
+        expected = int(units / 100 * rate)
+        assert top_percent_mask(score, rate, sizing).sum(dim=1).tolist() == [expected] * 12, rate
+        assert random_units(12, units, rate, seed=rate, sizing=sizing).sum(dim=1).tolist() == [expected] * 12, rate
+    assert top_percent_mask(score, 1, sizing_of("standard")).sum(dim=1).tolist() == [-(-units // 100)] * 12
