@@ -236,10 +236,7 @@ def experiment_sweeps(root: str, scale: Scale = PAPER, out: str | None = None) -
     are written to, None for the tracked sweeps/) is named in their header."""
 
     def header(what: str, name: str, runs: str) -> str:
-        if out is None:
-            return SWEEP_HEADER.format(what=what, name=name, runs=runs)
-        scale_name = next(k for k, v in SCALES.items() if v == scale)
-        return GENERATED_HEADER.format(what=what, name=name, runs=runs, root=root, out=out, scale=scale_name)
+        return _header(what, name, runs, root, scale, out)
 
     suppression = header(
         "Suppression: every trained prompt x rate (% of units per layer) x skill neurons or the random control "
@@ -267,15 +264,77 @@ def experiment_sweeps(root: str, scale: Scale = PAPER, out: str | None = None) -
     return {"suppression": suppression, "transfer": transfer}
 
 
-def write_experiment_sweeps(root: str, out: Path, scale: Scale = PAPER) -> list[Path]:
-    """Write ``out/{suppression,transfer}.yaml`` for the prompts under ``root``; refuses the tracked sweeps/."""
+def _header(what: str, name: str, runs: str, root: str, scale: Scale, out: str | None) -> str:
+    if out is None:
+        return SWEEP_HEADER.format(what=what, name=name, runs=runs)
+    scale_name = next(k for k, v in SCALES.items() if v == scale)
+    return GENERATED_HEADER.format(what=what, name=name, runs=runs, root=root, out=out, scale=scale_name)
+
+
+P1_SUPPRESSION = """\
+  suppression.rate:
+    values: {rates}
+  suppression.selection:
+    values: [{selection}]
+  suppression.perturbation:
+    values: [zero]
+  suppression.neuron_source:
+    values: [seed_mean]
+  suppression.adversarial_neurons:
+    values: [clean]
+  {key}:
+    values: {values}
+"""
+SECOND_DRAW = 1  # suppression.yaml's random control uses the default seed 0
+
+
+def adversarial_sets(task: str) -> list[str]:
+    """The adversarial sets a task declares (datamodules/tasks.py)."""
+    from datamodules.tasks import get_task
+
+    return list(get_task(task).adversarial)
+
+
+def p1_code_sweeps(root: str, scale: Scale = PAPER, out: str | None = None) -> dict[str, str]:
+    """The suppression runs beyond suppression.yaml that ``skill-neurons report --definitions p1-code`` reads
+    for P1's curves: per task with adversarial sets, ``suppression_p1_<task>.yaml`` (skill neurons of each
+    adversarial set, ``suppression.eval_set``, on every loader: P1's clean curve, ``src/utils.py::init_mask``
+    with ``--adv_nonAdv True`` loads ``Adv…_mean.npy`` for clean data), and ``suppression_p1_random.yaml`` (a
+    second random draw, ``suppression.seed``: P1's separate random control for adversarial data,
+    ``init_mask`` loading ``random_neuron_across_layer/Adv….npy``)."""
+    sweeps = {}
+    for task in scale.suppression_tasks:
+        sets = adversarial_sets(task)
+        if sets:
+            name = f"suppression_p1_{task}"
+            sweeps[name] = _header(
+                f"P1's clean suppression curve for {task}: each prompt x rate, the adversarial set's "
+                "skill neurons on every set (for `skill-neurons report --definitions "
+                "p1-code`)", name, prompt_runs(root, scale, tasks=(task,)), root, scale, out) + P1_SUPPRESSION.format(
+                rates=_flow(scale.rates), selection="skill", key="suppression.eval_set", values=_flow(tuple(sets))
+            ) + SWEEP_COMMAND
+    sweeps["suppression_p1_random"] = _header(
+        "P1's separate random control for adversarial data: each prompt x rate, a second random draw (for "
+        "`skill-neurons report --definitions p1-code`)", "suppression_p1_random",
+        prompt_runs(root, scale, tasks=scale.suppression_tasks), root, scale, out) + P1_SUPPRESSION.format(
+        rates=_flow(scale.rates), selection="random", key="suppression.seed", values=_flow((SECOND_DRAW,))
+    ) + SWEEP_COMMAND
+    return sweeps
+
+
+def write_experiment_sweeps(root: str, out: Path, scale: Scale = PAPER, p1_code: bool = False) -> list[Path]:
+    """Write ``out/{suppression,transfer}.yaml`` for the prompts under ``root`` (and with ``p1_code`` the
+    :func:`p1_code_sweeps`); refuses the tracked sweeps/."""
     tracked = (Path(__file__).resolve().parent.parent / "sweeps").resolve()
     if out.resolve() == tracked:
         raise SystemExit(f"make_configs.py: --out {out} is the repository's tracked sweeps/ folder — give a folder "
                          "of your own (e.g. --out my-sweeps)")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in experiment_sweeps(root, scale, out=str(out)).items():
+    sweeps = experiment_sweeps(root, scale, out=str(out))
+    if p1_code:
+        sweeps.update(p1_code_sweeps(root, scale, out=str(out)))
+    for name, text in sweeps.items():
         (out / f"{name}.yaml").write_text(text)
         written.append(out / f"{name}.yaml")
     return written
@@ -295,13 +354,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="folder to write the experiment sweeps to (required with --prompt_runs)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="paper",
                         help="paper: P1's backbones, tasks, seeds and rates; tiny: the tiny pipeline's")
+    parser.add_argument("--p1_code", action="store_true",
+                        help="with --prompt_runs/--out: also the suppression runs P1's curves need under `skill-neurons "
+                             "report --definitions p1-code` (suppression_p1_<task>.yaml: the adversarial sets' skill "
+                             "neurons; suppression_p1_random.yaml: a second random draw)")
     argv = sys.argv[1:] if argv is None else argv
     options = parser.parse_args(old_spellings(argv, {"--prompt-runs": "--prompt_runs"}, "make_configs.py"))
-    if options.prompt_runs or options.out or options.scale != "paper":
+    if options.prompt_runs or options.out or options.scale != "paper" or options.p1_code:
         if not (options.prompt_runs and options.out):
             parser.error("--prompt_runs and --out go together: the fit runs' folder and a folder of yours for the "
                          "sweeps (the tracked sweeps/ are written only without options)")
-        for path in write_experiment_sweeps(options.prompt_runs, Path(options.out), SCALES[options.scale]):
+        for path in write_experiment_sweeps(options.prompt_runs, Path(options.out), SCALES[options.scale],
+                                            options.p1_code):
             print(f"wrote {path}")
         return
     sweeps = Path(__file__).parent.parent / "sweeps"

@@ -59,6 +59,50 @@ def test_every_sweep_file_names_the_project_also_those_make_configs_writes():
         assert text == (ROOT / "sweeps" / f"{name}.yaml").read_text(), f"sweeps/{name}.yaml differs from make_configs"
 
 
+def test_make_configs_p1_code_writes_the_suppression_runs_of_p1s_curves(tmp_path):
+    import inspect
+
+    from callbacks.suppression import NeuronSuppression
+
+    sys.path.insert(0, str(ROOT / "configs"))
+    try:
+        import make_configs
+    finally:
+        sys.path.pop(0)
+    plain = make_configs.write_experiment_sweeps("grid/runs", tmp_path / "plain")
+    assert sorted(p.name for p in plain) == ["suppression.yaml", "transfer.yaml"]
+    written = make_configs.write_experiment_sweeps("grid/runs", tmp_path / "p1", p1_code=True)
+    names = sorted(p.name for p in written)
+    # P1's tasks with adversarial sets (datamodules/tasks.py), each a sweep of its own: eval_set depends on the task
+    assert names == ["suppression.yaml", "suppression_p1_mnli.yaml", "suppression_p1_qnli.yaml",
+                     "suppression_p1_qqp.yaml", "suppression_p1_random.yaml", "suppression_p1_sst2.yaml", "transfer.yaml"]
+    options = set(inspect.signature(NeuronSuppression).parameters)
+    for path in written:
+        config = yaml.safe_load(path.read_text())
+        assert config["project"] == "skill-neurons" and config["name"] == path.stem
+        assert {k.split(".", 1)[1] for k in config["parameters"] if k.startswith("suppression.")} <= options
+        if not path.stem.startswith("suppression_p1"):
+            assert path.read_text().replace(str(tmp_path / "p1"), "OUT") == \
+                (tmp_path / "plain" / path.name).read_text().replace(str(tmp_path / "plain"), "OUT")
+            continue
+        parameters = {k: v["values"] for k, v in config["parameters"].items()}
+        assert parameters["suppression.rate"] == make_configs.RATES
+        assert (parameters["suppression.neuron_source"], parameters["suppression.adversarial_neurons"],
+                parameters["suppression.perturbation"]) == (["seed_mean"], ["clean"], ["zero"])
+        if path.stem == "suppression_p1_random":
+            # a second draw beside suppression.yaml's (default seed 0), over every suppressed task's prompts
+            assert parameters["suppression.selection"] == ["random"] and parameters["suppression.seed"] == [1]
+            assert len(parameters["from_run"]) == 2 * len(make_configs.PAPER_TASKS) * 5
+        else:
+            task = path.stem.removeprefix("suppression_p1_")
+            assert parameters["suppression.selection"] == ["skill"]
+            assert parameters["suppression.eval_set"] == {"mnli": ["adv_mnli", "adv_mnli_mm"]}.get(task, [f"adv_{task}"])
+            assert len(parameters["from_run"]) == 2 * 5 and all(f"task={task}&" in r for r in parameters["from_run"])
+    tiny = make_configs.write_experiment_sweeps("tiny/fit/runs", tmp_path / "tiny", make_configs.TINY, p1_code=True)
+    marker = yaml.safe_load((tmp_path / "tiny" / "suppression_p1_marker.yaml").read_text())
+    assert marker["parameters"]["suppression.eval_set"]["values"] == ["marker_typo"] and len(tiny) == 4
+
+
 def test_sweep_group_grid_size_and_progress_line():
     from skill_neurons.sweep.display import eta_seconds, planned_trials, progress, sweep_group
 

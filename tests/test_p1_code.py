@@ -232,3 +232,145 @@ def test_the_two_definitions_differ_where_p1s_code_differs_from_the_paper(report
     for function in ("get_adv_overlap_per_topn", "get_histplot_distribution", "correlation_matrix_across_layer",
                      "get_transferability_matrix_new", "get_perturbation_accuracy_runs"):
         assert function in markdown
+
+
+# ------------------------------------------------------------------------------ P1's suppression curves
+SUPPRESSION_SEEDS, SUPPRESSION_RATES = (33, 34, 35), (0, 1, 3)
+N_EXAMPLES, K_WIN, K_LOSE = 872, 85, 787  # 1 - 85/872 > 787/872 in float64; equal in float32
+
+
+def accuracy_tensors(stored_score: bool = True) -> dict[str, torch.Tensor]:
+    """(2 layers, 2 positions, 100 units) accuracies k/872: unit 0 at 85/872 (P1's predictivity 1 - 85/872) and
+    unit 1 at 787/872 tie in float32 but unit 0 is higher in P1's float64; the rest at 1/2."""
+    k = torch.full((2, 2, 100), N_EXAMPLES // 2, dtype=torch.int64)
+    k[:, 0, 0], k[:, 0, 1] = K_WIN, K_LOSE
+    accuracy = (k.double() / N_EXAMPLES).float()
+    tensors = {"accuracy": accuracy, "class_count": torch.tensor([436, 436])}
+    tensors["score"] = (torch.maximum(k, N_EXAMPLES - k).double() / N_EXAMPLES).float().amax(dim=1)  # as ours
+    if not stored_score:
+        tensors = {"score": tensors["score"], "class_count": tensors["class_count"]}
+    return tensors
+
+
+def neuron_fit_run(root: Path, backbone: str, seed: int, with_accuracy: bool) -> None:
+    run_id = f"fit-{backbone}-sst2-{seed}"
+    meta = {"backbone": backbone, "family": BACKBONES[backbone], "part": "encoder", "task": "sst2", "layout": "paper"}
+    sets = {}
+    for name in ("validation", "adv_sst2"):
+        file = root / run_id / "skill_neurons" / f"{name}.safetensors"
+        save_neuron_file(file, accuracy_tensors(with_accuracy), {**meta, "split": name})
+        sets[name] = {"split": name, "file": str(file), "class_count": [436, 436], "examples": N_EXAMPLES}
+    content = summary(run_id, backbone, "sst2", seed, "fit")
+    content["best"] = {"val/acc": 0.8}
+    content["skill_neurons"] = {**meta, "stage": "fit", "sets": sets}
+    write(root / run_id, content)
+
+
+def curve_accuracy(curve: str, seed: int, rate: float) -> float:
+    """A distinct accuracy per curve, prompt and rate (fraction)."""
+    offset = {"eval_adv/validation": 0.1, "eval_validation/adv_sst2": 0.2, "random0/validation": 0.3,
+              "random1/adv_sst2": 0.4, "eval_validation/validation": 0.05, "eval_adv/adv_sst2": 0.15,
+              "random0/adv_sst2": 0.25, "random1/validation": 0.35}[curve]
+    return offset + 0.01 * (seed - 30) - rate / 200 + 0.001 * len(curve)
+
+
+def p1_suppression_run(root: Path, backbone: str, seed: int, rate: float, selection: str, eval_set: str = "validation",
+                       draw: int = 0) -> None:
+    run_id = f"suppress-{backbone}-{seed}-{selection}-{eval_set}-{draw}-{rate:g}"
+    content = summary(run_id, backbone, "sst2", seed, "validate")
+    content["suppression"] = {"rate": rate, "selection": selection, "perturbation": "zero", "part": "encoder",
+                              "neuron_source": "seed_mean", "adversarial_neurons": "clean", "eval_set": eval_set,
+                              "seed": draw}
+    tag = f"random{draw}" if selection == "random" else ("eval_adv" if eval_set != "validation" else "eval_validation")
+    content["validate_metrics"] = {"val/acc": curve_accuracy(f"{tag}/validation", seed, rate),
+                                   "adv/adv_sst2/acc": curve_accuracy(f"{tag}/adv_sst2", seed, rate)}
+    write(root / run_id, content)
+
+
+@pytest.fixture(scope="module")
+def p1_suppression_report(tmp_path_factory):
+    """tiny-roberta: both eval_sets and two random draws, files with accuracies; tiny-t5: clean neurons and one
+    draw only, files without accuracies (P1's float64 cannot be rebuilt)."""
+    root = tmp_path_factory.mktemp("p1-suppression-runs")
+    for seed in SUPPRESSION_SEEDS:
+        neuron_fit_run(root, "tiny-roberta", seed, with_accuracy=True)
+        neuron_fit_run(root, "tiny-t5", seed, with_accuracy=False)
+        for rate in SUPPRESSION_RATES:
+            for backbone in BACKBONES:
+                p1_suppression_run(root, backbone, seed, rate, "skill")
+                p1_suppression_run(root, backbone, seed, rate, "random")
+            p1_suppression_run(root, "tiny-roberta", seed, rate, "skill", eval_set="adv_sst2")
+            p1_suppression_run(root, "tiny-roberta", seed, rate, "random", draw=1)
+    out = tmp_path_factory.mktemp("p1-suppression")
+    assert main([str(root), "--out", str(out), "--definitions", "p1-code"]) == 0
+    paper = tmp_path_factory.mktemp("paper-suppression")
+    assert main([str(root), "--out", str(paper)]) == 0
+    return (json.loads((out / "report.json").read_text()), (out / "report.md").read_text(),
+            json.loads((paper / "report.json").read_text()))
+
+
+def p1_curve(tag: str) -> list[tuple[float, float]]:
+    """get_perturbation_accuracy_runs: per rate, np.mean and get_sem over the prompts' accuracies (%)."""
+    out = []
+    for rate in SUPPRESSION_RATES:
+        accuracy = np.array([100 * curve_accuracy(tag, s, rate) for s in SUPPRESSION_SEEDS])
+        out.append((float(np.mean(accuracy)), float(p1_port.sem(accuracy))))
+    return out
+
+
+def test_p1_suppression_curves_read_the_runs_p1s_adv_nonadv_mode_reads(p1_suppression_report):
+    document, markdown, _ = p1_suppression_report
+    rows = document["paper_suppression"]["rows"]
+
+    def curve(backbone, name):
+        got = sorted((r["rate"], r["mean"], r["sem"]) for r in rows if (r["backbone"], r["curve"]) == (backbone, name))
+        return [(m, s) for _, m, s in got]
+
+    # P1's clean curve: clean data with the adversarial set's neurons (runs with suppression.eval_set=adv_sst2)
+    assert curve("tiny-roberta", "clean (adv_sst2 neurons)") == p1_curve("eval_adv/validation")
+    assert curve("tiny-roberta", "adv_sst2 (clean neurons)") == p1_curve("eval_validation/adv_sst2")
+    # random: the clean curve from the first draw, the adversarial one from the second (P1's separate Adv… file)
+    assert curve("tiny-roberta", "clean (random)") == p1_curve("random0/validation")
+    assert curve("tiny-roberta", "adv_sst2 (random)") == p1_curve("random1/adv_sst2")
+    assert {r["suppression_seed"] for r in rows if r["curve"] == "adv_sst2 (random)" and r["backbone"] == "tiny-roberta"} == {1}
+    assert all(r["n"] == len(SUPPRESSION_SEEDS) for r in rows)
+    # one draw only (tiny-t5): the adversarial random curve shares it, said so; no eval_set runs: not computed
+    assert curve("tiny-t5", "adv_sst2 (random)") == p1_curve("random0/adv_sst2")
+    assert curve("tiny-t5", "clean (adv_sst2 neurons)") == []
+    assert "tiny-roberta · sst2, random control: clean curve `suppression.seed=0`, adversarial curve " \
+           "`suppression.seed=1`." in markdown
+    assert "tiny-t5 · sst2, random control: clean curve `suppression.seed=0`, adversarial curve `suppression.seed=0` " \
+           "— only one random draw" in markdown
+    assert "tiny-t5 · sst2: **Not computed:** P1's clean curve" in markdown
+    assert "tiny-roberta · sst2: **Not computed" not in markdown
+    assert document["paper_suppression"]["clean_curve_computed"] is True
+
+
+def test_paper_suppression_keeps_the_p1_only_runs_apart(p1_suppression_report):
+    rows = p1_suppression_report[2]["paper_suppression"]["rows"]
+    roberta = [r for r in rows if r["backbone"] == "tiny-roberta"]
+    # the adversarial set's neurons form their own group; the second random draw is left to p1-code
+    assert {r["eval_set"] for r in roberta} == {"validation", "adv_sst2"}
+    plain = [r for r in roberta if r["eval_set"] == "validation"]
+    assert all(r["n"] == len(SUPPRESSION_SEEDS) for r in plain)
+    random_clean = sorted((r["rate"], r["mean"]) for r in plain if (r["selection"], r["set"]) == ("random", "validation"))
+    assert [m for _, m in random_clean] == pytest.approx([m for m, _ in p1_curve("random0/validation")], abs=1e-9)
+
+
+def test_p1_code_ranks_by_p1s_float64_predictivity_rebuilt_from_the_accuracies(p1_suppression_report):
+    document, markdown, _ = p1_suppression_report
+    tensors = accuracy_tensors()
+    acc = np.rint(tensors["accuracy"].numpy().astype(np.float64) * N_EXAMPLES) / N_EXAMPLES  # utils.py::valid
+    per_seed = np.where(acc > 1 - acc, acc, 1 - acc).max(axis=1)  # find.py::get_max_mean: max over positions
+    mean = np.mean(np.array([per_seed] * len(SUPPRESSION_SEEDS)), axis=0)  # ... then the mean over seeds
+    stored = tensors["score"].numpy()
+    assert stored[0, 0] == stored[0, 1] and mean[0, 0] > mean[0, 1]  # float32 ties what float64 ranks
+    expected = p1_port.suppressed(mean, 1)  # one unit per layer: unit 0, P1's float64 winner
+    assert sorted(map(tuple, expected.tolist())) == [(0, 0), (1, 0)]
+    row = next(u for u in document["paper_suppression"]["units"]
+               if (u["backbone"], u["rate"], u["curve"]) == ("tiny-roberta", 1, "adv_sst2 (clean neurons)"))
+    assert row["digest_p1"] == hashlib.sha1(repr(sorted((int(a), int(b)) for a, b in expected)).encode()).hexdigest()
+    # tiny-t5's files hold no accuracies: their float32 score stands in, named in report.md
+    fallbacks = document["p1_differences"]["float32_fallbacks"]
+    assert len(fallbacks) == 2 * len(SUPPRESSION_SEEDS) and all("tiny-t5" in path for path in fallbacks)
+    assert "could not be rebuilt; their stored float32 score is used" in markdown

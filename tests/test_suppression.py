@@ -153,6 +153,21 @@ def test_adversarial_sets_use_clean_neurons_unless_asked_for_their_own(tmp_path,
     assert torch.equal(own.masks[1], top_percent_mask(adv_score, 10)) and not torch.equal(own.masks[0], own.masks[1])
 
 
+def test_eval_set_suppresses_that_sets_neurons_on_clean_data_too(tmp_path, neuron_run):
+    """P1's clean curve (src/utils.py::init_mask, --adv_nonAdv True: Adv…_mean.npy on clean data): eval_set names
+    whose skill neurons, and adversarial_neurons=clean applies them on every loader, the clean one included."""
+    _, recorder, _ = evaluate(tmp_path, neuron_run, rate=10, eval_set="typos")
+    adv_score = load_neuron_file(neuron_run / "skill_neurons" / "typos.safetensors")[0]["score"]
+    expected = top_percent_mask(adv_score, 10)
+    clean = top_percent_mask(load_neuron_file(neuron_run / "skill_neurons" / "validation.safetensors")[0]["score"], 10)
+    assert not torch.equal(expected, clean)
+    for loader in (0, 1):  # validation, typos
+        zeroed = {layer: (units == 0).all(dim=0).all(dim=0) for seen_loader, layer, _, units in recorder.seen
+                  if seen_loader == loader}
+        assert zeroed and all(torch.equal(mask & expected[layer], expected[layer]) for layer, mask in zeroed.items())
+        assert not all(torch.equal(mask & clean[layer], clean[layer]) for layer, mask in zeroed.items())
+
+
 def test_skill_neuron_analysis_stands_aside_while_neurons_are_suppressed(tmp_path, neuron_run):
     model, dm = make("masked_lm")
     analysis = SkillNeuronCallback()

@@ -28,6 +28,26 @@ TYPE_PAIRS = {"ethical_judgment": [(0, 1)], "paraphrase_identification": [(2, 3)
               "sentiment_analysis": [(7, 8), (7, 9), (8, 9)]}
 
 
+def p1_score(accuracy: np.ndarray, class_count) -> np.ndarray:
+    """(L, N) float64 score as P1 computes it, rebuilt from a neuron file's float32 per-position ``accuracy``
+    (L, P, N) (or (C, L, P, N)) and ``class_count``: each accuracy is k/n with n the set's example count, so
+    k = round(acc · n) is exact. P1 ``src/utils.py::valid`` (``compute_predictivity``): acc = k / n in float64,
+    ``np.where(acc > 1 - acc, acc, 1 - acc)`` (``1 - k/n`` can differ from (n - k)/n in the last bit, which the
+    float32 files cannot keep); ``src/find.py::get_max_mean``: max over positions. P1 has no multi-class case
+    (``find.py::compute_accuracy`` compares 1[a > b] with the label itself); a (C, L, P, N) file gets the same
+    per class (one-vs-rest), then the max over classes, as the project's score. Raises ValueError when the
+    stored accuracies are not k/n (then the stored score is used)."""
+    stored = np.asarray(accuracy, dtype=np.float32)
+    n = int(np.sum(class_count))
+    if n <= 0:
+        raise ValueError("class_count sums to 0")
+    acc = np.rint(stored.astype(np.float64) * n) / n
+    if not np.array_equal(acc.astype(np.float32), stored):
+        raise ValueError(f"the stored accuracies are not k/{n}")
+    score = np.where(acc > 1 - acc, acc, 1 - acc).max(axis=-2)  # (L, N) or (C, L, N)
+    return score.max(axis=0) if score.ndim == 3 else score
+
+
 def p1_descending(values: np.ndarray) -> np.ndarray:
     """Indices of a 1-D array from highest to lowest as P1 sorts: ``np.argsort(values)[::-1]``
     (``find.py::max_skill_neurons_across_model``, ``skill_neurons_across_layer``)."""

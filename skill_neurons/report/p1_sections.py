@@ -5,47 +5,25 @@ counterparts, so report.json is read the same way under both definitions."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
-import torch
 
-from records.neuron_selection import top_percent_mask
 from skill_neurons.report import analyses, p1_code
-from skill_neurons.report.base import Context, Section, fmt, markdown_table, pct, slug, validate_accuracies
+from skill_neurons.report.base import Context, Section, fmt, markdown_table, validate_accuracies
+from skill_neurons.report.p1_common import (DOC, differences, fallbacks, note, number, p1_run_score, p1_seed_means,
+                                            score_lines, sized)
+from skill_neurons.report.p1_suppression import suppression_p1
 from skill_neurons.report.paper import NO_MEANS, adversarial_pairs, backbone_colours, embed, panels
 from skill_neurons.report.seed_means import seed_means
 from skill_neurons.report.spearman import spearman_seeds_section, spearman_tasks_section
-from skill_neurons.report.suppression import neuron_source
 from skill_neurons.report.transfer import transfer_accuracy, transfer_section
 
 DEFINITIONS = ("paper", "p1-code")
-DOC = "docs/p1_code.md"
-
-
-def differences(ctx: Context) -> list[dict]:
-    """The rows of the definitions section, filled by the sections as they compute both numbers."""
-    return ctx.cache.setdefault("p1_differences", [])
-
-
-def sized(mean, why: str) -> str:
-    """``why`` plus the size rule, for runs whose ``paper`` definition sizes top sets as ours (not ``paper``)."""
-    return why if mean.sizing == "p1" else f"{why}; and k: ceil(N·n/100) for these runs, P1's int(N/100·n)"
-
-
-def note(ctx: Context, figure: str, what: str, paper, p1, why: str) -> None:
-    differences(ctx).append({"figure": figure, "quantity": what, "paper": paper, "p1_code": p1, "why": why})
-
-
-def number(value, digits: int = 3) -> str:
-    return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else (
-        f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
 def overlap_section(ctx: Context) -> Section:
     """``get_adv_overlap_per_topn``: each layer's k lowest units (P1's ``[::-1]`` reverses the layers)."""
     section = Section("paper_overlap")
-    means = seed_means(ctx)
+    means = p1_seed_means(ctx)  # float64 as P1; the paper numbers beside them from seed_means (float32 files)
     rows = [{**m.row(), "set": name, **point} for m in means for name in m.sets if name != ctx.eval_set
             for point in p1_code.overlap_curve(m.sets[ctx.eval_set], m.sets[name])]
     if not rows:
@@ -55,9 +33,9 @@ def overlap_section(ctx: Context) -> Section:
         "`np.argsort(p, axis=1)[::-1]` reverses the layers, so `[:, :k]` keeps each layer's k = int(N/100·n) "
         "*lowest*-scoring units; overlap = |clean ∩ adv| / k per layer, mean ± s.e.m. over layers. The paper's "
         f"top-k overlap is under `--definitions paper` (see {DOC}).", ""]
-    for m in means:
+    for m, plain in zip(means, seed_means(ctx)):
         for name in [s for s in m.sets if s != ctx.eval_set]:
-            paper = analyses.overlap_curve(m.sets[ctx.eval_set], m.sets[name], m.sizing)
+            paper = analyses.overlap_curve(plain.sets[ctx.eval_set], plain.sets[name], m.sizing)
             ours = [r for r in rows if (r["backbone"], r["part"], r["task"], r["set"]) == (m.backbone, m.part, m.task, name)]
             for a, b in zip(paper, ours):
                 note(ctx, "overlap", f"{m.backbone} · {m.task} vs {name}, n = {b['n']}", a["mean"], b["mean"],
@@ -92,7 +70,8 @@ def histogram_section(ctx: Context) -> Section:
     """``get_histplot_distribution(adversarial=True, mode="max_mean")`` with P1's duplicated values, second cut
     and ``np.arange`` bins shared by the backbones of a dataset."""
     section = Section("paper_histogram")
-    means, p = seed_means(ctx), ctx.percent
+    means, p = p1_seed_means(ctx), ctx.percent
+    plain = {id(m): s for m, s in zip(means, seed_means(ctx))}  # the paper numbers' (float32 files) seed means
     rows = []
     for task, name in adversarial_pairs(ctx, means):
         members = [m for m in means if m.task == task and name in m.sets]
@@ -102,7 +81,8 @@ def histogram_section(ctx: Context) -> Section:
             continue
         edges = p1_code.combined_edges([v for _, v in kept])
         for m, v in kept:
-            paper = analyses.adversarial_of_clean(m.sets[ctx.eval_set], m.sets[name], p, m.sizing)
+            paper = analyses.adversarial_of_clean(plain[id(m)].sets[ctx.eval_set], plain[id(m)].sets[name], p,
+                                                  m.sizing)
             rows.append({**m.row(), "set": name, "percent": p, "values": len(v), "edges": edges.tolist(),
                          "counts": p1_code.histogram_counts(v, edges), "mean": float(v.mean())})
             label = f"{m.backbone} · {task} → {name}"
@@ -145,15 +125,15 @@ def histogram_section(ctx: Context) -> Section:
 def location_section(ctx: Context) -> Section:
     """``get_histplot_distribution(location=True, mode="max_mean_location")`` in P1's tie order."""
     section = Section("paper_location")
-    means, p = seed_means(ctx), ctx.percent
+    means, p = p1_seed_means(ctx), ctx.percent
     if not means:
         return section.leave_out(NO_MEANS)
     rows = []
-    for m in means:
+    for m, plain in zip(means, seed_means(ctx)):
         clean = m.sets[ctx.eval_set]
         counts = p1_code.layer_location(clean, p).tolist()
         rows.append({**m.row(), "percent": p, "k": int(clean.size / 100 * p), "counts": counts})
-        paper = analyses.layer_location(clean, p, m.sizing).tolist()
+        paper = analyses.layer_location(plain.sets[ctx.eval_set], p, m.sizing).tolist()
         if paper != counts:
             note(ctx, "layer location", f"{m.backbone} · {m.task}: units per layer", " ".join(map(str, paper)),
                  " ".join(map(str, counts)), sized(m, "equal scores at the cut: P1's argsort()[::-1] vs lowest index first"))
@@ -189,8 +169,8 @@ def spearman_seeds_p1(ctx: Context) -> Section:
     if section.missing:
         return section
     p1_rows = []
-    for m in [m for m in seed_means(ctx) if len(m.runs) > 1]:
-        scores = [ctx.scores.score(r, ctx.eval_set).numpy().astype(np.float64) for r in m.runs]
+    for m in [m for m in p1_seed_means(ctx) if len(m.runs) > 1]:
+        scores = [p1_run_score(ctx, r, ctx.eval_set) for r in m.runs]  # float64 as P1's per-seed .npy
         p_values = p1_code.upper_pairs(p1_code.spearman_matrix(scores, None))
         curve = []
         for n in analyses.P1_N_GRID:
@@ -219,7 +199,7 @@ def spearman_tasks_p1(ctx: Context) -> Section:
         return section
     p1_rows = []
     for row in section.data["rows"]:
-        members = [m for m in seed_means(ctx) if (m.backbone, m.part) == (row["backbone"], row["part"])]
+        members = [m for m in p1_seed_means(ctx) if (m.backbone, m.part) == (row["backbone"], row["part"])]
         scores = [m.sets[ctx.eval_set] for m in members]
         matrix = p1_code.spearman_matrix(scores, 100)
         curve = []
@@ -286,72 +266,6 @@ def transfer_p1(ctx: Context) -> Section:
     return section
 
 
-def suppression_p1(ctx: Context) -> Section:
-    """``get_perturbation_accuracy_runs`` / ``get_lineplots_perturbation``: what the project's runs give of
-    P1's curves, and the unit sets P1's ``init_mask`` would suppress (``--adv_nonAdv True``)."""
-    section = Section("paper_suppression")
-    runs = [r for r in ctx.of_kind("suppression") if neuron_source(r.summary["suppression"]) == "seed_mean"
-            and r.summary["suppression"].get("adversarial_neurons", "clean") == "clean"]
-    if not runs:
-        return section.leave_out("No suppression runs with `neuron_source: seed_mean` and `adversarial_neurons: "
-                                 "clean` (P1's setting).")
-    section.lines += [
-        "**P1 `get_perturbation_accuracy_runs`, `get_lineplots_perturbation`, `src/utils.py::init_mask`** "
-        "(`--definitions p1-code`): P1's `_sn_` runs use `--adv_nonAdv True`, so its *adversarial* curve "
-        "suppresses the clean set's skill neurons (shown below, mean ± s.e.m. over seeds, accuracy in %) and its "
-        "*clean* curve suppresses the adversarial set's skill neurons. **Not computed:** no run of this project "
-        "evaluates clean data with the adversarial skill neurons suppressed, and P1's random control for "
-        "adversarial data is a second, unseeded draw (`Adv…` random file) while this project's control uses one "
-        f"random set per task and backbone on every set. Unit sets: per layer the first int(N/100·r) units of "
-        f"P1's `argsort()[::-1]` order; ours: the runs' selection (`records/neuron_selection.py`). See {DOC}.", ""]
-    points: dict[tuple, list] = defaultdict(list)
-    for run in runs:
-        info = run.summary["suppression"]
-        for name, value in validate_accuracies(run).items():
-            if name != "validation":
-                points[(run.backbone, run.task, name, str(info.get("selection")), float(info.get("rate", 0)))].append(
-                    pct(value))
-    rows = [{"backbone": b, "task": t, "set": s, "selection": sel, "rate": rate, "n": len(v),
-             "mean": float(np.mean(v)), "sem": p1_code.p1_sem(v)} for (b, t, s, sel, rate), v in sorted(points.items())]
-    section.lines += markdown_table(["backbone", "task", "adversarial set", "selection", "rate (%)", "seeds",
-                                     "accuracy (%)"],
-                                    [[r["backbone"], r["task"], r["set"], r["selection"], f"{r['rate']:g}", r["n"],
-                                      fmt(r["mean"], r["sem"])] for r in rows])
-    units = unit_rows(ctx, sorted({float(r.summary["suppression"].get("rate", 0)) for r in runs}))
-    section.lines += markdown_table(["backbone", "task", "curve", "rate (%)", "units P1", "units ours", "shared"],
-                                    [[u["backbone"], u["task"], u["curve"], f"{u['rate']:g}", u["units_p1"],
-                                      u["units_ours"], u["shared"]] for u in units])
-    section.tables["paper_suppression"] = rows
-    section.data.update(rows=rows, units=units, p1_function="get_perturbation_accuracy_runs",
-                        not_computed=["clean curve (adversarial skill neurons on clean data)",
-                                      "separate random control for adversarial data"])
-    return section
-
-
-def unit_rows(ctx: Context, rates: list[float]) -> list[dict]:
-    """Per backbone × task × curve × rate: P1's suppressed units (count, digest) and how many of them the
-    project's suppression runs select (:func:`records.neuron_selection.top_percent_mask` of the clean seed mean)."""
-    rows = []
-    for m in seed_means(ctx):
-        clean = m.sets[ctx.eval_set]
-        for name in [s for s in m.sets if s != ctx.eval_set]:
-            # P1's clean curve: the adversarial set's neurons; its adversarial curve: the clean set's
-            for curve, p1_score in ((f"clean ({name} neurons)", m.sets[name]), (f"{name} (clean neurons)", clean)):
-                for rate in rates:
-                    p1 = p1_code.suppressed_units(p1_score, rate)
-                    mask = top_percent_mask(torch.from_numpy(clean), rate).numpy()  # what the callbacks select
-                    ours = [set(np.flatnonzero(row).tolist()) for row in mask]
-                    shared = sum(len(set(a.tolist()) & b) for a, b in zip(p1, ours))
-                    rows.append({"backbone": m.backbone, "task": m.task, "set": name, "curve": curve, "rate": rate,
-                                 "units_p1": int(p1.size), "units_ours": sum(map(len, ours)), "shared": shared,
-                                 "digest_p1": p1_code.units_digest(p1)})
-                    if shared != p1.size or p1.size != sum(map(len, ours)):
-                        note(ctx, "suppression units", f"{m.backbone} · {m.task} · {curve}, r = {rate:g}",
-                             sum(map(len, ours)), int(p1.size), f"{shared} shared: P1 sizes with int(), picks by "
-                             "argsort()[::-1], and uses the other set's neurons for the clean curve")
-    return rows
-
-
 class DefinitionsSection(Section):
     """A section outside the ``paper`` report's list (its title is its own, not in ``TITLES``)."""
 
@@ -367,12 +281,13 @@ def definitions_section(ctx: Context) -> Section:
         f"This report uses `--definitions p1-code`: the figures above follow P1's released code, bugs included. "
         f"Each row shows a number that differs from `--definitions paper` (the paper's text), both side by side, "
         f"and why; {DOC} lists every difference. Numbers equal under both definitions are not listed.", ""]
+    section.lines += score_lines(ctx)
     shown = [r for r in rows if r["paper"] != r["p1_code"]]
     section.lines += markdown_table(["figure", "quantity", "paper", "p1-code", "why"],
                                     [[r["figure"], r["quantity"], number(r["paper"]), number(r["p1_code"]), r["why"]]
                                      for r in shown]) if shown else ["No number differs on these runs.", ""]
     section.tables["definitions"] = shown
-    section.data.update(rows=shown)
+    section.data.update(rows=shown, float32_fallbacks=dict(fallbacks(ctx)))
     return section
 
 

@@ -31,15 +31,26 @@ def paper_suppression_section(ctx: Context) -> Section:
         "per layer. On adversarial sets `adversarial_neurons: clean` suppresses the clean skill neurons (P1 "
         "`--adv_nonAdv`), `own` the adversarial set's own. Accuracy in %, mean ± s.e.m. (sd ddof 1 / √n) over the "
         "prompts (seeds). Units per layer: `units_per_layer` of each run.", ""]
+    # one random draw per curve: the lowest suppression.seed of a task and backbone (a second seed is P1's
+    # separate adversarial control, read by --definitions p1-code); runs with another eval_set (whose neurons)
+    # form their own group
+    first_draw = {}
+    for run in runs:
+        if run.summary["suppression"].get("selection") == "random":
+            key = (run.backbone, run.task)
+            first_draw[key] = min(first_draw.get(key, 2**63), int(run.summary["suppression"].get("seed") or 0))
     groups: dict[tuple, list] = defaultdict(list)
     for run in runs:
         info = run.summary["suppression"]
+        if info.get("selection") == "random" and int(info.get("seed") or 0) != first_draw[(run.backbone, run.task)]:
+            continue
         groups[(run.task, info.get("perturbation", "zero"), info.get("part", "encoder"),
-                info.get("adversarial_neurons", "clean"), neuron_source(info))].append(run)
+                info.get("adversarial_neurons", "clean"), neuron_source(info), info.get("eval_set") or "validation")
+               ].append(run)
     order = ctx.task_order({k[0] for k in groups})
     rows = []
     for key in sorted(groups, key=lambda k: (order.index(k[0]), str(k[1:]))):
-        task, perturbation, part, adversarial_neurons, source = key
+        task, perturbation, part, adversarial_neurons, source, neurons_of = key
         points: dict[tuple, list] = defaultdict(list)
         for run in groups[key]:
             info = run.summary["suppression"]
@@ -51,6 +62,7 @@ def paper_suppression_section(ctx: Context) -> Section:
             mean, sem = mean_sem([v for _, v in values])
             group_rows.append({"task": task, "task_type": ctx.task_types().get(task), "perturbation": perturbation,
                                "part": part, "adversarial_neurons": adversarial_neurons, "neuron_source": source,
+                               "eval_set": neurons_of,
                                "backbone": backbone, "family": family, "selection": selection, "rate": rate,
                                "set": name, "n": len(values), "seeds": [r.seed for r, _ in values],
                                "runs": [r.run_id for r, _ in values], "mean": mean, "sem": sem})
@@ -58,6 +70,8 @@ def paper_suppression_section(ctx: Context) -> Section:
         sets = ["validation", *sorted({r["set"] for r in group_rows} - {"validation"})]
         title = (f"{task} · {perturbation} · {part} units · neurons: {source}, adversarial sets: "
                  f"{adversarial_neurons} skill neurons")
+        if neurons_of != "validation":
+            title += f" · {neurons_of}'s skill neurons on every set"
         section.lines += [f"### {title}", ""]
         section.lines += markdown_table(
             ["backbone", "selection", "rate (%)", "seeds", *sets],
@@ -69,7 +83,8 @@ def paper_suppression_section(ctx: Context) -> Section:
              for b, sel, rate in dict.fromkeys((r["backbone"], r["selection"], r["rate"]) for r in group_rows)])
         backbones = list(dict.fromkeys(r["backbone"] for r in group_rows))
         fig, axes, figure = panels(ctx, slug("paper_suppression", task, perturbation, part, source,
-                                             adversarial_neurons), f"Suppression, {title}", len(sets))
+                                             adversarial_neurons, *([neurons_of] if neurons_of != "validation" else [])),
+                                   f"Suppression, {title}", len(sets))
         chance = next((100.0 / len(labels) for run in groups[key] if (labels := run.data.get("label_names"))), None)
         lowest = []  # over every panel: the panels share one accuracy axis
         for ax, name in zip(axes, sets):
