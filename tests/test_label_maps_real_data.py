@@ -1,4 +1,5 @@
-"""Label ids and verbalizer order agree on real rows of GLUE / AdvGLUE (skipped without ../shared/data)."""
+"""Label ids and verbalizer order agree on real rows of GLUE / AdvGLUE (skipped unless
+$SKILL_NEURONS_REAL_DATA names a folder holding those files, see ``tests.helpers.real_data``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 
 import pytest
 
-from tests.helpers import shared_data
+from tests.helpers import real_data
 from datamodules.sources import prepare_split
 from datamodules.tasks import Source, get_task
 
@@ -27,7 +28,7 @@ def norm(text: str) -> str:
 
 @pytest.mark.slow  # reads and tokenises a whole GLUE split
 def test_sst2_first_train_row_is_negative_and_reads_negative():
-    ds, record = rows("sst2", Source(file=str(shared_data("glue_sst2", "train.tsv"))), "train")
+    ds, record = rows("sst2", Source(file=str(real_data("glue_sst2", "train.tsv"))), "train")
     assert ds[0]["sentence"].strip() == "hide new secretions from the parental units"
     assert ds[0]["label"] == 0
     assert word("sst2", "masked_lm", 0) == "negative" and word("sst2", "seq2seq", 1) == "positive"
@@ -36,12 +37,12 @@ def test_sst2_first_train_row_is_negative_and_reads_negative():
 
 
 def test_sst2_dev_counts_match_glue():
-    _, record = rows("sst2", Source(file=str(shared_data("glue_sst2", "dev.tsv"))))
+    _, record = rows("sst2", Source(file=str(real_data("glue_sst2", "dev.tsv"))))
     assert record["label_counts"] == {"negative": 428, "positive": 444}
 
 
 def test_qnli_string_labels_map_to_hub_ids_and_entailment_words():
-    ds, record = rows("qnli", Source(file=str(shared_data("glue_qnli", "dev.tsv"))))
+    ds, record = rows("qnli", Source(file=str(real_data("glue_qnli", "dev.tsv"))))
     assert record["rows"] == 5463
     assert record["label_counts"] == {"entailment": 2702, "not_entailment": 2761}
     assert ds[0]["question"] == "What came into force after the new constitution was herald?"
@@ -52,13 +53,13 @@ def test_qnli_string_labels_map_to_hub_ids_and_entailment_words():
 
 @pytest.mark.slow  # reads and tokenises a whole GLUE split
 def test_mnli_binary_drops_neutral_and_keeps_entailment_first():
-    ds, record = rows("mnli", Source(file=str(shared_data("glue_mnli", "dev_matched.jsonl"))))
+    ds, record = rows("mnli", Source(file=str(real_data("glue_mnli", "dev_matched.jsonl"))))
     assert record["label_counts"] == {"entailment": 3479, "contradiction": 3213}
     assert record["dropped"] == 3123
     first = ds[0]  # row 0 of the file is neutral, so the first kept row is row 1 (contradiction)
     assert first["idx"] == 1 and first["label"] == 1
     assert word("mnli", "seq2seq", first["label"]) == "contradiction"
-    _, three = rows("mnli3", Source(file=str(shared_data("glue_mnli", "dev_matched.jsonl"))))
+    _, three = rows("mnli3", Source(file=str(real_data("glue_mnli", "dev_matched.jsonl"))))
     assert three["label_counts"] == {"entailment": 3479, "neutral": 3123, "contradiction": 3213}
 
 
@@ -74,7 +75,7 @@ def test_mnli_binary_drops_neutral_and_keeps_entailment_first():
     ],
 )
 def test_advglue_dev_json_label_counts(task, field, counts):
-    dev = shared_data("advglue", "dev.json")
+    dev = real_data("advglue", "dev.json")
     _, record = rows(task, Source(file=str(dev), json_field=field))
     assert record["label_counts"] == counts
 
@@ -87,9 +88,9 @@ def test_advglue_dev_json_label_counts(task, field, counts):
 )
 def test_advglue_and_glue_give_the_same_label_id_to_the_same_example(task, adv_field, clean_file):
     """AdvGLUE's annotated dev keeps each item's clean original: both loaders must agree on its label id."""
-    ann = json.loads(shared_data("advglue", "dev_ann.json").read_text())[adv_field]
-    adv, _ = rows(task, Source(file=str(shared_data("advglue", "dev.json")), json_field=adv_field))
-    clean, _ = rows(task, Source(file=str(shared_data(*clean_file))))
+    ann = json.loads(real_data("advglue", "dev_ann.json").read_text())[adv_field]
+    adv, _ = rows(task, Source(file=str(real_data("advglue", "dev.json")), json_field=adv_field))
+    clean, _ = rows(task, Source(file=str(real_data(*clean_file))))
     fields = get_task(task).text_fields
     clean_label = {"|".join(norm(row[f]) for f in fields): row["label"] for row in clean}
     adv_label = dict(zip(adv["idx"], adv["label"]))

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# Real GLUE / AdvGLUE files for the label-map tests: a folder holding glue_sst2/{train,dev}.tsv,
+# glue_qnli/dev.tsv, glue_mnli/dev_matched.jsonl and advglue/dev{,_ann}.json as the releases ship them.
+REAL_DATA_ENV = "SKILL_NEURONS_REAL_DATA"
 
 # Fast CLI options: a couple of short epochs on the marker task, no progress bars.
 QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
@@ -30,10 +32,13 @@ def isolated_env(tmp: Path) -> dict[str, str]:
     }
 
 
-def shared_data(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is not available (../shared/data is only beside the development checkout)")
+def real_data(*parts: str) -> Path:
+    """A real data file under ``$SKILL_NEURONS_REAL_DATA``; the test is skipped, naming the variable, without it."""
+    folder = os.environ.get(REAL_DATA_ENV)
+    path = Path(folder).joinpath(*parts) if folder else None
+    if path is None or not path.exists():
+        pytest.skip(f"no {'/'.join(parts)} here: set {REAL_DATA_ENV} to a folder with the GLUE/AdvGLUE files "
+                    "(glue_sst2/, glue_qnli/, glue_mnli/, advglue/ as the releases name them)")
     return path
 
 
