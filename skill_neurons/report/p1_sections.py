@@ -116,9 +116,14 @@ def histogram_section(ctx: Context) -> Section:
         ax.set_xlabel("adversarial predictivity")
         ax.set_ylabel("values (P1 code)")
         ax.legend(fontsize="small")
-    embed(section, ctx.save(fig, figure, "paper_histogram", rows))
-    section.tables["paper_histogram"] = rows
-    section.data.update(rows=rows, percent=p, p1_function="get_histplot_distribution")
+    return _finish(section, ctx, fig, figure, rows, p)
+
+
+def _finish(section: Section, ctx: Context, fig, figure: str, rows: list[dict], percent: float) -> Section:
+    """Save a ``get_histplot_distribution`` figure under the section's name, with its rows as the table."""
+    embed(section, ctx.save(fig, figure, section.key, rows))
+    section.tables[section.key] = rows
+    section.data.update(rows=rows, percent=percent, p1_function="get_histplot_distribution")
     return section
 
 
@@ -156,10 +161,7 @@ def location_section(ctx: Context) -> Section:
         ax.set_title(task, fontsize="medium")
         ax.set_xlabel("layer")
         ax.legend(fontsize="small")
-    embed(section, ctx.save(fig, figure, "paper_location", rows))
-    section.tables["paper_location"] = rows
-    section.data.update(rows=rows, percent=p, p1_function="get_histplot_distribution")
-    return section
+    return _finish(section, ctx, fig, figure, rows, p)
 
 
 def spearman_seeds_p1(ctx: Context) -> Section:
