@@ -211,6 +211,16 @@ def _random_config(name: str) -> PretrainedConfig:
     )
 
 
+def preset_of(path: str | Path) -> str | None:
+    """The preset a folder was built as (its ``preset.json``, written by :func:`build_tiny_preset`), else ``None``:
+    files that record a backbone by path (PEFT's ``base_model_name_or_path``) name a preset this way."""
+    try:
+        name = json.loads((Path(path) / "preset.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if name in TINY_PRESETS else None
+
+
 def build_tiny_preset(name: str) -> Path:
     """Build (once) and return the directory of a tiny preset, saved with ``save_pretrained``."""
     target = home() / "backbones" / f"{name}-{PRESET_VERSION}"

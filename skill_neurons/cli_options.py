@@ -30,6 +30,8 @@ COMMANDS = {
     "sweep": "run a W&B sweep file without a W&B server (sweep sweeps/quickstart.yaml)",
     "report": "figures and tables over finished runs (report runs/ --out report/)",
     "import-prompt": "turn P1's released prompts into checkpoints (import-prompt Robust-Neurons/)",
+    "export-peft": "a causal-LM or T5 prompt as a PEFT adapter (export-peft runs/<id> --out DIR)",
+    "import-peft": "a PEFT prompt-tuning adapter as a checkpoint (import-peft DIR --task T --out F.ckpt)",
     "wandb-view": "a W&B report comparing runs clean vs adversarial (needs wandb-workspaces)",
 }
 

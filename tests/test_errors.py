@@ -53,7 +53,8 @@ def test_every_error_a_user_can_cause_is_a_user_error():
                 "lightning_modules.ffn.FFNLookupError", "records.errors.OptionError",
                 "lightning_modules.rules.LayoutError", "skill_neurons.runs.CLIError",
                 "skill_neurons.sweep.config.SweepError", "skill_neurons.report.base.ReportError",
-                "skill_neurons.import_prompt.PromptImportError"}
+                "skill_neurons.import_prompt.PromptImportError", "records.peft_adapter.AdapterError",
+                "skill_neurons.export_peft.ExportError", "skill_neurons.import_peft.PeftImportError"}
     assert expected <= set(classes), sorted(expected - set(classes))
     not_user = [name for name, cls in classes.items()
                 if not issubclass(cls, UserError) and name not in NOT_USER_ERRORS and cls is not UserError]
