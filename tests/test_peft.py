@@ -78,17 +78,21 @@ def peft_label_logits(peft_model, batch, label_ids, causal: bool) -> torch.Tenso
                       decoder_input_ids=start).logits[:, 0, label_ids]
 
 
-@pytest.mark.parametrize("backbone", ["tiny-gpt2", "tiny-llama", "tiny-t5"])
+@pytest.mark.parametrize("backbone, layout", [("tiny-gpt2", "standard"), ("tiny-llama", "standard"),
+                                              ("tiny-t5", "standard"), ("tiny-t5", "paper")])
 def test_export_loads_in_peft_with_our_logits_and_import_gives_the_prompt_back_bit_identical(tmp_path, presets,
-                                                                                             backbone):
-    model, dm = module_and_data(backbone)
-    ckpt = save_like_fit(model, tmp_path / "best.ckpt")
+                                                                                             backbone, layout):
+    model, dm = module_and_data(backbone, layout=layout)
+    run = tmp_path / "runs" / "fit-run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_like_fit(model, run / "checkpoints" / "best.ckpt")
     adapter = tmp_path / "adapter"
-    assert cli_in_process(["export-peft", str(ckpt), "--out", str(adapter)], tmp_path, check=True).returncode == 0
+    exported = cli_in_process(["export-peft", str(run), "--out", str(adapter)], tmp_path, check=True)  # its best
+    assert ("P1's per-task text format" in exported.stdout) == (layout == "paper")
     peft_model = peft.PeftModel.from_pretrained(peft_base(backbone, presets), adapter).eval()
     assert peft_model.peft_config["default"].num_virtual_tokens == P
     rows = [dm.datasets["validation"][i] for i in range(7)]
-    batch = Collator(pad_id_of(dm.tokenizer))(rows)  # the project's template and padding (right)
+    batch = Collator(pad_id_of(dm.tokenizer))(rows)  # the project's template (paper: P1's format), right padding
     assert (batch["attention_mask"] == 0).any()  # texts of several lengths: padding is part of the check
     with torch.no_grad():
         ours = model(batch)
@@ -98,11 +102,12 @@ def test_export_loads_in_peft_with_our_logits_and_import_gives_the_prompt_back_b
     peft_model.save_pretrained(tmp_path / "resaved")
     assert torch.equal(read_adapter(tmp_path / "resaved").prompt, model.prompt.weight.detach())
     out = tmp_path / "imported" / "prompt.ckpt"
-    cli_in_process(["import-peft", str(adapter), "--task", "marker", "--out", str(out)], tmp_path, check=True)
+    cli_in_process(["import-peft", str(adapter), "--task", "marker", "--out", str(out), "--layout", layout],
+                   tmp_path, check=True)
     imported = read_prompt(out)
     assert imported.dtype == torch.float32 and torch.equal(imported, model.prompt.weight.detach())
     hparams = read_checkpoint(out)["hyper_parameters"]
-    assert (hparams["backbone"], hparams["prompt_length"], hparams["layout"]) == (backbone, P, "standard")
+    assert (hparams["backbone"], hparams["prompt_length"], hparams["layout"]) == (backbone, P, layout)
     config = yaml.safe_load(out.with_suffix(".yaml").read_text())
     assert config["model"]["class_path"].endswith(type(model).__name__) and config["data"]["task"] == "marker"
 
@@ -218,3 +223,24 @@ def test_a_backbone_that_is_not_the_adapters_base_model_is_refused(tmp_path, pre
     # its own base model (recorded as the preset's folder) is accepted, by name too
     cli_in_process([*args, "--backbone", trained_on], tmp_path, check=True)
     assert read_checkpoint(out)["hyper_parameters"]["backbone"] == trained_on
+
+
+def test_a_t5_adapter_with_peft_default_decoder_rows_imports_the_rows_its_forward_reads(tmp_path, presets):
+    """PEFT's SEQ_2_SEQ_LM default stores 2P rows (num_transformer_submodules 2); its prompt-tuning forward reads the
+    first P only, so the import keeps those and our module's logits equal PEFT's."""
+    config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=3)
+    torch.manual_seed(2)
+    peft_model = peft.get_peft_model(peft_base("tiny-t5", presets), config).eval()
+    stored = peft_model.prompt_encoder["default"].embedding.weight
+    assert stored.shape == (6, 64)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    out = tmp_path / "t5.ckpt"
+    cli_in_process(["import-peft", str(tmp_path / "adapter"), "--task", "marker", "--out", str(out)], tmp_path,
+                   check=True)
+    assert torch.equal(read_prompt(out), stored[:3].detach())
+    model, dm = module_and_data("tiny-t5", prompt_length=3)
+    model.load_state_dict(read_checkpoint(out)["state_dict"], strict=False)
+    batch = Collator(pad_id_of(dm.tokenizer))([dm.datasets["validation"][i] for i in range(7)])
+    with torch.no_grad():
+        torch.testing.assert_close(peft_label_logits(peft_model, batch, model.label_token_ids, causal=False),
+                                   model(batch), rtol=0, atol=1e-6)
