@@ -5,7 +5,7 @@
     skill-neurons fit --config configs/roberta/sst2.yaml --ckpt_path runs/<id>/checkpoints/last.ckpt  # resume
     skill-neurons validate --from_run runs/<id>              # its best prompt, with its own config
     skill-neurons analyse runs/<id>                          # (re)run only the skill-neuron analysis
-    skill-neurons sweep sweeps/quickstart.yaml | report runs/ | import-prompt ...
+    skill-neurons sweep sweeps/quickstart.yaml | report runs/ | import-prompt ... | import-peft ... | export-peft ...
 
 ``fit``/``validate``/``test``/``predict`` are the LightningCLI (:mod:`skill_neurons.lightning_cli`); ``sweep``,
 ``report`` and ``import-prompt`` are tools with ``main(argv) -> exit code`` that never import Lightning unless

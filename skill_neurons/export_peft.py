@@ -11,6 +11,13 @@ PEFT has no masked-LM task type (it cannot read the label at ``<mask>`` through 
 ``paper`` the ``<mask>`` in prompt slot 0 and the zeroed prompt position embeddings are not PEFT's input.
 A T5 ``paper`` prompt is exported (the forward is the same) but reads P1's per-task text format, which the
 adapter cannot record: feed PEFT that text.
+
+Where PEFT's forward equals ours (checked against peft 0.21's source and measured in ``tests/test_peft.py``): the
+same vectors go before the same input embeddings with the attention mask extended by P ones; T5 numbers nothing
+(relative attention), so any padding gives the same logits. PEFT drops position ids for prompt tuning, so a causal
+LM numbers every position by index: on right-padded or unpadded batches that is our ``cumsum − 1`` of the mask at
+every real token, and the logits are equal; on left-padded batches the text's positions in PEFT start after the
+padding, ours do not, and the logits differ.
 """
 
 from __future__ import annotations
@@ -115,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p, h = done.prompt_shape
     print(f"exported the {p} x {h} prompt of {done.checkpoint} ({done.family}, {done.backbone}, layout {done.layout}) "
           f"as a PEFT {TASK_TYPES[done.family]} prompt-tuning adapter -> {done.out}")
+    if done.family == "causal_lm":
+        print("note: PEFT's forward drops position ids, so it gives this prompt's logits on right-padded or unpadded "
+              "batches; left padding shifts the text's positions there (here they follow the attention mask)")
     if done.layout == "paper":
         print("note: a layout-paper T5 prompt reads P1's per-task text format: give PEFT that text")
     return 0
