@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from records.errors import UserError
+from records.files import atomic_write
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -72,13 +73,14 @@ def adapter_config(family: str, prompt_length: int, width: int, base_model: str,
 
 def write_adapter(out: str | Path, prompt: torch.Tensor, config: dict[str, Any]) -> list[Path]:
     """Write ``config`` and the (P, H) ``prompt`` (float32) into folder ``out``; returns the two files."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / CONFIG_FILE, out / WEIGHTS_FILE]
-    files[0].write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    save_file({WEIGHTS_KEY: prompt.detach().to(torch.float32).contiguous().cpu()}, str(files[1]))
+    weights = save({WEIGHTS_KEY: prompt.detach().to(torch.float32).contiguous().cpu()})  # bytes, before any file
+    files = [out / WEIGHTS_FILE, out / CONFIG_FILE]
+    atomic_write(files[0], lambda f: f.write(weights), binary=True)  # each file whole or not at all
+    atomic_write(files[1], lambda f: f.write(json.dumps(config, indent=2, sort_keys=True) + "\n"))
     return files
 
 

@@ -33,6 +33,7 @@ from datamodules.tasks import TASKS, get_task
 from lightning_modules.backbones import BackboneError, family_of, load_tokenizer, preset_of
 from lightning_modules.rules import check_layout, position_choices
 from records.errors import UserError
+from records.files import atomic_write
 from records.peft_adapter import WEIGHTS_FILE, read_adapter
 from records.prompt_checkpoint import FAMILY_CLASSES, metadata, write_checkpoint
 from skill_neurons.import_prompt import module_hyper_parameters
@@ -177,8 +178,8 @@ def import_peft(source: str | Path, out: str | Path, task: str, verbalizers: lis
     write_checkpoint(out, prompt, module_hyper_parameters(family, name, prompt.shape[0], layout),
                      metadata(name, family, layout, tuple(prompt.shape), imported_from=imported_from),
                      lightning.__version__)
-    config_file.write_text(yaml.safe_dump(run_config(family, name, prompt.shape[0], layout, data_task),
-                                          sort_keys=False))
+    text = yaml.safe_dump(run_config(family, name, prompt.shape[0], layout, data_task), sort_keys=False)
+    atomic_write(config_file, lambda f: f.write(text))
     return ImportedAdapter(source, out, config_file, name, family, tuple(prompt.shape), imported_from)
 
 

@@ -20,7 +20,7 @@ from datamodules.prompt_datamodule import Collator, pad_id_of
 from lightning_modules import CausalLMPromptTuning, MaskedLMPromptTuning, Seq2SeqPromptTuning
 from lightning_modules.backbones import build_tiny_preset
 from records.neuron_files import load_neuron_file
-from records.peft_adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
+from records.peft_adapter import CONFIG_FILE, WEIGHTS_FILE, adapter_config, read_adapter, write_adapter
 from records.prompt_checkpoint import read_checkpoint, read_prompt
 from tests.helpers import QUICK, cli_in_process, only_run_dir, summary_of
 from tests.helpers.tiny import brute_force_statistics
@@ -89,6 +89,8 @@ def test_export_loads_in_peft_with_our_logits_and_import_gives_the_prompt_back_b
     adapter = tmp_path / "adapter"
     exported = cli_in_process(["export-peft", str(run), "--out", str(adapter)], tmp_path, check=True)  # its best
     assert ("P1's per-task text format" in exported.stdout) == (layout == "paper")
+    again = cli_in_process(["export-peft", str(run), "--out", str(adapter)], tmp_path)  # never over an adapter
+    assert again.returncode == 2 and "already holds an adapter — pass --force" in again.stderr
     peft_model = peft.PeftModel.from_pretrained(peft_base(backbone, presets), adapter).eval()
     assert peft_model.peft_config["default"].num_virtual_tokens == P
     rows = [dm.datasets["validation"][i] for i in range(7)]
@@ -244,3 +246,20 @@ def test_a_t5_adapter_with_peft_default_decoder_rows_imports_the_rows_its_forwar
     with torch.no_grad():
         torch.testing.assert_close(peft_label_logits(peft_model, batch, model.label_token_ids, causal=False),
                                    model(batch), rtol=0, atol=1e-6)
+
+
+def test_a_base_model_that_cannot_be_read_here_needs_backbone_and_is_then_checked_by_family_and_width(tmp_path,
+                                                                                                       presets):
+    """An adapter of a hub model this offline machine does not have: without --backbone the import is refused
+    naming it; with one, the family and the width are checked (no architecture to compare)."""
+    prompt = torch.randn(6, 64)
+    write_adapter(tmp_path / "adapter", prompt, adapter_config("causal_lm", 6, 64, "some-org/not-here", 2, 4))
+    args = ["import-peft", str(tmp_path / "adapter"), "--task", "marker", "--out", str(tmp_path / "a.ckpt")]
+    refused = cli_in_process(args, tmp_path)
+    assert refused.returncode == 2 and "pass --backbone NAME for a local copy" in refused.stderr, refused.stderr
+    assert not (tmp_path / "a.ckpt").exists()
+    wrong_family = cli_in_process([*args, "--backbone", "tiny-t5"], tmp_path)
+    assert wrong_family.returncode == 2 and "is a CAUSAL_LM prompt (causal_lm) but backbone 'tiny-t5'" in \
+        wrong_family.stderr, wrong_family.stderr
+    cli_in_process([*args, "--backbone", "tiny-gpt2"], tmp_path, check=True)
+    assert torch.equal(read_prompt(tmp_path / "a.ckpt"), prompt)
