@@ -263,3 +263,28 @@ def test_a_base_model_that_cannot_be_read_here_needs_backbone_and_is_then_checke
         wrong_family.stderr, wrong_family.stderr
     cli_in_process([*args, "--backbone", "tiny-gpt2"], tmp_path, check=True)
     assert torch.equal(read_prompt(tmp_path / "a.ckpt"), prompt)
+
+
+def test_verbalizers_go_into_the_configs_task_and_everything_else_of_the_task_stays(tmp_path, presets):
+    import dataclasses
+
+    from datamodules.tasks import TASKS, get_task
+
+    write_adapter(tmp_path / "adapter", torch.randn(2, 64), adapter_config("causal_lm", 2, 64, "tiny-gpt2", 2, 4))
+    out = tmp_path / "a.ckpt"
+    cli_in_process(["import-peft", str(tmp_path / "adapter"), "--task", "marker", "--verbalizers", "nope", "yess",
+                    "--out", str(out)], tmp_path, check=True)
+    declared = get_task(yaml.safe_load(out.with_suffix(".yaml").read_text())["data"]["task"])
+    marker = TASKS["marker"]
+    assert declared == dataclasses.replace(marker, verbalizers={**marker.verbalizers, "causal_lm": ("nope", "yess")})
+    assert read_checkpoint(out)["skill_neurons"]["imported_from"]["verbalizers"] == ["nope", "yess"]
+
+
+@pytest.mark.parametrize("task_type", ["FEATURE_EXTRACTION", "SEQ_CLS"])
+def test_prompt_tuning_of_a_task_type_without_a_family_here_is_refused(tmp_path, task_type):
+    config = {**adapter_config("causal_lm", 2, 64, "tiny-roberta", 2, 4), "task_type": task_type}
+    write_adapter(tmp_path / "adapter", torch.randn(2, 64), config)
+    result = cli_in_process(["import-peft", str(tmp_path / "adapter"), "--task", "marker", "--out",
+                             str(tmp_path / "a.ckpt")], tmp_path)
+    assert result.returncode == 2 and f"of task type {task_type}, which has no family here" in result.stderr
+    assert "PEFT has no masked-LM task type" in result.stderr and not (tmp_path / "a.ckpt").exists()
