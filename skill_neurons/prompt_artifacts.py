@@ -16,20 +16,25 @@ from records.prompt_artifact import (
     ARTIFACT_TYPE, ArtifactRefError, is_folder, note_source, parse_artifact_ref, parse_wandb_run,
 )
 from records.summary import summary_from_wandb
+from skill_neurons.wandb_env import NO_CREDENTIALS, wandb_has_credentials
 
 API_TIMEOUT_S = 30  # seconds per API request
+OFFLINE_WAY = ("or evaluate offline: --from_artifact DIR (a downloaded artifact, or runs/<id>/prompt_artifact) or "
+               "--from_run runs/<id>")
 
 
 def api() -> Any:
     """``wandb.Api``; without credentials one line saying how to give them (or how to evaluate offline)."""
+    if not wandb_has_credentials():  # W&B would prompt for a key in a terminal
+        raise ArtifactRefError(f"reading a prompt from W&B needs its API, and there are {NO_CREDENTIALS} — log in "
+                               f"(WANDB_API_KEY or `wandb login`), {OFFLINE_WAY}")
     import wandb
 
     try:
         return wandb.Api(timeout=API_TIMEOUT_S)
-    except Exception as err:  # UsageError: no API key (W&B would prompt for one in a terminal)
-        raise ArtifactRefError(f"W&B's API cannot be reached ({type(err).__name__}: {_first_line(err)}) — log in "
-                               "(WANDB_API_KEY or `wandb login`), or evaluate offline from a downloaded artifact "
-                               "folder (--from_artifact DIR) or the run's folder (--from_run runs/<id>)") from None
+    except Exception as err:  # AuthenticationError: a key the server refuses; no network
+        raise ArtifactRefError(f"W&B's API cannot be used ({type(err).__name__}: {_first_line(err)}) — check the "
+                               f"key and the network, {OFFLINE_WAY}") from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -50,7 +55,9 @@ def download(artifact: Any, source: str, run_path: str | None = None) -> Path:
     if not is_folder(folder):
         raise ArtifactRefError(f"{source}: {artifact.qualified_name} holds no skill-neurons prompt (config.yaml, "
                                "run.json and checkpoints/best.ckpt) — give a prompt-… artifact that a fit logged")
-    note_source(folder, artifact.qualified_name, run_path)
+    # the version itself (``…:v3``), not the alias it was asked by: an alias moves to later versions
+    note_source(folder, f"{artifact.entity}/{artifact.project}/{artifact.name.split(':')[0]}:{artifact.version}",
+                run_path)
     return folder
 
 

@@ -5,6 +5,7 @@ download would be, evaluates to the same metrics as ``--from_run runs/<id>``."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from records.prompt_checkpoint import PROMPT_KEY, read_checkpoint
 from records.settings import RunSettings, artifact_name
 from records.summary import find_run
 from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, summary_of, wandb_state
+from tests.helpers.wandb_stub import StubServer
 
 SMALL = ["--trainer.max_epochs=2", "--data.max_train_samples=256", "--data.max_eval_samples=40",
          "--data.batch_size=16", "--data.eval_batch_size=16", "--model.learning_rate=0.03", "--trainer.callbacks=[]"]
@@ -101,15 +103,21 @@ def test_a_finished_fit_logs_its_best_prompt_as_a_small_model_artifact(fitted):
     assert find_run(f"{work / 'fits'}?task=marker&seed=33") == run
 
 
-def test_a_downloaded_artifact_folder_evaluates_as_its_run_does(fitted, tmp_path):
+@pytest.fixture(scope="module")
+def by_run(fitted) -> dict:
+    """The summary of ``validate --from_run runs/<id>`` of the fit: the reference every other path must equal."""
+    work, run = fitted
+    cli_in_process(["validate", "--from_run", str(run), *QUICK, "--runs_dir=from_run"], cwd=work, check=True)
+    return summary_of(only_run_dir(work / "from_run"))
+
+
+def test_a_downloaded_artifact_folder_evaluates_as_its_run_does(fitted, by_run, tmp_path):
     work, run = fitted
     download = tmp_path / "artifacts" / "prompt-tiny-roberta-marker-paper:v0"  # as W&B names a download
     shutil.copytree(run / "prompt_artifact", download)
-    cli_in_process(["validate", "--from_run", str(run), *QUICK, "--runs_dir=from_run"], cwd=tmp_path, check=True)
     cli_in_process(["validate", "--from_artifact", str(download), *QUICK, "--runs_dir=from_artifact"], cwd=tmp_path,
                    check=True)
-    by_run, by_artifact = summary_of(only_run_dir(tmp_path / "from_run")), summary_of(
-        only_run_dir(tmp_path / "from_artifact"))
+    by_artifact = summary_of(only_run_dir(tmp_path / "from_artifact"))
     metrics = by_run["validate_metrics"]
     assert {"val/acc", "adv/marker_typo/acc"} <= set(metrics) and 0 < metrics["val/acc"] < 1
     assert by_artifact["validate_metrics"] == metrics  # the same prompt and config: the same numbers
@@ -119,14 +127,52 @@ def test_a_downloaded_artifact_folder_evaluates_as_its_run_does(fitted, tmp_path
     assert "artifact" not in by_run["prompt_source"]
     used = by_artifact["prompt_artifact"]  # offline: W&B cannot record the use; the run says so
     assert used["ref"] == source["artifact"] and used["declared"] is False and "offline" in used["why"]
-    names = [wandb_state(next((tmp_path / folder).glob("*/wandb/offline-run-*")))["name"]
-             for folder in ("from_run", "from_artifact")]
+    names = [wandb_state(next(folder.glob("*/wandb/offline-run-*")))["name"]
+             for folder in (work / "from_run", tmp_path / "from_artifact")]
     assert names == ["tiny-roberta·marker·s33·validate"] * 2  # W&B's record: named after the prompt's seed
 
 
-def test_from_artifact_mistakes_are_one_line_before_any_run(fitted, tmp_path):
+def test_wandb_references_resolve_through_wandbs_client_against_a_loopback_server(fitted, by_run, tmp_path,
+                                                                                   monkeypatch):
+    """``--from_artifact ENTITY/PROJECT/NAME:ALIAS`` and ``--from_run wandb:ENTITY/PROJECT/RUN_ID`` through the real
+    ``wandb.Api`` (GraphQL, manifest, file downloads, digests checked by W&B) against a stub server on 127.0.0.1
+    that serves the fit's logged artifact files and its W&B record (config and summary as W&B read them back)."""
     _, run = fitted
-    cases = {("--from_artifact", "me/p/x:a:b"): "ENTITY/PROJECT/NAME:ALIAS",
+    folder, name = run / "prompt_artifact", "prompt-tiny-roberta-marker-paper"
+    logged = wandb_state(next((run / "wandb").glob("offline-run-*")))
+    with StubServer(folder, name, run.name, [*aliases(run.name, 33), "latest"], config=logged["config"],
+                    summary=logged["summary"]) as server:
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+        for option, spec, runs in (("--from_artifact", f"me/skill-neurons/{name}:seed-33", "by_ref"),
+                                   ("--from_run", f"wandb:me/skill-neurons/{run.name}", "by_wandb_run")):
+            cli_in_process(["validate", option, spec, *QUICK, f"--runs_dir={runs}"], cwd=tmp_path, check=True)
+        refused = {(f"me/skill-neurons/{name}:seed-99", "--from_artifact"): "W&B has no such artifact version",
+                   ("wandb:me/skill-neurons/nosuchrun", "--from_run"): "W&B has no such run"}
+        for (spec, option), message in refused.items():
+            proc = cli_in_process(["validate", option, spec, *QUICK, "--runs_dir=never"], cwd=tmp_path)
+            assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert {"graphql ArtifactMembershipByName", "graphql RunOutputArtifacts", "graphql Run",
+            "GET /files/checkpoints/best.ckpt"} <= set(server.requests)
+    download = tmp_path / "artifacts" / f"{name}:v0"
+    for file_name, path in files_of(folder).items():  # W&B's download: the logged files, byte for byte
+        assert (download / file_name).read_bytes() == path.read_bytes()
+    assert json.loads((download / "wandb_artifact.json").read_text())["artifact"] == f"me/skill-neurons/{name}:v0"
+    for runs in ("by_ref", "by_wandb_run"):
+        summary = summary_of(only_run_dir(tmp_path / runs))
+        assert summary["validate_metrics"] == by_run["validate_metrics"]
+        assert summary["prompt_source"]["artifact"] == f"me/skill-neurons/{name}:v0"
+        assert summary["prompt_source"]["run_id"] == run.name
+        assert summary["prompt_artifact"]["declared"] is False  # these evaluation runs log offline
+    assert not (tmp_path / "never").exists()
+
+
+def test_from_artifact_mistakes_are_one_line_before_any_run(fitted, tmp_path, monkeypatch):
+    _, run = fitted
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cases = {("--from_artifact", "me/p/prompt-x:best"): "there are no W&B credentials",
+             ("--from_run", "wandb:me/p/ab12cd34"): "or --from_run runs/<id>",("--from_artifact", "me/p/x:a:b"): "ENTITY/PROJECT/NAME:ALIAS",
              ("--from_run", "wandb:me/x"): "wandb:ENTITY/PROJECT/RUN_ID",
              ("--from_artifact", str(run / "prompt_artifact"), "--from_run", str(run)): "give one of them"}
     for args, message in cases.items():
