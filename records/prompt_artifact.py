@@ -10,30 +10,25 @@ or the copy a fit keeps in ``runs/<id>/prompt_artifact/`` is evaluated the way a
 ``--from_run DIR``). Its record is ``run.json``, not ``summary.json``: the searches for finished fit runs
 (``--from_run 'ROOT?task=…'``, seed means, the report) must not take the copy for a second run of the same seed.
 
-The bottom layer: torch and the project's ``records`` only (no W&B: the references are plain strings).
+The bottom layer, and light: no torch (``skill-neurons --help`` reads the references through
+:mod:`skill_neurons.runs`), no W&B (the references are plain strings). The checkpoint itself is written by
+:func:`records.prompt_checkpoint.copy_prompt_only` into :func:`checkpoint_path`.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from records.errors import UserError
 from records.files import atomic_write, read_json, write_json_atomic
-from records.prompt_checkpoint import METADATA_KEY, PROMPT_KEY, prompt_of, read_checkpoint
 from records.summary import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, read_summary
 
 ARTIFACT_TYPE = "model"  # W&B's type for trained models: the dashboard lists these under "Models"
 FOLDER = "prompt_artifact"  # runs/<id>/prompt_artifact/: the artifact's files, kept with the run
 RECORD_FILE = "run.json"
 SOURCE_FILE = "wandb_artifact.json"  # written beside a download: the artifact version it is (for use_artifact)
-# What of a Lightning checkpoint the artifact keeps: enough for --ckpt_path in validate/test/predict.
-KEPT_KEYS = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name", "hyper_parameters",
-             "datamodule_hparams_name", "datamodule_hyper_parameters", METADATA_KEY)
 RECORD_SECTIONS = ("run_id", "stage", "status", "started", "finished", "settings", "data", "best", "wandb", "config")
 WANDB_RUN_PREFIX = "wandb:"
 DEFAULT_ALIAS = "latest"  # W&B's own default when a reference names no version
@@ -46,27 +41,23 @@ class ArtifactRefError(UserError, ValueError):
     """A ``--from_run wandb:…`` / ``--from_artifact …`` that names no W&B run, artifact or artifact folder."""
 
 
-def prompt_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A prompt checkpoint without the optimizer, RNG and loop state: the soft prompt and what describes it."""
-    kept = {key: checkpoint[key] for key in KEPT_KEYS if key in checkpoint}
-    kept["state_dict"] = {PROMPT_KEY: prompt_of(checkpoint).clone()}
-    return kept
-
-
 def aliases(run_id: str, seed: int | None) -> list[str]:
     """The aliases of a run's prompt version: ``best`` (the best epoch's prompt), ``run-<id>``, ``seed-<s>``."""
     return ["best", f"run-{run_id}", *([f"seed-{seed}"] if seed is not None else [])]
 
 
+def checkpoint_path(folder: str | Path) -> Path:
+    """The prompt checkpoint of an artifact folder (``checkpoints/best.ckpt``, as in a run folder)."""
+    return Path(folder) / CHECKPOINT_DIR / BEST_CHECKPOINT
+
+
 def write_folder(run_dir: str | Path, name: str) -> Path:
-    """Write the artifact's files for the fit run ``run_dir`` (its ``best.ckpt``, ``config.yaml`` and
-    ``summary.json``) into ``run_dir/prompt_artifact/``, each atomically; the folder."""
+    """Write the artifact's ``config.yaml`` (the run's) and ``run.json`` (its record, naming artifact ``name``) for
+    the fit run ``run_dir`` into ``run_dir/prompt_artifact/``, atomically; the folder. Its checkpoint is
+    :func:`records.prompt_checkpoint.copy_prompt_only` of the run's ``best.ckpt`` into :func:`checkpoint_path`."""
     run_dir = Path(run_dir)
     out = run_dir / FOLDER
-    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(prompt_only(read_checkpoint(run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT)), buffer)
-    atomic_write(out / CHECKPOINT_DIR / BEST_CHECKPOINT, lambda f: f.write(buffer.getbuffer()), binary=True)
+    out.mkdir(parents=True, exist_ok=True)
     config = (run_dir / CONFIG_FILE).read_text()
     atomic_write(out / CONFIG_FILE, lambda f: f.write(config))
     summary = read_summary(run_dir)

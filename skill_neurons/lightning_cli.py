@@ -37,7 +37,7 @@ from lightning_modules import tracking
 from lightning_modules.contracts import preflight
 from lightning_modules.prompt_tuning import PromptTuningModule, check_model_options
 from records import prompt_artifact
-from records.prompt_checkpoint import prompt_of, read_checkpoint
+from records.prompt_checkpoint import copy_prompt_only, prompt_of, read_checkpoint
 from records.run_identity import run_identity
 from records.run_status import status_exit_code
 from records.secrets import is_secret, redact, without_secrets
@@ -385,6 +385,8 @@ class SkillNeuronsCLI(LightningCLI):
                         "best_epoch": best.get("epoch"), "best_val_acc": best.get("val/acc")}
             try:
                 folder = prompt_artifact.write_folder(self._run_dir, name)
+                best_ckpt = self._run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT
+                copy_prompt_only(best_ckpt, prompt_artifact.checkpoint_path(folder))
                 loggers[0].log_prompt_artifact(name, prompt_artifact.files_of(folder),
                                                prompt_artifact.aliases(self._run_id, settings.seed), metadata)
             except Exception as err:  # the run itself is complete: say what is missing, keep its status

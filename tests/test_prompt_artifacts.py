@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from records.prompt_artifact import (
-    ArtifactRefError, aliases, files_of, is_folder, parse_artifact_ref, parse_wandb_run, prompt_only, read_record,
-    reference,
+    ArtifactRefError, aliases, files_of, is_folder, parse_artifact_ref, parse_wandb_run, read_record, reference,
 )
-from records.prompt_checkpoint import PROMPT_KEY, read_checkpoint
+from records.prompt_checkpoint import PROMPT_KEY, prompt_only, read_checkpoint
 from records.settings import RunSettings, artifact_name
 from records.summary import find_run
 from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, summary_of, wandb_state
