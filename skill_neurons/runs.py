@@ -96,7 +96,13 @@ def resolve_source(option: str, spec: str) -> Path:
     downloaded — a W&B run's prompt (``--from_run wandb:ENTITY/PROJECT/RUN_ID``) or a prompt artifact version
     (``--from_artifact ENTITY/PROJECT/NAME:ALIAS``)."""
     if option == "--from_artifact":
-        return Path(spec) if is_folder(spec) else prompt_artifacts.download_artifact(parse_artifact_ref(spec))
+        if is_folder(spec):
+            return Path(spec)
+        if Path(spec).is_dir():
+            raise CLIError(f"--from_artifact {spec!r} is a folder without a prompt artifact's files (config.yaml, "
+                           "run.json, checkpoints/best.ckpt) — give a downloaded prompt artifact, runs/<id>/"
+                           "prompt_artifact, or a fit run with --from_run runs/<id>")
+        return prompt_artifacts.download_artifact(parse_artifact_ref(spec))
     if spec.startswith(WANDB_RUN_PREFIX):
         return prompt_artifacts.download_run_prompt(spec)
     return find_fit_run(spec)

@@ -68,6 +68,7 @@ def test_the_artifact_checkpoint_keeps_the_prompt_and_drops_training_state():
 
 
 # ---------------------------------------------------------------- the offline path, for real
+# The fit takes about 30 s (2-core CPU): every test that uses it is in the slow tier.
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, tiny_backbones):
     """A short tiny-RoBERTa fit (offline W&B); the working folder and the run folder."""
@@ -77,6 +78,7 @@ def fitted(tmp_path_factory, tiny_backbones):
     return work, only_run_dir(work / "fits")
 
 
+@pytest.mark.slow
 def test_a_finished_fit_logs_its_best_prompt_as_a_small_model_artifact(fitted):
     work, run = fitted
     folder = run / "prompt_artifact"
@@ -110,6 +112,7 @@ def by_run(fitted) -> dict:
     return summary_of(only_run_dir(work / "from_run"))
 
 
+@pytest.mark.slow
 def test_a_downloaded_artifact_folder_evaluates_as_its_run_does(fitted, by_run, tmp_path):
     work, run = fitted
     download = tmp_path / "artifacts" / "prompt-tiny-roberta-marker-paper:v0"  # as W&B names a download
@@ -131,6 +134,7 @@ def test_a_downloaded_artifact_folder_evaluates_as_its_run_does(fitted, by_run, 
     assert names == ["tiny-roberta·marker·s33·validate"] * 2  # W&B's record: named after the prompt's seed
 
 
+@pytest.mark.slow
 def test_wandb_references_resolve_through_wandbs_client_against_a_loopback_server(fitted, by_run, tmp_path,
                                                                                    monkeypatch):
     """``--from_artifact ENTITY/PROJECT/NAME:ALIAS`` and ``--from_run wandb:ENTITY/PROJECT/RUN_ID`` through the real
@@ -166,14 +170,16 @@ def test_wandb_references_resolve_through_wandbs_client_against_a_loopback_serve
     assert not (tmp_path / "never").exists()
 
 
-def test_from_artifact_mistakes_are_one_line_before_any_run(fitted, tmp_path, monkeypatch):
-    _, run = fitted
+def test_from_artifact_mistakes_are_one_line_before_any_run(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "ab12cd34"  # a folder without a prompt artifact's files
+    run.mkdir(parents=True)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cases = {("--from_artifact", "me/p/prompt-x:best"): "there are no W&B credentials",
              ("--from_run", "wandb:me/p/ab12cd34"): "or --from_run runs/<id>",("--from_artifact", "me/p/x:a:b"): "ENTITY/PROJECT/NAME:ALIAS",
              ("--from_run", "wandb:me/x"): "wandb:ENTITY/PROJECT/RUN_ID",
-             ("--from_artifact", str(run / "prompt_artifact"), "--from_run", str(run)): "give one of them"}
+             ("--from_artifact", str(run / "prompt_artifact"), "--from_run", str(run)): "give one of them",
+             ("--from_artifact", str(run)): "a folder without a prompt artifact's files"}
     for args, message in cases.items():
         proc = cli_in_process(["validate", *args, *QUICK, "--runs_dir=never"], cwd=tmp_path)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
