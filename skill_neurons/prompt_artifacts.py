@@ -95,4 +95,5 @@ def download_run_prompt(spec: str) -> Path:
         raise ArtifactRefError(f"--from_run {spec!r}: the run logged no prompt artifact (fits log one when they "
                                f"finish; its W&B state is {run.state!r}) — evaluate its local folder with --from_run "
                                "runs/<id>")
-    return download(logged[-1], f"--from_run {spec}", path)
+    latest = max(logged, key=lambda artifact: int(str(artifact.version).lstrip("v") or 0))  # a resume logs again
+    return download(latest, f"--from_run {spec}", path)
