@@ -21,13 +21,16 @@ from typing import Any
 from lightning.pytorch.loggers import wandb as lightning_wandb
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from records.prompt_artifact import ARTIFACT_TYPE
 from records.secrets import redact_argv
 
 INIT_TIMEOUT_S = 30.0
 CLASS_PATH = "lightning_modules.tracking.WandbLogger"
 
 
-QUIET_ENVS = ("WANDB_QUIET", "WANDB_SILENT")  # a user who sets either chooses W&B's console output
+QUIET_ENVS = ("WANDB_QUIET", "WANDB_SILENT")
+OFFLINE_USE = ("not declared: W&B cannot record artifact use from an offline run (run.use_artifact raises offline); "
+               "evaluate online to link the evaluation to the prompt's artifact")  # a user who sets either chooses W&B's console output
 
 
 def project_settings(settings: Any = None, online: bool = True) -> Any:
@@ -95,3 +98,28 @@ class WandbLogger(lightning_wandb.WandbLogger):
             if isinstance(settings, dict):  # the rest of the settings (quiet) still hold offline
                 self._wandb_init["settings"] = {k: v for k, v in settings.items() if k != "init_timeout"} or None
             return super().experiment
+
+    def log_prompt_artifact(self, name: str, files: dict[str, Any], aliases: list[str],
+                            metadata: dict[str, Any]) -> None:
+        """Log a trained prompt as a version of the ``model`` artifact ``name`` (:mod:`records.prompt_artifact`):
+        ``files`` by their name in the artifact. W&B copies them into its staging folder (KBs), from which an
+        offline run's ``wandb sync`` uploads them; Lightning's own ``log_model`` (the whole module, frozen backbone
+        included) stays off."""
+        import wandb
+
+        artifact = wandb.Artifact(name, type=ARTIFACT_TYPE, metadata=metadata)
+        for name_in_artifact, path in files.items():
+            artifact.add_file(str(path), name=name_in_artifact)
+        self.experiment.log_artifact(artifact, aliases=aliases)
+
+    def use_prompt_artifact(self, ref: str) -> dict[str, Any]:
+        """Declare the prompt artifact version ``ref`` as used by this run (``run.use_artifact``: the lineage graph
+        links the evaluation to the fit); W&B refuses it offline, so an offline run says so instead."""
+        run = self.experiment
+        if run.settings.mode in ("offline", "dryrun"):
+            return {"ref": ref, "declared": False, "why": OFFLINE_USE}
+        try:
+            run.use_artifact(ref, type=ARTIFACT_TYPE)
+        except Exception as err:  # not on the server (an offline fit not synced yet), another project
+            return {"ref": ref, "declared": False, "why": f"{type(err).__name__}: {str(err).strip()[:200]}"}
+        return {"ref": ref, "declared": True, "why": None}

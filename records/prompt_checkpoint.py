@@ -25,6 +25,9 @@ from records.files import atomic_write
 PROMPT_KEY = "prompt.weight"
 METADATA_KEY = "skill_neurons"
 BACKBONE_PREFIX = "backbone."  # state_dict keys of the frozen backbone: never saved
+# What of a Lightning checkpoint a prompt-only copy keeps: enough for --ckpt_path in validate/test/predict.
+PROMPT_ONLY_KEYS = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name", "hyper_parameters",
+                    "datamodule_hparams_name", "datamodule_hyper_parameters", METADATA_KEY)
 # The family of a backbone -> the LightningModule that tunes it (``class_path`` in configs and checkpoints).
 FAMILY_CLASSES = {"masked_lm": "lightning_modules.MaskedLMPromptTuning",
                   "seq2seq": "lightning_modules.Seq2SeqPromptTuning",
@@ -110,4 +113,21 @@ def write_checkpoint(out: str | Path, prompt: torch.Tensor, hyper_parameters: di
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()  # serialised first: torch's zip writer turns a full disk into a RuntimeError
     torch.save(checkpoint, buffer)
+    atomic_write(out, lambda f: f.write(buffer.getbuffer()), binary=True)
+
+
+def prompt_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A prompt checkpoint without the optimizer, RNG, loop and callback state: the soft prompt and what describes
+    it (:data:`PROMPT_ONLY_KEYS`) — what a W&B prompt artifact holds (KBs)."""
+    kept = {key: checkpoint[key] for key in PROMPT_ONLY_KEYS if key in checkpoint}
+    kept["state_dict"] = {PROMPT_KEY: prompt_of(checkpoint).clone()}
+    return kept
+
+
+def copy_prompt_only(source: str | Path, out: str | Path) -> None:
+    """Write :func:`prompt_only` of the checkpoint ``source`` to ``out``, atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(prompt_only(read_checkpoint(source)), buffer)
     atomic_write(out, lambda f: f.write(buffer.getbuffer()), binary=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from records.configuration import label
+from records.prompt_artifact import read_record, reference
 from records.prompt_checkpoint import metadata_of, read_checkpoint
 from records.settings import RunSettings
 from records.summary import flatten, read_summary, run_of_checkpoint
@@ -17,19 +18,24 @@ from records.wandb_config import job_type, run_name, task_name
 def prompt_provenance(ckpt_path: str | Path) -> dict[str, Any]:
     """Where the prompt of a checkpoint came from: the checkpoint, the task and backbone it was trained on and,
     when it lies in ``<run>/checkpoints/`` (:func:`~records.summary.run_of_checkpoint`), that run's id, directory
-    and seed; an imported prompt's task and seed are those ``import-prompt`` recorded (``imported_from``)."""
+    and seed — in a prompt artifact's folder, those of the fit run that logged it, and ``artifact``, the W&B
+    reference of that version; an imported prompt's task and seed are those ``import-prompt`` recorded
+    (``imported_from``)."""
     path = Path(ckpt_path).resolve()
     checkpoint = read_checkpoint(path)
     imported = metadata_of(checkpoint).get("imported_from") or {}
     run_dir = run_of_checkpoint(path)
-    source = read_summary(run_dir) if run_dir else {}
+    # a prompt artifact's folder (records.prompt_artifact) holds its fit run's record as run.json
+    source = (read_summary(run_dir) or read_record(run_dir)) if run_dir else {}
     settings = RunSettings.from_summary(source) if source else RunSettings()
     trained_on = task_name((checkpoint.get("datamodule_hyper_parameters") or {}).get("task"))
+    artifact = reference(run_dir) if run_dir else None
     return {
         "checkpoint": str(path), "run_id": source.get("run_id"), "run_dir": str(run_dir) if source else None,
         "task": trained_on or settings.task or imported.get("task"),
         "backbone": (checkpoint.get("hyper_parameters") or {}).get("backbone") or settings.backbone,
         "seed": settings.seed if source else imported.get("seed"),
+        **({"artifact": artifact} if artifact else {}),
     }
 
 

@@ -33,11 +33,13 @@ def family_of_backbone(backbone: str | None) -> str:
     return "seq2seq" if "t5" in str(backbone or "").lower() else "masked_lm"
 
 
-def artifact_name(backbone: str | None, task: str | None, layout: str | None, stage: str | None = "fit") -> str:
-    """The skill-neuron artifact of one configuration: ``skill-neurons-roberta-base-sst2-paper``; the runs of
+def artifact_name(backbone: str | None, task: str | None, layout: str | None, stage: str | None = "fit",
+                  kind: str = "skill-neurons") -> str:
+    """The artifact of one configuration: ``skill-neurons-roberta-base-sst2-paper`` (the neuron files, ``kind``
+    ``skill-neurons``) or ``prompt-roberta-base-sst2-paper`` (the trained prompt, ``kind`` ``prompt``); the runs of
     every seed log versions of it (aliased by seed). Evaluation runs (``validate``/``test``) get their own
     (``…-validate``). W&B artifact names allow letters, digits, ``-``, ``_`` and ``.``."""
-    parts = ["skill-neurons", short_backbone(backbone), task or "task", layout or OLDER_FILES["layout"]]
+    parts = [kind, short_backbone(backbone), task or "task", layout or OLDER_FILES["layout"]]
     if stage not in (None, "fit"):
         parts.append(stage)
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
@@ -144,3 +146,9 @@ class RunSettings:
     def artifact_name(self) -> str:
         """The skill-neuron artifact of this run's configuration (:func:`artifact_name`)."""
         return artifact_name(self.backbone, self.task, self.layout, self.stage)
+
+    @property
+    def prompt_artifact_name(self) -> str:
+        """The prompt artifact of this run's configuration (``prompt-<backbone>-<task>-<layout>``): one per
+        configuration, whatever the stage (only fits train a prompt)."""
+        return artifact_name(self.backbone, self.task, self.layout, "fit", kind="prompt")

@@ -67,6 +67,7 @@ class Summary(TypedDict, total=False):
     checkpoints: dict[str, Any]
     ckpt_path: str | None
     prompt_source: dict[str, Any]
+    prompt_artifact: dict[str, Any]  # the prompt artifact version an evaluation used: ref, declared, why
     transfer: dict[str, Any]
     skill_neurons: dict[str, Any]
     suppression: dict[str, Any]

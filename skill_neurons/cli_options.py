@@ -41,7 +41,8 @@ Prompt tuning, skill neurons and adversarial robustness.
 commands (skill-neurons <command> --help lists a command's options):
 """ + "\n".join(f"  {name:<14} {line}" for name, line in COMMANDS.items()) + """
 validate and test also take --from_run RUN: evaluate that fit run's best prompt with its own config
-(RUN is runs/<id>, or ROOT?backbone=...&task=...&seed=... for the matching finished run under ROOT).
+(RUN is runs/<id>, or ROOT?backbone=...&task=...&seed=... for the matching finished run under ROOT, or
+wandb:ENTITY/PROJECT/RUN_ID), or --from_artifact ENTITY/PROJECT/NAME:ALIAS (or a downloaded artifact's folder).
 Flags are spelled with underscores, as LightningCLI's (--run_id, --from_run).
 Configs may interpolate other keys (${data.task}); see the README, "Common tasks"."""
 
@@ -62,7 +63,11 @@ a run directory (runs/<id>) or ROOT?key=value&... — the finished fit run under
 &pick=latest. Options such as --data.task (transfer) or --suppression.* apply on top; the new run goes under
 --runs_dir (default runs/), not beside RUN. A run that is not finished (running, killed, interrupted, failed,
 incomplete) is refused, naming its status; --allow_incomplete evaluates its best checkpoint so far anyway (with a
-warning)."""
+warning). RUN may also be wandb:ENTITY/PROJECT/RUN_ID: the prompt artifact that W&B run logged, downloaded
+through W&B's API (online). --from_artifact ENTITY/PROJECT/NAME:ALIAS takes a prompt artifact version (NAME
+prompt-<backbone>-<task>-<layout>, ALIAS best, latest, seed-<s>, run-<id> or v<n>) the same way, and
+--from_artifact DIR a downloaded artifact's folder or runs/<id>/prompt_artifact (offline); the new run declares
+the artifact version it used on W&B (online)."""
 
 
 def wants_help(argv: list[str]) -> bool:

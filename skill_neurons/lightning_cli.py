@@ -36,12 +36,15 @@ from datamodules.prompt_datamodule import PromptDataModule, check_sizes
 from lightning_modules import tracking
 from lightning_modules.contracts import preflight
 from lightning_modules.prompt_tuning import PromptTuningModule, check_model_options
-from records.prompt_checkpoint import prompt_of, read_checkpoint
+from records import prompt_artifact
+from records.prompt_checkpoint import copy_prompt_only, prompt_of, read_checkpoint
 from records.run_identity import run_identity
 from records.run_status import status_exit_code
 from records.secrets import is_secret, redact, without_secrets
+from records.settings import RunSettings
 from records.summary import (
-    CHECKPOINT_DIR, flatten, new_run_id, offline_segments, read_summary, run_of_checkpoint,
+    BEST_CHECKPOINT, CHECKPOINT_DIR, flatten, new_run_id, offline_segments, read_summary, run_of_checkpoint,
+    update_summary,
 )
 from skill_neurons.cli_options import DEBUG_ENV, parser_kwargs
 from skill_neurons.console import metrics_table, where_line
@@ -357,11 +360,45 @@ class SkillNeuronsCLI(LightningCLI):
             self._release()
             self._finish_wandb(exit_code=1)
             raise
+        self._track_prompt(subcommand)
         self._finish_wandb(exit_code=0)
         self._print_where()
         code = status_exit_code(read_summary(self._run_dir).get("status")) if self._run_dir else 0
         if code:
             raise SystemExit(code)
+
+    def _track_prompt(self, subcommand: str) -> None:
+        """The prompt on W&B (global rank 0, the project's W&B logger): a finished fit logs its best prompt as a
+        version of its configuration's ``model`` artifact (:mod:`records.prompt_artifact`), keeping the files in
+        ``runs/<id>/prompt_artifact/``; an evaluation of a prompt artifact's folder declares that version as used
+        (``summary.json`` → ``prompt_artifact`` says whether W&B recorded it)."""
+        loggers = [lg for lg in getattr(self.trainer, "loggers", []) if isinstance(lg, tracking.WandbLogger)]
+        if not loggers or self._run_dir is None or not self.trainer.is_global_zero:
+            return
+        summary = read_summary(self._run_dir)
+        if subcommand == "fit":
+            if summary.get("status") != "finished" or not (self._run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT).is_file():
+                return
+            settings, best = RunSettings.from_summary(summary), summary.get("best") or {}
+            name = settings.prompt_artifact_name
+            metadata = {**{k: v for k, v in settings.to_json().items() if v is not None}, "run_id": self._run_id,
+                        "best_epoch": best.get("epoch"), "best_val_acc": best.get("val/acc")}
+            try:
+                folder = prompt_artifact.write_folder(self._run_dir, name)
+                best_ckpt = self._run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT
+                copy_prompt_only(best_ckpt, prompt_artifact.checkpoint_path(folder))
+                loggers[0].log_prompt_artifact(name, prompt_artifact.files_of(folder),
+                                               prompt_artifact.aliases(self._run_id, settings.seed), metadata)
+            except Exception as err:  # the run itself is complete: say what is missing, keep its status
+                print(f"skill-neurons: warning: the prompt artifact {name} was not logged ({type(err).__name__}: "
+                      f"{' '.join(str(err).split())[:200]}) — the run's best.ckpt is complete; evaluate it with "
+                      f"--from_run {self._run_dir}", file=sys.stderr, flush=True)
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        source = run_of_checkpoint(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+        ref = prompt_artifact.reference(source) if source and prompt_artifact.is_folder(source) else None
+        if ref:
+            update_summary(self._run_dir, prompt_artifact=loggers[0].use_prompt_artifact(ref))
 
     def _finish_wandb(self, exit_code: int) -> None:
         """Close the W&B run this command started, so the next command in the same process starts its own."""

@@ -9,11 +9,13 @@ from typing import Any
 
 from records.configuration import configuration_of, differing_keys
 from records.errors import UserError
+from records.prompt_artifact import WANDB_RUN_PREFIX, is_folder, parse_artifact_ref, read_record
 from records.run_status import process_gone, status_of
 from records.summary import (
     BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RunSelectorError, find_run, is_run_id, read_summary,
     summary_problem,
 )
+from skill_neurons import prompt_artifacts
 
 RUN_ID_ENV = "SKILL_NEURONS_RUN_ID"
 RUNS_DIR_ENV = "SKILL_NEURONS_RUNS_DIR"  # a sweep trial's default --runs_dir
@@ -85,6 +87,25 @@ def find_fit_run(spec: str) -> Path:
 
 
 ALLOW_INCOMPLETE = "--allow_incomplete"
+SOURCE_OPTIONS = ("--from_run", "--from_artifact")
+
+
+def resolve_source(option: str, spec: str) -> Path:
+    """The local folder of a ``--from_run``/``--from_artifact`` source: a run directory or selector (``--from_run``
+    only), a prompt artifact's folder (either; :mod:`records.prompt_artifact`), or — online, through W&B's API,
+    downloaded — a W&B run's prompt (``--from_run wandb:ENTITY/PROJECT/RUN_ID``) or a prompt artifact version
+    (``--from_artifact ENTITY/PROJECT/NAME:ALIAS``)."""
+    if option == "--from_artifact":
+        if is_folder(spec):
+            return Path(spec)
+        if Path(spec).is_dir():
+            raise CLIError(f"--from_artifact {spec!r} is a folder without a prompt artifact's files (config.yaml, "
+                           "run.json, checkpoints/best.ckpt) — give a downloaded prompt artifact, runs/<id>/"
+                           "prompt_artifact, or a fit run with --from_run runs/<id>")
+        return prompt_artifacts.download_artifact(parse_artifact_ref(spec))
+    if spec.startswith(WANDB_RUN_PREFIX):
+        return prompt_artifacts.download_run_prompt(spec)
+    return find_fit_run(spec)
 
 
 def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -94,37 +115,44 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
     goes under the ``--runs_dir`` this command is given (default ``runs``), never beside the source run: the
     source's config names the folder it was written to (a sweep's ``DIR/runs``), which is not this run's. A run
     that is not ``finished`` (still running, killed, interrupted, failed, incomplete) is refused, naming its
-    status, unless ``--allow_incomplete`` is given (then a warning names it)."""
-    rest, spec, allow = [], None, False
+    status, unless ``--allow_incomplete`` is given (then a warning names it). ``--from_artifact`` (a prompt
+    artifact's folder, or ``ENTITY/PROJECT/NAME:ALIAS``) and ``--from_run wandb:ENTITY/PROJECT/RUN_ID`` take the
+    config and prompt of a logged prompt artifact the same way (:func:`resolve_source`)."""
+    rest, sources, allow = [], {}, False
     iterator = iter(argv)
     for arg in iterator:
-        if arg == "--from_run":
-            spec = next(iterator, None)
-        elif arg.startswith("--from_run="):
-            spec = arg.split("=", 1)[1]
+        if arg in SOURCE_OPTIONS:
+            sources[arg] = next(iterator, None)
+        elif arg.split("=", 1)[0] in SOURCE_OPTIONS:
+            sources[arg.split("=", 1)[0]] = arg.split("=", 1)[1]
         elif arg in (ALLOW_INCOMPLETE, f"{ALLOW_INCOMPLETE}=true"):
             allow = True
         else:
             rest.append(arg)
-    if spec is None:
+    if not sources:
         if allow:
             raise CLIError(f"{ALLOW_INCOMPLETE} goes with --from_run runs/<id> (it lets an unfinished run's best "
                            "prompt be evaluated)")
         return argv, []
+    if len(sources) > 1:
+        raise CLIError("--from_run and --from_artifact both name a prompt: give one of them")
+    (option, spec), = sources.items()
+    if spec is None:
+        raise CLIError(f"{option} needs a value: {option} runs/<id>, or see `skill-neurons validate --help`")
     if rest[0] == "fit":
-        raise CLIError("--from_run evaluates a trained prompt: use it with validate, test or predict, not fit")
-    run = find_fit_run(spec)
+        raise CLIError(f"{option} evaluates a trained prompt: use it with validate, test or predict, not fit")
+    run = resolve_source(option, spec)
     best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
     if not best.is_file():
-        raise CLIError(f"--from_run {spec!r}: {best} does not exist (the run saved no best checkpoint)")
-    summary = read_summary(run)
+        raise CLIError(f"{option} {spec!r}: {best} does not exist (the run saved no best checkpoint)")
+    summary = read_summary(run) or read_record(run)  # a prompt artifact's folder keeps the run's record as run.json
     if summary.get("status") != "finished":
         status = status_of(summary)
         if not allow:
-            raise CLIError(f"--from_run {spec!r}: the run is {status}, not finished — its best prompt may not be "
+            raise CLIError(f"{option} {spec!r}: the run is {status}, not finished — its best prompt may not be "
                            f"final; finish it (skill-neurons analyse {run}, or resume its fit) or add "
                            f"{ALLOW_INCOMPLETE} to evaluate it anyway")
-        print(f"skill-neurons: warning: --from_run {spec}: the run is {status}, not finished — evaluating its best "
+        print(f"skill-neurons: warning: {option} {spec}: the run is {status}, not finished — evaluating its best "
               f"checkpoint so far ({ALLOW_INCOMPLETE})", file=sys.stderr, flush=True)
     return rest, ["--config", str(run / CONFIG_FILE), f"--ckpt_path={best}", "--run_id=null",
                   f"--runs_dir={DEFAULT_RUNS_DIR}"]
