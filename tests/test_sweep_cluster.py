@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, subprocess_env, summary_of
 from tests.test_sweeps import calls, here, run_sweep, state_of, sweep_runner_processes, synthetic_sweep, tiny_copy
 
+from records.neuron_files import load_neuron_file
 from skill_neurons.sweep import command as sweep_command
 
 __all__ = ["here"]  # the fixture, imported for the tests below
@@ -199,3 +202,51 @@ def test_killed_local_sweep_resumes_without_repeating_finished_trials(here):
     assert sorted(ends) == sorted(f"--quality={q}" for q in qualities) and set(ends.values()) == {1}
     retried = [t for t in after if len(t["attempts"]) > 1]
     assert retried and all(t["attempts"][0]["state"] == "interrupted" for t in retried)
+
+
+# ------------------------------------------------------------------------------ multi-node DDP
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_two_simulated_nodes_analyse_every_example_once_into_one_run(tmp_path, tiny_backbones):
+    """2 nodes x 1 process (gloo on CPU), started as a scheduler starts them: two CLI processes that know their
+    node by the variables Lightning's default environment reads (MASTER_ADDR/MASTER_PORT, NODE_RANK,
+    LOCAL_RANK) and share one WANDB_RUN_ID. The skill-neuron analysis equals one process's, cell by cell, and
+    one run folder with one W&B run is written."""
+    # one example per forward pass: the same float32 activations whatever the shard (see test_skill_neurons.py)
+    common = ["validate", *QUICK, "--config", str(ROOT / "configs/quickstart.yaml"), "--data.max_train_samples=47",
+              "--data.max_eval_samples=37", "--trainer.callbacks=[{class_path: callbacks.skill_neurons."
+              "SkillNeuronCallback, init_args: {batch_size: 1}}]"]
+    cli_in_process([*common, "--runs_dir=one", "--trainer.logger=false"], cwd=tmp_path, check=True)
+    port, nodes = free_port(), []
+    for node in (0, 1):
+        env = subprocess_env({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node),
+                              "LOCAL_RANK": "0", "WANDB_RUN_ID": "twonodes"})
+        for key in [k for k in env if k.startswith(("SLURM_", "TORCHELASTIC_", "GROUP_RANK", "WORLD_SIZE"))]:
+            del env[key]
+        nodes.append(subprocess.Popen(
+            [sys.executable, "-m", "skill_neurons.cli", *common, "--runs_dir=two", "--trainer.num_nodes=2",
+             "--trainer.devices=1", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    one, two = only_run_dir(tmp_path / "one"), only_run_dir(tmp_path / "two")  # one run folder each
+    assert two.name == "twonodes" and summary_of(two)["settings"]["world_size"] == 2
+    assert len(list(two.glob("wandb/offline-run-*"))) == 1  # one W&B run, written by global rank 0
+    for name in ("validation", "marker_typo"):
+        a, meta_a = load_neuron_file(one / "skill_neurons" / f"{name}.safetensors")
+        b, meta_b = load_neuron_file(two / "skill_neurons" / f"{name}.safetensors")
+        assert meta_a["examples"] == meta_b["examples"] == 37 and meta_b["threshold_examples"] == 47
+        assert sorted(a) == sorted(b)
+        for key in a:
+            if key == "threshold":  # a float64 mean whose summation order follows the shards
+                torch.testing.assert_close(a[key], b[key], rtol=1.2e-7, atol=1e-30)
+            else:
+                assert torch.equal(a[key], b[key]), key
