@@ -87,11 +87,25 @@ def test_slurm_arrays_carry_the_options_and_preempted_trials_are_requeued_then_c
         assert [a["job_id"].split("_")[0] for a in t["attempts"]] == ["4000", "4001"]
         assert len({a["run_id"] for a in t["attempts"]}) == 2 and "preempted" in t["note"]
     assert calls(here) == []  # nothing ran here: the trials only ran (would run) in the jobs
+
     status = run_sweep("--status", "d", cwd=here).stdout
     header = status.splitlines()[1]
     assert header.split()[3:5] == ["job", "job"]  # "job  job state"
     for t in trials:
         assert re.search(rf"\b{t['attempts'][-1]['job_id']}\s+PREEMPTED\b", status)
+
+    # As if the submitter had died while trial 1's second job was out: the next start follows that job (by its id),
+    # finds it preempted and submits the trial once more (--retries 2 allows it), alone.
+    state = state_of(here / "d")
+    one = state["trials"][0]
+    one["state"], one["attempts"][-1]["state"] = "running", "running"
+    (here / "d" / "state.json").write_text(json.dumps(state))
+    argv = [str(sweep), "--dir", "d", "--executor", "slurm", "--retries", "2", "--slurm.time", "90", "--poll", "0.2"]
+    assert sweep_command.main(argv) == 1
+    assert f"following its job {one['attempts'][-1]['job_id']} again" in capsys.readouterr().out
+    one = state_of(here / "d")["trials"][0]
+    assert [a["job_id"] for a in one["attempts"]] == ["4000_0", "4001_0", "4002"] and one["state"] == "crashed"
+    assert sorted(int(p.stem) for p in fake_slurm.glob("*.sh")) == [4000, 4001, 4002]
 
 
 def one_line_error(argv: list[str], capsys) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from skill_neurons.sweep.config import SweepError
+from skill_neurons.sweep.processes import visible_gpus
 
 EXECUTORS = ("processes", "local", "slurm")
 SUBMITIT_MISSING = ("--executor {kind} needs submitit, which is not installed — install it with: "
@@ -80,7 +81,10 @@ def make_executor(kind: str, directory: Path, parallel: int, slurm: dict[str, An
     folder = directory / JOBS_DIR / ("%j" if kind == "slurm" else "")
     if kind == "local":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=60 * 24 * 365)  # a trial's own time; no limit of ours
+        # submitit hides the GPUs from a local job unless it is given some: it gets this machine's visible ones
+        # (a trial of --workers K > 1 is then pinned to one of them, as under --executor processes)
+        gpus = tuple(visible_gpus())
+        executor.update_parameters(timeout_min=60 * 24 * 365, gpus_per_node=len(gpus), visible_gpus=gpus)
         return executor
     executor = submitit.SlurmExecutor(folder=folder)
     params = {"gpus_per_task": 1, "ntasks_per_node": 1, "job_name": f"sweep-{directory.name}", **slurm}

@@ -135,7 +135,11 @@ class SweepRunner(TrialControl):
                 continue
             job = cluster.attach(self.executor_kind, self.dir, attempt.job_id) if attempt.job_id else None
             if job is not None:  # a SLURM job outlives its submitter: polled again like the others
-                slot = next(s for s in range(len(self.slots)) if s not in {r.slot for r in self.running.values()})
+                taken = {r.slot for r in self.running.values()}
+                slot = next((s for s in range(len(self.slots)) if s not in taken), None)
+                if slot is None:  # more jobs still out than this run's --parallel: each keeps a slot
+                    self.slots.append(None)
+                    slot = len(self.slots) - 1
                 self.running[trial.number] = Running(trial, job, slot)
                 trial.state = "running"
                 self.say(f"trial {trial.number} (run {attempt.run_id}): following its job {attempt.job_id} again")
