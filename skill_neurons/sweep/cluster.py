@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ SUBMITIT_MISSING = ("--executor {kind} needs submitit, which is not installed â€
 # Job states after which a trial is started again (SLURM's names; INTERRUPTED: a local job killed by a signal)
 REQUEUED_STATES = ("PREEMPTED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "REQUEUED", "INTERRUPTED",
                    "NO PROCESS AND NO RESULT")
+RESULT_GRACE_S = 15.0  # how long an ended job's result file may take to appear (NFS attribute caches)
 JOBS_DIR = "jobs"  # submitit's folder inside the sweep directory: pickles, results, the jobs' own logs
 
 
@@ -144,6 +146,7 @@ class JobTrial:
         self.interrupted: str | None = None  # why the job ended without the trial's exit code
         self.error: str | None = None  # the job function's own error (the command could not start)
         self.state = "PENDING"
+        self.missing_since: float | None = None
 
     @property
     def job_id(self) -> str:
@@ -161,6 +164,12 @@ class JobTrial:
             if self.state.split(" ")[0] != "PREEMPTED":
                 return None
             self.interrupted = f"job {self.job_id} was preempted"
+            return -1
+        if not self.job.paths.result_pickle.exists():  # not yet visible on NFS, or never written (killed):
+            self.missing_since = self.missing_since or time.time()  # submitit's result() would block up to 30 s
+            if time.time() - self.missing_since < RESULT_GRACE_S:
+                return None
+            self.interrupted = f"job {self.job_id} ended without a result ({self.state})"
             return -1
         try:
             code = int(self.job.result())
