@@ -65,7 +65,9 @@ def check_executor(kind: str, slurm: dict[str, Any]) -> dict[str, Any]:
         raise SweepError(f"--executor slurm needs SLURM's `{'` and `'.join(missing)}` on PATH and there is none "
                          "here — run the command on the cluster's login node (or try it here with --executor "
                          "local); nothing was submitted")
-    valid = submitit.SlurmExecutor._valid_parameters() - {"folder", "command", "map_count", "array_parallelism"}
+    valid = submitit.SlurmExecutor._valid_parameters() - {  # scalar options; a trial is one task on one node
+        "folder", "command", "map_count", "array_parallelism", "setup", "teardown", "srun_args",
+        "additional_parameters", "nodes", "ntasks_per_node", "num_gpus", "use_srun", "stderr_to_stdout"}
     unknown = sorted(set(slurm) - valid)
     if unknown:
         raise SweepError(f"unknown SLURM option --slurm.{unknown[0]} — use sbatch options as submitit names them: "
@@ -90,8 +92,7 @@ def make_executor(kind: str, directory: Path, parallel: int, slurm: dict[str, An
         return executor
     executor = submitit.SlurmExecutor(folder=folder)
     params = {"gpus_per_task": 1, "ntasks_per_node": 1, "job_name": f"sweep-{directory.name}", **slurm}
-    extra = {"no-requeue": True, **(params.pop("additional_parameters", None) or {})}
-    executor.update_parameters(array_parallelism=parallel, additional_parameters=extra, **params)
+    executor.update_parameters(array_parallelism=parallel, additional_parameters={"no-requeue": True}, **params)
     return executor
 
 
