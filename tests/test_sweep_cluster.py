@@ -264,3 +264,82 @@ def test_two_simulated_nodes_analyse_every_example_once_into_one_run(tmp_path, t
                 torch.testing.assert_close(a[key], b[key], rtol=1.2e-7, atol=1e-30)
             else:
                 assert torch.equal(a[key], b[key]), key
+
+
+class FakeJob:
+    """A submitit job as JobTrial sees it: done(), state, its result file, result()."""
+
+    def __init__(self, tmp: Path, done: bool, state: str, outcome):
+        self.job_id, self._done, self.state, self.outcome = "7_0", done, state, outcome
+        self.paths = type("Paths", (), {"result_pickle": tmp / "result.pkl"})()
+        if outcome is not None:
+            self.paths.result_pickle.write_bytes(b"x")
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self):
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.mark.parametrize("done, state, outcome, expected", [
+    (False, "RUNNING", None, (None, None, None)),
+    (False, "PREEMPTED", None, (-1, "preempted", None)),  # submitit waits for a requeue that --no-requeue forbids
+    (True, "COMPLETED", 0, (0, None, None)),
+    (True, "COMPLETED", 2, (2, None, None)),  # the trial's own failure: its exit code
+    (True, "TIMEOUT", 143, (143, "timeout", None)),  # killed at its time limit: started again
+    (True, "NODE_FAIL", "uncompleted", (-1, "without a result", None)),
+    (True, "FAILED", "failed", (1, None, "boom")),  # the job function itself failed: the command did not start
+    (True, "RUNNING", "not-requeued", (-1, "timed out", None)),  # its time limit (USR2) or a preemption
+    (True, "CANCELLED by 1000", None, (143, None, "cancelled")),  # scancel by a person: failed, not requeued
+])
+def test_a_jobs_end_is_read_as_the_trials_exit_code_or_an_interruption(tmp_path, done, state, outcome, expected):
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from skill_neurons.sweep.cluster import JobTrial
+
+    not_requeued = FailedJobError("trace\nUncompletedJobError: Job not requeued because: timed-out and not "
+                                  "checkpointable.")  # as submitit raises it in the job (core/job_environment.py)
+    outcome = {"uncompleted": UncompletedJobError("no result"), "failed": FailedJobError("trace\nboom"),
+               "not-requeued": not_requeued}.get(outcome, outcome)
+    handle = JobTrial(FakeJob(tmp_path, done, state, outcome))
+    code = handle.poll()
+    want_code, want_interrupted, want_error = expected
+    assert code == want_code
+    assert (handle.interrupted is None) == (want_interrupted is None)
+    assert want_interrupted is None or want_interrupted in handle.interrupted
+    assert (handle.error is None) == (want_error is None) and (want_error is None or want_error in handle.error)
+
+
+def test_an_ended_job_without_a_result_file_waits_for_it_then_counts_as_interrupted(tmp_path, monkeypatch):
+    from skill_neurons.sweep import cluster
+
+    handle = cluster.JobTrial(FakeJob(tmp_path, True, "FAILED", None))
+    assert handle.poll() is None and handle.interrupted is None  # the file may still appear (NFS caches)
+    monkeypatch.setattr(cluster, "RESULT_GRACE_S", 0.0)
+    assert handle.poll() == -1 and "without a result" in handle.interrupted
+
+
+@pytest.mark.subprocess  # local jobs are child processes
+def test_a_local_job_at_its_time_limit_is_requeued_then_crashed(here, monkeypatch, capsys):
+    """submitit's real time-limit path (USR2 before the limit, as SLURM's --signal): the job is not requeued by
+    submitit, the runner starts the trial again under a new run id (--retries 1), then marks it crashed."""
+    from skill_neurons.sweep import cluster
+
+    make = cluster.make_executor
+
+    def short_limit(*args, **kwargs):
+        executor = make(*args, **kwargs)
+        executor.update_parameters(timeout_min=1, signal_delay_s=57)  # USR2 after 3 s
+        return executor
+
+    monkeypatch.setattr(cluster, "make_executor", short_limit)
+    sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
+                            parameters={"quality": {"value": 1}, "epochs": {"value": 300}, "nap": {"value": 0.1}})
+    assert sweep_command.main([str(sweep), "--dir", "d", "--executor", "local", "--retries", "1", "--poll", "0.1"]) == 1
+    (trial,) = state_of(here / "d")["trials"]
+    assert trial["state"] == "crashed" and [a["state"] for a in trial["attempts"]] == ["interrupted"] * 2
+    assert "timed out" in trial["note"]
+    assert [c["event"] for c in calls(here)] == ["start", "start"]  # two attempts, neither reached its end

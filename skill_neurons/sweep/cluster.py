@@ -32,9 +32,10 @@ from skill_neurons.sweep.processes import visible_gpus
 EXECUTORS = ("processes", "local", "slurm")
 SUBMITIT_MISSING = ("--executor {kind} needs submitit, which is not installed — install it with: "
                     "pip install 'submitit>=1.5.4,<2' (or pip install -e '.[cluster]'); nothing was submitted")
-# Job states after which a trial is started again (SLURM's names; INTERRUPTED: a local job killed by a signal)
-REQUEUED_STATES = ("PREEMPTED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "REQUEUED", "INTERRUPTED",
-                   "NO PROCESS AND NO RESULT")
+# SLURM job states after which a trial whose command exited non-zero is started again (its node went away)
+REQUEUED_STATES = ("PREEMPTED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "REQUEUED")
+# what submitit's signal handler raises in a preempted or timed-out job that it does not requeue
+NOT_REQUEUED = "Job not requeued because"
 RESULT_GRACE_S = 15.0  # how long an ended job's result file may take to appear (NFS attribute caches)
 JOBS_DIR = "jobs"  # submitit's folder inside the sweep directory: pickles, results, the jobs' own logs
 
@@ -166,6 +167,9 @@ class JobTrial:
                 return None
             self.interrupted = f"job {self.job_id} was preempted"
             return -1
+        if self.state.startswith("CANCELLED"):  # scancel by a person: the trial failed, as after a kill -TERM
+            self.error = f"job {self.job_id} was cancelled ({self.state})"
+            return 143
         if not self.job.paths.result_pickle.exists():  # not yet visible on NFS, or never written (killed):
             self.missing_since = self.missing_since or time.time()  # submitit's result() would block up to 30 s
             if time.time() - self.missing_since < RESULT_GRACE_S:
@@ -174,16 +178,16 @@ class JobTrial:
             return -1
         try:
             code = int(self.job.result())
-        except UncompletedJobError as e:
-            if self.state.startswith("CANCELLED"):  # scancel by a person: the trial is failed, as a kill -TERM
-                self.error = f"job {self.job_id} was cancelled ({self.state})"
-                return 143
-            self.interrupted = f"job {self.job_id} ended without a result ({self.state}): {str(e).splitlines()[0]}"
-            return -1
-        except FailedJobError as e:
+        except FailedJobError as e:  # an exception in the job (a subclass of UncompletedJobError: first)
+            if NOT_REQUEUED in str(e) or self.state.split(" ")[0] in REQUEUED_STATES:  # its time limit or a
+                self.interrupted = f"job {self.job_id} was preempted or timed out ({self.state})"  # preemption
+                return -1
             self.error = str(e).strip().splitlines()[-1] if str(e).strip() else "failed"
             return 1
-        if self.state.split()[0] in REQUEUED_STATES and self.state.split()[0] != "INTERRUPTED" and code != 0:
+        except UncompletedJobError as e:
+            self.interrupted = f"job {self.job_id} ended without a result ({self.state}): {str(e).splitlines()[0]}"
+            return -1
+        if self.state.split(" ")[0] in REQUEUED_STATES and code != 0:
             self.interrupted = f"job {self.job_id} {self.state.lower()}"
         return code
 
