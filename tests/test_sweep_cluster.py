@@ -157,6 +157,18 @@ def test_local_executor_runs_the_quickstart_grid_once(tmp_path, tiny_backbones):
     assert all(list((tmp_path / "grid" / "jobs").glob(f"{j}_*result.pkl")) for j in job_ids)
 
 
+def mid_way(directory: Path, trial: dict) -> bool:
+    """A submitted trial whose command has reported some epochs and has many left."""
+    if trial["state"] != "running" or not trial["attempts"][-1]["job_id"]:
+        return False
+    summary = directory / "runs" / trial["attempts"][-1]["run_id"] / "summary.json"
+    try:
+        history = json.loads(summary.read_text())["history"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return 0 < len(history) < 12
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (from /proc's parent ids)."""
     children = collections.defaultdict(list)
@@ -178,7 +190,7 @@ def descendants(pid: int) -> list[int]:
 def test_killed_local_sweep_resumes_without_repeating_finished_trials(here):
     qualities = [0.1, 0.2, 0.3, 0.4, 0.5]
     sweep = synthetic_sweep(here, method="grid", metric={"name": "score", "goal": "maximize"},
-                            parameters={"quality": {"values": qualities}, "epochs": {"value": 10},
+                            parameters={"quality": {"values": qualities}, "epochs": {"value": 20},
                                         "nap": {"value": 0.1}})
     args = [sys.executable, "-m", "skill_neurons.cli", "sweep", str(sweep), "--dir", "d", "--executor", "local",
             "--parallel", "2", "--poll", "0.05"]
@@ -187,8 +199,7 @@ def test_killed_local_sweep_resumes_without_repeating_finished_trials(here):
     while time.time() < deadline and runner.poll() is None:
         trials = state_of(here / "d")["trials"] if (here / "d" / "state.json").exists() else []
         states = [t["state"] for t in trials]
-        if states.count("finished") >= 2 and any(t["state"] == "running" and t["attempts"][-1]["job_id"]
-                                                 for t in trials):
+        if states.count("finished") >= 2 and any(mid_way(here / "d", t) for t in trials):
             before = trials
             break
         time.sleep(0.05)
