@@ -363,7 +363,10 @@ class SkillNeuronsCLI(LightningCLI):
         self._track_prompt(subcommand)
         self._finish_wandb(exit_code=0)
         self._print_where()
-        code = status_exit_code(read_summary(self._run_dir).get("status")) if self._run_dir else 0
+        # Global rank 0 writes the summary and owns the exit code; another rank that got here ended well (it may
+        # read the summary before rank 0 has written its final status; srun and torchrun fail on any rank's code)
+        rank_zero = getattr(self.trainer, "is_global_zero", True)
+        code = status_exit_code(read_summary(self._run_dir).get("status")) if self._run_dir and rank_zero else 0
         if code:
             raise SystemExit(code)
 

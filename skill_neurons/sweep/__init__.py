@@ -21,6 +21,10 @@ stop early (``stop_runs``: hyperband); this runner does what the agent and the s
   ``best`` (as ``best/<key>``). The objective is the best value of ``metric.name`` over all of them. Any
   other program can join a sweep by writing that file.
 * ``--workers K`` runs K trials at once; each gets one GPU (``CUDA_VISIBLE_DEVICES``) when there are GPUs.
+* ``--executor slurm`` (``--slurm.partition P --slurm.gpus_per_task 1 --slurm.time MIN``; ``--parallel N`` is
+  ``--workers``: the arrays' ``slurm_array_parallelism``) submits the trials as SLURM job arrays through
+  submitit, ``--executor local`` as submitit's local jobs; the engine, state and resume stay these
+  (:mod:`skill_neurons.sweep.cluster`: one state writer, the runner; jobs write only their trial's files).
 
 State and resume: ``DIR/state.json`` (rewritten atomically at every change) holds the sweep id, its config
 and every trial with its parameters, attempts, state and metrics. A trial is recorded as running *before* its

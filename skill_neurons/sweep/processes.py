@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from skill_neurons.sweep.config import MARKER_ENV, SweepError
 from skill_neurons.sweep.state import Trial
@@ -127,11 +128,22 @@ class RunnerLock:
 
 @dataclasses.dataclass
 class Running:
+    """A started trial: its process (its own process group), or its submitit job
+    (:class:`skill_neurons.sweep.cluster.JobTrial`, which polls and takes signals alike)."""
+
     trial: Trial
-    proc: subprocess.Popen
+    proc: Any  # subprocess.Popen or cluster.JobTrial
     slot: int
     term_sent: float | None = None
     killed: bool = False
     summary_mtime: float = 0.0
+
+    def send(self, signum: int) -> None:
+        """Signal the trial's process group (a job: cancel it)."""
+        if isinstance(self.proc, subprocess.Popen):
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signum)
+        else:
+            self.proc.send(signum)
 
 

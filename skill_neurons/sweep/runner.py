@@ -7,10 +7,8 @@ import dataclasses
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -22,22 +20,30 @@ from records.files import atomic_write, read_json
 from records.summary import new_run_id, summary_path
 from records.sweep_trial import PARAM_PATH_ENV, SWEEP_ID_ENV, SWEEP_NAME_ENV, VARIED_ENV, varied_keys
 from skill_neurons.runs import RUN_ID_ENV, RUNS_DIR_ENV
+from skill_neurons.sweep import cluster
 from skill_neurons.sweep.config import (
     ENGINE_STATES, KILL_DELAY_S, MARKER_ENV, STATE_FILE, SweepError, check_sweep_config, engine, load_sweep_file, plain,
     render_command, save_param_file,
 )
-from skill_neurons.sweep.display import progress_of, sweep_group
+from skill_neurons.sweep.control import TrialControl
+from skill_neurons.sweep.display import planned_trials, progress_of, sweep_group
 from skill_neurons.sweep.processes import LAUNCHER, RunnerLock, Running, is_skill_neurons_cli, kill_marked, visible_gpus
 from skill_neurons.sweep.state import Attempt, Trial, format_table, objective_of, read_state, save_state, trial_report
 
 
 # ---------------------------------------------------------------------------------- the runner
-class SweepRunner:
-    """Run one sweep directory to completion (see the module docstring for the behaviour)."""
+class SweepRunner(TrialControl):
+    """Run one sweep directory to completion (see the module docstring for the behaviour).
+
+    ``executor``: ``processes`` starts each trial as a child process; ``local`` and ``slurm`` submit it as a
+    submitit job (:mod:`skill_neurons.sweep.cluster`), ``slurm`` with the sbatch parameters ``slurm``."""
 
     def __init__(self, sweep_file: str | os.PathLike, directory: str | os.PathLike | None = None,
                  count: int | None = None, workers: int = 1, retries: int = 2, poll: float = 1.0,
-                 kill_delay: float = KILL_DELAY_S, out=None):
+                 kill_delay: float = KILL_DELAY_S, out=None, executor: str = "processes",
+                 slurm: dict[str, Any] | None = None):
+        self.executor_kind = executor
+        self.slurm = cluster.check_executor(executor, dict(slurm or {}))  # before anything is read or written
         self.sweep_file = Path(sweep_file)
         self.raw_config = load_sweep_file(self.sweep_file)
         self.config = check_sweep_config(self.raw_config, str(self.sweep_file))
@@ -54,7 +60,12 @@ class SweepRunner:
             raise SweepError(f"--workers must be at least 1, not {workers}")
         self.workers, self.retries, self.poll, self.kill_delay = workers, retries, poll, kill_delay
         self.slots: list[str | None] = [None] * workers
-        if workers > 1:
+        self.executor, self.to_submit = None, []
+        if executor == "slurm" and self.method != "bayes":
+            # grid and random do not wait for results: the whole sweep is queued at once, as arrays of which
+            # SLURM runs `workers` at a time (slurm_array_parallelism); bayes asks for `workers` at a time
+            self.slots = [None] * max(workers, planned_trials(self.raw_config, self.count) or workers)
+        if workers > 1 and executor != "slurm":
             gpus = visible_gpus()
             if gpus and workers > len(gpus):
                 raise SweepError(f"--workers {workers} asks for one GPU per trial but {len(gpus)} "
@@ -104,7 +115,8 @@ class SweepRunner:
             self.state = state
         else:
             self.state = {"version": 1, "sweep_id": new_run_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        self.state.update(config=self.raw_config, sweep_file=str(self.sweep_file), cwd=os.getcwd(), group=self.group)
+        self.state.update(config=self.raw_config, sweep_file=str(self.sweep_file), cwd=os.getcwd(), group=self.group,
+                          executor=self.executor_kind)
         sweep_yaml = yaml.safe_dump(self.raw_config, sort_keys=False)
         atomic_write(self.dir / "sweep.yaml", lambda f: f.write(sweep_yaml))
         self._save()
@@ -121,6 +133,17 @@ class SweepRunner:
             attempt = trial.attempts[-1]
             if attempt.state != "running":
                 continue
+            job = cluster.attach(self.executor_kind, self.dir, attempt.job_id) if attempt.job_id else None
+            if job is not None:  # a SLURM job outlives its submitter: polled again like the others
+                taken = {r.slot for r in self.running.values()}
+                slot = next((s for s in range(len(self.slots)) if s not in taken), None)
+                if slot is None:  # more jobs still out than this run's --parallel: each keeps a slot
+                    self.slots.append(None)
+                    slot = len(self.slots) - 1
+                self.running[trial.number] = Running(trial, job, slot)
+                trial.state = "running"
+                self.say(f"trial {trial.number} (run {attempt.run_id}): following its job {attempt.job_id} again")
+                continue
             kill_marked(f"{self.sweep_id}/{attempt.run_id}")
             attempt.ended = attempt.ended or time.time()
             self._read_report(trial)
@@ -132,17 +155,21 @@ class SweepRunner:
             elif attempt.stop_requested:
                 attempt.state, trial.state = "stopped", "stopped"
             else:
-                attempt.state = "interrupted"
-                interrupted = sum(a.state == "interrupted" for a in trial.attempts)
-                if interrupted > self.retries:
-                    trial.state, trial.note = "crashed", f"interrupted {interrupted} times (--retries {self.retries})"
-                    self.say(f"trial {trial.number} was interrupted {interrupted} times: marked crashed")
-                else:
-                    trial.state = "pending"
-                    self.say(f"trial {trial.number} (run {attempt.run_id}) was interrupted: it starts again "
-                             "under a new run id")
+                self._requeue(trial, "was interrupted")
             self._link_wandb_runs(trial)
         self._save()
+
+    def _requeue(self, trial: Trial, why: str) -> None:
+        """An attempt ended by the runner's death, a preemption or a time limit: start the trial again under a
+        new run id, at most ``--retries`` times, then mark it crashed."""
+        trial.attempts[-1].state = "interrupted"
+        interrupted = sum(a.state == "interrupted" for a in trial.attempts)
+        if interrupted > self.retries:
+            trial.state, trial.note = "crashed", f"interrupted {interrupted} times (--retries {self.retries}): {why}"
+            self.say(f"trial {trial.number} {why}; interrupted {interrupted} times: marked crashed")
+        else:
+            trial.state = "pending"
+            self.say(f"trial {trial.number} (run {trial.run_id}) {why}: it starts again under a new run id")
 
     # ------------------------------------------------------------------ engine
     def run_dir(self, run_id: str) -> Path:
@@ -180,6 +207,13 @@ class SweepRunner:
     def trial_env(self, trial: Trial, run_id: str, gpu: str | None) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("WANDB_SERVICE", None)  # as the agent: the trial starts its own W&B service
+        env.update(self.trial_vars(trial, run_id, gpu))
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return env
+
+    def trial_vars(self, trial: Trial, run_id: str, gpu: str | None) -> dict[str, str]:
+        """The variables a trial gets on top of its machine's environment (a SLURM job keeps its node's)."""
+        env = {"WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
         env.update({
             "WANDB_RUN_ID": run_id, RUN_ID_ENV: run_id, "WANDB_RUN_GROUP": self.group,
             PARAM_PATH_ENV: str((self.dir / "params" / f"config-{run_id}.yaml").resolve()),
@@ -187,9 +221,7 @@ class SweepRunner:
             VARIED_ENV: ",".join(varied_keys(self.raw_config.get("parameters") or {})),
             "WANDB_DIR": str(self.run_dir(run_id).resolve()),
             RUNS_DIR_ENV: str((self.dir / "runs").resolve()), MARKER_ENV: f"{self.sweep_id}/{run_id}",
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         })
-        env.setdefault("WANDB_MODE", "offline")
         for key, var in (("project", "WANDB_PROJECT"), ("entity", "WANDB_ENTITY")):
             if self.config.get(key):
                 env[var] = str(self.config[key])
@@ -199,32 +231,6 @@ class SweepRunner:
 
     def argv_of(self, trial: Trial, run_id: str) -> list[str]:
         return render_command(self.config, trial.params, (self.dir / "params" / f"config-{run_id}.json").resolve())
-
-    def _dry_run(self, trial: Trial) -> None:
-        """Parse the first configuration with the CLI (``--print_config``) before any trial starts."""
-        argv = self.argv_of(trial, "dryrun00")
-        if not is_skill_neurons_cli(argv):
-            return
-        self.say("checking the first configuration with the CLI (--print_config) ...")
-        env = self.trial_env(trial, "dryrun00", None)
-        try:
-            proc = subprocess.run([*argv, "--print_config"], check=False, env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise SweepError(f"could not run the sweep's command {shlex.join(argv)}: {e}") from None
-        if proc.returncode == 0:
-            return
-        lines = proc.stderr.strip().splitlines()
-        start = next((i for i, line in enumerate(lines) if line.startswith("error:")), max(0, len(lines) - 15))
-        detail = "\n    ".join(lines[start:start + 25])
-        hint = ""
-        if any(v is None for v in trial.params.values()):
-            hint = ("\n  note: W&B renders null as `None`, which the CLI reads as the text 'None' — leave such a key "
-                    "out of the sweep (its config default applies)")
-        raise SweepError(
-            f"the first configuration of {self.sweep_file} does not parse, so no trial was started:\n    {detail}\n"
-            f"  command: {shlex.join(argv)}\n  fix the keys/values under `parameters:` — they are LightningCLI "
-            f"options (model.learning_rate, data.task, seed_everything, ...; see `skill-neurons fit --help`){hint}")
 
     def _launch(self, trial: Trial, slot: int) -> None:
         run_id = new_run_id()
@@ -244,6 +250,11 @@ class SweepRunner:
         self.run_dir(run_id).parent.mkdir(parents=True, exist_ok=True)
         if not is_skill_neurons_cli(argv):
             self.run_dir(run_id).mkdir(exist_ok=True)
+        if self.executor_kind != "processes":  # submitted with the others of this round (one array)
+            job = cluster.TrialJob(argv, self.trial_vars(trial, run_id, gpu), os.getcwd(),
+                                   str((self.dir / "logs" / f"{run_id}.log").resolve()), self.kill_delay)
+            self.to_submit.append((trial, job, slot))
+            return
         launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(os.getpid())] if sys.platform == "linux" else []
         with open(self.dir / "logs" / f"{run_id}.log", "ab") as log:
             log.write(f"$ {shlex.join(argv)}\n".encode())
@@ -257,10 +268,35 @@ class SweepRunner:
         attempt.pid = proc.pid
         self._save()
         self.running[trial.number] = Running(trial, proc, slot)
+        self._said_started(trial, "started", f", GPU {gpu}" if gpu is not None else "")
+
+    def _said_started(self, trial: Trial, verb: str, where: str) -> None:
         params = " ".join(f"{k}={v}" for k, v in trial.params.items())
         again = f" (attempt {len(trial.attempts)})" if len(trial.attempts) > 1 else ""
         self.say(f"{progress_of(trial.number, self.config, self.count, self.started, self.trials, self.workers)}"
-                 f": started{again}: run {run_id}, {params}" + (f", GPU {gpu}" if gpu is not None else ""))
+                 f": {verb}{again}: run {trial.run_id}, {params}{where}")
+
+    def _submit(self) -> None:
+        """Submit the trials launched in this round as one job array; record each one's job id at once."""
+        if not self.to_submit:
+            return
+        if self.executor is None:
+            self.executor = cluster.make_executor(self.executor_kind, self.dir, self.workers, self.slurm)
+        batch, self.to_submit = self.to_submit, []
+        try:
+            handles = cluster.submit(self.executor, [job for _, job, _ in batch])
+        except SweepError:
+            for trial, _, _ in batch:  # nothing was queued: they stay pending for the next run
+                trial.attempts.pop()
+                trial.state = "pending"
+            self._save()
+            raise
+        for (trial, _, slot), handle in zip(batch, handles):
+            trial.attempts[-1].job_id = handle.job_id
+            self.running[trial.number] = Running(trial, handle, slot)
+        self._save()
+        for (trial, _, _), handle in zip(batch, handles):
+            self._said_started(trial, "submitted", f", job {handle.job_id}")
 
     def _read_report(self, trial: Trial) -> None:
         if trial.run_id:
@@ -285,11 +321,18 @@ class SweepRunner:
             del self.running[number]
             trial, attempt = running.trial, running.trial.attempts[-1]
             attempt.exitcode, attempt.ended = code, time.time()
+            attempt.job_state = getattr(running.proc, "state", None)
             self._read_report(trial)
             took = f"{attempt.ended - attempt.started:.0f}s"
             objective = self.objective(trial)
             shown = f": {self.metric['name']}={objective:.4g}" if objective is not None else ""
-            if attempt.stop_requested and code != 0:
+            finished = read_json(summary_path(self.run_dir(attempt.run_id))).get("status") == "finished"
+            if getattr(running.proc, "error", None):  # the job could not run the command at all
+                self._append_log(attempt.run_id, f"job {attempt.job_id}: {running.proc.error}")
+            if getattr(running.proc, "interrupted", None) and not finished and not attempt.stop_requested:
+                attempt.exitcode = None
+                self._requeue(trial, running.proc.interrupted)
+            elif attempt.stop_requested and code != 0:
                 attempt.state = trial.state = "stopped"
                 self.say(f"trial {trial.number} stopped early by {self.config['early_terminate']['type']} "
                          f"after {len(trial.history)} reports{shown}")
@@ -309,7 +352,8 @@ class SweepRunner:
                 attempt.state = trial.state = "failed"
                 self.failures_in_a_row += 1
                 log = self.dir / "logs" / f"{attempt.run_id}.log"
-                tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-8:]
+                text = log.read_text(errors="replace") if log.exists() else "(no output)"
+                tail = [line for line in text.splitlines() if line.strip()][-8:]
                 self.say(f"trial {trial.number} failed (exit code {code}) after {took}; last lines of {log}:\n    "
                          + "\n    ".join(tail))
                 if self.failures_in_a_row >= max(3, self.workers) and not self.stop_reason:
@@ -319,6 +363,10 @@ class SweepRunner:
                         "not repeated; use another --dir to repeat them)")
             self._link_wandb_runs(trial)
             self._save()
+
+    def _append_log(self, run_id: str, line: str) -> None:
+        with open(self.dir / "logs" / f"{run_id}.log", "a") as log:
+            log.write(line.rstrip() + "\n")
 
     def _check_metric(self, trial: Trial) -> None:
         """After the first finished trial: does anything report the sweep's metric?"""
@@ -345,51 +393,6 @@ class SweepRunner:
         if (objective >= target) if self.metric.get("goal") == "maximize" else (objective <= target):
             self.stop_reason = f"trial {trial.number} reached the metric target {target}"
 
-    def _early_terminate(self) -> None:
-        """Refresh running trials' histories from their summary.json; stop the ones hyperband picks."""
-        if "early_terminate" not in self.config or not self.running:
-            return
-        changed = False
-        for running in self.running.values():
-            path = summary_path(self.run_dir(running.trial.run_id))
-            with contextlib.suppress(OSError):
-                mtime = path.stat().st_mtime
-                if mtime != running.summary_mtime:
-                    running.summary_mtime, changed = mtime, True
-                    self._read_report(running.trial)
-        if not changed:
-            return
-        sweeps = engine()
-        runs = self._engine_runs()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            to_stop = {run.name for run in sweeps.stop_runs(self.config, runs)}
-        by_name = {run.name: run for run in runs}
-        for running in self.running.values():
-            trial = running.trial
-            info = by_name[trial.run_id].early_terminate_info
-            if info:
-                trial.early_terminate_info = plain(info)
-            if trial.run_id in to_stop and not trial.attempts[-1].stop_requested:
-                trial.attempts[-1].stop_requested = True
-                lines = [line for line in (info or {}).get("lines", []) if f"Run: {trial.run_id} " in line]
-                trial.note = lines[-1] if lines else "hyperband"
-                self._save()
-                self.say(f"trial {trial.number} is worse than the band's threshold: stopping it ({trial.note})")
-                self._terminate(running)
-
-    def _terminate(self, running: Running) -> None:
-        running.term_sent = time.time()
-        with contextlib.suppress(OSError):
-            os.killpg(running.proc.pid, signal.SIGTERM)
-
-    def _escalate(self) -> None:
-        for running in self.running.values():
-            if running.term_sent and not running.killed and time.time() - running.term_sent > self.kill_delay:
-                running.killed = True
-                with contextlib.suppress(OSError):
-                    os.killpg(running.proc.pid, signal.SIGKILL)
-
     def _next_trial(self) -> Trial | None:
         pending = [t for t in self.trials if t.state == "pending"]
         if pending:
@@ -409,7 +412,8 @@ class SweepRunner:
             self._open()
             total = f"{self.count}" if self.count is not None else "the whole grid"
             self.say(f"{self.method} sweep of {self.sweep_file} in {self.dir}: {len(self.trials)} trials so far, "
-                     f"running up to {total} with {self.workers} worker(s)")
+                     f"running up to {total} with {self.workers} worker(s)"
+                     + (f" as {self.executor_kind} jobs" if self.executor_kind != "processes" else ""))
             self._recover()
             finished = [t for t in self.trials if t.state == "finished"]
             dry_run_due = not finished
@@ -421,7 +425,7 @@ class SweepRunner:
                     return self._interrupted()
                 self._early_terminate()
                 self._escalate()
-                free = [s for s in range(self.workers) if s not in {r.slot for r in self.running.values()}]
+                free = [s for s in range(len(self.slots)) if s not in {r.slot for r in self.running.values()}]
                 while free and not self.stop_reason:
                     trial = self._next_trial()
                     if trial is None:
@@ -430,6 +434,7 @@ class SweepRunner:
                         self._dry_run(trial)
                         dry_run_due = False
                     self._launch(trial, free.pop(0))
+                self._submit()
                 if not self.running and (self.stop_reason or self._done()):
                     break
                 time.sleep(self.poll)
@@ -448,45 +453,6 @@ class SweepRunner:
         if any(t.state == "pending" for t in self.trials):
             return False
         return self.exhausted or (self.count is not None and len(self.trials) >= self.count)
-
-    @contextlib.contextmanager
-    def _signals(self):
-        """SIGINT/SIGTERM: stop the running trials (they start again on resume) and exit."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            self.signal_received = signum
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    def _interrupted(self) -> int:
-        self.say(f"interrupted: stopping {len(self.running)} running trial(s); run the same command to resume "
-                 "(they start again)")
-        for running in self.running.values():
-            self._terminate(running)
-        deadline = time.time() + min(self.kill_delay, 10.0)
-        while self.running and time.time() < deadline:
-            for number, running in list(self.running.items()):
-                if running.proc.poll() is not None:
-                    del self.running[number]
-            time.sleep(0.1)
-        for running in self.running.values():
-            with contextlib.suppress(OSError):
-                os.killpg(running.proc.pid, signal.SIGKILL)
-            running.proc.wait()
-        for trial in self.trials:
-            if trial.state == "running":  # "cancelled", not "interrupted": does not count against --retries
-                trial.attempts[-1].state, trial.attempts[-1].ended = "cancelled", time.time()
-                trial.state = "pending"
-        self._save()
-        return 128 + (self.signal_received or signal.SIGINT)
 
     # ------------------------------------------------------------------ report
     def table(self) -> str:

@@ -27,6 +27,8 @@ class Attempt:
     pid: int | None = None
     gpu: str | None = None
     stop_requested: bool = False  # early termination asked it to stop
+    job_id: str | None = None  # --executor local|slurm: the submitit job (SLURM: <array id>_<index>)
+    job_state: str | None = None  # the scheduler's last state of that job (COMPLETED, TIMEOUT, PREEMPTED, ...)
 
 
 @dataclasses.dataclass
@@ -105,8 +107,8 @@ def trial_report(run_dir: Path) -> tuple[dict[str, Any], dict[str, float], list[
 def shown_state(trial: Trial, directory: Path) -> str:
     """A trial's state for the table: a ``running`` trial whose process is gone (its runner was killed and has
     not been started again) says so; the runner's next start requeues it."""
-    if trial.state != "running" or not trial.run_id:
-        return trial.state
+    if trial.state != "running" or not trial.run_id or trial.attempts[-1].job_id:
+        return trial.state  # a job's processes run elsewhere: its job state says more
     summary = read_summary(directory / "runs" / trial.run_id)
     pid = trial.attempts[-1].pid
     gone = process_gone(summary) if summary.get("process") else pid is not None and not pid_exists(pid)
@@ -124,13 +126,17 @@ def format_table(state: dict[str, Any], trials: list[Trial], directory: Path, ob
     if finished:
         pick = max if metric.get("goal") == "maximize" else min
         best = pick(finished, key=lambda t: scores[t.number]).number
-    header = ["#", "run", "state", *keys, metric.get("name", "objective"), "run directory"]
+    with_jobs = any(a.job_id for t in trials for a in t.attempts)  # --executor local|slurm: the job and its state
+    header = ["#", "run", "state", *(["job", "job state"] if with_jobs else []), *keys,
+              metric.get("name", "objective"), "run directory"]
     rows = []
     for t in trials:
         score = scores[t.number]
         shown = "" if score is None else f"{score:.4g}" + (" *" if t.number == best else "")
         run_dir = str(directory / "runs" / t.run_id) if t.run_id else ""
-        rows.append([str(t.number), t.run_id or "", shown_state(t, directory),
+        last = t.attempts[-1] if t.attempts else None
+        job = [last.job_id or "", last.job_state or ""] if last else ["", ""]
+        rows.append([str(t.number), t.run_id or "", shown_state(t, directory), *(job if with_jobs else []),
                      *[_short(t.params.get(k, "")) for k in keys], shown,
                      run_dir])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
