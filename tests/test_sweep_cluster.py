@@ -153,6 +153,8 @@ def test_local_executor_runs_the_quickstart_grid_once(tmp_path, tiny_backbones):
         assert summary["config"]["model.learning_rate"] == t["params"]["model.learning_rate"]
         assert t["metrics"]["best/val/acc"] == summary["best"]["val/acc"]
         assert (tmp_path / "grid" / "logs" / f"{t['attempts'][0]['run_id']}.log").stat().st_size > 0
+        in_run = tmp_path / "grid" / "runs" / t["attempts"][0]["run_id"] / "trial.log"  # the job's log, in its run
+        assert in_run.read_bytes() == (tmp_path / "grid" / "logs" / f"{t['attempts'][0]['run_id']}.log").read_bytes()
     job_ids = [t["attempts"][0]["job_id"] for t in trials]
     assert all(job_ids) and len(set(job_ids)) == 4
     assert all(list((tmp_path / "grid" / "jobs").glob(f"{j}_*result.pkl")) for j in job_ids)

@@ -237,6 +237,9 @@ def test_quickstart_grid_runs_its_four_trials_with_the_real_cli_and_stops(tmp_pa
         assert summary["config"]["seed_everything"] == t["params"]["seed_everything"]
         assert t["metrics"]["best/val/acc"] == summary["best"]["val/acc"]
         assert len(list((tmp_path / "grid").glob(f"offline-run-*-{run.name}"))) == 1  # linked for leet/sync
+        log = run / "trial.log"  # the trial's output, linked into its run folder
+        assert log.is_symlink() and log.resolve() == (tmp_path / "grid" / "logs" / f"{run.name}.log").resolve()
+        assert log.read_text().startswith("$ ")
     # the offline W&B runs are grouped by the sweep's name
     wandb = str(Path(sys.executable).parent / "wandb")
     one_run = str(next((tmp_path / "grid").glob("offline-run-*")))

@@ -303,9 +303,15 @@ class SweepRunner(TrialControl):
             _, trial.metrics, trial.history = trial_report(self.run_dir(trial.run_id))
 
     def _link_wandb_runs(self, trial: Trial) -> None:
-        """Link each attempt's W&B run folder into DIR (``wandb leet DIR``, ``wandb sync DIR``)."""
+        """Link each attempt's W&B run folder into DIR (``wandb leet DIR``, ``wandb sync DIR``), and its output
+        ``DIR/logs/<run id>.log`` into its run folder as ``trial.log`` (the CLI refuses a run folder that exists
+        before it starts, and a job on another node writes the log itself, so it is linked once the trial ended)."""
         for attempt in trial.attempts:
             run_dir = self.run_dir(attempt.run_id)
+            log, in_run = self.dir / "logs" / f"{attempt.run_id}.log", run_dir / "trial.log"
+            if run_dir.is_dir() and log.exists() and not in_run.exists() and not in_run.is_symlink():
+                with contextlib.suppress(OSError):
+                    in_run.symlink_to(os.path.relpath(log, run_dir))
             for found in [*run_dir.glob("wandb/offline-run-*"), *run_dir.glob("wandb/run-*"),
                           *run_dir.glob("offline-run-*")]:
                 link = self.dir / found.name
