@@ -30,6 +30,7 @@ COMMANDS = {
     "sweep": "run a W&B sweep file without a W&B server (sweep sweeps/quickstart.yaml)",
     "report": "figures and tables over finished runs (report runs/ --out report/)",
     "import-prompt": "turn P1's released prompts into checkpoints (import-prompt Robust-Neurons/)",
+    "attack": "an adversarial set made against a fit run's prompt (attack --from_run runs/<id> --out adv.jsonl)",
     "wandb-view": "a W&B report comparing runs clean vs adversarial (needs wandb-workspaces)",
 }
 

@@ -87,6 +87,26 @@ def find_fit_run(spec: str) -> Path:
 ALLOW_INCOMPLETE = "--allow_incomplete"
 
 
+def best_prompt_run(spec: str, allow_incomplete: bool = False, option: str = "--from_run") -> Path:
+    """The fit run ``spec`` names (:func:`find_fit_run`), refused when it saved no best checkpoint or is not
+    ``finished`` (unless ``allow_incomplete``: then a warning names its status) — the rules of ``--from_run``."""
+    run = find_fit_run(spec)
+    best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
+    if not best.is_file():
+        raise CLIError(f"{option} {spec!r}: {best} does not exist (the run saved no best checkpoint) — give a fit "
+                       "run that saved one")
+    summary = read_summary(run)
+    if summary.get("status") != "finished":
+        status = status_of(summary)
+        if not allow_incomplete:
+            raise CLIError(f"{option} {spec!r}: the run is {status}, not finished — its best prompt may not be "
+                           f"final; finish it (skill-neurons analyse {run}, or resume its fit) or add "
+                           f"{ALLOW_INCOMPLETE} to evaluate it anyway")
+        print(f"skill-neurons: warning: {option} {spec}: the run is {status}, not finished — evaluating its best "
+              f"checkpoint so far ({ALLOW_INCOMPLETE})", file=sys.stderr, flush=True)
+    return run
+
+
 def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
     """``--from_run RUN`` evaluates that fit run's best prompt with its own config: it becomes ``--config
     RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt --run_id=null --runs_dir=runs``, placed first, so every
@@ -113,19 +133,8 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
         return argv, []
     if rest[0] == "fit":
         raise CLIError("--from_run evaluates a trained prompt: use it with validate, test or predict, not fit")
-    run = find_fit_run(spec)
+    run = best_prompt_run(spec, allow)
     best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
-    if not best.is_file():
-        raise CLIError(f"--from_run {spec!r}: {best} does not exist (the run saved no best checkpoint)")
-    summary = read_summary(run)
-    if summary.get("status") != "finished":
-        status = status_of(summary)
-        if not allow:
-            raise CLIError(f"--from_run {spec!r}: the run is {status}, not finished — its best prompt may not be "
-                           f"final; finish it (skill-neurons analyse {run}, or resume its fit) or add "
-                           f"{ALLOW_INCOMPLETE} to evaluate it anyway")
-        print(f"skill-neurons: warning: --from_run {spec}: the run is {status}, not finished — evaluating its best "
-              f"checkpoint so far ({ALLOW_INCOMPLETE})", file=sys.stderr, flush=True)
     return rest, ["--config", str(run / CONFIG_FILE), f"--ckpt_path={best}", "--run_id=null",
                   f"--runs_dir={DEFAULT_RUNS_DIR}"]
 

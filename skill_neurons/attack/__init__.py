@@ -1,0 +1,1 @@
+"""``skill-neurons attack``: adversarial sets made against a tuned prompt (:mod:`skill_neurons.attack.command`)."""
