@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -265,6 +266,10 @@ def test_an_attack_needs_no_network(fitted, monkeypatch):
                            "--max_examples", "8"], cwd=work)
     assert done.returncode == 0, done.stderr
     assert json.loads((work / "offline.jsonl.meta.json").read_text())["complete"]
+    # the set went to W&B (offline) as a dataset artifact aliased with the prompt's run
+    logs = [log.read_bytes() for log in Path(os.environ["WANDB_DIR"]).glob("**/offline-run-*/*.wandb")]
+    assert any(b"attack-tiny-roberta-marker-deepwordbug" in log and f"run-{run.name}".encode() in log
+               and b"dataset" in log for log in logs)
 
 
 def refused(work: Path, *args: str) -> str:
