@@ -247,6 +247,10 @@ def test_a_killed_attack_resumes_to_the_file_of_an_uninterrupted_one(fitted, mon
     other = cli_in_process(["attack", *args, "--seed", "1", "--out", str(work / "resumed.jsonl")], cwd=work)
     assert other.returncode == 2 and "holds another attack (seed: 0 -> 1)" in other.stderr
     assert (work / "resumed.jsonl").read_bytes() == (work / "whole.jsonl").read_bytes()
+    (work / "cut.jsonl").write_bytes((work / "whole.jsonl").read_bytes()[:100])  # a file shorter than its record
+    shutil.copy(work / "whole.jsonl.meta.json", work / "cut.jsonl.meta.json")
+    cut = cli_in_process(["attack", *args, "--out", str(work / "cut.jsonl")], cwd=work)
+    assert cut.returncode == 2 and "less than the" in cut.stderr and len((work / "cut.jsonl").read_bytes()) == 100
 
 
 @pytest.mark.slow

@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     model = PromptModel(run, args.device, args.batch_size)
     noise = args.recipe in MODEL_FREE
     task = model.task
-    protected = frozenset(w.lower() for words in task.verbalizers.values() for w in words) | frozenset(
-        n.lower() for n in task.label_names)
+    scored, extra = task.scored_words(model.data.family, model.data.layout)
+    protected = frozenset(w.lower() for words in (*task.verbalizers.values(), scored, extra, task.label_names)
+                          for w in words)
     constraints = Constraints(args.word_budget, args.max_edit_distance, args.min_word_length, protected)
     rows = model.rows(args.split, args.max_examples or model.data.hparams.max_eval_samples)
     match = matched_edits(args.match, args.split) if args.match is not None else None

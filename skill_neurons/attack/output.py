@@ -57,6 +57,11 @@ class AttackFile:
             shown = "; ".join(f"{k}: {meta['settings'].get(k)!r} -> {self.settings.get(k)!r}" for k in differ[:4])
             raise AttackError(f"--out {self.out} holds another attack ({shown}) — give another --out, or remove "
                               f"{self.out} and {meta_path(self.out).name} to replace it")
+        size = self.out.stat().st_size if self.out.exists() else 0
+        if size < meta["progress"]["bytes"]:
+            raise AttackError(f"--out {self.out} holds {size} bytes, less than the {meta['progress']['bytes']} its "
+                              f"{meta_path(self.out).name} records — it was cut or replaced; remove both files to "
+                              "start again")
         return meta
 
     def start(self, meta: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
