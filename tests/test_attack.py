@@ -349,4 +349,5 @@ def test_word_budget_and_eligible_words_follow_advglue_rules():
     assert [w.core for w in words] == ["The", "banana", "yes", "is", "houses"]
     assert [w.core for w in words if editable(w, frozenset({"yes"}), 2)] == ["banana", "houses"]
     assert "".join(split_text(fields["sentence"])) == fields["sentence"]
-    assert replace_words(fields, {("sentence", words[1].token): "bnana"}) == {"sentence": "The bnana, (yes) is  houses."}
+    replaced = replace_words(fields, {("sentence", words[1].token): "bnana"})
+    assert replaced == {"sentence": "The bnana, (yes) is  houses."}

@@ -88,7 +88,8 @@ class PromptModel:
         try:
             rows, _ = prepare_split(self.task, self.task.splits[split], split, self.data.hparams.cache_dir, limit)
         except TaskError as err:
-            raise AttackError(f"--split {split}: {err} (an attack needs a split with labels, e.g. validation)") from None
+            raise AttackError(f"--split {split}: {err} (an attack needs a split with labels, e.g. "
+                              "validation)") from None
         return rows.to_list()
 
     def encode(self, texts: list[dict[str, str]]) -> list[dict]:
