@@ -351,3 +351,44 @@ def test_word_budget_and_eligible_words_follow_advglue_rules():
     assert "".join(split_text(fields["sentence"])) == fields["sentence"]
     replaced = replace_words(fields, {("sentence", words[1].token): "bnana"})
     assert replaced == {"sentence": "The bnana, (yes) is  houses."}
+
+
+class MarkerOracle:
+    """A stand-in for the prompt: "present" exactly when the text holds the word banana, the likelier the more
+    bananas; texts of ``limit`` words or more do not fit. Records what it is shown."""
+
+    limit = 12
+
+    def __init__(self):
+        self.shown: list[str] = []
+
+    def encode(self, texts):
+        return [{"input_ids": t["sentence"].split(), "text": t["sentence"]} for t in texts]
+
+    def probabilities(self, encoded, labels):
+        import numpy as np
+
+        self.shown += [e["text"] for e in encoded]
+        bananas = [e["input_ids"].count("banana") for e in encoded]  # each banana makes "present" likelier
+        present = [0.55 + 0.1 * n if n else 0.1 for n in bananas]
+        return np.array([[1 - p, p] for p in present])
+
+
+def test_the_driver_batches_requests_and_never_shows_the_model_a_text_that_does_not_fit():
+    import random
+
+    from skill_neurons.attack.driver import attack_chunk
+    from skill_neurons.attack.recipes import RECIPES, Constraints, Example
+
+    texts = ["we saw a banana over there", "the old banana is here on the big table now yes please", "no fruit at all here",
+             "banana bread and a banana split and a banana more"]  # the second has 12 words: it never fits
+    for name in ("deepwordbug", "pruthi"):
+        oracle = MarkerOracle()
+        examples = [Example({"sentence": t}, int("banana" in t), i, random.Random(i)) for i, t in enumerate(texts)]
+        done = attack_chunk(examples, RECIPES[name], Constraints(protected=frozenset({"yes", "no"})), oracle)
+        assert [a.outcome.status for a in done] == ["succeeded", "too_long", "failed", "failed"], name
+        assert all(len(text.split()) < oracle.limit for text in oracle.shown)
+        assert done[0].outcome.changes[0]["original"] == "banana" and "banana" not in done[0].outcome.fields["sentence"]
+        assert sum(a.queries for a in done) == len(oracle.shown) and done[1].queries == 0
+        # three bananas, a budget of ceil(0.15 * 10) = 2 words: the prediction cannot flip
+        assert len(done[3].outcome.changes) == 2
