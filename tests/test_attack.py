@@ -388,7 +388,8 @@ def test_the_driver_batches_requests_and_never_shows_the_model_a_text_that_does_
         done = attack_chunk(examples, RECIPES[name], Constraints(protected=frozenset({"yes", "no"})), oracle)
         assert [a.outcome.status for a in done] == ["succeeded", "too_long", "failed", "failed"], name
         assert all(len(text.split()) < oracle.limit for text in oracle.shown)
-        assert done[0].outcome.changes[0]["original"] == "banana" and "banana" not in done[0].outcome.fields["sentence"]
+        first = done[0].outcome
+        assert first.changes[0]["original"] == "banana" and "banana" not in first.fields["sentence"]
         assert sum(a.queries for a in done) == len(oracle.shown) and done[1].queries == 0
         # three bananas, a budget of ceil(0.15 * 10) = 2 words: the prediction cannot flip
         assert len(done[3].outcome.changes) == 2
