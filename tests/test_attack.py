@@ -380,8 +380,8 @@ def test_the_driver_batches_requests_and_never_shows_the_model_a_text_that_does_
     from skill_neurons.attack.driver import attack_chunk
     from skill_neurons.attack.recipes import RECIPES, Constraints, Example
 
-    texts = ["we saw a banana over there", "the old banana is here on the big table now yes please", "no fruit at all here",
-             "banana bread and a banana split and a banana more"]  # the second has 12 words: it never fits
+    texts = ["we saw a banana over there", "the old banana is here on the big table now yes please",
+             "no fruit at all here", "banana bread and a banana split and a banana more"]  # the second: 12 words
     for name in ("deepwordbug", "pruthi"):
         oracle = MarkerOracle()
         examples = [Example({"sentence": t}, int("banana" in t), i, random.Random(i)) for i, t in enumerate(texts)]
