@@ -19,14 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-from records.summary import CHECKPOINT_DIR, BEST_CHECKPOINT
-from skill_neurons.attack.driver import Attacked, attack_chunk, count_fooled
+from typing import TYPE_CHECKING
+
+from records.summary import BEST_CHECKPOINT, CHECKPOINT_DIR
+from skill_neurons.attack import AttackError
 from skill_neurons.attack.edits import edit_distance
-from skill_neurons.attack.model import AttackError, PromptModel, sha256_of
-from skill_neurons.attack.output import AttackFile, read_meta
-from skill_neurons.attack.recipes import MODEL_FREE, RECIPES, Constraints, Example, Outcome
-from skill_neurons.attack.tracking import log_dataset
+from skill_neurons.attack.output import AttackFile, read_meta, sha256_of
+from skill_neurons.attack.recipes import MODEL_FREE, RECIPES, Constraints, Example
 from skill_neurons.runs import best_prompt_run
+
+if TYPE_CHECKING:  # the model side (Lightning, transformers) loads only once an attack runs, not for --help
+    from skill_neurons.attack.driver import Attacked
+    from skill_neurons.attack.model import PromptModel
 
 PROG = "skill-neurons attack"
 DEFAULT_RECIPE = "deepwordbug"
@@ -113,7 +117,7 @@ def transfer_prompts(model: PromptModel, specs: list[str], allow: bool) -> tuple
     prompts, records = [], []
     for spec in specs:
         run = best_prompt_run(spec, allow, option="--transfer_runs")
-        other = PromptModel(run, batch_size=model.batch_size)
+        other = type(model)(run, batch_size=model.batch_size)
         mine, theirs = model.settings, other.settings
         for name in ("task", "backbone", "layout"):
             if getattr(mine, name) != getattr(theirs, name):
@@ -166,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     """``skill-neurons attack …``; returns the exit code (0: the set is complete)."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     check_options(args)
+    from skill_neurons.attack.driver import attack_chunk, count_fooled
+    from skill_neurons.attack.model import PromptModel
+    from skill_neurons.attack.tracking import log_dataset
+
     run = best_prompt_run(args.from_run, args.allow_incomplete)
     model = PromptModel(run, args.device, args.batch_size)
     noise = args.recipe in MODEL_FREE

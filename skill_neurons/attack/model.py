@@ -10,7 +10,6 @@ validation and ``predict`` see.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import warnings
 from contextlib import contextmanager
@@ -25,24 +24,13 @@ from datamodules.collator import Collator
 from datamodules.prompt_datamodule import PromptDataModule
 from datamodules.sources import prepare_split
 from datamodules.task_spec import TaskError
-from records.errors import UserError
 from records.prompt_checkpoint import prompt_of, read_checkpoint
 from records.settings import RunSettings
 from records.summary import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, read_summary
+from skill_neurons.attack import AttackError
+from skill_neurons.attack.output import sha256_of
 
 LINKED = ("backbone", "prompt_length", "layout")  # model options the CLI links to the data
-
-
-class AttackError(UserError, ValueError):
-    """A mistake in an attack's command line or inputs; the message names the fix."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _class(class_path: str):

@@ -9,15 +9,24 @@ run's. A rerun with other settings (recipe, seed, run, constraints ...) is refus
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from records.files import atomic_write
-from skill_neurons.attack.model import AttackError
+from skill_neurons.attack import AttackError
 
 FORMAT = 1
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def meta_path(out: Path) -> Path:
