@@ -361,44 +361,49 @@ class PromptDataModule(LightningDataModule):
     # ------------------------------------------------------------------ tokenisation
     def _encode(self, rows: datasets.Dataset, record: dict) -> datasets.Dataset:
         tok, task, family, budget = self.tokenizer, self.task, self.family, self.text_budget
-        mask_id = tok.mask_token_id if family == "masked_lm" else None
-        specials = set(tok.all_special_ids)
         paper = task.paper_format(family) if self.layout == "paper" else None
         causal = task.causal_lm_template() if family == "causal_lm" and paper is None else None
         key = json.dumps([record["sha256"], tok.name_or_path, len(tok), family, budget, task.template,
                           type(tok).__name__, _vocab_digest(tok)] + ([causal] if causal else [])
                          + ([self.layout, dataclasses.asdict(paper)] if paper else []))
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
-
-        def encode(batch):
-            if paper is not None:
-                rows = [dict(zip(task.text_fields, values)) for values in zip(*(batch[f] for f in task.text_fields))]
-                return {"input_ids": [p1_tokens(tok, paper, row, budget) for row in rows],
-                        "mask_index": [-1] * len(rows)}
-            if causal is not None:
-                texts = [causal.format(**dict(zip(task.text_fields, values)))
-                         for values in zip(*(batch[f] for f in task.text_fields))]
-                return {"input_ids": causal_tokens(tok, texts, budget), "mask_index": [-1] * len(texts)}
-            segments = [[seg.format(**dict(zip(task.text_fields, values))) for seg in task.template]
-                        for values in zip(*(batch[f] for f in task.text_fields))]
-            first = [s[0] for s in segments]
-            second = [s[1] for s in segments] if len(task.template) == 2 else None
-            enc = tok(first, second, truncation="longest_first" if second else True, max_length=budget)
-            ids, mask_index = [], []
-            for seq in enc["input_ids"]:
-                if mask_id is not None:
-                    at = 1 if seq and seq[0] in specials else 0  # right after <s> / [CLS]
-                    seq = seq[:at] + [mask_id] + seq[at:]
-                    mask_index.append(at)
-                else:
-                    mask_index.append(-1)
-                ids.append(seq)
-            return {"input_ids": ids, "mask_index": mask_index}
-
         cache = _cache_file(self.hparams.cache_dir, fingerprint)
         with progress_bars_if(len(rows) >= BIG_SPLIT_ROWS):
-            return rows.map(encode, batched=True, remove_columns=list(task.text_fields), new_fingerprint=fingerprint,
-                            cache_file_name=cache, desc="tokenising")
+            return rows.map(self.encode_texts, batched=True, remove_columns=list(task.text_fields),
+                            new_fingerprint=fingerprint, cache_file_name=cache, desc="tokenising")
+
+    def encode_texts(self, batch: dict[str, list[str]]) -> dict[str, list]:
+        """``input_ids`` and ``mask_index`` of a batch of texts, ``{field: [text, ...]}`` over the task's text
+        fields — how every split is tokenised (see the class docstring), also for texts made on the fly (the
+        attack's perturbed texts, :mod:`skill_neurons.attack`)."""
+        tok, task, family, budget = self.tokenizer, self.task, self.family, self.text_budget
+        mask_id = tok.mask_token_id if family == "masked_lm" else None
+        specials = set(tok.all_special_ids)
+        paper = task.paper_format(family) if self.layout == "paper" else None
+        causal = task.causal_lm_template() if family == "causal_lm" and paper is None else None
+        if paper is not None:
+            rows = [dict(zip(task.text_fields, values)) for values in zip(*(batch[f] for f in task.text_fields))]
+            return {"input_ids": [p1_tokens(tok, paper, row, budget) for row in rows],
+                    "mask_index": [-1] * len(rows)}
+        if causal is not None:
+            texts = [causal.format(**dict(zip(task.text_fields, values)))
+                     for values in zip(*(batch[f] for f in task.text_fields))]
+            return {"input_ids": causal_tokens(tok, texts, budget), "mask_index": [-1] * len(texts)}
+        segments = [[seg.format(**dict(zip(task.text_fields, values))) for seg in task.template]
+                    for values in zip(*(batch[f] for f in task.text_fields))]
+        first = [s[0] for s in segments]
+        second = [s[1] for s in segments] if len(task.template) == 2 else None
+        enc = tok(first, second, truncation="longest_first" if second else True, max_length=budget)
+        ids, mask_index = [], []
+        for seq in enc["input_ids"]:
+            if mask_id is not None:
+                at = 1 if seq and seq[0] in specials else 0  # right after <s> / [CLS]
+                seq = seq[:at] + [mask_id] + seq[at:]
+                mask_index.append(at)
+            else:
+                mask_index.append(-1)
+            ids.append(seq)
+        return {"input_ids": ids, "mask_index": mask_index}
 
     def scored_classes(self) -> list[str]:
         """The classes the model scores, in logit order: the label names, then ``extra:<word>`` for each word the

@@ -152,10 +152,7 @@ class PromptTuningModule(LightningModule):
         if datamodule.layout != self.hparams.layout:
             raise LayoutError(f"data.layout is {datamodule.layout!r} but model.layout {self.hparams.layout!r} — "
                               "use the same layout for both (the CLI links them)")
-        self.label_token_ids = torch.tensor(datamodule.label_token_ids, device=self.device)
-        targets = datamodule.label_target_ids
-        self.label_target_ids = torch.tensor(targets if targets is not None else [], dtype=torch.long, device=self.device)
-        self.mask_index = datamodule.mask_index
+        self.take_verbalizer(datamodule)
         self.eval_sets = list(datamodule.eval_sets(stage))
         # Metrics count every scored word as a class: a prediction of an extra word (P1's MNLI) is simply wrong.
         classes = len(datamodule.label_token_ids)
@@ -163,6 +160,14 @@ class PromptTuningModule(LightningModule):
         self.train_loss = MeanMetric()  # the epoch's mean loss, over every rank's examples
         self.eval_acc = nn.ModuleList(MulticlassAccuracy(num_classes=classes, average="micro") for _ in self.eval_sets)
         self.val_acc_best = MaxMetric()
+
+    def take_verbalizer(self, datamodule: ModelData) -> None:
+        """The scored words' ids (and ``paper`` seq2seq targets) and the ``<mask>`` position from the data: all
+        a forward needs besides the prompt (also for a model used outside a Trainer, e.g. by the attack)."""
+        self.label_token_ids = torch.tensor(datamodule.label_token_ids, device=self.device)
+        targets = datamodule.label_target_ids
+        self.label_target_ids = torch.tensor(targets if targets is not None else [], dtype=torch.long, device=self.device)
+        self.mask_index = datamodule.mask_index
 
     def metric_prefix(self, stage: str, dataloader_idx: int) -> str:
         """``val``/``test`` for the clean set, ``adv/<set>`` (``test/adv/<set>``) for adversarial ones."""

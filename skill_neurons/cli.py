@@ -32,7 +32,8 @@ from skill_neurons.runs import RUNS_DIR_ENV, analyse_args, take_from_run
 # skill-neurons <tool> ...: each module has main(argv) -> exit code.
 TOOLS = {"sweep": "skill_neurons.sweep.command", "report": "skill_neurons.report.main",
          "import-prompt": "skill_neurons.import_prompt", "wandb-view": "skill_neurons.wandb_view",
-         "export-peft": "skill_neurons.export_peft", "import-peft": "skill_neurons.import_peft"}
+         "export-peft": "skill_neurons.export_peft", "import-peft": "skill_neurons.import_peft",
+         "attack": "skill_neurons.attack.command"}
 STAGES = ("fit", "validate", "test", "predict")
 
 

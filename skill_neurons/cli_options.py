@@ -32,6 +32,7 @@ COMMANDS = {
     "import-prompt": "turn P1's released prompts into checkpoints (import-prompt Robust-Neurons/)",
     "export-peft": "a causal-LM or T5 prompt as a PEFT adapter (export-peft runs/<id> --out DIR)",
     "import-peft": "a PEFT prompt-tuning adapter as a checkpoint (import-peft DIR --task T --out F.ckpt)",
+    "attack": "an adversarial set made against a fit run's prompt (attack --from_run runs/<id> --out adv.jsonl)",
     "wandb-view": "a W&B report comparing runs clean vs adversarial (needs wandb-workspaces)",
 }
 

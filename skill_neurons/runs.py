@@ -108,6 +108,28 @@ def resolve_source(option: str, spec: str) -> Path:
     return find_fit_run(spec)
 
 
+def best_prompt_run(spec: str, allow_incomplete: bool = False, option: str = "--from_run") -> Path:
+    """The folder of the prompt ``spec`` names (:func:`resolve_source`: a fit run, a prompt artifact's folder, or
+    one downloaded from W&B), refused when it holds no best checkpoint or its run is not ``finished`` (unless
+    ``allow_incomplete``: then a warning names its status) — the rules of ``--from_run``; ``option`` names the
+    option in messages (an option other than ``--from_artifact`` takes what ``--from_run`` takes)."""
+    run = resolve_source("--from_artifact" if option == "--from_artifact" else "--from_run", spec)
+    best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
+    if not best.is_file():
+        raise CLIError(f"{option} {spec!r}: {best} does not exist (the run saved no best checkpoint) — give a fit "
+                       "run that saved one")
+    summary = read_summary(run) or read_record(run)  # a prompt artifact's folder keeps the run's record as run.json
+    if summary.get("status") != "finished":
+        status = status_of(summary)
+        if not allow_incomplete:
+            raise CLIError(f"{option} {spec!r}: the run is {status}, not finished — its best prompt may not be "
+                           f"final; finish it (skill-neurons analyse {run}, or resume its fit) or add "
+                           f"{ALLOW_INCOMPLETE} to evaluate it anyway")
+        print(f"skill-neurons: warning: {option} {spec}: the run is {status}, not finished — evaluating its best "
+              f"checkpoint so far ({ALLOW_INCOMPLETE})", file=sys.stderr, flush=True)
+    return run
+
+
 def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
     """``--from_run RUN`` evaluates that fit run's best prompt with its own config: it becomes ``--config
     RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt --run_id=null --runs_dir=runs``, placed first, so every
@@ -141,19 +163,8 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
         raise CLIError(f"{option} needs a value: {option} runs/<id>, or see `skill-neurons validate --help`")
     if rest[0] == "fit":
         raise CLIError(f"{option} evaluates a trained prompt: use it with validate, test or predict, not fit")
-    run = resolve_source(option, spec)
+    run = best_prompt_run(spec, allow, option)
     best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
-    if not best.is_file():
-        raise CLIError(f"{option} {spec!r}: {best} does not exist (the run saved no best checkpoint)")
-    summary = read_summary(run) or read_record(run)  # a prompt artifact's folder keeps the run's record as run.json
-    if summary.get("status") != "finished":
-        status = status_of(summary)
-        if not allow:
-            raise CLIError(f"{option} {spec!r}: the run is {status}, not finished — its best prompt may not be "
-                           f"final; finish it (skill-neurons analyse {run}, or resume its fit) or add "
-                           f"{ALLOW_INCOMPLETE} to evaluate it anyway")
-        print(f"skill-neurons: warning: {option} {spec}: the run is {status}, not finished — evaluating its best "
-              f"checkpoint so far ({ALLOW_INCOMPLETE})", file=sys.stderr, flush=True)
     return rest, ["--config", str(run / CONFIG_FILE), f"--ckpt_path={best}", "--run_id=null",
                   f"--runs_dir={DEFAULT_RUNS_DIR}"]
 

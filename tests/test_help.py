@@ -25,6 +25,7 @@ HELPS = [
     (["export-peft", "--help"], "usage: skill-neurons export-peft"),
     (["import-peft", "--help"], "usage: skill-neurons import-peft"),
     (["wandb-view", "--help"], "usage: skill-neurons wandb-view"),
+    (["attack", "--help"], "usage: skill-neurons attack"),
     (["fit", "--help"], "usage: skill-neurons [options] fit"),
     (["validate", "--help"], "usage: skill-neurons [options] validate"),
     (["validate", "--from_run", "runs/nope", "--help"], "usage: skill-neurons [options] validate"),
@@ -43,7 +44,7 @@ def test_every_command_prints_its_own_help_and_exits_0(args, usage, tmp_path):
 def test_top_level_help_lists_every_command_and_analyse_help_says_what_it_runs(tmp_path):
     out = cli_in_process(["--help"], cwd=tmp_path).stdout
     for command in ("fit", "validate", "test", "analyse", "sweep", "report", "import-prompt", "wandb-view",
-                    "export-peft", "import-peft"):
+                    "export-peft", "import-peft", "attack"):
         assert f"\n  {command} " in out, command
     analyse = cli_in_process(["analyse", "--help"], cwd=tmp_path).stdout
     assert "checkpoints/last.ckpt is resumed with its own config.yaml" in analyse

@@ -154,10 +154,11 @@ def test_the_checker_finds_each_kind_of_violation():
 
 @pytest.mark.subprocess
 def test_the_report_and_the_sweep_runner_import_without_lightning_transformers_or_datasets():
-    """``skill-neurons report`` and ``sweep`` (also ``--status``) read JSON and safetensors: no Lightning side."""
+    """``skill-neurons report`` and ``sweep`` (also ``--status``) read JSON and safetensors: no Lightning side; nor
+    does ``attack --help`` (its model side loads when an attack runs)."""
     code = ("import sys\n"
             "import skill_neurons.cli, skill_neurons.report.main, skill_neurons.sweep.command, skill_neurons.runs\n"
-            "import skill_neurons.sweep.runner, skill_neurons.report.inputs\n"
+            "import skill_neurons.sweep.runner, skill_neurons.report.inputs, skill_neurons.attack.command\n"
             "print(','.join(sorted(m for m in ('lightning', 'transformers', 'datasets', 'wandb') if m in sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True,
                           text=True, timeout=120)
