@@ -174,6 +174,9 @@ class Scale:
     adversarial_neurons: tuple  # suppression on adversarial sets: clean and/or the set's own skill neurons
     suppression_tasks: tuple  # the tasks whose prompts are suppressed
     transfer_seeds: tuple  # the seeds whose prompts are transferred
+    intervention_tasks: tuple = ()  # tasks with paired adversarial sets whose prompts are patched (intervention.yaml)
+    intervention_seeds: tuple = ()
+    intervention_rates: tuple = (1, 2, 5, 10, 20)  # patched units (% per layer)
 
 
 PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), tasks=tuple(PAPER_TASKS),
@@ -181,7 +184,8 @@ PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), 
               suppression_tasks=tuple(PAPER_TASKS), transfer_seeds=tuple(SEEDS))
 # The tiny pipeline (sweeps/tiny_pipeline.yaml's prompts): a few minutes on 2 CPU cores, every report section filled.
 TINY = Scale(backbones=("tiny-roberta", "tiny-t5"), tasks=("marker", "sst2_sample"), seeds=(33, 34), rates=(0, 5, 15),
-             adversarial_neurons=("clean",), suppression_tasks=("marker",), transfer_seeds=(33,))
+             adversarial_neurons=("clean",), suppression_tasks=("marker",), transfer_seeds=(33,),
+             intervention_tasks=("marker",), intervention_seeds=(33,), intervention_rates=(10,))
 SCALES = {"paper": PAPER, "tiny": TINY}
 
 SWEEP_HEADER = """\
@@ -261,7 +265,20 @@ def experiment_sweeps(root: str, scale: Scale = PAPER, out: str | None = None) -
   data.task:
     values: {_flow(scale.tasks)}
 """ + SWEEP_COMMAND
-    return {"suppression": suppression, "transfer": transfer}
+    sweeps = {"suppression": suppression, "transfer": transfer}
+    if scale.intervention_tasks:  # patching needs adversarial rows paired with their clean text (original_<field>)
+        sweeps["intervention"] = header(
+            "Causal tests: every prompt of a task with paired adversarial data x rate (% of units per layer) x skill "
+            "neurons or the random control, patched with their clean twin's activations", "intervention",
+            prompt_runs(root, scale, tasks=scale.intervention_tasks, seeds=scale.intervention_seeds)) + f"""\
+  intervention.kind:
+    values: [patch]
+  intervention.rate:
+    values: {_flow(scale.intervention_rates)}
+  intervention.selection:
+    values: [skill, random]
+""" + SWEEP_COMMAND
+    return sweeps
 
 
 def _header(what: str, name: str, runs: str, root: str, scale: Scale, out: str | None) -> str:

@@ -365,12 +365,23 @@ class PromptDataModule(LightningDataModule):
         specials = set(tok.all_special_ids)
         paper = task.paper_format(family) if self.layout == "paper" else None
         causal = task.causal_lm_template() if family == "causal_lm" and paper is None else None
+        originals = [f for f in task.text_fields if f"original_{f}" in rows.column_names]
         key = json.dumps([record["sha256"], tok.name_or_path, len(tok), family, budget, task.template,
                           type(tok).__name__, _vocab_digest(tok)] + ([causal] if causal else [])
-                         + ([self.layout, dataclasses.asdict(paper)] if paper else []))
+                         + ([self.layout, dataclasses.asdict(paper)] if paper else [])
+                         + ([{"originals": originals}] if originals else []))
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
 
         def encode(batch):
+            out = encode_texts(batch)
+            if originals:  # the clean twin: each attacked field's original text, the others as they are
+                clean = {f: [o or t for t, o in zip(batch[f], batch[f"original_{f}"])] if f in originals else batch[f]
+                         for f in task.text_fields}
+                twin = encode_texts(clean)
+                out.update(clean_input_ids=twin["input_ids"], clean_mask_index=twin["mask_index"])
+            return out
+
+        def encode_texts(batch):
             if paper is not None:
                 rows = [dict(zip(task.text_fields, values)) for values in zip(*(batch[f] for f in task.text_fields))]
                 return {"input_ids": [p1_tokens(tok, paper, row, budget) for row in rows],
@@ -397,7 +408,8 @@ class PromptDataModule(LightningDataModule):
 
         cache = _cache_file(self.hparams.cache_dir, fingerprint)
         with progress_bars_if(len(rows) >= BIG_SPLIT_ROWS):
-            return rows.map(encode, batched=True, remove_columns=list(task.text_fields), new_fingerprint=fingerprint,
+            return rows.map(encode, batched=True, new_fingerprint=fingerprint,
+                            remove_columns=[*task.text_fields, *(f"original_{f}" for f in originals)],
                             cache_file_name=cache, desc="tokenising")
 
     def scored_classes(self) -> list[str]:
