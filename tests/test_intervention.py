@@ -282,3 +282,26 @@ def test_patching_the_skill_neurons_restores_more_of_the_gap_than_random_units(t
     assert gaps["skill"]["acc_clean"] > gaps["skill"]["acc_unperturbed"]  # there is a gap to restore
     assert gaps["skill"]["acc_unperturbed"] == gaps["random"]["acc_unperturbed"]
     assert gaps["skill"]["gap_restored"] > gaps["random"]["gap_restored"], gaps
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_two_process_cpu_ddp_patches_and_counts_every_row_once_as_one_process_does(tmp_path, tiny_backbones):
+    """The CLI end to end: a short fit (with its skill-neuron analysis), then the same patching run in one process
+    (batch 7) and in two DDP processes (batch 64, the shards padded by the sampler): the same record."""
+    from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
+
+    small = ["--trainer.max_epochs=1", "--data.max_train_samples=256", "--data.max_eval_samples=41",
+             "--data.batch_size=16", "--model.learning_rate=0.03"]
+    cli_in_process(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *QUICK, *small, "--runs_dir=fits"],
+                   cwd=tmp_path, check=True)
+    fit_run = only_run_dir(tmp_path / "fits")
+    patch = ["--intervention.kind=patch", "--intervention.rate=10"]
+    cli_in_process(["validate", "--from_run", str(fit_run), *QUICK, *patch, "--data.eval_batch_size=7",
+                    "--runs_dir=one"], cwd=tmp_path, check=True)
+    run_cli(["validate", "--from_run", str(fit_run), *QUICK, *patch, "--data.eval_batch_size=64", "--runs_dir=ddp",
+             "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"], cwd=tmp_path, timeout=900)
+    one, two = summary_of(only_run_dir(tmp_path / "one")), summary_of(only_run_dir(tmp_path / "ddp"))
+    assert two["status"] == "finished" and two["settings"]["world_size"] == 2
+    assert one["intervention"]["sets"] == two["intervention"]["sets"]
+    assert one["intervention"]["sets"]["marker_typo"]["rows"] == 41  # 41 rows: the two shards overlap by one
