@@ -208,6 +208,7 @@ def test_patching_no_unit_is_plain_validation_and_clean_to_clean_changes_nothing
     assert intervention.record["sets"]["typos"]["acc"] == intervention.record["sets"]["typos"]["acc_unperturbed"]
 
 
+@pytest.mark.slow
 def test_patching_is_exact_under_batch_sizes_1_7_and_64(tmp_path, roberta_run):
     records, logits = [], []
     for size in (1, 7, 64):
