@@ -98,14 +98,16 @@ class NeuronIntervention(Callback):
         if kind == "scale" and alpha is None:
             raise OptionError("intervention.kind=scale needs --intervention.alpha (e.g. 0, 0.5, 1.5, 2, 3)")
         if kind == "patch" and alpha is not None:
-            raise OptionError("intervention.alpha applies to kind=scale; patching replaces activations — leave it out")
+            raise OptionError("intervention.alpha applies to kind=scale; patching replaces activations — "
+                              "leave it out")
         if alpha is not None and not (math.isfinite(alpha) and ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1]):
             raise OptionError(f"intervention.alpha={alpha}: give a factor in [{ALPHA_RANGE[0]:g}, {ALPHA_RANGE[1]:g}]")
         UnitChoice("intervention", rate, selection, None, eval_set, adversarial_neurons, part, seed,
                    neuron_source).check_options()
         self.kind, self.rate, self.alpha, self.baseline = kind, rate, alpha, baseline
         self.selection, self.neurons, self.eval_set = selection, list(neurons) if neurons else None, eval_set
-        self.adversarial_neurons, self.part, self.seed, self.neuron_source = adversarial_neurons, part, seed, neuron_source
+        self.adversarial_neurons, self.part, self.seed = adversarial_neurons, part, seed
+        self.neuron_source = neuron_source
         self.units: UnitChoice | None = None
         self.masks: list[torch.Tensor] = []
         self.values: list[tuple | None] = []
@@ -137,7 +139,8 @@ class NeuronIntervention(Callback):
             return
         if stage in ("fit", "predict"):
             raise SkillNeuronError(f"intervention applies to evaluation only (validate, test) — use `skill-neurons "
-                                   f"validate` (or test) with --ckpt_path, not {stage}, or leave intervention.kind unset")
+                                   f"validate` (or test) with --ckpt_path, not {stage}, or leave intervention.kind "
+                                   "unset")
         sets = datamodule.eval_sets(stage)
         self.sets = [s.name for s in sets]
         self.paired = [index > 0 and "clean_input_ids" in datamodule.datasets[s.split].column_names
@@ -152,7 +155,8 @@ class NeuronIntervention(Callback):
                        for i in range(len(self.masks))]
         if self.kind == "patch":
             self.positions = self._patch_positions(self.units.files[0], pl_module)
-        self.record = {"kind": self.kind, "alpha": self.alpha, "baseline": self.baseline if self.kind == "scale" else None,
+        baseline = self.baseline if self.kind == "scale" else None
+        self.record = {"kind": self.kind, "alpha": self.alpha, "baseline": baseline,
                        **self.units.record, "patched_positions": self.positions if self.kind == "patch" else None}
 
     def _check_pairs(self, sets, datamodule) -> None:
@@ -163,7 +167,8 @@ class NeuronIntervention(Callback):
         if unpaired:
             fields = ", ".join(f"original_{f}" for f in datamodule.task.text_fields)
             raise InterventionError(
-                f"intervention.kind=patch: adversarial set(s) {', '.join(unpaired)} cannot be paired — each row needs "
+                f"intervention.kind=patch: adversarial set(s) {', '.join(unpaired)} cannot be paired — each row "
+                "needs "
                 f"its clean text in a column {fields} (AdvGLUE's dev_ann.json has them, plain dev.json has none)")
 
     def _patch_positions(self, files: list[str], pl_module) -> list[int] | None:

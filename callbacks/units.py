@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 import torch
 
-from lightning_modules.ffn import PARTS, Part, ffn_shape
+from lightning_modules.ffn import PARTS, ffn_shape
 from records.errors import OptionError
 from records.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file
 from records.neuron_selection import Sizing, num_selected, sizing_of, top_percent_mask
@@ -28,7 +28,8 @@ from records.summary import finished_fit_runs, read_summary, run_of_checkpoint
 Selection = Literal["skill", "random"]
 NeuronSource = Literal["own", "seed_mean"]
 AdversarialNeurons = Literal["clean", "own"]
-SELECTIONS, NEURON_SOURCES, ADVERSARIAL_NEURONS = get_args(Selection), get_args(NeuronSource), get_args(AdversarialNeurons)
+SELECTIONS, NEURON_SOURCES = get_args(Selection), get_args(NeuronSource)
+ADVERSARIAL_NEURONS = get_args(AdversarialNeurons)
 
 
 def stable_seed(*parts) -> int:
@@ -93,7 +94,8 @@ class UnitChoice:
         if meta.get("backbone") and backbone and meta["backbone"] != backbone:
             raise SkillNeuronError(
                 f"the skill-neuron files {meta['files']} are of backbone {meta['backbone']!r}, the evaluated model is "
-                f"{backbone!r} — units of one backbone are no units of another: use neuron files of the same backbone")
+                f"{backbone!r} — units of one backbone are no units of another: use neuron files of the same "
+                "backbone")
         self.masks, self.files = [], []
         for index, evaluated in enumerate(sets):
             score, files = clean_score, meta["files"]
@@ -146,7 +148,8 @@ class UnitChoice:
         files = self.files[loader]
         loaded = [load_neuron_file(f) for f in files]
         thresholds = [tensors["threshold"] for tensors, _ in loaded]
-        positions = {tuple(meta.get("absolute_positions") or range(t.shape[1])) for (_, meta), t in zip(loaded, thresholds)}
+        positions = {tuple(meta.get("absolute_positions") or range(t.shape[1]))
+                     for (_, meta), t in zip(loaded, thresholds)}
         if len({tuple(t.shape) for t in thresholds}) != 1 or len(positions) != 1:
             raise SkillNeuronError(f"threshold shapes or analysed positions differ across {files}; 'mean' needs runs "
                                    "of one prompt length analysed at the same positions")

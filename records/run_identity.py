@@ -51,7 +51,8 @@ def run_identity(config: dict[str, Any], stage: str, trial: SweepTrial | None = 
     intervention = config.get("intervention") or {}
     intervening = stage in ("validate", "test") and intervention.get("kind") is not None
     trial = trial or sweep_trial()
-    swept = label(flatten(config), trial.name_keys(suppression=rate is not None, intervention=intervening)) if trial else ""
+    named = trial.name_keys(suppression=rate is not None, intervention=intervening) if trial else []
+    swept = label(flatten(config), named) if trial else ""
     if intervening:
         return (intervention_name(backbone, task, seed, intervention, swept), "intervention")
     return (run_name(stage, backbone, task, seed, suppression=suppression if rate is not None else None,

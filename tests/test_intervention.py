@@ -191,7 +191,8 @@ def test_alpha_zero_is_suppression_and_alpha_one_changes_nothing_bit_for_bit(tmp
 
 def test_patching_no_unit_is_plain_validation_and_clean_to_clean_changes_nothing(tmp_path, roberta_run):
     plain, plain_logits = run_with(tmp_path / "plain", roberta_run)
-    none, _ = run_with(tmp_path / "n0", roberta_run, NeuronIntervention(kind="patch", rate=0, neurons=[str(roberta_run)]))
+    nothing = NeuronIntervention(kind="patch", rate=0, neurons=[str(roberta_run)])
+    none, _ = run_with(tmp_path / "n0", roberta_run, nothing)
     for key in ("val/acc", "val/loss", "adv/typos/acc", "adv/typos/loss"):
         assert float(none.callback_metrics[key]) == float(plain.callback_metrics[key]), key
     # an adversarial set whose clean twin is the text itself: patching copies each unit onto itself

@@ -1,5 +1,6 @@
-"""Causal tests: intervention runs (``--intervention.*``) as tables and figures — the share of the clean-vs-adversarial
-gap that patching the skill neurons restores against n, skill vs random units, and accuracy under scaling by α."""
+"""Causal tests: intervention runs (``--intervention.*``) as tables and figures — the share of the
+clean-vs-adversarial gap that patching the skill neurons restores against n, skill vs random units, and accuracy
+under scaling by α."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections import defaultdict
 
 from records import figures as style
 from records.eval_set import EvalSet
-from skill_neurons.report.base import WIDE, Context, Figure, Run, Section, family_rank, fmt, markdown_table, mean_sem, pct, slug
+from skill_neurons.report.base import (
+    WIDE, Context, Figure, Run, Section, family_rank, fmt, markdown_table, mean_sem, pct, slug,
+)
 from skill_neurons.report.suppression import neuron_source
 
 
@@ -61,9 +64,11 @@ def intervention_section(ctx: Context) -> Section:
                                "runs": [r.run_id for r, _ in found], "mean": mean, "sem": sem})
         rows += group_rows
         what = "patching" if kind == "patch" else f"scaling (baseline {baseline})"
-        title = f"{backbone} · {task} · {what} · {part} units · neurons: {source} · {adversarial_neurons} skill neurons"
+        title = (f"{backbone} · {task} · {what} · {part} units · neurons: {source} · {adversarial_neurons} skill "
+                 "neurons")
         section.lines += [f"### {title}", ""]
-        measures = ["gap_restored", "acc", "acc_unperturbed", "acc_clean"] if kind == "patch" else ["acc", "acc_unperturbed"]
+        measures = (["gap_restored", "acc", "acc_unperturbed", "acc_clean"] if kind == "patch"
+                    else ["acc", "acc_unperturbed"])
         sets = sorted({r["set"] for r in group_rows}, key=lambda s: (s != "validation", s))
         xname = "rate" if kind == "patch" else "alpha"
         table = defaultdict(dict)
@@ -90,7 +95,8 @@ def intervention_figure(ctx: Context, key: tuple, title: str, sets: list[str], r
     import numpy as np
 
     _, backbone, task, kind, baseline, part, adversarial_neurons, source = key
-    name = slug("intervention", backbone, task, kind, *([baseline] if baseline else []), part, adversarial_neurons, source)
+    name = slug("intervention", backbone, task, kind, *([baseline] if baseline else []), part, adversarial_neurons,
+                source)
     fig, axes, figure = ctx.figure(name, f"Causal tests: {title}", WIDE, ncols=len(sets))
     xname = "rate" if kind == "patch" else "alpha"
     for ax, set_ in zip(axes[0], sets):
