@@ -102,7 +102,7 @@ FAMILIES = {
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_patching_equals_brute_force_on_every_family(tmp_path, tiny_backbones, causal_backbones, family):
     build, analysis = FAMILIES[family]
-    model, dm = build(eval_batch_size=7)
+    model, dm = build(eval_batch_size=7, max_eval_samples=16)  # batches of 7, 7, 2: padding in each
     model = model.double()  # float64: batched (padded) and one-example forwards agree far below 1e-6
     run = neuron_run(tmp_path / "neurons", model, dm, **analysis)
     intervention, logits = NeuronIntervention(kind="patch", rate=20, neurons=[str(run)]), RecordLogits()
@@ -129,7 +129,7 @@ def test_patching_equals_brute_force_on_every_family(tmp_path, tiny_backbones, c
 def test_scaling_equals_brute_force_on_every_family(tmp_path, tiny_backbones, causal_backbones, family, alpha,
                                                     baseline):
     build, analysis = FAMILIES[family]
-    model, dm = build(eval_batch_size=5)
+    model, dm = build(eval_batch_size=5, max_eval_samples=12)
     model = model.double()
     run = neuron_run(tmp_path / "neurons", model, dm, **analysis)
     intervention = NeuronIntervention(kind="scale", alpha=alpha, baseline=baseline, rate=20, neurons=[str(run)])
