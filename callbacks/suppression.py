@@ -35,28 +35,27 @@ on the adversarial sets too; ``own`` uses each adversarial set's own skill-neuro
 
 from __future__ import annotations
 
-import hashlib
 import math
-from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 from lightning import Callback, LightningModule, Trainer
 
 from callbacks.run_summary import run_dir_of
+from callbacks.units import (ADVERSARIAL_NEURONS, NEURON_SOURCES, SELECTIONS, AdversarialNeurons, NeuronSource,
+                             Selection, UnitChoice, random_units, stable_seed, threshold_fill)
 from lightning_modules.contracts import check_at_setup
-from lightning_modules.ffn import PARTS, Part, ffn_shape, hook_ffn, remove_hooks
+from lightning_modules.ffn import Part, hook_ffn, remove_hooks
 from records.errors import OptionError
-from records.neuron_files import SkillNeuronError, combine_neuron_files, load_neuron_file
-from records.neuron_selection import Sizing, num_selected, sizing_of, top_percent_mask
-from records.summary import finished_fit_runs, read_summary, run_of_checkpoint, update_summary
+from records.neuron_files import SkillNeuronError
+from records.neuron_selection import Sizing
+from records.summary import update_summary
 
-Selection = Literal["skill", "random"]
-NeuronSource = Literal["own", "seed_mean"]
+__all__ = ["NeuronSuppression", "hashed_normal", "random_units", "stable_seed", "SELECTIONS", "NEURON_SOURCES",
+           "ADVERSARIAL_NEURONS", "PERTURBATIONS", "Selection", "NeuronSource", "AdversarialNeurons"]
+
 Perturbation = Literal["zero", "gaussian", "mean"]
-AdversarialNeurons = Literal["clean", "own"]
-SELECTIONS, NEURON_SOURCES = get_args(Selection), get_args(NeuronSource)
-PERTURBATIONS, ADVERSARIAL_NEURONS = get_args(Perturbation), get_args(AdversarialNeurons)
+PERTURBATIONS = get_args(Perturbation)
 _MASK32 = 0xFFFFFFFF
 
 
@@ -79,23 +78,6 @@ def hashed_normal(seed: int, stream: int, rows: torch.Tensor, layer: int, units:
     u1 = (_fmix32(key ^ 0x68E31DA4).double() + 0.5) / 2**32  # (0, 1)
     u2 = (_fmix32(key ^ 0xB5297A4D).double() + 0.5) / 2**32
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-
-
-def stable_seed(*parts) -> int:
-    """A seed from strings and numbers that is the same in every process and Python run (unlike hash())."""
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def random_units(num_layers: int, num_units: int, percent: float, seed: int, sizing: Sizing = "ceil") -> torch.Tensor:
-    """(L, N) bool: the same number of units per layer as the top-``percent``% selection, at random.
-    One permutation per layer, so the sets are nested as ``percent`` grows."""
-    k = num_selected(num_units, percent, sizing)
-    generator = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(num_layers, num_units, dtype=torch.bool)
-    for layer in range(num_layers):
-        mask[layer, torch.randperm(num_units, generator=generator)[:k]] = True
-    return mask
 
 
 class NeuronSuppression(Callback):
@@ -136,13 +118,10 @@ class NeuronSuppression(Callback):
         seed: int = 0,
         neuron_source: NeuronSource = "own",
     ):
-        if rate is not None and not 0 <= rate <= 100:
-            raise OptionError(f"suppression.rate={rate}: give a percentage of units per layer in [0, 100]")
-        for name, value, allowed in (("selection", selection, SELECTIONS), ("perturbation", perturbation, PERTURBATIONS),
-                                     ("adversarial_neurons", adversarial_neurons, ADVERSARIAL_NEURONS),
-                                     ("part", part, PARTS), ("neuron_source", neuron_source, NEURON_SOURCES)):
-            if value not in allowed:
-                raise OptionError(f"suppression.{name}={value!r}: use one of {', '.join(allowed)}")
+        UnitChoice("suppression", rate, selection, None, eval_set, adversarial_neurons, part, seed,
+                   neuron_source).check_options()
+        if perturbation not in PERTURBATIONS:
+            raise OptionError(f"suppression.perturbation={perturbation!r}: use one of {', '.join(PERTURBATIONS)}")
         if perturbation == "gaussian" and not std > 0:
             raise OptionError(f"suppression.std={std}: the gaussian perturbation needs a positive std")
         self.rate, self.selection, self.perturbation, self.std = rate, selection, perturbation, std
@@ -176,76 +155,20 @@ class NeuronSuppression(Callback):
         if stage in ("fit", "predict"):
             raise SkillNeuronError(f"suppression perturbs evaluation only (validate, test) — use `skill-neurons "
                                    f"validate` (or test) with --ckpt_path, not {stage}, or leave suppression.rate unset")
-        layers, units = ffn_shape(pl_module.backbone, self.part)
-        sets, self.sizing = datamodule.eval_sets(stage), sizing_of(pl_module.hparams.get("layout"))
-        sources = self._sources([Path(n) for n in self.neurons] if self.neurons else [self._checkpoint_run(trainer)])
-        clean_score, meta = combine_neuron_files(sources, self.eval_set)
-        if tuple(clean_score.shape) != (layers, units):
-            raise SkillNeuronError(
-                f"the skill-neuron files {meta['files']} have {tuple(clean_score.shape)} (layers, units) but the "
-                f"model's {self.part} has ({layers}, {units}) — use neuron files of the same backbone")
-        self.masks, self.values = [], []
-        for index, evaluated in enumerate(sets):
-            score, files = clean_score, meta["files"]
-            if index > 0 and self.adversarial_neurons == "own":
-                score, own = combine_neuron_files(sources, evaluated.name)
-                files = own["files"]
-            self.masks.append(self._select(score, pl_module, datamodule))
-            self.values.append(self._thresholds(files, pl_module) if self.perturbation == "mean" else None)
-        self.record = {
-            "rate": float(self.rate), "selection": self.selection, "perturbation": self.perturbation,
-            "std": self.std if self.perturbation == "gaussian" else None, "seed": self.seed, "part": self.part,
-            "units_per_layer": num_selected(units, self.rate, self.sizing), "sizing": self.sizing,
-            "neurons_from": [str(s) for s in sources],
-            "eval_set": self.eval_set, "adversarial_neurons": self.adversarial_neurons,
-            "neuron_source": self.neuron_source,
-            "selected_units": {s.name: int(mask.sum()) for s, mask in zip(sets, self.masks)},
-        }
+        self.units = UnitChoice("suppression", self.rate, self.selection, self.neurons, self.eval_set,
+                                self.adversarial_neurons, self.part, self.seed, self.neuron_source)
+        self.units.choose(trainer, pl_module, datamodule, stage)
+        self.masks, self.sizing = self.units.masks, self.units.sizing
+        self.values = [self.units.thresholds(index) if self.perturbation == "mean" else None
+                       for index in range(len(self.masks))]
+        record = dict(self.units.record)
+        self.record = {"rate": record.pop("rate"), "selection": record.pop("selection"),
+                       "perturbation": self.perturbation,
+                       "std": self.std if self.perturbation == "gaussian" else None, **record}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """The same checks for a Trainer used without the CLI (the CLI made them before the stage started)."""
         check_at_setup(self, trainer, pl_module, stage)
-
-    def _checkpoint_run(self, trainer: Trainer) -> Path:
-        run = run_of_checkpoint(trainer.ckpt_path) if trainer.ckpt_path else None
-        if run is None:
-            raise SkillNeuronError("suppression needs skill-neuron files: give --suppression.neurons=[runs/<id>] "
-                                   "(or validate a checkpoint from runs/<id>/checkpoints/, whose run is used)")
-        return run
-
-    def _sources(self, runs: list[Path]) -> list[Path]:
-        """The runs whose neuron files give the units: ``runs`` themselves (``own``), or (``seed_mean``) every
-        finished fit run beside each of them with its task, backbone and prompt length."""
-        if self.neuron_source == "own":
-            return runs
-        found = set()
-        for run in runs:
-            own = read_summary(run).get("settings", {})
-            keys = ("task", "backbone", "prompt_length")
-            beside = [directory.resolve() for directory, summary in finished_fit_runs([run.parent])
-                      if all(summary.get("settings", {}).get(k) == own.get(k) for k in keys)]
-            if not beside:
-                raise SkillNeuronError(f"suppression.neuron_source=seed_mean: no finished fit run of task "
-                                       f"{own.get('task')!r} and backbone {own.get('backbone')!r} in {run.parent} — "
-                                       "validate a checkpoint of a finished fit run there, or use neuron_source=own")
-            found.update(beside)
-        return sorted(found)
-
-    def _select(self, score: torch.Tensor, pl_module, datamodule) -> torch.Tensor:
-        if self.selection == "skill":
-            return top_percent_mask(score, self.rate, self.sizing)
-        seed = stable_seed("random-control", datamodule.task.name, pl_module.hparams.get("backbone"), self.seed)
-        return random_units(*score.shape, self.rate, seed, self.sizing)
-
-    def _thresholds(self, files: list[str], pl_module) -> tuple[torch.Tensor, list[int]]:
-        """The mean threshold over ``files`` (L, P, N) and the absolute positions its P rows belong to."""
-        loaded = [load_neuron_file(f) for f in files]
-        thresholds = [tensors["threshold"] for tensors, _ in loaded]
-        positions = {tuple(meta.get("absolute_positions") or range(t.shape[1])) for (_, meta), t in zip(loaded, thresholds)}
-        if len({tuple(t.shape) for t in thresholds}) != 1 or len(positions) != 1:
-            raise SkillNeuronError(f"threshold shapes or analysed positions differ across {files}; 'mean' needs runs "
-                                   "of one prompt length analysed at the same positions")
-        return torch.stack(thresholds).mean(dim=0), list(positions.pop())  # (L, P, N), P positions
 
     # ------------------------------------------------------------------ hooks
     def _perturb(self, layer: int, units: torch.Tensor) -> torch.Tensor | None:
@@ -258,12 +181,7 @@ class NeuronSuppression(Callback):
             out = units.clone()
             out[:, :, selected] += (self.std * noise).to(device=units.device, dtype=units.dtype)[:, None, :]
             return out
-        values, at = self.values[self._loader]
-        threshold = values[layer].to(device=units.device, dtype=units.dtype)  # (P, N) at positions `at`
-        length = units.shape[1]
-        fill = threshold.mean(dim=0, keepdim=True).expand(length, -1).clone()  # (S, N)
-        inside = [k for k, position in enumerate(at) if position < length]
-        fill[[at[k] for k in inside]] = threshold[inside]
+        fill = threshold_fill(self.values[self._loader], layer, units)  # (S, N)
         return torch.where(mask, fill, units)  # (B, S, N)
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -174,6 +174,9 @@ class Scale:
     adversarial_neurons: tuple  # suppression on adversarial sets: clean and/or the set's own skill neurons
     suppression_tasks: tuple  # the tasks whose prompts are suppressed
     transfer_seeds: tuple  # the seeds whose prompts are transferred
+    intervention_tasks: tuple = ()  # tasks with paired adversarial sets whose prompts are patched (intervention.yaml)
+    intervention_seeds: tuple = ()
+    intervention_rates: tuple = (1, 2, 5, 10, 20)  # patched units (% per layer)
 
 
 PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), tasks=tuple(PAPER_TASKS),
@@ -181,7 +184,8 @@ PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), 
               suppression_tasks=tuple(PAPER_TASKS), transfer_seeds=tuple(SEEDS))
 # The tiny pipeline (sweeps/tiny_pipeline.yaml's prompts): a few minutes on 2 CPU cores, every report section filled.
 TINY = Scale(backbones=("tiny-roberta", "tiny-t5"), tasks=("marker", "sst2_sample"), seeds=(33, 34), rates=(0, 5, 15),
-             adversarial_neurons=("clean",), suppression_tasks=("marker",), transfer_seeds=(33,))
+             adversarial_neurons=("clean",), suppression_tasks=("marker",), transfer_seeds=(33,),
+             intervention_tasks=("marker",), intervention_seeds=(33,), intervention_rates=(10,))
 SCALES = {"paper": PAPER, "tiny": TINY}
 
 SWEEP_HEADER = """\
@@ -264,6 +268,27 @@ def experiment_sweeps(root: str, scale: Scale = PAPER, out: str | None = None) -
     return {"suppression": suppression, "transfer": transfer}
 
 
+def intervention_sweeps(root: str, scale: Scale, out: str | None = None) -> dict[str, str]:
+    """``intervention.yaml``: every prompt of the scale's tasks with paired adversarial data (rows carrying their
+    clean text, ``original_<field>``) x rate x skill neurons or the random control, patched from the clean twin."""
+    if not scale.intervention_tasks:
+        raise SystemExit("make_configs.py: --intervention needs tasks whose adversarial rows carry their clean text "
+                         "(original_<field>); the paper scale's AdvGLUE sets from the hub have none — use --scale tiny, "
+                         "or write a sweep over prompts whose adversarial files are AdvGLUE's dev_ann.json")
+    return {"intervention": _header(
+        "Causal tests: every prompt of a task with paired adversarial data x rate (% of units per layer) x skill "
+        "neurons or the random control, patched with their clean twin's activations", "intervention",
+        prompt_runs(root, scale, tasks=scale.intervention_tasks, seeds=scale.intervention_seeds), root, scale, out)
+        + f"""\
+  intervention.kind:
+    values: [patch]
+  intervention.rate:
+    values: {_flow(scale.intervention_rates)}
+  intervention.selection:
+    values: [skill, random]
+""" + SWEEP_COMMAND}
+
+
 def _header(what: str, name: str, runs: str, root: str, scale: Scale, out: str | None) -> str:
     if out is None:
         return SWEEP_HEADER.format(what=what, name=name, runs=runs)
@@ -322,9 +347,10 @@ def p1_code_sweeps(root: str, scale: Scale = PAPER, out: str | None = None) -> d
     return sweeps
 
 
-def write_experiment_sweeps(root: str, out: Path, scale: Scale = PAPER, p1_code: bool = False) -> list[Path]:
+def write_experiment_sweeps(root: str, out: Path, scale: Scale = PAPER, p1_code: bool = False,
+                            intervention: bool = False) -> list[Path]:
     """Write ``out/{suppression,transfer}.yaml`` for the prompts under ``root`` (and with ``p1_code`` the
-    :func:`p1_code_sweeps`); refuses the tracked sweeps/."""
+    :func:`p1_code_sweeps`, with ``intervention`` the :func:`intervention_sweeps`); refuses the tracked sweeps/."""
     tracked = (Path(__file__).resolve().parent.parent / "sweeps").resolve()
     if out.resolve() == tracked:
         raise SystemExit(f"make_configs.py: --out {out} is the repository's tracked sweeps/ folder — give a folder "
@@ -334,6 +360,8 @@ def write_experiment_sweeps(root: str, out: Path, scale: Scale = PAPER, p1_code:
     sweeps = experiment_sweeps(root, scale, out=str(out))
     if p1_code:
         sweeps.update(p1_code_sweeps(root, scale, out=str(out)))
+    if intervention:
+        sweeps.update(intervention_sweeps(root, scale, out=str(out)))
     for name, text in sweeps.items():
         (out / f"{name}.yaml").write_text(text)
         written.append(out / f"{name}.yaml")
@@ -358,14 +386,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --prompt_runs/--out: also the suppression runs P1's curves need under `skill-neurons "
                              "report --definitions p1-code` (suppression_p1_<task>.yaml: the adversarial sets' skill "
                              "neurons; suppression_p1_random.yaml: a second random draw)")
+    parser.add_argument("--intervention", action="store_true",
+                        help="with --prompt_runs/--out: also intervention.yaml, the causal tests (patching skill "
+                             "neurons vs random units) over the prompts of tasks with paired adversarial data")
     argv = sys.argv[1:] if argv is None else argv
     options = parser.parse_args(old_spellings(argv, {"--prompt-runs": "--prompt_runs"}, "make_configs.py"))
-    if options.prompt_runs or options.out or options.scale != "paper" or options.p1_code:
+    if options.prompt_runs or options.out or options.scale != "paper" or options.p1_code or options.intervention:
         if not (options.prompt_runs and options.out):
             parser.error("--prompt_runs and --out go together: the fit runs' folder and a folder of yours for the "
                          "sweeps (the tracked sweeps/ are written only without options)")
         for path in write_experiment_sweeps(options.prompt_runs, Path(options.out), SCALES[options.scale],
-                                            options.p1_code):
+                                            options.p1_code, options.intervention):
             print(f"wrote {path}")
         return
     sweeps = Path(__file__).parent.parent / "sweeps"

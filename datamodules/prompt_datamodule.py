@@ -13,11 +13,12 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datamodules.causal_text import causal_label_pieces, causal_tokens, pad_id_of
+from datamodules.causal_text import causal_tokens, pad_id_of
 from datamodules.collator import Collator
+from datamodules.encoding import p1_tokens, verbalizer_token_ids  # noqa: F401 (imported from here too)
 from datamodules.eval_sets import check_set_names, predict_sets_of, source_of, task_sets
 from datamodules.sources import BIG_SPLIT_ROWS, prepare_split, progress_bars_if
-from datamodules.task_spec import MARKERS, Source, TaskError, TaskSpec, as_source
+from datamodules.task_spec import Source, TaskError, TaskSpec, as_source
 from datamodules.p1_vocabulary import check_p1_ids
 from datamodules.tasks import accuracy_label, get_task
 from lightning_modules.backbones import check_lengths, family_of, load_tokenizer, max_input_length_of
@@ -363,14 +364,27 @@ class PromptDataModule(LightningDataModule):
         tok, task, family, budget = self.tokenizer, self.task, self.family, self.text_budget
         paper = task.paper_format(family) if self.layout == "paper" else None
         causal = task.causal_lm_template() if family == "causal_lm" and paper is None else None
+        originals = [f for f in task.text_fields if f"original_{f}" in rows.column_names]
         key = json.dumps([record["sha256"], tok.name_or_path, len(tok), family, budget, task.template,
                           type(tok).__name__, _vocab_digest(tok)] + ([causal] if causal else [])
-                         + ([self.layout, dataclasses.asdict(paper)] if paper else []))
+                         + ([self.layout, dataclasses.asdict(paper)] if paper else [])
+                         + ([{"originals": originals}] if originals else []))
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
+
+        def encode(batch):
+            out = self.encode_texts(batch)
+            if originals:  # the clean twin: each attacked field's original text, the others as they are
+                clean = {f: [o or t for t, o in zip(batch[f], batch[f"original_{f}"])] if f in originals else batch[f]
+                         for f in task.text_fields}
+                twin = self.encode_texts(clean)
+                out.update(clean_input_ids=twin["input_ids"], clean_mask_index=twin["mask_index"])
+            return out
+
         cache = _cache_file(self.hparams.cache_dir, fingerprint)
         with progress_bars_if(len(rows) >= BIG_SPLIT_ROWS):
-            return rows.map(self.encode_texts, batched=True, remove_columns=list(task.text_fields),
-                            new_fingerprint=fingerprint, cache_file_name=cache, desc="tokenising")
+            return rows.map(encode, batched=True, new_fingerprint=fingerprint,
+                            remove_columns=[*task.text_fields, *(f"original_{f}" for f in originals)],
+                            cache_file_name=cache, desc="tokenising")
 
     def encode_texts(self, batch: dict[str, list[str]]) -> dict[str, list]:
         """``input_ids`` and ``mask_index`` of a batch of texts, ``{field: [text, ...]}`` over the task's text
@@ -421,62 +435,6 @@ class PromptDataModule(LightningDataModule):
             "train_split": self.hparams.train_split, "eval_sets": [s.name for s in self.eval_sets("validate")],
             "splits": self.split_records,
         }
-
-
-def p1_tokens(tokenizer, paper, row: dict[str, Any], budget: int) -> list[int]:
-    """P1's text tokens of one example (``layout: paper``; see :class:`~datamodules.tasks.PaperFormat`)."""
-    fields = {k: str(v).strip() for k, v in row.items()}
-    ids: list[int] = []
-    for segment in paper.segments:
-        if segment in MARKERS:
-            ids.append(getattr(tokenizer, MARKERS[segment]))
-        else:
-            ids.extend(tokenizer.encode(segment.format(**fields), add_special_tokens=False))
-    if len(ids) > budget:
-        ids = ids[: budget - 1] + ids[-1:] if paper.keeps_last else ids[:budget]
-    return ids
-
-
-def verbalizer_token_ids(tokenizer, family: str, task: TaskSpec, layout: str = "standard") -> list[int]:
-    """The token ids scored for each label, then the layout's extra words; raises if a word is not in the
-    vocabulary or ids collide."""
-    words, extra = task.scored_words(family, layout)
-    unk = tokenizer.unk_token_id
-    ids = []
-    for word in (*words, *extra):
-        if layout == "paper":
-            # P1 (PromptRoberta.py / PromptT5.py): tokenizer.encode(word, add_special_tokens=False), first id.
-            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
-            if not pieces or pieces[0] == unk:
-                raise TaskError(f"verbalizer word {word!r} of task {task.name!r} is not in the vocabulary of "
-                                f"{tokenizer.name_or_path!r} — choose another word (task paper.{family}.words)")
-        elif family == "masked_lm":
-            # A masked LM predicts one token at <mask>: the word must be a single token after a space.
-            pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-            if len(pieces) != 1 or pieces[0] == unk:
-                shown = tokenizer.convert_ids_to_tokens(pieces)
-                raise TaskError(
-                    f"verbalizer word {word!r} of task {task.name!r} is not in the vocabulary of "
-                    f"{tokenizer.name_or_path!r} as one token (it becomes {shown}) — choose a word that is, "
-                    f"in verbalizers.masked_lm"
-                )
-        elif family == "causal_lm":
-            pieces = causal_label_pieces(tokenizer, task, word)
-        else:
-            # T5: the label is read from the first decoder step, i.e. the word's first sub-token.
-            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
-            if not pieces or pieces[0] == unk:
-                raise TaskError(f"verbalizer word {word!r} of task {task.name!r} is not in the vocabulary of "
-                                f"{tokenizer.name_or_path!r} — choose another word in verbalizers.seq2seq")
-        ids.append(pieces[0])
-    if len(set(ids)) != len(ids):
-        first = [tokenizer.convert_ids_to_tokens(i) for i in ids]
-        raise TaskError(
-            f"label words {list((*words, *extra))} of task {task.name!r} share their first sub-token ({first}), so the "
-            f"{'next-token logits' if family == 'causal_lm' else 'first decoder step'} cannot tell them apart — "
-            f"choose words that start differently (verbalizers.{family})"
-        )
-    return ids
 
 
 def _vocab_digest(tokenizer) -> str:

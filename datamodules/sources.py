@@ -152,7 +152,9 @@ def load_raw(source: Source, cache_dir: str | None = None) -> datasets.Dataset:
 
 def prepare_split(task: TaskSpec, source: Source, role: str, cache_dir: str | None = None,
                   limit: int | None = None) -> tuple[datasets.Dataset, dict]:
-    """Rows of one split with the task's text fields, an integer ``label`` and the source row ``idx``.
+    """Rows of one split with the task's text fields, an integer ``label`` and the source row ``idx``; an
+    adversarial file's ``original_<column>`` columns (the clean text a row was attacked from) come along as
+    ``original_<field>``, which pair each row with its clean twin (``clean_input_ids`` when tokenised).
 
     Returns the dataset and a record of it for the run's summary (source, counts, content hash).
     """
@@ -168,7 +170,10 @@ def prepare_split(task: TaskSpec, source: Source, role: str, cache_dir: str | No
             f"{role} split of task {task.name!r} ({source.describe()}) has no {', '.join(missing)}; its columns "
             f"are {raw.column_names} — map them with columns: {{field: column}} in the task's source"
         )
-    raw = raw.select_columns(list(dict.fromkeys(wanted.values())))
+    # an adversarial row's clean twin (AdvGLUE's dev_ann.json, generated sets): `original_<column>` per text field
+    originals = {f: f"original_{col}" for f, col in wanted.items()
+                 if f != "label" and f"original_{col}" in raw.column_names}
+    raw = raw.select_columns(list(dict.fromkeys([*wanted.values(), *originals.values()])))
     raw_labels = raw[wanted["label"]]
     texts = [raw[wanted[f]] for f in task.text_fields]
     ids, keep, empty = [], [], []
@@ -201,6 +206,8 @@ def prepare_split(task: TaskSpec, source: Source, role: str, cache_dir: str | No
     data = {field: [str(x) for x in rows[col]] for field, col in wanted.items() if field != "label"}
     data["label"] = ids
     data["idx"] = keep
+    for field, col in originals.items():  # "" where a row has no original (that field was not attacked)
+        data[f"original_{field}"] = ["" if x is None else str(x) for x in rows[col]]
     ds = datasets.Dataset.from_dict(data)
     digest = hashlib.sha256()
     for i, label in zip(keep, ids):

@@ -51,7 +51,8 @@ def typo(word: str, rng: random.Random) -> str:
 
 
 def make_rows(n: int, rng: random.Random, attacked: bool) -> list[dict]:
-    """``n`` balanced rows ``{"idx", "sentence", "label"}``; ``attacked`` applies one typo per row."""
+    """``n`` balanced rows ``{"idx", "sentence", "label"}``; ``attacked`` applies one typo per row and keeps the
+    sentence before it as ``original_sentence`` (AdvGLUE's ``dev_ann.json`` naming)."""
     rows = []
     for idx in range(n):
         label = idx % 2
@@ -59,9 +60,13 @@ def make_rows(n: int, rng: random.Random, attacked: bool) -> list[dict]:
         target = rng.randrange(len(words))
         if label == 1:
             words[target] = MARKER
+        original = " ".join(words)
         if attacked:
             words[target] = typo(words[target], rng)
-        rows.append({"idx": idx, "sentence": " ".join(words), "label": label})
+        row = {"idx": idx, "sentence": " ".join(words), "label": label}
+        if attacked:
+            row["original_sentence"] = original  # the clean twin, for activation patching (pairs by this column)
+        rows.append(row)
     rng.shuffle(rows)
     for idx, row in enumerate(rows):
         row["idx"] = idx

@@ -12,7 +12,7 @@ from records.prompt_checkpoint import metadata_of, read_checkpoint
 from records.settings import RunSettings
 from records.summary import flatten, read_summary, run_of_checkpoint
 from records.sweep_trial import SweepTrial, sweep_trial
-from records.wandb_config import job_type, run_name, task_name
+from records.wandb_config import SEPARATOR, job_type, run_name, task_name
 
 
 def prompt_provenance(ckpt_path: str | Path) -> dict[str, Any]:
@@ -54,8 +54,24 @@ def run_identity(config: dict[str, Any], stage: str, trial: SweepTrial | None = 
         backbone, source_task = source["backbone"] or backbone, source["task"]
         seed = source["seed"] if source["run_dir"] or source["seed"] is not None else seed
     rate = suppression.get("rate")
+    intervention = config.get("intervention") or {}
+    intervening = stage in ("validate", "test") and intervention.get("kind") is not None
     trial = trial or sweep_trial()
-    swept = label(flatten(config), trial.name_keys(suppression=rate is not None)) if trial else ""
+    named = trial.name_keys(suppression=rate is not None, intervention=intervening) if trial else []
+    swept = label(flatten(config), named) if trial else ""
+    if intervening:
+        return (intervention_name(backbone, task, seed, intervention, swept), "intervention")
     return (run_name(stage, backbone, task, seed, suppression=suppression if rate is not None else None,
                      source_task=source_task, swept=swept),
             job_type(stage, rate, source_task, task))
+
+
+def intervention_name(backbone: str | None, task: str | None, seed: Any, intervention: dict[str, Any],
+                      swept: str = "") -> str:
+    """``tiny-roberta·marker·s33·patch-skill-5%``, ``…·scale2-random-5%`` (``…-mean`` from the threshold)."""
+    kind, selection = intervention["kind"], intervention.get("selection") or "skill"
+    rate = intervention.get("rate")
+    rate = 5.0 if rate is None else rate
+    what = "patch" if kind == "patch" else f"scale{intervention.get('alpha'):g}"
+    baseline = "-mean" if kind == "scale" and intervention.get("baseline") == "mean" else ""
+    return run_name("fit", backbone, task, seed, swept=swept) + f"{SEPARATOR}{what}-{selection}-{rate:g}%{baseline}"

@@ -30,6 +30,9 @@ VARIED_ENV = "SKILL_NEURONS_SWEEP_VARIED"  # comma-separated keys
 NAMED_KEYS = frozenset({"seed_everything", "model.backbone", "data.backbone", "data.task"})
 # What a suppression run's name already shows (``supp-skill-5%``).
 SUPPRESSION_NAMED_KEYS = frozenset({"suppression.rate", "suppression.selection", "suppression.perturbation"})
+# What an intervention run's name already shows (``patch-skill-5%``, ``scale2-random-5%-mean``).
+INTERVENTION_NAMED_KEYS = frozenset({"intervention.kind", "intervention.rate", "intervention.selection",
+                                     "intervention.alpha", "intervention.baseline"})
 
 
 def varied_keys(parameters: Mapping[str, Any]) -> list[str]:
@@ -69,9 +72,10 @@ class SweepTrial:
     parameters: dict[str, Any] = field(default_factory=dict)
     varied: tuple[str, ...] = ()
 
-    def name_keys(self, suppression: bool = False) -> list[str]:
+    def name_keys(self, suppression: bool = False, intervention: bool = False) -> list[str]:
         """The varied keys a run name must add to tell this trial from the others: those it does not show yet."""
-        named = NAMED_KEYS | (SUPPRESSION_NAMED_KEYS if suppression else frozenset())
+        named = (NAMED_KEYS | (SUPPRESSION_NAMED_KEYS if suppression else frozenset())
+                 | (INTERVENTION_NAMED_KEYS if intervention else frozenset()))
         return [k for k in self.varied if k not in named]
 
     def to_summary(self) -> dict[str, Any]:

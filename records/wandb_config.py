@@ -136,14 +136,17 @@ def clean_config(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def applies(key: str, stage: str, suppression: bool) -> bool:
+def applies(key: str, stage: str, suppression: bool, intervention: bool = False) -> bool:
     """Whether config ``key`` is a setting of a run of ``stage`` (``fit``, ``validate``, ``test``):
-    ``suppression.*`` only where neurons are suppressed (``suppression`` true); of ``checkpoint.*`` only which
+    ``suppression.*`` only where neurons are suppressed (``suppression`` true), ``intervention.*`` only where they
+    are patched or scaled (``intervention`` true); of ``checkpoint.*`` only which
     epoch a fit keeps (:data:`CHECKPOINT_SETTINGS`), in a fit; ``ckpt_path`` only in an evaluation (in a fit it
     is a resume: a per-run path); never ``runs_dir`` (a folder), ``verbose`` (what is printed) or
     ``trainer.logger.*``, which configure the W&B run itself (W&B shows its project, group and tags)."""
     if key.startswith("suppression."):
         return suppression
+    if key.startswith("intervention."):
+        return intervention
     if key.startswith("checkpoint."):
         return stage == "fit" and key in CHECKPOINT_SETTINGS
     if key == "ckpt_path":
@@ -160,8 +163,9 @@ def run_config(flat: dict[str, Any], stage: str, settings: dict[str, Any] | None
     only the settings that apply (:func:`applies`), no empty values; plus ``run.<name>`` for each derived
     setting of ``settings`` that no config key holds (:data:`SETTING_KEYS`; e.g. ``run.family``)."""
     suppression = flat.get("suppression.rate") is not None
+    intervention = flat.get("intervention.kind") is not None
     out = {key: value for key, value in clean_config(flat).items()
-           if key not in LINKED_KEYS and applies(key, stage, suppression) and not _empty(value)}
+           if key not in LINKED_KEYS and applies(key, stage, suppression, intervention) and not _empty(value)}
     for name, value in (settings or {}).items():
         if not _empty(value) and SETTING_KEYS.get(name) not in out:
             out[f"run.{name}"] = value

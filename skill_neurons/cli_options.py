@@ -61,8 +61,8 @@ FROM_RUN = """\
 RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt, placed first, so the other options override it). RUN is
 a run directory (runs/<id>) or ROOT?key=value&... — the finished fit run under ROOT whose settings match
 (backbone, task, seed, learning_rate, ...); when several match, add &pick=best (highest best val/acc) or
-&pick=latest. Options such as --data.task (transfer) or --suppression.* apply on top; the new run goes under
---runs_dir (default runs/), not beside RUN. A run that is not finished (running, killed, interrupted, failed,
+&pick=latest. Options such as --data.task (transfer), --suppression.* or --intervention.* apply on top; the new run
+goes under --runs_dir (default runs/), not beside RUN. A run that is not finished (running, killed, interrupted, failed,
 incomplete) is refused, naming its status; --allow_incomplete evaluates its best checkpoint so far anyway (with a
 warning). RUN may also be wandb:ENTITY/PROJECT/RUN_ID: the prompt artifact that W&B run logged, downloaded
 through W&B's API (online). --from_artifact ENTITY/PROJECT/NAME:ALIAS takes a prompt artifact version (NAME

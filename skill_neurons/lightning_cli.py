@@ -31,6 +31,7 @@ from callbacks.model_summary import PromptModelSummary
 from callbacks.predictions import PredictionWriter
 from callbacks.rng_state import RNGState
 from callbacks.run_summary import SMOKE, RunSummary
+from callbacks.intervention import NeuronIntervention
 from callbacks.suppression import NeuronSuppression
 from datamodules.prompt_datamodule import PromptDataModule, check_sizes
 from lightning_modules import tracking
@@ -157,6 +158,7 @@ class SkillNeuronsCLI(LightningCLI):
                              "checkpoint.enable_version_counter": False})
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.add_lightning_class_args(NeuronSuppression, "suppression")
+        parser.add_lightning_class_args(NeuronIntervention, "intervention")
         parser.link_arguments("model.init_args.backbone", "data.backbone")
         parser.link_arguments("model.init_args.prompt_length", "data.prompt_length")
         parser.link_arguments("model.init_args.layout", "data.layout")
@@ -168,6 +170,7 @@ class SkillNeuronsCLI(LightningCLI):
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         if add_subcommands:
             hide_group(self._subcommand_parsers["fit"], "suppression")
+            hide_group(self._subcommand_parsers["fit"], "intervention")
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
         """LightningCLI's stage parser; ``validate``/``test`` default to ``--verbose=false``: the stage prints
@@ -230,6 +233,14 @@ class SkillNeuronsCLI(LightningCLI):
             raise CLIError("--suppression.* applies to validate and test (it perturbs the evaluation of a trained "
                            "prompt), not fit — use skill-neurons validate --from_run runs/<id> "
                            "--suppression.rate=...")
+        intervention = config.get("intervention")
+        intervening = intervention is not None and intervention.get("kind") is not None
+        if self.subcommand == "fit" and intervening:
+            raise CLIError("--intervention.* applies to validate and test (it patches or scales the neurons of a "
+                           "trained prompt), not fit — use skill-neurons validate --from_run runs/<id> "
+                           "--intervention.kind=patch")
+        if intervening and suppression is not None and suppression.get("rate") is not None:
+            raise CLIError("--intervention.* and --suppression.* each perturb the neurons: give one of them per run")
         run_id, runs_dir, origin = self._run_identity(config, ckpt_path)
         os.environ[RUN_ID_ENV] = run_id  # processes started by Lightning's DDP launcher reuse it
         run_dir = Path(runs_dir) / run_id
@@ -239,6 +250,12 @@ class SkillNeuronsCLI(LightningCLI):
                 raise CLIError("--suppression.rate needs skill-neuron files: give --suppression.neurons="
                                "[runs/<id>] or a --ckpt_path inside runs/<id>/checkpoints/ (that run's are used)")
             suppression.neurons = [str(source)]
+        if intervening and not intervention.get("neurons"):
+            source = run_of_checkpoint(ckpt_path) if ckpt_path else None
+            if source is None:
+                raise CLIError("--intervention.kind needs skill-neuron files: give --intervention.neurons="
+                               "[runs/<id>] or a --ckpt_path inside runs/<id>/checkpoints/ (that run's are used)")
+            intervention.neurons = [str(source)]
         self._claim(run_dir, run_id, origin, resume=self.subcommand == "fit" and bool(ckpt_path)
                     and run_of_checkpoint(ckpt_path) == run_dir.resolve())
         config.trainer.default_root_dir = str(run_dir)

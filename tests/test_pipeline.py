@@ -171,7 +171,7 @@ def test_the_tiny_pipeline_runs_end_to_end_and_fills_every_report_section(tmp_pa
     commands = readme_pipeline()
     assert [c[:2] for c in commands] == [["skill-neurons", "sweep"], ["python", "configs/make_configs.py"],
                                          ["skill-neurons", "sweep"], ["skill-neurons", "sweep"],
-                                         ["skill-neurons", "report"]]
+                                         ["skill-neurons", "sweep"], ["skill-neurons", "report"]]
     # run from the repository root, as README says, with every output under tmp_path instead of tiny/
     out = str(tmp_path / "tiny")
     for command in commands:
@@ -187,8 +187,10 @@ def test_the_tiny_pipeline_runs_end_to_end_and_fills_every_report_section(tmp_pa
                 where = command[command.index("--dir") + 1]
                 assert last_line(proc.stdout).endswith(f" is in {where}; its runs are in {where}/runs")
     tiny = tmp_path / "tiny"
-    states = {name: json.loads((tiny / name / "state.json").read_text()) for name in ("fit", "suppression", "transfer")}
-    assert {name: len(s["trials"]) for name, s in states.items()} == {"fit": 8, "suppression": 24, "transfer": 8}
+    states = {name: json.loads((tiny / name / "state.json").read_text())
+              for name in ("fit", "suppression", "transfer", "intervention")}
+    assert {name: len(s["trials"]) for name, s in states.items()} == {"fit": 8, "suppression": 24, "transfer": 8,
+                                                                      "intervention": 4}
     assert all(t["state"] == "finished" for s in states.values() for t in s["trials"])
     # the prompts learn the marker task (a planted structure) and stay near chance on sst2_sample, which the random
     # tiny backbones cannot read; so suppressing their skill neurons has something to destroy

@@ -135,6 +135,27 @@ def suppression_run(root: Path, backbone: str, task: str, seed: int, rate: float
     return write(run_dir, summary)
 
 
+def intervention_run(root: Path, backbone: str, task: str, seed: int, rate: float, selection: str) -> Path:
+    """A patching run: per set the accuracies its callback records (``summary.json`` → ``intervention``)."""
+    run_id = f"patch-{backbone}-{task}-{seed}-{selection}-{rate:g}"
+    run_dir = root / "runs" / run_id
+    adversarial = TASKS[task][1]
+    summary = base_summary(run_id, run_dir, backbone, task, seed, "validate")
+    clean, adv = accuracy("twin", backbone, task, seed), accuracy("adv", backbone, task, seed)
+    patched = accuracy("patch", backbone, task, seed, rate, selection)
+    summary["intervention"] = {
+        "kind": "patch", "alpha": None, "baseline": None, "rate": rate, "selection": selection, "seed": 0,
+        "part": "encoder", "units_per_layer": math.ceil(rate * N / 100), "neurons_from": [],
+        "adversarial_neurons": "clean", "neuron_source": "own",
+        "sets": {"validation": {"rows": 40, "acc": 0.9, "acc_unperturbed": 0.9},
+                 adversarial: {"rows": 40, "acc": patched, "acc_unperturbed": adv, "acc_clean": clean,
+                               "gap_restored": (patched - adv) / (clean - adv)}}}
+    summary["prompt_source"] = {"run_id": f"fit-{backbone}-{task}-{seed}", "task": task, "backbone": backbone,
+                                "seed": seed, "checkpoint": "best.ckpt"}
+    summary["validate_metrics"] = {"val/acc": 0.9, f"adv/{adversarial}/acc": patched}
+    return write(run_dir, summary)
+
+
 def roberta_fit_runs(root: Path) -> None:
     for task in TASKS:
         for seed in SEEDS:
@@ -160,6 +181,7 @@ def runs_root(tmp_path_factory) -> Path:
         for rate in (0.0, 15.0):
             for selection in ("skill", "random"):
                 suppression_run(root, "tiny-roberta", "sst2", seed, rate, selection)
+                intervention_run(root, "tiny-t5", "sst2", seed, rate, selection)
     broken = root / "runs" / "broken"
     broken.mkdir(parents=True)
     (broken / "summary.json").write_text("{not json")
@@ -424,3 +446,21 @@ def test_skill_neurons_cli_dispatches_report(tmp_path):
     assert exit_info.value.code == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["percent"] == 10.0 and report["overlap"]["percents"] == [1, 5, 10, 15]
+
+
+def test_causal_tests_section_is_the_mean_over_seeds_of_each_runs_gap_restored(runs_root, full_report):
+    _, report, markdown = full_report
+    rows = {(r["selection"], r["rate"], r["set"], r["measure"]): r for r in report["intervention"]["rows"]}
+    for selection in ("skill", "random"):
+        for rate in (0.0, 15.0):
+            values = [s["intervention"]["sets"]["adv_sst2"] for s in summaries(runs_root)
+                      if s.get("intervention") and s["intervention"]["selection"] == selection
+                      and s["intervention"]["rate"] == rate]
+            assert len(values) == len(SEEDS)
+            for measure in ("gap_restored", "acc", "acc_unperturbed", "acc_clean"):
+                want = [100 * v[measure] for v in values]
+                row = rows[(selection, rate, "adv_sst2", measure)]
+                assert row["mean"] == pytest.approx(sum(want) / len(want)) and row["n"] == len(SEEDS)
+                assert row["backbone"] == "tiny-t5" and row["seeds"] == sorted(row["seeds"])
+    assert "gap restored = (acc_patched − acc_adv) / (acc_clean − acc_adv)" in markdown
+    assert any(f["file"].startswith("figures/intervention_tiny-t5_sst2_patch") for f in report["intervention"]["figures"])

@@ -40,6 +40,7 @@ TITLES = {
     "spearman_tasks": "Spearman correlation across tasks",
     "paper_suppression": "Suppression of skill neurons: RoBERTa and T5",
     "suppression": "Suppression runs in detail (ours: per backbone, with the rate-0 check)",
+    "intervention": "Causal tests: patching and scaling skill neurons (gap restored vs n, skill vs random)",
     "balanced": "Class-balanced predictivity (beyond the paper)",
     "per_layer": "Predictivity per layer (ours)",
     "overlap": "Overlap per seed, checked against summary.json (ours)",
@@ -72,9 +73,11 @@ class Run:
 
     @property
     def kind(self) -> str:
-        """``suppression``, ``transfer``, or the stage (``fit``, ``validate``, ``test``)."""
+        """``suppression``, ``intervention``, ``transfer``, or the stage (``fit``, ``validate``, ``test``)."""
         if self.summary.get("suppression"):
             return "suppression"
+        if self.summary.get("intervention"):
+            return "intervention"
         if self.summary.get("transfer"):
             return "transfer"
         return str(self.summary.get("stage") or "unknown")

@@ -63,6 +63,7 @@ from skill_neurons.report.neurons import overlap_section, per_layer_section
 from skill_neurons.report.paper import boxes_section, histogram_section, location_section
 from skill_neurons.report.p1_sections import DEFINITIONS, p1_builders
 from skill_neurons.report.paper import overlap_section as paper_overlap_section
+from skill_neurons.report.intervention import intervention_section
 from skill_neurons.report.run_suppression import suppression_section
 from skill_neurons.report.seed_means import check_inputs
 from skill_neurons.report.spearman import spearman_seeds_section, spearman_tasks_section
@@ -86,6 +87,7 @@ def build_sections(ctx: Context) -> list[Section]:
         ("spearman_tasks", lambda: spearman_tasks_section(ctx)),
         ("paper_suppression", lambda: paper_suppression_section(ctx)),
         ("suppression", lambda: suppression_section(ctx)),
+        ("intervention", lambda: intervention_section(ctx)),
         ("balanced", lambda: balanced_section(ctx)),
         ("per_layer", lambda: per_layer_section(ctx, neuron_runs)),
         ("overlap", lambda: overlap_section(ctx, neuron_runs)),
