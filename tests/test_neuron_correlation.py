@@ -6,6 +6,8 @@ Spearman ρ, and, for the callback, plain hooks written here with one unpadded e
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from datamodules.prompt_datamodule import Collator, pad_id_of
 from lightning_modules.neuron_correlation import (
     CorrelationAccumulator, average_ranks, margin_targets, spearman_per_layer,
 )
-from tests.helpers.tiny import P, make, validate
+from tests.helpers.tiny import MARKER, P, make, validate
 from tests.test_neuron_statistics import fake_all_reduce
 
 L, Q, N = 3, 2, 5  # layers, positions, units of the hand-made tensors
@@ -244,3 +246,32 @@ def test_neuron_files_and_summary_carry_the_metrics_and_their_agreement(tmp_path
         key = f"skill_neurons/validation/agreement/{name}"
         assert float(trainer.callback_metrics[key]) == pytest.approx(np.nanmean(want), abs=1e-6)
     assert "skill_neurons/typos/best_margin_correlation" in trainer.callback_metrics
+
+
+def test_three_classes_give_one_vs_rest_correlations_with_each_class_margin(tmp_path, tiny_backbones):
+    """Class c: r with 1[label == c] and with m_c = z_c − max of the other two words' logits; in float64, batch 7."""
+    columns = {"sentence": "sentence", "label": "label"}
+    splits = {}
+    for name in ("train", "validation"):
+        rows = [json.loads(line) for line in (MARKER / f"{name}.jsonl").read_text().splitlines()]
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({**r, "label": r["idx"] % 3}) + "\n" for r in rows))
+        splits[name] = {"file": str(path), "columns": columns}
+    task = {"name": "three", "text_fields": ["sentence"], "label_names": ["a", "b", "c"],
+            "verbalizers": {"masked_lm": ["no", "yes", "house"]}, "splits": splits}
+    model, dm = make("masked_lm", task=task, max_train_samples=16)
+    model.double()
+    got = SkillNeuronCallback(batch_size=7, correlations=True).passes(model, dm, ["validation"])["validation"]
+    acts, text, labels, logits = brute_force(model, dm, "validation", "prompt")
+    assert got["label_correlation"].shape == (3, *acts.shape[1:]) and got["text_margin_correlation"].shape == (3, *text.shape[1:])
+    scores = {name: [] for name in ("label_correlation", "margin_correlation")}
+    for c in range(3):
+        label = (labels == c).astype(np.float64)
+        margin = logits[:, c] - np.delete(logits, c, axis=1).max(axis=1)
+        for name, target in (("label_correlation", label), ("margin_correlation", margin)):
+            want = two_pass_correlation(acts, target)
+            np.testing.assert_allclose(got[name][c].numpy(), want, atol=1e-6, err_msg=f"{name} class {c}")
+            np.testing.assert_allclose(got[f"text_{name}"][c].numpy(), two_pass_correlation(text, target), atol=1e-6)
+            scores[name].append(np.abs(want).max(axis=1))  # (L, N) max over positions
+    for name, per_class in scores.items():
+        np.testing.assert_allclose(got[f"{name}_score"].numpy(), np.max(per_class, axis=0), atol=1e-6)
