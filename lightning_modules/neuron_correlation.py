@@ -98,7 +98,8 @@ class CorrelationAccumulator:
         x = acts.to(torch.float64) - self.center[layer]  # (B', P, N)
         self.sx[layer] += x.sum(dim=0)
         self.sxx[layer] += (x * x).sum(dim=0)
-        self.sxy[:, layer] += (targets.T @ x.reshape(x.shape[0], x.shape[1] * x.shape[2])).reshape(self.num_targets, *self.shape[1:])
+        flat = x.reshape(x.shape[0], x.shape[1] * x.shape[2])  # (B', P·N); explicit: B' may be 0
+        self.sxy[:, layer] += (targets.T @ flat).reshape(self.num_targets, *self.shape[1:])
         if layer == self.shape[0] - 1:
             self.sy += targets.sum(dim=0)
             self.syy += (targets * targets).sum(dim=0)

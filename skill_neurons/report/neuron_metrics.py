@@ -23,8 +23,8 @@ from skill_neurons.report.transfer import relative_of
 
 METRICS = ("label_correlation", "margin_correlation", "text_label_correlation", "text_margin_correlation")
 NO_METRICS = ("No neuron files with the continuous metrics: set `correlations: true` in the init_args of the "
-              "SkillNeuronCallback in the run's config and rerun the analysis (`skill-neurons validate --from_run RUN`, "
-              "or fit again).")
+              "SkillNeuronCallback in the run's config and rerun the analysis (`skill-neurons validate --from_run "
+              "RUN`, or fit again).")
 
 
 # ----------------------------------------------------------------------------- arithmetic
@@ -81,7 +81,8 @@ def agreement_section(ctx: Context) -> Section:
         for metric in METRICS:
             per_run = []
             for run in mean.runs:
-                score, other = ctx.scores.score(run, ctx.eval_set), ctx.scores.score(run, ctx.eval_set, f"{metric}_score")
+                score = ctx.scores.score(run, ctx.eval_set)
+                other = ctx.scores.score(run, ctx.eval_set, f"{metric}_score")
                 if score is not None and other is not None:
                     per_run.append([spearman_rho(a, b) for a, b in zip(score.numpy(), other.numpy())])
             if not per_run:
@@ -96,8 +97,9 @@ def agreement_section(ctx: Context) -> Section:
         "**Formula** (ours, beyond the paper): per run and layer l, Spearman ρ between P1's per-unit score (max over "
         "positions of the predictivity) and the metric's per-unit score (max over positions and classes of |r|; the "
         "text variants: max over classes of |r| of the mean over the text tokens); the mean over the prompts (seeds), "
-        "then over the layers. The same ρ per run is in its summary.json (`skill_neurons.sets.<set>.agreement_per_layer`) "
-        "and W&B summary (`skill_neurons/<set>/agreement/<metric>`, the mean over layers).", ""]
+        "then over the layers. The same ρ per run is in its summary.json "
+        "(`skill_neurons.sets.<set>.agreement_per_layer`) and W&B summary (`skill_neurons/<set>/agreement/<metric>`, "
+        "the mean over layers).", ""]
     section.lines += markdown_table(
         ["backbone", "task", "metric", "ρ, mean over layers", "ρ per layer", "runs"],
         [[r["backbone"], r["task"], r["metric"], f"{r['mean_rho']:.3f}",
@@ -134,7 +136,8 @@ def selectivity_section(ctx: Context) -> Section:
         skill_entropy = [float(entropy[s].mean()) for s in skill if s.any()]
         k = len(items)
         histograms[backbone] = (entropy[defined] / np.log(k), k)
-        rows.append({"backbone": backbone, "family": items[0][0].family, "part": part, "tasks": [m.task for m, _, _ in items],
+        rows.append({"backbone": backbone, "family": items[0][0].family, "part": part,
+                     "tasks": [m.task for m, _, _ in items],
                      "K": k, "ln_K": float(np.log(k)), "units_defined": int(defined.sum()),
                      "units_never_active": int((~defined).sum()), "mean_entropy": float(entropy[defined].mean()),
                      "mean_entropy_per_layer": [float(e[d].mean()) if d.any() else None
@@ -205,8 +208,8 @@ def overlap_transfer_section(ctx: Context) -> Section:
     section.lines += [
         f"**Formula**: overlap@{ctx.percent:g}% of tasks A and B = |top(A) ∩ top(B)| / |top| per layer, mean over "
         "layers, from each task's seed-mean clean score (encoder units); relative transfer = 100 · acc(A→B) / "
-        "acc(B→B), the mean over seeds (as the transfer section). Every ordered pair A ≠ B with both; Spearman's ρ over "
-        "the pairs of one backbone (— with fewer than two distinct values).", ""]
+        "acc(B→B), the mean over seeds (as the transfer section). Every ordered pair A ≠ B with both; Spearman's ρ "
+        "over the pairs of one backbone (— with fewer than two distinct values).", ""]
     section.lines += markdown_table(
         ["backbone", "pairs", "Spearman ρ (overlap, relative transfer)"],
         [[g["backbone"], g["n"], "—" if g["rho"] is None else f"{g['rho']:.3f}"] for g in groups])
