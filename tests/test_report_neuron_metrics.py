@@ -66,11 +66,31 @@ def metrics_report(tmp_path_factory) -> tuple[Path, dict]:
                 synthetic.fit_run(root, "tiny-roberta", task, seed)
                 for target in ("sst2", "qnli", "mrpc"):
                     synthetic.transfer_run(root, "tiny-roberta", task, target, seed)
+        record_agreement(root, "sst2", 33, offset=0.0)  # as the callback records it
+        record_agreement(root, "qnli", 34, offset=0.01)  # a summary that disagrees with its neuron file
         out = tmp_path_factory.mktemp("metric-report")
         assert main([str(root / "runs"), "--out", str(out), "--percent", "10"]) == 0
     finally:
         patch.undo()
     return root, json.loads((out / "report.json").read_text())
+
+
+def record_agreement(root: Path, task: str, seed: int, offset: float) -> None:
+    """Write ``agreement/<metric>`` into a fit run's summary.json: scipy's per-layer ρ, averaged, plus ``offset``."""
+    run = root / "runs" / f"fit-tiny-roberta-{task}-{seed}"
+    tensors = load_neuron_file(run / "skill_neurons" / "validation.safetensors")[0]
+    summary = json.loads((run / "summary.json").read_text())
+    for metric in METRICS:
+        rho = np.mean([stats.spearmanr(tensors["score"][l], tensors[f"{metric}_score"][l]).statistic
+                       for l in range(synthetic.L)])
+        summary["skill_neurons"]["sets"]["validation"][f"agreement/{metric}"] = float(rho) + offset
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_agreement_recorded_in_summary_json_is_checked(metrics_report):
+    _, report = metrics_report
+    mismatches = report["metric_agreement"]["mismatches"]
+    assert len(mismatches) == len(METRICS) and all("fit-tiny-roberta-qnli-34" in m for m in mismatches)
 
 
 def files_of(root: Path, task: str) -> list[dict]:

@@ -15,7 +15,7 @@ import torch
 
 from records.neuron_selection import Sizing, overlap_at, top_percent_mask
 from skill_neurons.report.analyses import spearman_rho
-from skill_neurons.report.base import SQUARE, Context, Section, family_name, markdown_table, slug
+from skill_neurons.report.base import SQUARE, TOLERANCE, Context, Section, family_name, markdown_table, slug
 from records.figures import MARKERS
 from skill_neurons.report.paper import COLOURS, embed, panels
 from skill_neurons.report.seed_means import seed_means
@@ -76,7 +76,7 @@ def by_backbone(items: list) -> dict[tuple[str, str], list]:
 def agreement_section(ctx: Context) -> Section:
     """Spearman ρ per layer between P1's score and each continuous metric's score, per run, averaged over runs."""
     section = Section("metric_agreement")
-    rows, curves = [], {}
+    rows, curves, mismatches = [], {}, []
     for mean in seed_means(ctx):
         for metric in METRICS:
             per_run = []
@@ -85,6 +85,11 @@ def agreement_section(ctx: Context) -> Section:
                 other = ctx.scores.score(run, ctx.eval_set, f"{metric}_score")
                 if score is not None and other is not None:
                     per_run.append([spearman_rho(a, b) for a, b in zip(score.numpy(), other.numpy())])
+                    recorded = ((run.neurons.get("sets") or {}).get(ctx.eval_set) or {}).get(f"agreement/{metric}")
+                    mine = np.nanmean(per_run[-1]) if not np.isnan(per_run[-1]).all() else None
+                    if recorded is not None and (mine is None or abs(recorded - mine) > TOLERANCE):
+                        mismatches.append(f"{run.describe()} {metric}: summary.json {recorded:.6f}, recomputed "
+                                          f"{'—' if mine is None else f'{mine:.6f}'}")
             if not per_run:
                 continue
             layers = np.nanmean(np.array(per_run, dtype=np.float64), axis=0)  # (L,) mean over runs
@@ -104,6 +109,10 @@ def agreement_section(ctx: Context) -> Section:
         ["backbone", "task", "metric", "ρ, mean over layers", "ρ per layer", "runs"],
         [[r["backbone"], r["task"], r["metric"], f"{r['mean_rho']:.3f}",
           " ".join("—" if np.isnan(v) else f"{v:.2f}" for v in r["rho_per_layer"]), r["runs_used"]] for r in rows])
+    if mismatches:
+        section.lines += ["Check against summary.json (`agreement/<metric>` recorded by the run): " +
+                          "; ".join(mismatches), ""]
+    section.data["mismatches"] = mismatches
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
     fig, axes, figure = panels(ctx, "metric_agreement", "Spearman ρ per layer between P1's predictivity score and "
                                "each continuous metric (mean over tasks and seeds)", len(backbones))
