@@ -43,6 +43,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.neuron_metrics import (  # noqa: F401 (shard, threshold_indices: public here too)
     ContinuousMetrics, agreement_metrics, balanced_view, shard, threshold_indices, threshold_recorders,
 )
+from callbacks.neuron_outputs import per_layer_figure, position_span, top_rows
 from callbacks.progress import pass_bar, progress_enabled
 from callbacks.run_summary import run_dir_of
 from lightning_modules.contracts import PromptData, check_at_setup, neurons_perturbed
@@ -51,29 +52,16 @@ from lightning_modules.neuron_statistics import PredictivityAccumulator, Thresho
 from lightning_modules.prompt_tuning import PromptTuningModule
 from lightning_modules.rules import check_positions
 from records.eval_set import EvalSet
-from records.figures import RUN_DPI, per_layer_boxplot, run_figure_size, save_figure, set_colours
 from records.files import atomic_write
 from records.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
     OUTPUT_DIR, SkillNeuronError, combine_neuron_files, load_neuron_file, neuron_file_of, save_neuron_file,
 )
-from records.neuron_selection import mean_of_top, num_selected, overlap_at, per_layer_top_means, sizing_of, top_neurons
+from records.neuron_selection import mean_of_top, num_selected, overlap_at, per_layer_top_means, sizing_of
 from records.prompt_checkpoint import read_prompt
 from records.summary import update_summary
 from records.settings import RunSettings
 
 THRESHOLD_ROLE = "train"
-
-
-def _span(positions: list[int]) -> str:
-    """``[0, 1, 2, 3]`` -> ``0..3``; ``[0, 1, 2, 9]`` -> ``0..2, 9``."""
-    parts, start = [], None
-    for k, value in enumerate(positions):
-        if start is None:
-            start = value
-        if k + 1 == len(positions) or positions[k + 1] != value + 1:
-            parts.append(f"{start}..{value}" if value != start else f"{value}")
-            start = None
-    return ", ".join(parts)
 
 
 class SkillNeuronCallback(Callback):
@@ -405,16 +393,6 @@ class SkillNeuronCallback(Callback):
                         self.results[roles[0]]["balanced_score"], n, sizing, balanced)
         return metrics
 
-    def _top_rows(self, sets: list[EvalSet]) -> tuple[list[str], list[list]]:
-        clean = self.results[sets[0].split]
-        columns = ["rank", "layer", "unit", "best_position", *(f"{s.name}_predictivity" for s in sets)]
-        rows = []
-        for rank, (layer, unit, position, value) in enumerate(
-                top_neurons(clean["score"], clean["predictivity"], self.table_rows), start=1):
-            rows.append([rank, layer, unit, position, round(value, 6),
-                         *(round(float(self.results[s.split]["score"][layer, unit]), 6) for s in sets[1:])])
-        return columns, rows
-
     def _write(self, trainer, pl_module, datamodule, stage: str, prompt_source: str) -> None:
         run_dir = run_dir_of(trainer) or Path(trainer.default_root_dir)  # the summary's (broadcast from rank 0)
         out = run_dir / OUTPUT_DIR
@@ -431,7 +409,7 @@ class SkillNeuronCallback(Callback):
             "prompt_checkpoint": str(prompt_source), "absolute_positions": analysed.absolute,
             "shape": {"layers": layers, "positions": positions, "units": units},
             "positions": (analysed.description if analysed.absolute is None else
-                          f"{self.positions}: absolute positions {_span(analysed.absolute)}"
+                          f"{self.positions}: absolute positions {position_span(analysed.absolute)}"
                           if self.part == "encoder" else "first decoder step"),
             "multiclass": "one-vs-rest (class, layer, position, unit)" if datamodule.num_classes > 2 else None,
         }
@@ -450,32 +428,16 @@ class SkillNeuronCallback(Callback):
                 "per_layer_top5_mean": per_layer_top_means(r["score"], 5, sizing_of(common["layout"])),
                 **({"agreement_per_layer": agreement} if (agreement := agreement_metrics(r)[1]) else {}),
             }
-        columns, rows = self._top_rows(sets)
+        columns, rows = top_rows(self.results, sets, self.table_rows)
         atomic_write(out / "top_neurons.csv", lambda f: f.writelines(",".join(map(str, r)) + "\n" for r in [columns, *rows]))
         figure = out / "per_layer_predictivity.png"
-        self._figure(sets, figure, common)
+        per_layer_figure(self.results, self.metrics, sets, figure, common)
         update_summary(run_dir, skill_neurons={**common, "sets": records, "metrics": self.metrics,
                                                "top_neurons_file": str(out / "top_neurons.csv"),
                                                "figure": str(figure)})
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, columns, rows, figure, out, common)
-
-    def _figure(self, sets: list[EvalSet], path: Path, common: dict) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        width, height = run_figure_size(common["shape"]["layers"], len(sets))
-        fig, ax = plt.subplots(figsize=(width / RUN_DPI, height / RUN_DPI), dpi=RUN_DPI)
-        scores = {s.name: self.results[s.split]["score"] for s in sets}
-        baselines = {s.name: self.metrics[s.neuron_metric("majority_baseline")] for s in sets}
-        per_layer_boxplot(ax, scores, set_colours(list(scores), sets[0].name), common["part"],
-                          "neuron score (max predictivity over positions)", baselines)
-        ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
-        fig.tight_layout()
-        save_figure(fig, path, RUN_DPI)
 
     def _log_wandb(self, logger: WandbLogger, columns, rows, figure: Path, out: Path, common: dict) -> None:
         import wandb
