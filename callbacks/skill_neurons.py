@@ -14,7 +14,8 @@ FFN units (``lightning_modules/ffn.py``) that exist only during the passes:
 Each pass runs the backbone only as far as the neurons need (the encoder alone for encoder neurons). Every
 rank takes every ``world_size``-th example — no example is duplicated or dropped, unlike a
 ``DistributedSampler`` — and the sums and counts are all-reduced, so 1 and N processes count the same.
-Multi-class tasks use one-vs-rest (see ``neuron_statistics.py``).
+Multi-class tasks use one-vs-rest (see ``neuron_statistics.py``). With ``correlations=True`` the evaluation passes
+run the whole model and also accumulate the continuous metrics (``callbacks/neuron_metrics.py``).
 
 Outputs (rank 0), in ``<run dir>/skill_neurons/``: ``<set>.safetensors`` per evaluation set (``threshold``,
 ``accuracy``, ``predictivity``: (L, P, N), or (C, L, P, N) one-vs-rest for C > 2 classes; ``score``: (L, N);
