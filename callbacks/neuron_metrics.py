@@ -113,8 +113,9 @@ def threshold_recorders(thresholds: ThresholdAccumulator, text: ThresholdAccumul
 
 def agreement_metrics(result: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, list[float | None]]]:
     """Agreement of each continuous metric's per-unit score with P1's score (max predictivity over positions):
-    Spearman ρ per layer; the summary gets its mean over the layers where ρ is defined (``agreement/<metric>``) and
-    the best score (``best_<metric>``). Returns (scalars, per-layer ρ lists)."""
+    Spearman ρ per layer; the summary gets its mean over the layers where ρ is defined (``agreement_<metric>``) and
+    the best score (``best_<metric>``); names of one part, so W&B's ``skill_neurons/<set>/<name>`` keys parse
+    (``records.eval_set.parse_neuron_metric``). Returns (scalars, per-layer ρ lists)."""
     scalars, per_layer = {}, {}
     for name in CONTINUOUS:
         score = result.get(f"{name}_score")
@@ -125,5 +126,5 @@ def agreement_metrics(result: dict[str, torch.Tensor]) -> tuple[dict[str, float]
         per_layer[name] = rhos
         scalars[f"best_{name}"] = float(score.max())
         if defined:
-            scalars[f"agreement/{name}"] = sum(defined) / len(defined)
+            scalars[f"agreement_{name}"] = sum(defined) / len(defined)
     return scalars, per_layer

@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
-from callbacks.neuron_metrics import agreement_metrics
+from callbacks.neuron_metrics import CONTINUOUS, agreement_metrics
 from callbacks.skill_neurons import SkillNeuronCallback, load_neuron_file
 from datamodules.prompt_datamodule import Collator, pad_id_of
 from lightning_modules.neuron_correlation import (
@@ -245,7 +245,7 @@ def test_neuron_files_and_summary_carry_the_metrics_and_their_agreement(tmp_path
     for name, rhos in per_layer.items():
         want = [stats.spearmanr(tensors["score"][l], tensors[f"{name}_score"][l]).statistic for l in range(layers)]
         np.testing.assert_allclose([np.nan if r is None else r for r in rhos], want, atol=1e-9)
-        key = f"skill_neurons/validation/agreement/{name}"
+        key = f"skill_neurons/validation/agreement_{name}"
         assert float(trainer.callback_metrics[key]) == pytest.approx(np.nanmean(want), abs=1e-6)
     assert "skill_neurons/typos/best_margin_correlation" in trainer.callback_metrics
 
@@ -278,3 +278,16 @@ def test_three_classes_give_one_vs_rest_correlations_with_each_class_margin(tmp_
             scores[name].append(np.abs(want).max(axis=1))  # (L, N) max over positions
     for name, per_class in scores.items():
         np.testing.assert_allclose(got[f"{name}_score"].numpy(), np.max(per_class, axis=0), atol=1e-6)
+
+
+def test_summary_keys_of_the_metrics_parse_as_skill_neuron_metrics():
+    """W&B runs are read back through records.eval_set.parse_neuron_metric: every key must be skill_neurons/<set>/<m>."""
+    from records.eval_set import EvalSet, parse_neuron_metric
+
+    score = torch.rand(2, 6)
+    result = {"score": score, **{f"{name}_score": torch.rand(2, 6) for name in CONTINUOUS}}
+    scalars, _ = agreement_metrics(result)
+    assert len(scalars) == 2 * len(CONTINUOUS)
+    for name in scalars:
+        key = EvalSet.of("adv/typos").neuron_metric(name)
+        assert parse_neuron_metric(key).name == name, key

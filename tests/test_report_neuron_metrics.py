@@ -76,14 +76,14 @@ def metrics_report(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def record_agreement(root: Path, task: str, seed: int, offset: float) -> None:
-    """Write ``agreement/<metric>`` into a fit run's summary.json: scipy's per-layer ρ, averaged, plus ``offset``."""
+    """Write ``agreement_<metric>`` into a fit run's summary.json: scipy's per-layer ρ, averaged, plus ``offset``."""
     run = root / "runs" / f"fit-tiny-roberta-{task}-{seed}"
     tensors = load_neuron_file(run / "skill_neurons" / "validation.safetensors")[0]
     summary = json.loads((run / "summary.json").read_text())
     for metric in METRICS:
         rho = np.mean([stats.spearmanr(tensors["score"][l], tensors[f"{metric}_score"][l]).statistic
                        for l in range(synthetic.L)])
-        summary["skill_neurons"]["sets"]["validation"][f"agreement/{metric}"] = float(rho) + offset
+        summary["skill_neurons"]["sets"]["validation"][f"agreement_{metric}"] = float(rho) + offset
     (run / "summary.json").write_text(json.dumps(summary))
 
 

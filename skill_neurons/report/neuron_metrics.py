@@ -85,7 +85,7 @@ def agreement_section(ctx: Context) -> Section:
                 other = ctx.scores.score(run, ctx.eval_set, f"{metric}_score")
                 if score is not None and other is not None:
                     per_run.append([spearman_rho(a, b) for a, b in zip(score.numpy(), other.numpy())])
-                    recorded = ((run.neurons.get("sets") or {}).get(ctx.eval_set) or {}).get(f"agreement/{metric}")
+                    recorded = ((run.neurons.get("sets") or {}).get(ctx.eval_set) or {}).get(f"agreement_{metric}")
                     mine = np.nanmean(per_run[-1]) if not np.isnan(per_run[-1]).all() else None
                     if recorded is not None and (mine is None or abs(recorded - mine) > TOLERANCE):
                         mismatches.append(f"{run.describe()} {metric}: summary.json {recorded:.6f}, recomputed "
@@ -103,14 +103,14 @@ def agreement_section(ctx: Context) -> Section:
         "positions of the predictivity) and the metric's per-unit score (max over positions and classes of |r|; the "
         "text variants: max over classes of |r| of the mean over the text tokens); the mean over the prompts (seeds), "
         "then over the layers. The same ρ per run is in its summary.json "
-        "(`skill_neurons.sets.<set>.agreement_per_layer`) and W&B summary (`skill_neurons/<set>/agreement/<metric>`, "
+        "(`skill_neurons.sets.<set>.agreement_per_layer`) and W&B summary (`skill_neurons/<set>/agreement_<metric>`, "
         "the mean over layers).", ""]
     section.lines += markdown_table(
         ["backbone", "task", "metric", "ρ, mean over layers", "ρ per layer", "runs"],
         [[r["backbone"], r["task"], r["metric"], f"{r['mean_rho']:.3f}",
           " ".join("—" if np.isnan(v) else f"{v:.2f}" for v in r["rho_per_layer"]), r["runs_used"]] for r in rows])
     if mismatches:
-        section.lines += ["Check against summary.json (`agreement/<metric>` recorded by the run): " +
+        section.lines += ["Check against summary.json (`agreement_<metric>` recorded by the run): " +
                           "; ".join(mismatches), ""]
     section.data["mismatches"] = mismatches
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
