@@ -58,6 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--part", default="encoder")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--correlations", action="store_true",
+                        help="the analysis with the continuous metrics (SkillNeuronCallback(correlations=True))")
     parser.add_argument("--memory-scales", default="1,10", help="data multiples for the peak-memory children")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--child-scale", type=int, default=None, help=argparse.SUPPRESS)
@@ -108,7 +110,7 @@ def build(args, scale: int = 1):
         labels = torch.randint(0, 2, (n,), generator=generator).tolist()
         dm.datasets[role] = datasets.Dataset.from_dict(
             {"input_ids": ids, "mask_index": masks, "label": labels, "idx": list(range(n))})
-    callback = SkillNeuronCallback(part=args.part, batch_size=args.batch_size)
+    callback = SkillNeuronCallback(part=args.part, batch_size=args.batch_size, correlations=args.correlations)
     return model, dm, callback, list(sizes)
 
 

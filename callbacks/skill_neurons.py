@@ -14,7 +14,8 @@ FFN units (``lightning_modules/ffn.py``) that exist only during the passes:
 Each pass runs the backbone only as far as the neurons need (the encoder alone for encoder neurons). Every
 rank takes every ``world_size``-th example — no example is duplicated or dropped, unlike a
 ``DistributedSampler`` — and the sums and counts are all-reduced, so 1 and N processes count the same.
-Multi-class tasks use one-vs-rest (see ``neuron_statistics.py``).
+Multi-class tasks use one-vs-rest (see ``neuron_statistics.py``). With ``correlations=True`` the evaluation passes
+run the whole model and also accumulate the continuous metrics (``callbacks/neuron_metrics.py``).
 
 Outputs (rank 0), in ``<run dir>/skill_neurons/``: ``<set>.safetensors`` per evaluation set (``threshold``,
 ``accuracy``, ``predictivity``: (L, P, N), or (C, L, P, N) one-vs-rest for C > 2 classes; ``score``: (L, N);
@@ -40,6 +41,10 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.neuron_metrics import (  # noqa: F401 (shard, threshold_indices: public here too)
+    ContinuousMetrics, agreement_metrics, balanced_view, shard, threshold_indices, threshold_recorders,
+)
+from callbacks.neuron_outputs import per_layer_figure, position_span, top_rows
 from callbacks.progress import pass_bar, progress_enabled
 from callbacks.run_summary import run_dir_of
 from lightning_modules.contracts import PromptData, check_at_setup, neurons_perturbed
@@ -48,49 +53,16 @@ from lightning_modules.neuron_statistics import PredictivityAccumulator, Thresho
 from lightning_modules.prompt_tuning import PromptTuningModule
 from lightning_modules.rules import check_positions
 from records.eval_set import EvalSet
-from records.figures import RUN_DPI, per_layer_boxplot, run_figure_size, save_figure, set_colours
 from records.files import atomic_write
 from records.neuron_files import (  # noqa: F401 (combine_neuron_files, neuron_file_of: public here too)
     OUTPUT_DIR, SkillNeuronError, combine_neuron_files, load_neuron_file, neuron_file_of, save_neuron_file,
 )
-from records.neuron_selection import mean_of_top, num_selected, overlap_at, per_layer_top_means, sizing_of, top_neurons
+from records.neuron_selection import mean_of_top, num_selected, overlap_at, per_layer_top_means, sizing_of
 from records.prompt_checkpoint import read_prompt
 from records.summary import update_summary
 from records.settings import RunSettings
 
 THRESHOLD_ROLE = "train"
-
-
-def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
-    """Every ``world_size``-th index starting at ``rank``: the shards partition ``indices`` exactly."""
-    return indices[rank::world_size]
-
-
-def threshold_indices(num_rows: int, max_samples: int | None, seed: int) -> list[int]:
-    """Rows of the train split used for thresholds: all, or a seeded random subset of ``max_samples``
-    (random, not the first rows: train files are often sorted by label)."""
-    if max_samples is None or max_samples >= num_rows:
-        return list(range(num_rows))
-    generator = torch.Generator().manual_seed(seed)
-    return sorted(torch.randperm(num_rows, generator=generator)[:max_samples].tolist())
-
-
-def balanced_view(counts: PredictivityAccumulator) -> torch.Tensor:
-    """The class-balanced predictivity in the layout of ``predictivity``: (L, P, N) binary, (C, L, P, N) else."""
-    balanced = counts.balanced_predictivity_per_class()
-    return balanced[1] if counts.num_classes == 2 else balanced
-
-
-def _span(positions: list[int]) -> str:
-    """``[0, 1, 2, 3]`` -> ``0..3``; ``[0, 1, 2, 9]`` -> ``0..2, 9``."""
-    parts, start = [], None
-    for k, value in enumerate(positions):
-        if start is None:
-            start = value
-        if k + 1 == len(positions) or positions[k + 1] != value + 1:
-            parts.append(f"{start}..{value}" if value != start else f"{value}")
-            start = None
-    return ", ".join(parts)
 
 
 class SkillNeuronCallback(Callback):
@@ -123,6 +95,9 @@ class SkillNeuronCallback(Callback):
         balanced: also compute the class-balanced predictivity (beyond the papers; see
             ``neuron_statistics.PredictivityAccumulator.balanced_predictivity_per_class``), stored beside the
             raw one (``balanced_predictivity``, ``balanced_score``) with ``balanced_*`` summary metrics.
+        correlations: also compute the continuous metrics in the same passes (beyond the papers; README,
+            "Continuous neuron metrics"): each unit's correlation with the label and with the model's logit
+            margin, at the analysed positions and over the text's mean, and its activation probability.
     """
 
     def __init__(
@@ -140,6 +115,7 @@ class SkillNeuronCallback(Callback):
         on_test: bool = True,
         log_artifact: bool = True,
         balanced: bool = False,
+        correlations: bool = False,
     ):
         if part not in PARTS:
             raise SkillNeuronError(f"SkillNeuronCallback(part={part!r}): use 'encoder' or 'decoder'")
@@ -160,6 +136,7 @@ class SkillNeuronCallback(Callback):
         self.stages = {"fit": on_fit, "validate": on_validate, "test": on_test}
         self.log_artifact = log_artifact
         self.balanced = balanced
+        self.correlations = correlations
         self.results: dict[str, dict[str, torch.Tensor]] = {}
         self.metrics: dict[str, float] = {}
         self._fit_analysed, self._signalled = False, None  # _signalled: the analysing trainer (see analyse)
@@ -321,32 +298,47 @@ class SkillNeuronCallback(Callback):
         train = datamodule.datasets[THRESHOLD_ROLE]
         rows = threshold_indices(len(train), self.max_threshold_samples, self.threshold_seed)
         thresholds = ThresholdAccumulator(layers, num_positions, units, device=device)
+        # the continuous metrics' position-free variant: the mean over the text tokens (encoder units only)
+        text_select = pl_module.text_mean_units if self.correlations and self.part == "encoder" else None
+        text_thresholds = ThresholdAccumulator(layers, 1, units, device=device) if text_select else None
         self._stream(pl_module, datamodule, THRESHOLD_ROLE, shard(rows, rank, world),
-                     lambda layer, units_, batch: thresholds.update(select(units_, batch), layer=layer))
+                     threshold_recorders(thresholds, text_thresholds, select, text_select))
         if world > 1:
-            thresholds.all_reduce(dist.all_reduce)
+            for accumulator in (thresholds, text_thresholds):
+                if accumulator is not None:
+                    accumulator.all_reduce(dist.all_reduce)
         threshold = thresholds.threshold()  # (L, P, N)
 
         results = {}
         for split in splits:
             counts = PredictivityAccumulator(threshold, datamodule.num_classes)
+            continuous = ContinuousMetrics(threshold, text_thresholds.threshold() if text_select else None,
+                                           datamodule.num_classes, select, text_select) if self.correlations else None
+
+            def update(layer, units_, batch, acc=counts, more=continuous):
+                acc.update(select(units_, batch), batch["labels"], layer=layer)
+                if more is not None:
+                    more.record(layer, units_, batch)
             rows_eval = list(range(len(datamodule.datasets[split])))
-            self._stream(pl_module, datamodule, split, shard(rows_eval, rank, world),
-                         lambda layer, units_, batch, acc=counts: acc.update(select(units_, batch), batch["labels"],
-                                                                             layer=layer))
+            self._stream(pl_module, datamodule, split, shard(rows_eval, rank, world), update,
+                         continuous.finish if continuous is not None else None)
             if world > 1:
                 counts.all_reduce(dist.all_reduce)
+                if continuous is not None:
+                    continuous.all_reduce(dist.all_reduce)
             results[split] = {
                 "threshold": threshold, "accuracy": counts.accuracy(datamodule.accuracy_label), "score": counts.score(),
                 "predictivity": counts.predictivity(), "class_count": counts.class_count.clone(),
                 "threshold_examples": thresholds.count.clone(),
                 **({"balanced_predictivity": balanced_view(counts), "balanced_score": counts.balanced_score()}
                    if self.balanced else {}),
+                **(continuous.results(datamodule.accuracy_label) if continuous is not None else {}),
             }
         return {split: {k: v.cpu() for k, v in tensors.items()} for split, tensors in results.items()}
 
-    def _stream(self, pl_module, datamodule, split: str, indices: list[int], update) -> None:
-        """Forward the rows ``indices`` of ``split`` with hooks that call ``update(layer, units, batch)``."""
+    def _stream(self, pl_module, datamodule, split: str, indices: list[int], update, finish=None) -> None:
+        """Forward the rows ``indices`` of ``split`` with hooks that call ``update(layer, units, batch)``; with
+        ``finish``, the whole model runs and ``finish(batch, logits)`` gets each batch's scored-word logits."""
         if not indices:
             return
         lengths = datamodule.lengths(split)
@@ -366,7 +358,10 @@ class SkillNeuronCallback(Callback):
                 if self._signalled is not None and self._signalled.received_sigterm:
                     raise SIGTERMException
                 current.update(move_data_to_device(batch, pl_module.device))
-                pl_module.run_to_neurons(current, self.part)
+                if finish is None:
+                    pl_module.run_to_neurons(current, self.part)
+                else:
+                    finish(current, pl_module(current))  # (B, C') the logits the prediction is read from
                 bar.update(1)
 
     # ------------------------------------------------------------------ summaries
@@ -388,6 +383,7 @@ class SkillNeuronCallback(Callback):
                 metrics[f"{prefix}/balanced_top{n:g}_mean"] = mean_of_top(balanced, n, sizing)
             for n in tops:
                 metrics[f"{prefix}/top{n:g}_mean"] = mean_of_top(score, n, sizing)
+            metrics.update({f"{prefix}/{k}": v for k, v in agreement_metrics(self.results[role])[0].items()})
             if role == roles[0]:
                 continue
             for n in overlaps:
@@ -397,16 +393,6 @@ class SkillNeuronCallback(Callback):
                     metrics[f"{prefix}/balanced_clean_top{n:g}_predictivity"] = mean_of_top(
                         self.results[roles[0]]["balanced_score"], n, sizing, balanced)
         return metrics
-
-    def _top_rows(self, sets: list[EvalSet]) -> tuple[list[str], list[list]]:
-        clean = self.results[sets[0].split]
-        columns = ["rank", "layer", "unit", "best_position", *(f"{s.name}_predictivity" for s in sets)]
-        rows = []
-        for rank, (layer, unit, position, value) in enumerate(
-                top_neurons(clean["score"], clean["predictivity"], self.table_rows), start=1):
-            rows.append([rank, layer, unit, position, round(value, 6),
-                         *(round(float(self.results[s.split]["score"][layer, unit]), 6) for s in sets[1:])])
-        return columns, rows
 
     def _write(self, trainer, pl_module, datamodule, stage: str, prompt_source: str) -> None:
         run_dir = run_dir_of(trainer) or Path(trainer.default_root_dir)  # the summary's (broadcast from rank 0)
@@ -424,7 +410,7 @@ class SkillNeuronCallback(Callback):
             "prompt_checkpoint": str(prompt_source), "absolute_positions": analysed.absolute,
             "shape": {"layers": layers, "positions": positions, "units": units},
             "positions": (analysed.description if analysed.absolute is None else
-                          f"{self.positions}: absolute positions {_span(analysed.absolute)}"
+                          f"{self.positions}: absolute positions {position_span(analysed.absolute)}"
                           if self.part == "encoder" else "first decoder step"),
             "multiclass": "one-vs-rest (class, layer, position, unit)" if datamodule.num_classes > 2 else None,
         }
@@ -433,9 +419,7 @@ class SkillNeuronCallback(Callback):
             r = self.results[eval_set.split]
             examples = int(r["class_count"].sum())
             file = out / f"{eval_set.file_stem}.safetensors"
-            save_neuron_file(file, {k: r[k] for k in ("threshold", "accuracy", "predictivity", "score",
-                                                     "class_count", "balanced_predictivity", "balanced_score")
-                                    if k in r},
+            save_neuron_file(file, {k: v for k, v in r.items() if k != "threshold_examples"},
                              {**common, "split": eval_set.split, "examples": examples})
             prefix = f"{eval_set.neuron_prefix}/"
             records[eval_set.name] = {
@@ -443,33 +427,18 @@ class SkillNeuronCallback(Callback):
                 "majority_baseline": int(r["class_count"].max()) / examples,
                 "file": str(file), **{k[len(prefix):]: v for k, v in self.metrics.items() if k.startswith(prefix)},
                 "per_layer_top5_mean": per_layer_top_means(r["score"], 5, sizing_of(common["layout"])),
+                **({"agreement_per_layer": agreement} if (agreement := agreement_metrics(r)[1]) else {}),
             }
-        columns, rows = self._top_rows(sets)
+        columns, rows = top_rows(self.results, sets, self.table_rows)
         atomic_write(out / "top_neurons.csv", lambda f: f.writelines(",".join(map(str, r)) + "\n" for r in [columns, *rows]))
         figure = out / "per_layer_predictivity.png"
-        self._figure(sets, figure, common)
+        per_layer_figure(self.results, self.metrics, sets, figure, common)
         update_summary(run_dir, skill_neurons={**common, "sets": records, "metrics": self.metrics,
                                                "top_neurons_file": str(out / "top_neurons.csv"),
                                                "figure": str(figure)})
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, columns, rows, figure, out, common)
-
-    def _figure(self, sets: list[EvalSet], path: Path, common: dict) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        width, height = run_figure_size(common["shape"]["layers"], len(sets))
-        fig, ax = plt.subplots(figsize=(width / RUN_DPI, height / RUN_DPI), dpi=RUN_DPI)
-        scores = {s.name: self.results[s.split]["score"] for s in sets}
-        baselines = {s.name: self.metrics[s.neuron_metric("majority_baseline")] for s in sets}
-        per_layer_boxplot(ax, scores, set_colours(list(scores), sets[0].name), common["part"],
-                          "neuron score (max predictivity over positions)", baselines)
-        ax.set_title(f"{common['backbone']} · {common['task']}: predictivity per layer")
-        fig.tight_layout()
-        save_figure(fig, path, RUN_DPI)
 
     def _log_wandb(self, logger: WandbLogger, columns, rows, figure: Path, out: Path, common: dict) -> None:
         import wandb

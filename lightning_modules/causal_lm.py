@@ -74,12 +74,5 @@ class CausalLMPromptTuning(PromptTuningModule):
                 return units[rows, at].unsqueeze(1)  # (B, 1, N)
             return AnalysedPositions("last", 1, None, last,
                                      "last: each example's last text position (where the label is read)")
-
-        def text_mean(units, batch):
-            text = self.full_attention_mask(batch).clone()
-            text[:, : self.prompt.length] = 0  # (B, S) 1 at the text's real tokens only
-            keep = text.bool().unsqueeze(-1)  # (B, S, 1)
-            total = torch.where(keep, units.float(), 0.0).sum(dim=1)  # (B, N)
-            return (total / text.sum(dim=1, keepdim=True)).unsqueeze(1)  # (B, 1, N)
-        return AnalysedPositions("text_mean", 1, None, text_mean,
+        return AnalysedPositions("text_mean", 1, None, self.text_mean_units,
                                  "text_mean: the mean over each example's text positions (special tokens included)")

@@ -226,6 +226,15 @@ class PromptTuningModule(LightningModule):
         index = slice(0, len(positions)) if positions == list(range(len(positions))) else positions
         return AnalysedPositions(choice, len(positions), positions, lambda units, batch: units[:, index])
 
+    def text_mean_units(self, units: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 1, N) each example's mean of one layer's units (B, P+T, N) over its text tokens: the positions after
+        the prompt where the text's attention mask is 1 (special tokens included, padding on either side left out)."""
+        text = batch["attention_mask"]  # (B, T) 1 at the text's real tokens
+        keep = text.bool().unsqueeze(-1)  # (B, T, 1)
+        text_units = units[:, self.prompt.length:]  # (B, T, N), summed in float32 at least (bf16/fp16 upcast)
+        total = torch.where(keep, text_units.to(torch.promote_types(text_units.dtype, torch.float32)), 0.0).sum(dim=1)
+        return (total / text.sum(dim=1, keepdim=True)).unsqueeze(1)  # (B, 1, N)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of the scored words, (B, C)."""
         return self.label_logits(self.embed(batch), batch)

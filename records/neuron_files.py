@@ -1,7 +1,9 @@
 """The skill-neuron files: one owner of their format (``runs/<id>/skill_neurons/<set>.safetensors``).
 
 Each file holds one evaluation set's statistics (``threshold``, ``accuracy``, ``predictivity``, ``score``,
-``class_count``, optionally the class-balanced tensors) and JSON metadata (backbone, family, part, task,
+``class_count``, optionally the class-balanced tensors and the continuous metrics of ``correlations: true``:
+``label_correlation``, ``margin_correlation``, their ``text_`` variants, each with a ``_score``, and
+``activation_probability``) and JSON metadata (backbone, family, part, task,
 layout, analysed positions, splits, example counts, prompt checkpoint). This module writes, finds, reads and
 combines them; the callback, suppression and the report call it.
 """

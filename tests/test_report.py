@@ -34,9 +34,14 @@ def neuron_tensors(seed: int) -> dict[str, torch.Tensor]:
     """One set's statistics as the callback writes them: predictivity (L, P, N) in [0.5, 1], score (L, N)."""
     generator = torch.Generator().manual_seed(seed)
     predictivity = 0.5 + 0.5 * torch.rand(L, P, N, generator=generator)  # (L, P, N)
-    return {"threshold": torch.randn(L, P, N, generator=generator), "accuracy": predictivity.clone(),
-            "predictivity": predictivity, "score": predictivity.amax(dim=1),  # (L, N)
-            "class_count": torch.tensor([20, 20])}
+    tensors = {"threshold": torch.randn(L, P, N, generator=generator), "accuracy": predictivity.clone(),
+               "predictivity": predictivity, "score": predictivity.amax(dim=1),  # (L, N)
+               "class_count": torch.tensor([20, 20])}
+    # the continuous metrics (correlations: true): per-unit scores |r| and activation probabilities, (L, N)
+    for name in ("label_correlation", "margin_correlation", "text_label_correlation", "text_margin_correlation"):
+        tensors[f"{name}_score"] = torch.rand(L, N, generator=generator)
+    tensors["activation_probability"] = torch.rand(L, N, generator=generator)
+    return tensors
 
 
 def set_summary(score: torch.Tensor, clean: torch.Tensor | None, file: Path, split: str) -> dict:

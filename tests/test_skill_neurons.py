@@ -227,14 +227,15 @@ def test_test_stage_analyses_the_test_split_and_adversarial_sets(tmp_path, tiny_
 
 @pytest.mark.slow
 def test_two_processes_count_exactly_what_one_process_counts(tmp_path, tiny_backbones):
-    """ddp_spawn with 2 CPU processes (gloo) and an odd number of examples: the same counts and
-    predictivities as 1 process, and the results reach the main process."""
+    """ddp_spawn with 2 CPU processes (gloo) and an odd number of examples: the same counts, predictivities and
+    continuous metrics as 1 process, and the results reach the main process."""
     # One example per forward pass, so that every activation is computed identically in both set-ups
     # (with larger batches the padding, which differs between shards, changes float32 rounding).
     model, dm = make("masked_lm", max_train_samples=47, max_eval_samples=37)
-    one = validate(model, dm, tmp_path / "one", SkillNeuronCallback(batch_size=1))
+    one = validate(model, dm, tmp_path / "one", SkillNeuronCallback(batch_size=1, correlations=True))
     model, dm = make("masked_lm", max_train_samples=47, max_eval_samples=37)
-    two = validate(model, dm, tmp_path / "two", SkillNeuronCallback(batch_size=1), strategy="ddp_spawn", devices=2)
+    two = validate(model, dm, tmp_path / "two", SkillNeuronCallback(batch_size=1, correlations=True),
+                   strategy="ddp_spawn", devices=2)
     assert two.world_size == 2
     for name in ("validation", "typos"):
         a, meta_a = load_neuron_file(tmp_path / "one" / "skill_neurons" / f"{name}.safetensors")
@@ -244,6 +245,10 @@ def test_two_processes_count_exactly_what_one_process_counts(tmp_path, tiny_back
         for key in ("accuracy", "predictivity", "score"):
             assert torch.equal(a[key], b[key]), key
         torch.testing.assert_close(a["threshold"], b["threshold"], rtol=1.2e-7, atol=1e-30)  # float64 sum order
+        assert torch.equal(a["activation_probability"], b["activation_probability"])  # integer counts
+        for key in ("label_correlation", "margin_correlation", "text_label_correlation", "text_margin_correlation"):
+            assert a[key].abs().max() > 0.1, key  # not a comparison of zeros
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-7)  # float64 sums, summed in another order
     key = "skill_neurons/typos/overlap@10"
     assert float(two.callback_metrics[key]) == pytest.approx(float(one.callback_metrics[key]))
 

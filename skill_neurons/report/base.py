@@ -44,6 +44,9 @@ TITLES = {
     "balanced": "Class-balanced predictivity (beyond the paper)",
     "per_layer": "Predictivity per layer (ours)",
     "overlap": "Overlap per seed, checked against summary.json (ours)",
+    "metric_agreement": "Continuous neuron metrics vs P1's predictivity (beyond the paper)",
+    "selectivity": "Selectivity of units across tasks (LAPE entropy, beyond the paper)",
+    "overlap_transfer": "Skill-neuron overlap vs prompt transfer (beyond the paper)",
 }
 TOLERANCE = 1e-6  # recomputed vs summary.json numbers (both float64 from the same float32 scores)
 

@@ -59,6 +59,7 @@ from skill_neurons.report.base import SQUARE, TITLES, WIDE, Context, Inputs, Rep
 from skill_neurons.report.groups import Filters, select
 from skill_neurons.report.inputs import read_runs
 from skill_neurons.report.lineage import declare_artifacts, used_artifacts
+from skill_neurons.report.neuron_metrics import agreement_section, overlap_transfer_section, selectivity_section
 from skill_neurons.report.neurons import overlap_section, per_layer_section
 from skill_neurons.report.paper import boxes_section, histogram_section, location_section
 from skill_neurons.report.p1_sections import DEFINITIONS, p1_builders
@@ -91,6 +92,9 @@ def build_sections(ctx: Context) -> list[Section]:
         ("balanced", lambda: balanced_section(ctx)),
         ("per_layer", lambda: per_layer_section(ctx, neuron_runs)),
         ("overlap", lambda: overlap_section(ctx, neuron_runs)),
+        ("metric_agreement", lambda: agreement_section(ctx)),
+        ("selectivity", lambda: selectivity_section(ctx)),
+        ("overlap_transfer", lambda: overlap_transfer_section(ctx)),
     ]
     if ctx.cache.get("definitions") == "p1-code":  # P1's released code, bugs included (docs/p1_code.md)
         p1 = p1_builders(ctx)
