@@ -165,8 +165,9 @@ def roberta_run(tmp_path_factory, tiny_backbones):
     return neuron_run(root, model, dm)
 
 
-def run_with(tmp_path, run, *callbacks, batch_size=16, task=None):
+def run_with(tmp_path, run, *callbacks, batch_size=16, task=None, double=False):
     model, dm = make("masked_lm", eval_batch_size=batch_size, **({"task": task} if task else {}))
+    model = model.double() if double else model  # float64: other batch shapes round alike far below 1e-6
     logits = RecordLogits()
     trainer = validate(model, dm, tmp_path, logits, callbacks=[*callbacks, logits])
     return trainer, logits
@@ -210,17 +211,19 @@ def test_patching_no_unit_is_plain_validation_and_clean_to_clean_changes_nothing
 
 
 @pytest.mark.slow
-def test_patching_is_exact_under_batch_sizes_1_7_and_64(tmp_path, roberta_run):
+@pytest.mark.parametrize("options", [{"kind": "patch"}, {"kind": "scale", "alpha": 2.0, "baseline": "mean"}],
+                         ids=["patch", "scale"])
+def test_interventions_are_exact_under_batch_sizes_1_7_and_64(tmp_path, roberta_run, options):
     records, logits = [], []
     for size in (1, 7, 64):
-        intervention = NeuronIntervention(kind="patch", rate=10, neurons=[str(roberta_run)])
-        _, recorded = run_with(tmp_path / str(size), roberta_run, intervention, batch_size=size)
+        intervention = NeuronIntervention(**options, rate=10, neurons=[str(roberta_run)])
+        _, recorded = run_with(tmp_path / str(size), roberta_run, intervention, batch_size=size, double=True)
         records.append(intervention.record["sets"])
         logits.append(recorded.logits)
     assert records[0] == records[1] == records[2]
     for key, value in logits[0].items():
         for other in logits[1:]:
-            torch.testing.assert_close(other[key], value, rtol=1e-6, atol=1e-6)  # float32 sums of other shapes
+            torch.testing.assert_close(other[key], value, rtol=0, atol=1e-6)
 
 
 def test_set_accuracies_count_each_row_once_and_gap_restored():
