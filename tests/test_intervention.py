@@ -291,9 +291,10 @@ def test_patching_the_skill_neurons_restores_more_of_the_gap_than_random_units(t
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_two_process_cpu_ddp_patches_and_counts_every_row_once_as_one_process_does(tmp_path, tiny_backbones):
-    """The CLI end to end: a short fit (with its skill-neuron analysis), then the same patching run in one process
-    (batch 7) and in two DDP processes (batch 64, the shards padded by the sampler): the same record."""
+def test_two_process_cpu_ddp_intervenes_and_counts_every_row_once_as_one_process_does(tmp_path, tiny_backbones):
+    """The CLI end to end: a short fit (with its skill-neuron analysis), then the same patching, and the same
+    scaling, run in one process (batch 7) and in two DDP processes (batch 64, the shards padded by the sampler):
+    the same record."""
     from tests.helpers import QUICK, ROOT, cli_in_process, only_run_dir, run_cli, summary_of
 
     small = ["--trainer.max_epochs=1", "--data.max_train_samples=256", "--data.max_eval_samples=41",
@@ -301,12 +302,16 @@ def test_two_process_cpu_ddp_patches_and_counts_every_row_once_as_one_process_do
     cli_in_process(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *QUICK, *small, "--runs_dir=fits"],
                    cwd=tmp_path, check=True)
     fit_run = only_run_dir(tmp_path / "fits")
-    patch = ["--intervention.kind=patch", "--intervention.rate=10"]
-    cli_in_process(["validate", "--from_run", str(fit_run), *QUICK, *patch, "--data.eval_batch_size=7",
-                    "--runs_dir=one"], cwd=tmp_path, check=True)
-    run_cli(["validate", "--from_run", str(fit_run), *QUICK, *patch, "--data.eval_batch_size=64", "--runs_dir=ddp",
-             "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"], cwd=tmp_path, timeout=900)
-    one, two = summary_of(only_run_dir(tmp_path / "one")), summary_of(only_run_dir(tmp_path / "ddp"))
-    assert two["status"] == "finished" and two["settings"]["world_size"] == 2
-    assert one["intervention"]["sets"] == two["intervention"]["sets"]
-    assert one["intervention"]["sets"]["marker_typo"]["rows"] == 41  # 41 rows: the two shards overlap by one
+    scale = ["--intervention.kind=scale", "--intervention.alpha=2", "--intervention.baseline=mean"]
+    for name, options in (("patch", ["--intervention.kind=patch"]), ("scale", scale)):
+        options = [*options, "--intervention.rate=10"]
+        cli_in_process(["validate", "--from_run", str(fit_run), *QUICK, *options, "--data.eval_batch_size=7",
+                        f"--runs_dir=one_{name}"], cwd=tmp_path, check=True)
+        run_cli(["validate", "--from_run", str(fit_run), *QUICK, *options, "--data.eval_batch_size=64",
+                 f"--runs_dir=ddp_{name}", "--trainer.strategy=ddp", "--trainer.devices=2",
+                 "--trainer.accelerator=cpu"], cwd=tmp_path, timeout=900)
+        one = summary_of(only_run_dir(tmp_path / f"one_{name}"))
+        two = summary_of(only_run_dir(tmp_path / f"ddp_{name}"))
+        assert two["status"] == "finished" and two["settings"]["world_size"] == 2
+        assert one["intervention"]["sets"] == two["intervention"]["sets"], name
+        assert one["intervention"]["sets"]["marker_typo"]["rows"] == 41  # 41 rows: the two shards overlap by one
