@@ -27,7 +27,7 @@ from skill_neurons.sweep.config import (
     render_command, save_param_file,
 )
 from skill_neurons.sweep.display import progress_of, sweep_group
-from skill_neurons.sweep.processes import LAUNCHER, RunnerLock, Running, is_skill_neurons_cli, kill_marked, visible_gpus
+from skill_neurons.sweep.processes import LAUNCHER, RunnerLock, Running, is_skill_neurons_stage, kill_marked, visible_gpus
 from skill_neurons.sweep.state import Attempt, Trial, format_table, objective_of, read_state, save_state, trial_report
 
 
@@ -203,7 +203,7 @@ class SweepRunner:
     def _dry_run(self, trial: Trial) -> None:
         """Parse the first configuration with the CLI (``--print_config``) before any trial starts."""
         argv = self.argv_of(trial, "dryrun00")
-        if not is_skill_neurons_cli(argv):
+        if not is_skill_neurons_stage(argv):
             return
         self.say("checking the first configuration with the CLI (--print_config) ...")
         env = self.trial_env(trial, "dryrun00", None)
@@ -242,7 +242,7 @@ class SweepRunner:
             atomic_write(self.dir / "params" / f"config-{run_id}.json", lambda f: f.write(params))
         # The skill-neurons CLI claims its run folder itself (and refuses one that exists); other programs get it.
         self.run_dir(run_id).parent.mkdir(parents=True, exist_ok=True)
-        if not is_skill_neurons_cli(argv):
+        if not is_skill_neurons_stage(argv):
             self.run_dir(run_id).mkdir(exist_ok=True)
         launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(os.getpid())] if sys.platform == "linux" else []
         with open(self.dir / "logs" / f"{run_id}.log", "ab") as log:
