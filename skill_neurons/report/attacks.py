@@ -61,14 +61,15 @@ def find_attacks(ctx: Context) -> dict[Path, dict[str, Any]]:
 
 
 def extra_files(run: Run) -> dict[str, str]:
-    """Set name -> file of the run's ``data.extra_adversarial``."""
-    config = run.summary.get("config") or {}
-    extra = config.get("data.extra_adversarial") or (config.get("data") or {}).get("extra_adversarial") or {}
+    """Set name -> file of the run's ``data.extra_adversarial`` (the flat config records it as
+    ``data.extra_adversarial.<name>.file``, or ``...<name>`` for a plain path)."""
+    prefix = "data.extra_adversarial."
     files = {}
-    for name, spec in (extra.items() if isinstance(extra, dict) else []):
-        file = spec.get("file") if isinstance(spec, dict) else spec
-        if file:
-            files[str(name)] = str(file)
+    for key, value in (run.summary.get("config") or {}).items():
+        if key.startswith(prefix) and value:
+            name, _, field = key[len(prefix):].partition(".")
+            if field in ("", "file") and isinstance(value, str):
+                files[name] = value
     return files
 
 
