@@ -43,8 +43,9 @@ def runs_section(ctx: Context) -> Section:
             section.lines += ["Finished runs not used:", ""]
             section.lines += [f"- {r.describe()}: {selection.left_out[r.source]}" for r in left] + [""]
     if any(r.kind == "validate" for r in ctx.finished):
-        section.lines += [("Plain `validate` runs enter only the skill-neuron sections (when they analysed "
-                          f"'{ctx.eval_set}' and no fit run analysed the same prompt)."), ""]
+        section.lines += [("Plain `validate` runs enter the skill-neuron sections (when they analysed "
+                          f"'{ctx.eval_set}' and no run of the same prompt analysed more sets) and add the sets their "
+                          "prompt's fit run did not evaluate to the accuracy table."), ""]
     if unfinished:
         section.lines += ["Unfinished runs (status is not `finished`), skipped:", ""]
         section.lines += [f"- {r.describe()}: status `{status_of(r.summary)}`" for r in unfinished] + [""]
