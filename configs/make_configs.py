@@ -179,6 +179,9 @@ class Scale:
     attack_recipes: tuple = ("deepwordbug", "noise")  # an attack and its no-model baseline of the same budget
     attack_max_examples: int | None = None  # validation rows attacked per prompt (None: every row)
     attack_seeds: tuple | None = None  # the seeds whose prompts are attacked (None: every seed)
+    # "all": every attacked row, fooled or not (accuracy under attack), where the successful ones alone may hold one
+    # class only, which the skill-neuron analysis refuses (the tiny marker prompts are fooled on one class)
+    attack_keep: str | None = None
 
 
 PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), tasks=tuple(PAPER_TASKS),
@@ -187,7 +190,7 @@ PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), 
 # The tiny pipeline (sweeps/tiny_pipeline.yaml's prompts): a few minutes on 2 CPU cores, every report section filled.
 TINY = Scale(backbones=("tiny-roberta", "tiny-t5"), tasks=("marker", "sst2_sample"), seeds=(33, 34), rates=(0, 5, 15),
              adversarial_neurons=("clean",), suppression_tasks=("marker",), transfer_seeds=(33,),
-             attack_tasks=("marker",), attack_max_examples=32, attack_seeds=(33,))
+             attack_tasks=("marker",), attack_max_examples=32, attack_seeds=(33,), attack_keep="all")
 SCALES = {"paper": PAPER, "tiny": TINY}
 
 SWEEP_HEADER = """\
@@ -301,6 +304,7 @@ def attack_sweeps(root: str, attacks: str, scale: Scale = PAPER, out: str | None
     sets (each recipe an adversarial source of its own name), which the report reads."""
     runs = prompt_runs(root, scale, tasks=scale.attack_tasks, seeds=scale.attack_seeds)
     limit = f"  - --max_examples={scale.attack_max_examples}\n" if scale.attack_max_examples else ""
+    limit += f"  - --keep={scale.attack_keep}\n" if scale.attack_keep else ""
     attack = _header("Attacks: every trained prompt's validation split attacked by each recipe (skill-neurons "
                      "attack), one set per task x backbone x seed x recipe", "attack", runs, root, scale, out,
                      metric=False) + f"""\

@@ -72,7 +72,7 @@ def test_make_configs_writes_attack_and_evaluation_sweeps_that_name_the_same_fil
         assert argv[argv.index("skill_neurons.cli") + 1] == "attack" and not is_skill_neurons_stage(argv)
         out = next(a for a in fill_attack_fields(argv) if a.startswith("--out="))
         written[recipe] = out.split("=", 1)[1]
-        assert "--max_examples=32" in argv and "--split=validation" in argv
+        assert "--max_examples=32" in argv and "--split=validation" in argv and "--keep=all" in argv
     assert written == {r: f"tiny/attacks/tiny-t5/marker/seed33/{r}.jsonl" for r in ("deepwordbug", "noise")}
     argv = render_command(evaluate, {"from_run": str(run)})
     assert is_skill_neurons_stage(argv)
