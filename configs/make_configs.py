@@ -4,7 +4,8 @@ the user names (never over the tracked files):
 
     python configs/make_configs.py                                          # the tracked configs and sweeps
     python configs/make_configs.py --prompt_runs grid/runs --out my-sweeps  # my-sweeps/{suppression,transfer}.yaml
-    python configs/make_configs.py --scale tiny --prompt_runs tiny/fit/runs --out tiny/sweeps   # the tiny pipeline
+    python configs/make_configs.py --scale tiny --prompt_runs tiny/fit/runs --out tiny/sweeps \\
+        --attacks tiny/attacks                                              # the tiny pipeline (with attack.yaml)
 
 Every paper value below is read from P1's repository (LeonAckermann/Robust-Neurons) and cited in each config's
 header.
@@ -177,15 +178,23 @@ class Scale:
     intervention_tasks: tuple = ()  # tasks with paired adversarial sets whose prompts are patched (intervention.yaml)
     intervention_seeds: tuple = ()
     intervention_rates: tuple = (1, 2, 5, 10, 20)  # patched units (% per layer)
+    attack_tasks: tuple = ()  # the tasks whose prompts `skill-neurons attack` attacks (attack.yaml)
+    attack_recipes: tuple = ("deepwordbug", "noise")  # an attack and its no-model baseline of the same budget
+    attack_max_examples: int | None = None  # validation rows attacked per prompt (None: every row)
+    attack_seeds: tuple | None = None  # the seeds whose prompts are attacked (None: every seed)
+    # "all": every attacked row, fooled or not (accuracy under attack), where the successful ones alone may hold one
+    # class only, which the skill-neuron analysis refuses (the tiny marker prompts are fooled on one class)
+    attack_keep: str | None = None
 
 
 PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), tasks=tuple(PAPER_TASKS),
               seeds=tuple(SEEDS), rates=tuple(RATES), adversarial_neurons=("clean", "own"),
-              suppression_tasks=tuple(PAPER_TASKS), transfer_seeds=tuple(SEEDS))
+              suppression_tasks=tuple(PAPER_TASKS), transfer_seeds=tuple(SEEDS), attack_tasks=tuple(PAPER_TASKS))
 # The tiny pipeline (sweeps/tiny_pipeline.yaml's prompts): a few minutes on 2 CPU cores, every report section filled.
 TINY = Scale(backbones=("tiny-roberta", "tiny-t5"), tasks=("marker", "sst2_sample"), seeds=(33, 34), rates=(0, 5, 15),
              adversarial_neurons=("clean",), suppression_tasks=("marker",), transfer_seeds=(33,),
-             intervention_tasks=("marker",), intervention_seeds=(33,), intervention_rates=(10,))
+             intervention_tasks=("marker",), intervention_seeds=(33,), intervention_rates=(10,),
+             attack_tasks=("marker",), attack_max_examples=32, attack_seeds=(33,), attack_keep="all")
 SCALES = {"paper": PAPER, "tiny": TINY}
 
 SWEEP_HEADER = """\
@@ -289,7 +298,60 @@ def intervention_sweeps(root: str, scale: Scale, out: str | None = None) -> dict
 """ + SWEEP_COMMAND}
 
 
-def _header(what: str, name: str, runs: str, root: str, scale: Scale, out: str | None) -> str:
+# Where attack.yaml writes each prompt's set: the attack command fills in the prompt's fields (and --recipe).
+ATTACK_FILE = "{attacks}/{{backbone}}/{{task}}/seed{{seed}}/{recipe}.jsonl"
+
+ATTACK_COMMAND = """\
+command:
+  - ${{env}}
+  - python
+  - -m
+  - skill_neurons.cli
+  - attack
+  - ${{args}}
+  - --split=validation
+{extra}  - --out={out}
+"""
+
+
+def attack_files(attacks: str, scale: Scale) -> str:
+    """``--data.extra_adversarial`` naming each recipe's set of the selected prompt (``{backbone}`` ... filled in
+    by ``--from_run``): one adversarial source per recipe, named after it."""
+    sets = ", ".join(f'{recipe}: {{file: "{ATTACK_FILE.format(attacks=attacks, recipe=recipe)}"}}'
+                     for recipe in scale.attack_recipes)
+    return f"--data.extra_adversarial={{{sets}}}"
+
+
+def attack_sweeps(root: str, attacks: str, scale: Scale = PAPER, out: str | None = None) -> dict[str, str]:
+    """``attack.yaml``: ``skill-neurons attack`` on the validation split of every fit run of ``scale.attack_tasks``
+    (task x backbone x seed) x recipe, each set written to ``ATTACK_FILE`` under ``attacks``; and
+    ``evaluate_attacks.yaml``: ``validate`` of every such prompt with its sets beside the task's own adversarial
+    sets (each recipe an adversarial source of its own name), which the report reads."""
+    runs = prompt_runs(root, scale, tasks=scale.attack_tasks, seeds=scale.attack_seeds)
+    limit = f"  - --max_examples={scale.attack_max_examples}\n" if scale.attack_max_examples else ""
+    limit += f"  - --keep={scale.attack_keep}\n" if scale.attack_keep else ""
+    attack = _header("Attacks: every trained prompt's validation split attacked by each recipe (skill-neurons "
+                     "attack), one set per task x backbone x seed x recipe", "attack", runs, root, scale, out,
+                     metric=False) + f"""\
+  recipe:
+    values: {_flow(scale.attack_recipes)}
+""" + ATTACK_COMMAND.format(extra=limit, out=ATTACK_FILE.format(attacks=attacks, recipe="{recipe}"))
+    evaluate = _header("The attacked prompts evaluated on their generated sets beside the task's own adversarial "
+                       "sets (run after attack.yaml)", "evaluate_attacks", runs, root, scale, out) + \
+        SWEEP_COMMAND.replace("  - --trainer.logger.init_args.group=null\n", "  - --trainer.logger.init_args.group=null\n"
+                              f"  - '{attack_files(attacks, scale)}'\n")
+    return {"attack": attack, "evaluate_attacks": evaluate}
+
+
+def _header(what: str, name: str, runs: str, root: str, scale: Scale, out: str | None, metric: bool = True) -> str:
+    """The sweep's header; ``metric=False`` for a sweep whose trials write no run summary (attack.yaml)."""
+    text = _header_text(what, name, runs, root, scale, out)
+    if not metric:
+        text = text.replace("metric:\n  name: val/acc\n  goal: maximize\n", "")
+    return text
+
+
+def _header_text(what: str, name: str, runs: str, root: str, scale: Scale, out: str | None) -> str:
     if out is None:
         return SWEEP_HEADER.format(what=what, name=name, runs=runs)
     scale_name = next(k for k, v in SCALES.items() if v == scale)
@@ -348,9 +410,10 @@ def p1_code_sweeps(root: str, scale: Scale = PAPER, out: str | None = None) -> d
 
 
 def write_experiment_sweeps(root: str, out: Path, scale: Scale = PAPER, p1_code: bool = False,
-                            intervention: bool = False) -> list[Path]:
+                            intervention: bool = False, attacks: str | None = None) -> list[Path]:
     """Write ``out/{suppression,transfer}.yaml`` for the prompts under ``root`` (and with ``p1_code`` the
-    :func:`p1_code_sweeps`, with ``intervention`` the :func:`intervention_sweeps`); refuses the tracked sweeps/."""
+    :func:`p1_code_sweeps`, with ``intervention`` the :func:`intervention_sweeps`; with ``attacks`` the
+    :func:`attack_sweeps` writing there); refuses the tracked sweeps/."""
     tracked = (Path(__file__).resolve().parent.parent / "sweeps").resolve()
     if out.resolve() == tracked:
         raise SystemExit(f"make_configs.py: --out {out} is the repository's tracked sweeps/ folder — give a folder "
@@ -362,6 +425,8 @@ def write_experiment_sweeps(root: str, out: Path, scale: Scale = PAPER, p1_code:
         sweeps.update(p1_code_sweeps(root, scale, out=str(out)))
     if intervention:
         sweeps.update(intervention_sweeps(root, scale, out=str(out)))
+    if attacks:
+        sweeps.update(attack_sweeps(root, attacks, scale, out=str(out)))
     for name, text in sweeps.items():
         (out / f"{name}.yaml").write_text(text)
         written.append(out / f"{name}.yaml")
@@ -389,18 +454,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--intervention", action="store_true",
                         help="with --prompt_runs/--out: also intervention.yaml, the causal tests (patching skill "
                              "neurons vs random units) over the prompts of tasks with paired adversarial data")
+    parser.add_argument("--attacks", help="with --prompt_runs/--out: also attack.yaml (skill-neurons attack on every "
+                        "prompt's validation split, sets written under this folder as <backbone>/<task>/seed<seed>/"
+                        "<recipe>.jsonl) and evaluate_attacks.yaml (validate with those sets)")
     argv = sys.argv[1:] if argv is None else argv
     options = parser.parse_args(old_spellings(argv, {"--prompt-runs": "--prompt_runs"}, "make_configs.py"))
-    if options.prompt_runs or options.out or options.scale != "paper" or options.p1_code or options.intervention:
+    if (options.prompt_runs or options.out or options.scale != "paper" or options.p1_code or options.intervention
+            or options.attacks):
         if not (options.prompt_runs and options.out):
             parser.error("--prompt_runs and --out go together: the fit runs' folder and a folder of yours for the "
                          "sweeps (the tracked sweeps/ are written only without options)")
         for path in write_experiment_sweeps(options.prompt_runs, Path(options.out), SCALES[options.scale],
-                                            options.p1_code, options.intervention):
+                                            options.p1_code, options.intervention, options.attacks):
             print(f"wrote {path}")
         return
     sweeps = Path(__file__).parent.parent / "sweeps"
-    for name, text in experiment_sweeps("runs").items():
+    for name, text in {**experiment_sweeps("runs"), **attack_sweeps("runs", "attacks")}.items():
         (sweeps / f"{name}.yaml").write_text(text)
     (sweeps / "paper_grid.yaml").write_text(paper_grid())
     root = Path(__file__).parent

@@ -27,7 +27,7 @@ import sys
 from records.errors import UserError
 from skill_neurons.cli_options import COMMANDS, DEBUG_ENV, HELP_FLAGS, analyse_parser, main_parser, wants_help
 from skill_neurons.quiet import quiet_known_noise
-from skill_neurons.runs import RUNS_DIR_ENV, analyse_args, take_from_run
+from skill_neurons.runs import RUNS_DIR_ENV, analyse_args, fill_attack_fields, take_from_run
 
 # skill-neurons <tool> ...: each module has main(argv) -> exit code.
 TOOLS = {"sweep": "skill_neurons.sweep.command", "report": "skill_neurons.report.main",
@@ -110,7 +110,8 @@ def _run(argv: list[str], from_console: bool) -> None:
         main_parser().parse_args(argv[:1])  # help (exit 0), or no or an unknown command (exit 2): no Lightning
     if argv[0] in TOOLS:  # commands that are not Lightning stages
         module = importlib.import_module(TOOLS[argv[0]])
-        raise SystemExit(module.main(argv[1:]))
+        rest = fill_attack_fields(argv[1:]) if argv[0] == "attack" else argv[1:]  # --out 'adv/{task}/{seed}.jsonl'
+        raise SystemExit(module.main(rest))
     if argv[0] == "analyse":
         if wants_help(argv[1:]):
             analyse_parser().print_help()

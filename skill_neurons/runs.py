@@ -108,6 +108,55 @@ def resolve_source(option: str, spec: str) -> Path:
     return find_fit_run(spec)
 
 
+# Options whose value may name the selected fit run's settings as {backbone}, {task}, {seed} or {run_id}, so one
+# sweep line serves every prompt of a grid: the attack sweep's --out, the evaluation sweeps' attack files.
+PROMPT_FIELD_OPTIONS = ("--out", "--data.extra_adversarial")
+PROMPT_FIELDS = ("backbone", "task", "seed", "run_id")
+
+
+def prompt_fields(run: Path) -> dict[str, str]:
+    """``{backbone}``, ``{task}``, ``{seed}``, ``{run_id}`` of a fit run (its summary.json settings)."""
+    summary = read_summary(run)
+    settings = summary.get("settings") or {}
+    return {"backbone": str(settings.get("backbone")), "task": str(settings.get("task")),
+            "seed": str(settings.get("seed")), "run_id": str(summary.get("run_id") or run.name)}
+
+
+def fill_prompt_fields(argv: list[str], run: Path, options: tuple[str, ...] = PROMPT_FIELD_OPTIONS,
+                       extra: dict[str, str] | None = None) -> list[str]:
+    """``argv`` with ``{backbone}``, ``{task}``, ``{seed}`` and ``{run_id}`` in the values of ``options``
+    (``--opt=value`` or ``--opt value``) replaced by the fit run's: ``--out 'adv/{backbone}/{task}/{seed}.jsonl'``.
+    Other braces (a YAML mapping's) are left alone; ``extra`` adds fields (attack's ``{recipe}``)."""
+    extra = extra or {}
+    fields = None
+    out, after_option = [], False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        if after_option or (eq and name in options):
+            if any(f"{{{key}}}" in arg for key in (*PROMPT_FIELDS, *extra)):
+                fields = fields or {**prompt_fields(run), **extra}
+                for key, value in fields.items():
+                    arg = arg.replace(f"{{{key}}}", value)
+        out.append(arg)
+        after_option = not eq and arg in options
+    return out
+
+
+def fill_attack_fields(argv: list[str]) -> list[str]:
+    """``skill-neurons attack``'s ``--out`` with the fields of its ``--from_run`` filled in (:func:`fill_prompt_fields`;
+    ``{recipe}`` too when ``--recipe`` is given; the run is resolved only when a value names a field)."""
+    def value(option: str) -> str | None:
+        return next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == option), None) or next(
+            (a.split("=", 1)[1] for a in argv if a.startswith(f"{option}=")), None)
+
+    recipe = value("--recipe")
+    extra = {"recipe": recipe} if recipe else {}
+    spec = value("--from_run")
+    if spec is None or not any(f"{{{key}}}" in arg for arg in argv for key in (*PROMPT_FIELDS, *extra)):
+        return argv
+    return fill_prompt_fields(argv, find_fit_run(spec), ("--out",), extra)
+
+
 def best_prompt_run(spec: str, allow_incomplete: bool = False, option: str = "--from_run") -> Path:
     """The folder of the prompt ``spec`` names (:func:`resolve_source`: a fit run, a prompt artifact's folder, or
     one downloaded from W&B), refused when it holds no best checkpoint or its run is not ``finished`` (unless
@@ -135,7 +184,9 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
     RUN/config.yaml --ckpt_path RUN/checkpoints/best.ckpt --run_id=null --runs_dir=runs``, placed first, so every
     other option (``--data.task`` for transfer, ``--suppression.*``, ``--runs_dir``) overrides it. The derived run
     goes under the ``--runs_dir`` this command is given (default ``runs``), never beside the source run: the
-    source's config names the folder it was written to (a sweep's ``DIR/runs``), which is not this run's. A run
+    source's config names the folder it was written to (a sweep's ``DIR/runs``), which is not this run's.
+    ``{backbone}``, ``{task}``, ``{seed}`` and ``{run_id}`` in ``--data.extra_adversarial`` become the run's
+    (:func:`fill_prompt_fields`: its attack files, in a sweep over many prompts). A run
     that is not ``finished`` (still running, killed, interrupted, failed, incomplete) is refused, naming its
     status, unless ``--allow_incomplete`` is given (then a warning names it). ``--from_artifact`` (a prompt
     artifact's folder, or ``ENTITY/PROJECT/NAME:ALIAS``) and ``--from_run wandb:ENTITY/PROJECT/RUN_ID`` take the
@@ -165,6 +216,7 @@ def take_from_run(argv: list[str]) -> tuple[list[str], list[str]]:
         raise CLIError(f"{option} evaluates a trained prompt: use it with validate, test or predict, not fit")
     run = best_prompt_run(spec, allow, option)
     best = run / CHECKPOINT_DIR / BEST_CHECKPOINT
+    rest = fill_prompt_fields(rest, run, ("--data.extra_adversarial",))
     return rest, ["--config", str(run / CONFIG_FILE), f"--ckpt_path={best}", "--run_id=null",
                   f"--runs_dir={DEFAULT_RUNS_DIR}"]
 

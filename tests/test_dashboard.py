@@ -48,12 +48,14 @@ def test_every_sweep_file_names_the_project_also_those_make_configs_writes():
     finally:
         sys.path.pop(0)
     shipped = sorted((ROOT / "sweeps").glob("*.yaml"))
-    assert len(shipped) == 6  # paper_grid, quickstart, search, suppression, tiny_pipeline, transfer
+    assert len(shipped) == 8  # attack, evaluate_attacks, paper_grid, quickstart, search, suppression, tiny_pipeline,
+    # transfer
     for path in shipped:
         config = yaml.safe_load(path.read_text())
         assert config["project"] == "skill-neurons", path
         assert config["name"] == path.stem, path
-    generated = {**make_configs.experiment_sweeps("runs"), "paper_grid": make_configs.paper_grid()}
+    generated = {**make_configs.experiment_sweeps("runs"), "paper_grid": make_configs.paper_grid(),
+                 **make_configs.attack_sweeps("runs", "attacks")}
     for name, text in generated.items():
         assert yaml.safe_load(text)["project"] == "skill-neurons", name
         assert text == (ROOT / "sweeps" / f"{name}.yaml").read_text(), f"sweeps/{name}.yaml differs from make_configs"

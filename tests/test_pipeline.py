@@ -170,8 +170,7 @@ def readme_pipeline() -> list[list[str]]:
 def test_the_tiny_pipeline_runs_end_to_end_and_fills_every_report_section(tmp_path, tiny_backbones):
     commands = readme_pipeline()
     assert [c[:2] for c in commands] == [["skill-neurons", "sweep"], ["python", "configs/make_configs.py"],
-                                         ["skill-neurons", "sweep"], ["skill-neurons", "sweep"],
-                                         ["skill-neurons", "sweep"], ["skill-neurons", "report"]]
+                                         *[["skill-neurons", "sweep"]] * 5, ["skill-neurons", "report"]]
     # run from the repository root, as README says, with every output under tmp_path instead of tiny/
     out = str(tmp_path / "tiny")
     for command in commands:
@@ -188,8 +187,9 @@ def test_the_tiny_pipeline_runs_end_to_end_and_fills_every_report_section(tmp_pa
                 assert last_line(proc.stdout).endswith(f" is in {where}; its runs are in {where}/runs")
     tiny = tmp_path / "tiny"
     states = {name: json.loads((tiny / name / "state.json").read_text())
-              for name in ("fit", "suppression", "transfer", "intervention")}
-    assert {name: len(s["trials"]) for name, s in states.items()} == {"fit": 8, "suppression": 24, "transfer": 8,
+              for name in ("fit", "attack", "evaluate", "suppression", "transfer", "intervention")}
+    assert {name: len(s["trials"]) for name, s in states.items()} == {"fit": 8, "attack": 4, "evaluate": 2,
+                                                                      "suppression": 24, "transfer": 8,
                                                                       "intervention": 4}
     assert all(t["state"] == "finished" for s in states.values() for t in s["trials"])
     # the prompts learn the marker task (a planted structure) and stay near chance on sst2_sample, which the random
@@ -221,5 +221,14 @@ def test_the_tiny_pipeline_runs_end_to_end_and_fills_every_report_section(tmp_pa
     assert {r["backbone"] for r in report["paper_suppression"]["rows"]} == {"tiny-roberta", "tiny-t5"}
     for backbone in ("tiny-roberta", "tiny-t5"):
         assert sorted(report["transfer"]["backbones"][backbone]["tasks"]) == ["marker", "sst2_sample"]
+    # the attack step: each seed-33 marker prompt's generated and noise sets, beside marker_typo, in the report
+    sources = {(r["backbone"], r["set"]): r["source"] for r in report["accuracy"]["rows"] if r["task"] == "marker"}
+    for backbone in ("tiny-roberta", "tiny-t5"):
+        assert {s: sources[(backbone, s)] for s in ("marker_typo", "deepwordbug", "noise")} == {
+            "marker_typo": "declared", "deepwordbug": "generated", "noise": "noise"}
+        assert (tiny / "attacks" / backbone / "marker" / "seed33" / "deepwordbug.jsonl.meta.json").is_file()
+    assert {(r["backbone"], r["recipe"]) for r in report["attacks"]["rows"]} == {
+        (b, r) for b in ("tiny-roberta", "tiny-t5") for r in ("deepwordbug", "noise")}
+    assert {r["set"] for r in report["paper_overlap"]["rows"]} >= {"deepwordbug", "noise"}
     for figure in report["accuracy"]["figures"]:
         assert (tiny / "report" / figure["file"]).is_file()

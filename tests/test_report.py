@@ -18,6 +18,7 @@ from callbacks.skill_neurons import save_neuron_file
 from records.neuron_selection import mean_predictivity_of, overlap_at, top_percent_mask
 from skill_neurons.report.base import SQUARE, TITLES, WIDE
 from skill_neurons.report.main import main
+from tests.helpers.attack_files import synthetic_attack
 from tests.helpers.statistics import spearman
 
 L, P, N = 3, 4, 40  # layers, prompt positions, units of the synthetic neuron files
@@ -170,7 +171,8 @@ def roberta_fit_runs(root: Path) -> None:
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory) -> Path:
     """2 backbones × 2 tasks × 2 seeds fit runs; transfer (RoBERTa: all pairs with diagonal, T5: off-diagonal
-    only); suppression (RoBERTa sst2, rates 0 and 15, skill and random); one unfinished run; one broken file."""
+    only); suppression (RoBERTa sst2, rates 0 and 15, skill and random); attack files; one unfinished run; one
+    broken file."""
     root = tmp_path_factory.mktemp("report-runs")
     roberta_fit_runs(root)
     for task in TASKS:
@@ -187,6 +189,10 @@ def runs_root(tmp_path_factory) -> Path:
             for selection in ("skill", "random"):
                 suppression_run(root, "tiny-roberta", "sst2", seed, rate, selection)
                 intervention_run(root, "tiny-t5", "sst2", seed, rate, selection)
+    rng = random.Random(0)  # one attack and its noise baseline per backbone: the attacks table has rows
+    for backbone in BACKBONES:
+        for recipe in ("deepwordbug", "noise"):
+            synthetic_attack(root / "runs" / "attacks", backbone, "sst2", 33, recipe, rng)
     broken = root / "runs" / "broken"
     broken.mkdir(parents=True)
     (broken / "summary.json").write_text("{not json")

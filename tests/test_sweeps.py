@@ -123,8 +123,13 @@ def test_every_shipped_sweep_validates_and_its_first_configuration_parses(sweep,
     argv = render_command(config, {k: v["value"] for k, v in first.config.items()})
     assert argv[:4] == ["/usr/bin/env", "python", "-m", "skill_neurons.cli"]
     subcommand = argv[4]
-    assert subcommand in ("fit", "validate", "test")  # ${args} after it: every DDP rank gets the values
+    assert subcommand in ("fit", "validate", "test", "attack")  # ${args} after it: every DDP rank gets the values
     assert "${args}" in raw["command"] and raw["command"].index("${args}") > raw["command"].index(subcommand)
+    if subcommand == "attack":  # not a Lightning stage: its own parser reads every option of the trial
+        from skill_neurons.attack.command import build_parser, check_options
+
+        check_options(build_parser().parse_args(argv[5:]))
+        return
     if subcommand != "fit":
         return  # evaluation sweeps (--from_run) need trained prompts to parse: tests/test_experiments.py
     monkeypatch.chdir(ROOT)  # relative config paths, as `wandb agent` run from the repository

@@ -8,6 +8,7 @@ from typing import Any
 
 from records import figures as style
 from records.run_status import status_of
+from skill_neurons.report.attacks import SOURCES, Evaluations, set_source
 from skill_neurons.report.base import (
     FAMILY_ORDER, Context, Figure, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table, mean_sd,
     mixed_settings, pct, seed_label, seed_rank, test_accuracies,
@@ -42,8 +43,9 @@ def runs_section(ctx: Context) -> Section:
             section.lines += ["Finished runs not used:", ""]
             section.lines += [f"- {r.describe()}: {selection.left_out[r.source]}" for r in left] + [""]
     if any(r.kind == "validate" for r in ctx.finished):
-        section.lines += [("Plain `validate` runs enter only the skill-neuron sections (when they analysed "
-                          f"'{ctx.eval_set}' and no fit run analysed the same prompt)."), ""]
+        section.lines += [("Plain `validate` runs enter the skill-neuron sections (when they analysed "
+                          f"'{ctx.eval_set}' and no run of the same prompt analysed more sets) and add the sets their "
+                          "prompt's fit run did not evaluate to the accuracy table."), ""]
     if unfinished:
         section.lines += ["Unfinished runs (status is not `finished`), skipped:", ""]
         section.lines += [f"- {r.describe()}: status `{status_of(r.summary)}`" for r in unfinished] + [""]
@@ -74,9 +76,11 @@ def runs_section(ctx: Context) -> Section:
 
 
 def accuracy_rows(ctx: Context, runs: list[Run], read: Callable[[Run], dict[str, float]], clean: str,
-                  stage: str, notes: list[str]) -> list[dict[str, Any]]:
-    """One row per backbone × task × evaluation set: accuracies in %, mean ± sd over the runs (seeds).
-    Groups that mix settings other than the seed get a line in ``notes``."""
+                  stage: str, notes: list[str], source: Callable[[Run, str], str] | None = None) -> list[dict[str, Any]]:
+    """One row per backbone × task × evaluation set: accuracies in %, mean ± sd over the runs (seeds), and the
+    set's ``source`` (:data:`skill_neurons.report.attacks.SOURCES`, read from the first run that has it). Groups
+    that mix settings other than the seed get a line in ``notes``."""
+    source = source or (lambda run, name: set_source(ctx, run, name))
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         groups[(run.family, run.backbone, run.task)].append(run)
@@ -90,13 +94,16 @@ def accuracy_rows(ctx: Context, runs: list[Run], read: Callable[[Run], dict[str,
             for name, value in read(run).items():
                 values[name].append((run, pct(value)))
         chance = next((r.chance for r in members if r.chance is not None), None)
-        for name in [clean, *sorted(n for n in values if n != clean)]:
+        order = list(SOURCES)
+        for name in [clean, *sorted((n for n in values if n != clean),
+                                    key=lambda n: (order.index(source(values[n][0][0], n)), n))]:
             if name not in values:
                 continue
             numbers = [v for _, v in values[name]]
             mean, sd = mean_sd(numbers)
             rows.append({"stage": stage, "backbone": backbone, "family": family, "task": task,
                          "task_type": ctx.task_types().get(task), "set": name,
+                         "source": "clean" if name == clean else source(values[name][0][0], name),
                          "kind": "clean" if name == clean else "adversarial", "n": len(numbers),
                          "seeds": [r.seed for r, _ in values[name]], "runs": [r.run_id for r, _ in values[name]],
                          "values": numbers, "mean": mean, "sd": sd, "chance": chance,
@@ -124,9 +131,10 @@ def accuracy_markdown(rows: list[dict[str, Any]], clean: str) -> list[str]:
             table.append([f"{backbone} ({family_name(first['family'])})", f"{task} ({first['task_type'] or '?'})",
                           ", ".join(seed_label(s) for s in (clean_row or adv)["seeds"]),
                           fmt(chance) if chance is not None else "?", accuracy_cell(clean_row),
-                          adv["set"] if adv else "—", accuracy_cell(adv)])
+                          adv["set"] if adv else "—", SOURCES.get(adv.get("source"), "—") if adv else "—",
+                          accuracy_cell(adv)])
     return markdown_table(["backbone", "task (type)", "seeds", "chance", f"clean ({clean})", "adversarial set",
-                           "adversarial"], table)
+                           "source", "adversarial"], table)
 
 
 def accuracy_section(ctx: Context) -> Section:
@@ -134,7 +142,11 @@ def accuracy_section(ctx: Context) -> Section:
     section = Section("accuracy")
     fits, tests = ctx.of_kind("fit"), ctx.of_kind("test")
     notes: list[str] = []
-    rows = accuracy_rows(ctx, fits, fit_accuracies, "validation", "fit", notes)
+    # a fit run's row also holds the sets a validate run of its prompt evaluated (evaluate_attacks.yaml's generated
+    # sets beside the fit's clean and AdvGLUE sets)
+    evaluations = Evaluations(ctx)
+    rows = accuracy_rows(ctx, fits, lambda run: evaluations.accuracies(run, fit_accuracies(run)), "validation", "fit",
+                         notes, lambda run, name: evaluations.source(run, name, fit_accuracies(run)))
     test_rows = accuracy_rows(ctx, tests, test_accuracies, "test", "test", notes)
     if not rows and not test_rows:
         return section.leave_out(
@@ -142,6 +154,9 @@ def accuracy_section(ctx: Context) -> Section:
             "of summary.json, the epoch with the best clean `val/acc`; runs come from `skill-neurons fit`).")
     section.lines += [("**Formula** (P1 `src/analysis.py::get_results`, `get_mean_std`): accuracy in %, mean ± sd "
                       "over seeds, at each fit run's best epoch (the epoch with the best clean validation accuracy). "
+                      "Sets a fit did not evaluate come from `validate` runs of its prompt (e.g. the sets made by "
+                      "`skill-neurons attack`); `source` says what each adversarial set is: the task's own (AdvGLUE), "
+                      "generated by an attack against the prompt, the no-model noise baseline, or another file. "
                       "Ours: the sample sd (n − 1) where P1's `get_mean_std` uses `np.std` (n); report.json has every "
                       "seed's value. Chance = 100 / number of classes; ↓ marks a mean below chance."), ""]
     if not {r["family"] for r in rows + test_rows} >= set(FAMILY_ORDER):

@@ -31,6 +31,7 @@ SQUARE = (800, 800)  # pixels of heat maps
 TITLES = {
     "runs": "Runs read",
     "accuracy": "Accuracy: clean vs adversarial",
+    "attacks": "Generated adversarial sets: attack success per backbone",
     "transfer": "Prompt transfer between tasks",
     "paper_boxes": "Neuron predictivity per dataset and model accuracy",
     "paper_overlap": "Overlap of clean and adversarial skill neurons vs n",
@@ -386,14 +387,18 @@ class Context:
 
     def neuron_runs(self) -> list[Run]:
         """One analysis per prompt (a fit run and a ``validate --ckpt_path`` run of its checkpoint analyse the
-        same prompt: fit runs first, then the latest finished) among the finished runs that analysed
-        ``eval_set`` (suppression and transfer runs excluded)."""
+        same prompt: the one that analysed the most sets, then fit runs, then the latest finished) among the
+        finished runs that analysed ``eval_set`` (suppression runs and transfers to another task excluded; a
+        ``validate --from_run`` on the prompt's own task, recorded as a transfer to itself, is a candidate)."""
         chosen: dict[tuple, Run] = {}
         rank = {"fit": 0, "test": 1, "validate": 2}
-        candidates = [r for r in self.of_kind("fit", "validate", "test")
-                      if self.eval_set in (r.neurons.get("sets") or {})]
+        candidates = [r for r in self.of_kind("fit", "validate", "test", "transfer")
+                      if self.eval_set in (r.neurons.get("sets") or {}) and (r.kind != "transfer" or on_own_task(r))]
         candidates.sort(key=lambda r: str(r.summary.get("finished", "")), reverse=True)  # latest first
         candidates.sort(key=lambda r: rank.get(r.kind, 3))  # stable: fit runs first, latest first among equals
+        # a validate run of the prompt that analysed more sets (the generated sets of evaluate_attacks.yaml beside
+        # the fit's) goes first: its clean analysis is the fit's, recomputed from the same checkpoint
+        candidates.sort(key=lambda r: -len(r.neurons.get("sets") or {}))
         for run in candidates:
             checkpoint = run.neurons.get("prompt_checkpoint")
             # runs/<id>/checkpoints/best.ckpt: the tail names the prompt whatever the working directory was
@@ -429,6 +434,13 @@ class Context:
         figure.path.parent.mkdir(parents=True, exist_ok=True)  # the folder appears with its first figure
         save_figure(fig, figure.path, DPI)  # no bbox_inches="tight": the size stays exactly figure.size
         return figure
+
+
+def on_own_task(run: Run) -> bool:
+    """A ``validate``/``test`` of a fit run's prompt on the prompt's own task (``--from_run``: its summary has a
+    ``transfer`` record from the task to itself), not a transfer to another task."""
+    transfer = run.summary.get("transfer") or {}
+    return bool(transfer) and transfer.get("source_task") == transfer.get("target_task")
 
 
 # ----------------------------------------------------------------------------- accuracies of a run

@@ -18,7 +18,7 @@ and writes
   credentials, as the training CLI does.
 
 Sections (README, "The paper's experiments"), each replaced by one line saying why when its runs are
-missing, in :data:`skill_neurons.report.base.TITLES` order: runs read; accuracy; transfer (:mod:`.transfer`); the paper's
+missing, in :data:`skill_neurons.report.base.TITLES` order: runs read; accuracy; the attacks' table (:mod:`.attacks`); transfer (:mod:`.transfer`); the paper's
 neuron analyses as the paper defines them (:mod:`.paper`, :mod:`.spearman`, numbers from :mod:`.analyses`, seed
 means from :mod:`.seed_means`; ``--definitions p1-code``: as P1's released code computes them, :mod:`.p1_sections`,
 docs/p1_code.md); suppression (:mod:`.suppression` and the
@@ -54,6 +54,7 @@ from records.files import atomic_write
 from records.secrets import redact_argv
 from records.wandb_config import REPORT_NAME
 from skill_neurons.report.accuracy import accuracy_section, runs_section
+from skill_neurons.report.attacks import attacks_section
 from skill_neurons.report.balance import balanced_section
 from skill_neurons.report.base import SQUARE, TITLES, WIDE, Context, Inputs, ReportError, Section
 from skill_neurons.report.groups import Filters, select
@@ -79,6 +80,7 @@ def build_sections(ctx: Context) -> list[Section]:
     builders = [
         ("runs", lambda: runs_section(ctx)),
         ("accuracy", lambda: accuracy_section(ctx)),
+        ("attacks", lambda: attacks_section(ctx)),
         ("transfer", lambda: transfer_section(ctx)),
         ("paper_boxes", lambda: boxes_section(ctx)),
         ("paper_overlap", lambda: paper_overlap_section(ctx)),

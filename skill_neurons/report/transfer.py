@@ -10,9 +10,10 @@ from collections import defaultdict
 import numpy as np
 
 from records.transfer import MEAN_OVER_SEEDS, NO_REFERENCE, reference_accuracy, relative_score
+from skill_neurons.report.attacks import evaluates_attacks
 from skill_neurons.report.base import (
-    SQUARE, Context, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table, mean_sd, pct, slug,
-    validate_accuracies,
+    SQUARE, Context, Run, Section, family_name, family_rank, fit_accuracies, fmt, markdown_table, mean_sd, on_own_task,
+    pct, slug, validate_accuracies,
 )
 
 
@@ -38,7 +39,9 @@ def transfer_accuracy(run: Run) -> float | None:
 
 def transfer_section(ctx: Context) -> Section:
     section = Section("transfer")
-    runs = ctx.of_kind("transfer")
+    # an evaluation of the prompt's generated sets on its own task is no transfer trial (its sets are in the accuracy
+    # section); it would repeat the prompt's seed on the diagonal
+    runs = [r for r in ctx.of_kind("transfer") if not (on_own_task(r) and evaluates_attacks(ctx, r))]
     if not runs:
         return section.leave_out(
             f"No transfer runs among the {len(ctx.runs)} runs read (runs with a `transfer` section and no "

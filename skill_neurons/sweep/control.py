@@ -14,7 +14,7 @@ import warnings
 
 from records.summary import summary_path
 from skill_neurons.sweep.config import SweepError, engine, plain
-from skill_neurons.sweep.processes import Running, is_skill_neurons_cli
+from skill_neurons.sweep.processes import Running, is_skill_neurons_stage
 from skill_neurons.sweep.state import Trial
 
 
@@ -24,7 +24,7 @@ class TrialControl:
     def _dry_run(self, trial: Trial) -> None:
         """Parse the first configuration with the CLI (``--print_config``) before any trial starts."""
         argv = self.argv_of(trial, "dryrun00")
-        if not is_skill_neurons_cli(argv):
+        if not is_skill_neurons_stage(argv):
             return
         self.say("checking the first configuration with the CLI (--print_config) ...")
         env = self.trial_env(trial, "dryrun00", None)

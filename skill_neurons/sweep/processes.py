@@ -85,6 +85,12 @@ def is_skill_neurons_cli(argv: list[str]) -> bool:
                or Path(a).name == "skill-neurons" for a in argv)
 
 
+def is_skill_neurons_stage(argv: list[str]) -> bool:
+    """A skill-neurons Lightning stage (fit, validate, test, predict): it parses ``--print_config`` and claims its
+    run folder itself; a tool such as ``skill-neurons attack`` does neither."""
+    return is_skill_neurons_cli(argv) and any(a in ("fit", "validate", "test", "predict") for a in argv)
+
+
 class RunnerLock:
     """One runner per sweep directory (``fcntl.flock`` on ``DIR/.lock``; released when the process dies)."""
 

@@ -27,7 +27,9 @@ from skill_neurons.sweep.config import (
 )
 from skill_neurons.sweep.control import TrialControl
 from skill_neurons.sweep.display import planned_trials, progress_of, sweep_group
-from skill_neurons.sweep.processes import LAUNCHER, RunnerLock, Running, is_skill_neurons_cli, kill_marked, visible_gpus
+from skill_neurons.sweep.processes import (
+    LAUNCHER, RunnerLock, Running, is_skill_neurons_stage, kill_marked, visible_gpus,
+)
 from skill_neurons.sweep.state import Attempt, Trial, format_table, objective_of, read_state, save_state, trial_report
 
 
@@ -248,7 +250,7 @@ class SweepRunner(TrialControl):
             atomic_write(self.dir / "params" / f"config-{run_id}.json", lambda f: f.write(params))
         # The skill-neurons CLI claims its run folder itself (and refuses one that exists); other programs get it.
         self.run_dir(run_id).parent.mkdir(parents=True, exist_ok=True)
-        if not is_skill_neurons_cli(argv):
+        if not is_skill_neurons_stage(argv):
             self.run_dir(run_id).mkdir(exist_ok=True)
         if self.executor_kind != "processes":  # submitted with the others of this round (one array)
             job = cluster.TrialJob(argv, self.trial_vars(trial, run_id, gpu), os.getcwd(),
