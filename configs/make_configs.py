@@ -182,9 +182,10 @@ class Scale:
     attack_recipes: tuple = ("deepwordbug", "noise")  # an attack and its no-model baseline of the same budget
     attack_max_examples: int | None = None  # validation rows attacked per prompt (None: every row)
     attack_seeds: tuple | None = None  # the seeds whose prompts are attacked (None: every seed)
-    # "all": every attacked row, fooled or not (accuracy under attack), where the successful ones alone may hold one
-    # class only, which the skill-neuron analysis refuses (the tiny marker prompts are fooled on one class)
-    attack_keep: str | None = None
+    # "all": every attacked row, fooled or not (accuracy under attack; the rows' `success` says which were fooled).
+    # The successful rows alone may hold one class only, which the skill-neuron analysis refuses (the tiny marker
+    # prompts are fooled on one class), and would stop evaluate_attacks.yaml's trial for that prompt.
+    attack_keep: str | None = "all"
 
 
 PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), tasks=tuple(PAPER_TASKS),
@@ -194,7 +195,7 @@ PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), 
 TINY = Scale(backbones=("tiny-roberta", "tiny-t5"), tasks=("marker", "sst2_sample"), seeds=(33, 34), rates=(0, 5, 15),
              adversarial_neurons=("clean",), suppression_tasks=("marker",), transfer_seeds=(33,),
              intervention_tasks=("marker",), intervention_seeds=(33,), intervention_rates=(10,),
-             attack_tasks=("marker",), attack_max_examples=32, attack_seeds=(33,), attack_keep="all")
+             attack_tasks=("marker",), attack_max_examples=32, attack_seeds=(33,))
 SCALES = {"paper": PAPER, "tiny": TINY}
 
 SWEEP_HEADER = """\
