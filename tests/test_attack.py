@@ -138,11 +138,16 @@ def test_successful_rows_round_trip_through_validate_and_the_skill_neuron_analys
     sets = summary["skill_neurons"]["sets"]
     assert sets["generated"]["examples"] == len(kept)
     assert (validated / "skill_neurons" / "generated.safetensors").is_file()
-    cli_in_process(["report", str(validated), "--out", str(work / "report")], cwd=work, check=True)
+    # the report over the fit run and its validation: the fit's row in the accuracy table takes the generated set
+    # from the validate run of its prompt, as an attack's set (its sidecar says so)
+    cli_in_process(["report", str(run), str(validated), "--out", str(work / "report")], cwd=work, check=True)
     lines = (work / "report" / "report.md").read_text().splitlines()
-    at = next(i for i, line in enumerate(lines) if line.startswith("| source") and "| generated |" in line)
-    header, row = [c.strip() for c in lines[at].split("|")], [c.strip() for c in lines[at + 2].split("|")]
-    assert row[header.index("generated")] == "0.0"  # the report's accuracy of the prompt on the generated set
+    at = next(i for i, line in enumerate(lines) if line.startswith("| backbone") and "| adversarial set |" in line)
+    header = [c.strip() for c in lines[at].split("|")]
+    rows = [[c.strip() for c in line.split("|")] for line in lines[at + 2:] if line.startswith("|")]
+    row = next(r for r in rows if r[header.index("adversarial set")] == "generated")
+    assert row[header.index("source")] == "generated (attack)"
+    assert row[header.index("adversarial")] == "0.0 ↓"  # the prompt's accuracy on the set (below chance: ↓)
 
 
 @pytest.mark.slow
