@@ -341,7 +341,11 @@ def attack_sweeps(root: str, attacks: str, scale: Scale = PAPER, out: str | None
                        "sets (run after attack.yaml)", "evaluate_attacks", runs, root, scale, out) + \
         SWEEP_COMMAND.replace("  - --trainer.logger.init_args.group=null\n", "  - --trainer.logger.init_args.group=null\n"
                               f"  - '{attack_files(attacks, scale)}'\n")
-    return {"attack": attack, "evaluate_attacks": evaluate}
+    # the tracked files' header names make_configs' command for other prompts: these two need --attacks too
+    tracked = "--prompt_runs D/runs --out DIR\n"
+    with_attacks = f"--prompt_runs D/runs --out DIR --attacks {attacks}\n"
+    return {"attack": attack.replace(tracked, with_attacks),
+            "evaluate_attacks": evaluate.replace(tracked, with_attacks)}
 
 
 def _header(what: str, name: str, runs: str, root: str, scale: Scale, out: str | None, metric: bool = True) -> str:
