@@ -100,8 +100,9 @@ def _start(ex: Example, min_length: int, c: Constraints) -> tuple[list[Word], in
     return eligible, c.max_words(len(everything))
 
 
-def deepwordbug(ex: Example, c: Constraints) -> Attack:
-    words, budget = _start(ex, 1, c)
+def _opening(ex: Example, words: list[Word]):
+    """The prompt's probabilities on the unedited text (one query), or the Outcome that ends the attack before any
+    edit: the text is too long, the prompt already gets it wrong, or no word may be edited."""
     [base] = yield Request([ex.fields])
     if base is None:
         return Outcome(ex.fields, status="too_long")
@@ -109,6 +110,14 @@ def deepwordbug(ex: Example, c: Constraints) -> Attack:
         return Outcome(ex.fields, status="misclassified")
     if not words:
         return Outcome(ex.fields, status="no_words")
+    return base
+
+
+def deepwordbug(ex: Example, c: Constraints) -> Attack:
+    words, budget = _start(ex, 1, c)
+    base = yield from _opening(ex, words)
+    if isinstance(base, Outcome):
+        return base
     left_out = yield Request([delete_word(ex.fields, w) for w in words])
     drop = [base[ex.label] - (p[ex.label] if p is not None else base[ex.label]) for p in left_out]
     order = sorted(range(len(words)), key=lambda i: (-drop[i], i))
@@ -152,13 +161,9 @@ def pruthi_candidates(word: str, rng: random.Random) -> list[str]:
 
 def pruthi(ex: Example, c: Constraints) -> Attack:
     words, budget = _start(ex, PRUTHI_MIN_LENGTH, c)
-    [base] = yield Request([ex.fields])
-    if base is None:
-        return Outcome(ex.fields, status="too_long")
-    if _wrong(base, ex.label):
-        return Outcome(ex.fields, status="misclassified")
-    if not words:
-        return Outcome(ex.fields, status="no_words")
+    base = yield from _opening(ex, words)
+    if isinstance(base, Outcome):
+        return base
     current, p_true, changed = ex.fields, base[ex.label], {}
     while True:
         options = []  # (word, new core)
