@@ -37,7 +37,7 @@ PAPER = Scale(backbones=tuple(spec["backbone"] for spec in BACKBONES.values()), 
 TINY = Scale(backbones=("tiny-roberta", "tiny-t5"), tasks=("marker", "sst2_sample"), seeds=(33, 34), rates=(0, 5, 15),
              adversarial_neurons=("clean",), suppression_tasks=("marker",), transfer_seeds=(33,),
              intervention_tasks=("marker",), intervention_seeds=(33,), intervention_rates=(10,),
-             attack_tasks=("marker",), attack_max_examples=32, attack_seeds=(33,))
+             attack_tasks=("marker",), attack_max_examples=32)
 SCALES = {"paper": PAPER, "tiny": TINY}
 
 SWEEP_HEADER = """\
@@ -87,17 +87,29 @@ def _flow(values: tuple) -> str:
     return f"[{', '.join(map(str, values))}]"
 
 
-def experiment_sweeps(root: str, scale: Scale = PAPER, out: str | None = None) -> dict[str, str]:
+def command_with(option: str | None) -> str:
+    """SWEEP_COMMAND (validate) with one more fixed option after the others (None: as it is)."""
+    if not option:
+        return SWEEP_COMMAND
+    return SWEEP_COMMAND + f"  - '{option}'\n"
+
+
+def experiment_sweeps(root: str, scale: Scale = PAPER, out: str | None = None,
+                      generated: str | None = None) -> dict[str, str]:
     """suppression.yaml and transfer.yaml over the prompts of ``scale`` under ``root``; ``out`` (the folder they
-    are written to, None for the tracked sweeps/) is named in their header."""
+    are written to, None for the tracked sweeps/) is named in their header.
+
+    ``generated``: the ``--data.extra_adversarial`` option naming each prompt's generated adversarial sets
+    (attack_sweeps.py), which suppression.yaml's trials then evaluate beside the task's own sets. A generated set
+    has no skill-neuron file in the fit runs the units come from (they were trained before it existed), so it is
+    suppressed with the clean skill neurons only (P1's --adv_nonAdv): with ``own`` in the scale, the own-neuron
+    trials go to suppression_own.yaml, over the task's own adversarial sets as before."""
 
     def header(what: str, name: str, runs: str) -> str:
         return _header(what, name, runs, root, scale, out)
 
-    suppression = header(
-        "Suppression: every trained prompt x rate (% of units per layer) x skill neurons or the random control "
-        "x clean or own adversarial neurons", "suppression",
-        prompt_runs(root, scale, tasks=scale.suppression_tasks)) + f"""\
+    def suppression_sweep(name: str, what: str, adversarial_neurons: tuple, option: str | None) -> str:
+        return header(what, name, prompt_runs(root, scale, tasks=scale.suppression_tasks)) + f"""\
   suppression.rate:
     values: {_flow(scale.rates)}
   suppression.selection:
@@ -109,15 +121,31 @@ def experiment_sweeps(root: str, scale: Scale = PAPER, out: str | None = None) -
   suppression.neuron_source:
     values: [seed_mean]
   suppression.adversarial_neurons:
-    values: {_flow(scale.adversarial_neurons)}
-""" + SWEEP_COMMAND
-    transfer = header(
+    values: {_flow(adversarial_neurons)}
+""" + command_with(option)
+
+    what = ("Suppression: every trained prompt x rate (% of units per layer) x skill neurons or the random control "
+            "x clean or own adversarial neurons")
+    own = tuple(v for v in scale.adversarial_neurons if v == "own")
+    sweeps = {}
+    if generated and own:
+        clean = tuple(v for v in scale.adversarial_neurons if v != "own")
+        sweeps["suppression"] = suppression_sweep(
+            "suppression", what.replace("x clean or own adversarial neurons", "x the clean skill neurons on the "
+                                        "task's own and the generated adversarial sets"), clean, generated)
+        sweeps["suppression_own"] = suppression_sweep(
+            "suppression_own", what.replace("x clean or own adversarial neurons", "x each of the task's own "
+                                            "adversarial sets' own skill neurons (generated sets: suppression.yaml)"),
+            own, None)
+    else:
+        sweeps["suppression"] = suppression_sweep("suppression", what, scale.adversarial_neurons, generated)
+    sweeps["transfer"] = header(
         "Transfer: every trained prompt (task A) evaluated on every task B, with B's template and verbalizer",
         "transfer", prompt_runs(root, scale, seeds=scale.transfer_seeds)) + f"""\
   data.task:
     values: {_flow(scale.tasks)}
 """ + SWEEP_COMMAND
-    return {"suppression": suppression, "transfer": transfer}
+    return sweeps
 
 
 def intervention_sweeps(root: str, scale: Scale, out: str | None = None) -> dict[str, str]:

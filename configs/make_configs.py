@@ -13,7 +13,7 @@ header.
 
 from pathlib import Path
 
-from attack_sweeps import attack_sweeps
+from attack_sweeps import attack_files, attack_sweeps, check_suppression_covered
 from experiment_sweeps import (  # noqa: F401  (also make_configs' names for the tests and older scripts)
     PAPER, SCALES, TINY, Scale, experiment_sweeps, intervention_sweeps, p1_code_sweeps,
 )
@@ -132,24 +132,39 @@ def paper_grid() -> str:
 
 
 def write_experiment_sweeps(root: str, out: Path, scale: Scale = PAPER, p1_code: bool = False,
-                            intervention: bool = False, attacks: str | None = None) -> list[Path]:
+                            intervention: bool = False, attacks: str | None = None,
+                            attack_transfer: int | None = None) -> list[Path]:
     """Write ``out/{suppression,transfer}.yaml`` for the prompts under ``root`` (and with ``p1_code`` the
     :func:`p1_code_sweeps`, with ``intervention`` the :func:`intervention_sweeps`; with ``attacks`` the
-    :func:`attack_sweeps` writing there); refuses the tracked sweeps/."""
+    :func:`attack_sweeps` writing there — with ``attack_transfer`` k, one transfer-filtered set per task x
+    backbone — and suppression.yaml reading those sets); refuses the tracked sweeps/. Nothing is written unless
+    every sweep can be."""
     tracked = (Path(__file__).resolve().parent.parent / "sweeps").resolve()
     if out.resolve() == tracked:
         raise SystemExit(f"make_configs.py: --out {out} is the repository's tracked sweeps/ folder — give a folder "
                          "of your own (e.g. --out my-sweeps)")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    sweeps = experiment_sweeps(root, scale, out=str(out))
+    if attack_transfer is not None and not attacks:
+        raise SystemExit("make_configs.py: --attack_transfer filters the sets attack.yaml makes — give --attacks DIR "
+                         "too")
+    generated = None
+    if attacks:
+        check_suppression_covered(scale, transfer=attack_transfer is not None)
+        generated = attack_files(attacks, scale, transfer=attack_transfer is not None)
+    sweeps = experiment_sweeps(root, scale, out=str(out), generated=generated)
     if p1_code:
         sweeps.update(p1_code_sweeps(root, scale, out=str(out)))
     if intervention:
         sweeps.update(intervention_sweeps(root, scale, out=str(out)))
     if attacks:
-        sweeps.update(attack_sweeps(root, attacks, scale, out=str(out)))
+        sweeps.update(attack_sweeps(root, attacks, scale, out=str(out), transfer=attack_transfer))
+    # each header's make_configs command: with the options that wrote it
+    flags = "".join((" --p1_code" if p1_code else "", " --intervention" if intervention else "",
+                     f" --attacks {attacks}" if attacks else "",
+                     f" --attack_transfer {attack_transfer}" if attack_transfer is not None else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
     for name, text in sweeps.items():
+        text = text.replace(f" --out {out}`", f" --out {out}{flags}`", 1)
         (out / f"{name}.yaml").write_text(text)
         written.append(out / f"{name}.yaml")
     return written
@@ -178,16 +193,23 @@ def main(argv: list[str] | None = None) -> None:
                              "neurons vs random units) over the prompts of tasks with paired adversarial data")
     parser.add_argument("--attacks", help="with --prompt_runs/--out: also attack.yaml (skill-neurons attack on every "
                         "prompt's validation split, sets written under this folder as <backbone>/<task>/seed<seed>/"
-                        "<recipe>.jsonl) and evaluate_attacks.yaml (validate with those sets)")
+                        "<recipe>.jsonl) and evaluate_attacks.yaml (validate with those sets); suppression.yaml "
+                        "then suppresses the clean skill neurons on those sets too (the own-neuron trials: "
+                        "suppression_own.yaml)")
+    parser.add_argument("--attack_transfer", type=int, metavar="K",
+                        help="with --attacks: one set per task x backbone instead, made against the first seed's "
+                             "prompt and kept where it also fools K of the other seeds' prompts (AdvGLUE's transfer "
+                             "filter); also attack_noise.yaml, its noise baseline on the same rows")
     argv = sys.argv[1:] if argv is None else argv
     options = parser.parse_args(old_spellings(argv, {"--prompt-runs": "--prompt_runs"}, "make_configs.py"))
     if (options.prompt_runs or options.out or options.scale != "paper" or options.p1_code or options.intervention
-            or options.attacks):
+            or options.attacks or options.attack_transfer is not None):
         if not (options.prompt_runs and options.out):
             parser.error("--prompt_runs and --out go together: the fit runs' folder and a folder of yours for the "
                          "sweeps (the tracked sweeps/ are written only without options)")
         for path in write_experiment_sweeps(options.prompt_runs, Path(options.out), SCALES[options.scale],
-                                            options.p1_code, options.intervention, options.attacks):
+                                            options.p1_code, options.intervention, options.attacks,
+                                            options.attack_transfer):
             print(f"wrote {path}")
         return
     sweeps = Path(__file__).parent.parent / "sweeps"

@@ -125,26 +125,34 @@ def prompt_fields(run: Path) -> dict[str, str]:
 def fill_prompt_fields(argv: list[str], run: Path, options: tuple[str, ...] = PROMPT_FIELD_OPTIONS,
                        extra: dict[str, str] | None = None) -> list[str]:
     """``argv`` with ``{backbone}``, ``{task}``, ``{seed}`` and ``{run_id}`` in the values of ``options``
-    (``--opt=value`` or ``--opt value``) replaced by the fit run's: ``--out 'adv/{backbone}/{task}/{seed}.jsonl'``.
-    Other braces (a YAML mapping's) are left alone; ``extra`` adds fields (attack's ``{recipe}``)."""
+    (``--opt=value``, or ``--opt`` followed by its values up to the next option) replaced by the fit run's:
+    ``--out 'adv/{backbone}/{task}/{seed}.jsonl'``. Other braces (a YAML mapping's) are left alone; ``extra``
+    adds fields (attack's ``{recipe}``)."""
     extra = extra or {}
     fields = None
-    out, after_option = [], False
+    out, in_values = [], False
     for arg in argv:
         name, eq, _ = arg.partition("=")
-        if after_option or (eq and name in options):
+        in_values = in_values and not arg.startswith("-")
+        if in_values or (eq and name in options):
             if any(f"{{{key}}}" in arg for key in (*PROMPT_FIELDS, *extra)):
                 fields = fields or {**prompt_fields(run), **extra}
                 for key, value in fields.items():
                     arg = arg.replace(f"{{{key}}}", value)
         out.append(arg)
-        after_option = not eq and arg in options
+        in_values = in_values or (not eq and arg in options)
     return out
 
 
+# attack's options whose values may name the attacked run's fields: where it writes, the other seeds' prompts of the
+# transfer filter (--transfer_runs 'grid/runs?backbone={backbone}&task={task}&seed=34' ...), the attack noise matches
+ATTACK_FIELD_OPTIONS = ("--out", "--transfer_runs", "--match")
+
+
 def fill_attack_fields(argv: list[str]) -> list[str]:
-    """``skill-neurons attack``'s ``--out`` with the fields of its ``--from_run`` filled in (:func:`fill_prompt_fields`;
-    ``{recipe}`` too when ``--recipe`` is given; the run is resolved only when a value names a field)."""
+    """``skill-neurons attack``'s ``ATTACK_FIELD_OPTIONS`` with the fields of its ``--from_run`` filled in
+    (:func:`fill_prompt_fields`; ``{recipe}`` too when ``--recipe`` is given; the run is resolved only when a
+    value names a field)."""
     def value(option: str) -> str | None:
         return next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == option), None) or next(
             (a.split("=", 1)[1] for a in argv if a.startswith(f"{option}=")), None)
@@ -154,7 +162,7 @@ def fill_attack_fields(argv: list[str]) -> list[str]:
     spec = value("--from_run")
     if spec is None or not any(f"{{{key}}}" in arg for arg in argv for key in (*PROMPT_FIELDS, *extra)):
         return argv
-    return fill_prompt_fields(argv, find_fit_run(spec), ("--out",), extra)
+    return fill_prompt_fields(argv, find_fit_run(spec), ATTACK_FIELD_OPTIONS, extra)
 
 
 def best_prompt_run(spec: str, allow_incomplete: bool = False, option: str = "--from_run") -> Path:

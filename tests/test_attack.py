@@ -220,6 +220,53 @@ def test_the_transfer_filter_keeps_exactly_the_rows_that_fool_enough_other_promp
 
 
 @pytest.mark.slow
+def test_the_transfer_sweeps_make_one_set_that_fools_every_seeds_prompt(fitted):
+    """make_configs --attack_transfer 1 over a seed-33 prompt and a seed-34 one: the attack.yaml and
+    attack_noise.yaml trials of the seed-33 prompt, run as the sweep renders them, write one set of the task x
+    backbone whose every row also fools the seed-34 prompt — its evaluate_attacks trial (validate: an independent
+    forward) scores 0 on it — and the noise baseline edits exactly those rows without a model query."""
+    import subprocess
+    import sys
+
+    from skill_neurons.sweep.config import render_command
+    from tests.helpers import subprocess_env
+
+    work, run = fitted
+    grid = work / "grid"
+    shutil.copytree(run, grid / run.name, ignore=shutil.ignore_patterns("wandb"))
+    other = transfer_copy(run, grid, 0.3, 1)
+    summary = json.loads((other / "summary.json").read_text())
+    summary["settings"]["seed"] = 34
+    (other / "summary.json").write_text(json.dumps(summary))
+    made = subprocess.run([sys.executable, str(ROOT / "configs" / "make_configs.py"), "--scale", "tiny",
+                           "--prompt_runs", str(grid), "--out", str(work / "tsweeps"), "--attacks", "tattacks",
+                           "--attack_transfer", "1"], capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert made.returncode == 0, made.stderr
+    sweeps = {name: yaml.safe_load((work / "tsweeps" / f"{name}.yaml").read_text())
+              for name in ("attack", "attack_noise", "evaluate_attacks")}
+
+    def trial(name: str, **params) -> list[str]:
+        argv = render_command(sweeps[name], params)
+        return argv[argv.index("skill_neurons.cli") + 1:]
+
+    anchor = f"{grid}?backbone=tiny-roberta&task=marker&seed=33"
+    cli_in_process([*trial("attack", from_run=anchor, recipe="deepwordbug"), "--wandb", "off"], cwd=work, check=True)
+    cli_in_process([*trial("attack_noise", from_run=anchor, recipe="noise"), "--wandb", "off"], cwd=work, check=True)
+    sets = work / "tattacks" / "tiny-roberta" / "marker" / "transfer"
+    rows, noise = rows_of(sets / "deepwordbug.jsonl"), rows_of(sets / "noise.jsonl")
+    assert rows and all(r["success"] and r["transfer_fooled"] == 1 for r in rows)
+    meta = json.loads((sets / "deepwordbug.jsonl.meta.json").read_text())
+    assert [Path(r["run"]).name for r in meta["settings"]["transfer_runs"]] == [other.name]
+    assert [r["idx"] for r in noise] == [r["idx"] for r in rows] and all(r["queries"] == 0 for r in noise)
+
+    cli_in_process([*trial("evaluate_attacks", from_run=f"{grid}?backbone=tiny-roberta&task=marker&seed=34"), *QUICK,
+                    "--runs_dir=tevaluate"], cwd=work, check=True)
+    evaluation = summary_of(only_run_dir(work / "tevaluate"))
+    assert Path(evaluation["ckpt_path"]).parent.parent == other and "adv/noise/acc" in evaluation["validate_metrics"]
+    assert evaluation["validate_metrics"]["adv/deepwordbug/acc"] == 0.0
+
+
+@pytest.mark.slow
 def test_a_killed_attack_resumes_to_the_file_of_an_uninterrupted_one(fitted, monkeypatch):
     from skill_neurons.attack import command
     from skill_neurons.attack.output import AttackFile

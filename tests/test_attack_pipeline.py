@@ -34,6 +34,11 @@ def test_the_prompts_fields_fill_attack_out_and_the_evaluations_files(tmp_path):
     assert argv == ["--from_run", selector, "--recipe=noise", "--out", "a/tiny-roberta/marker/seed34/noise-good0001.jsonl",
                     "--split={task}"]  # only --out is filled
     assert fill_attack_fields(["--from_run", selector, "--out=x.jsonl"]) == ["--from_run", selector, "--out=x.jsonl"]
+    # --transfer_runs takes several values, each filled up to the next option; --match names a file of the prompt's
+    argv = fill_attack_fields(["--from_run", selector, "--transfer_runs", "g?task={task}&seed=35", "g/{backbone}",
+                               "--match=m/{seed}.jsonl", "--split", "{task}", "--out=o/{run_id}.jsonl"])
+    assert argv == ["--from_run", selector, "--transfer_runs", "g?task=marker&seed=35", "g/tiny-roberta",
+                    "--match=m/34.jsonl", "--split", "{task}", "--out=o/good0001.jsonl"]
     rest, head = take_from_run(["validate", f"--from_run={selector}",
                                 "--data.extra_adversarial={dwb: {file: a/{backbone}/seed{seed}/d.jsonl}}",
                                 "--data.task={task}"])
@@ -53,7 +58,7 @@ def test_make_configs_writes_attack_and_evaluation_sweeps_that_name_the_same_fil
     assert made.returncode == 0, made.stderr
     attack = yaml.safe_load((tmp_path / "s" / "attack.yaml").read_text())
     evaluate = yaml.safe_load((tmp_path / "s" / "evaluate_attacks.yaml").read_text())
-    prompts = [f"tiny/fit/runs?backbone={b}&task=marker&seed=33" for b in ("tiny-roberta", "tiny-t5")]
+    prompts = [f"tiny/fit/runs?backbone={b}&task=marker&seed={s}" for b in ("tiny-roberta", "tiny-t5") for s in (33, 34)]
     assert attack["parameters"] == {"from_run": {"values": prompts}, "recipe": {"values": ["deepwordbug", "noise"]}}
     assert "metric" not in attack  # an attack writes no run summary to read a metric from
     assert evaluate["parameters"] == {"from_run": {"values": prompts}} and evaluate["metric"]["name"] == "val/acc"
@@ -78,9 +83,97 @@ def test_make_configs_writes_attack_and_evaluation_sweeps_that_name_the_same_fil
     assert is_skill_neurons_stage(argv)
     (sets,) = [a for a in fill_prompt_fields(argv, run) if a.startswith("--data.extra_adversarial=")]
     assert yaml.safe_load(sets.split("=", 1)[1]) == {r: {"file": f} for r, f in written.items()}
+    # suppression.yaml suppresses the same prompts (every attacked one) with those sets beside the task's own, with
+    # the clean skill neurons (the tiny scale has no own-neuron trials, so no suppression_own.yaml)
+    suppression = yaml.safe_load((tmp_path / "s" / "suppression.yaml").read_text())
+    assert suppression["parameters"]["from_run"] == {"values": prompts}
+    assert suppression["parameters"]["suppression.adversarial_neurons"] == {"values": ["clean"]}
+    argv = render_command(suppression, {"from_run": str(run), "suppression.rate": 5})
+    assert [a for a in fill_prompt_fields(argv, run) if a.startswith("--data.extra_adversarial=")] == [sets]
+    assert not (tmp_path / "s" / "suppression_own.yaml").exists()
 
     tracked = yaml.safe_load((ROOT / "sweeps" / "attack.yaml").read_text())  # the tracked paper-scale sweep
     assert len(tracked["parameters"]["from_run"]["values"]) == 2 * 9 * 5
+
+
+def test_the_transfer_form_attacks_one_prompt_per_task_and_backbone_and_every_seed_reads_its_sets(tmp_path):
+    from skill_neurons.attack.command import build_parser
+    from skill_neurons.runs import fill_attack_fields, fill_prompt_fields
+    from skill_neurons.sweep.config import render_command
+
+    made = make_configs("--scale", "tiny", "--prompt_runs", f"{tmp_path}/fits", "--out", str(tmp_path / "s"),
+                        "--attacks", "A", "--attack_transfer", "1")
+    assert made.returncode == 0, made.stderr
+    sweeps = {p.stem: yaml.safe_load(p.read_text()) for p in (tmp_path / "s").iterdir()}
+    assert sorted(sweeps) == ["attack", "attack_noise", "evaluate_attacks", "suppression", "transfer"]
+    assert "--attacks A --attack_transfer 1`" in (tmp_path / "s" / "attack.yaml").read_text().splitlines()[0]
+    anchors = [f"{tmp_path}/fits?backbone={b}&task=marker&seed=33" for b in ("tiny-roberta", "tiny-t5")]
+    for name in ("attack", "attack_noise"):
+        assert sweeps[name]["parameters"]["from_run"] == {"values": anchors} and "metric" not in sweeps[name]
+    assert sweeps["attack"]["parameters"]["recipe"] == {"values": ["deepwordbug"]}
+    assert sweeps["attack_noise"]["parameters"]["recipe"] == {"values": ["noise"]}
+    every_seed = [f"{tmp_path}/fits?backbone={b}&task=marker&seed={s}" for b in ("tiny-roberta", "tiny-t5")
+                  for s in (33, 34)]
+    assert sweeps["evaluate_attacks"]["parameters"]["from_run"] == {"values": every_seed}
+
+    # the trials' commands, with an anchor and the other seed's prompt under the prompts' folder
+    anchor = fake_fit_run(tmp_path / "fits", "anchor33", 0.01, 33, 0.9, "2026-01-01T10:00:00+0000")
+    other = fake_fit_run(tmp_path / "fits", "other034", 0.01, 34, 0.9, "2026-01-01T11:00:00+0000")
+    fake_fit_run(tmp_path / "fits", "taskb033", 0.01, 34, 0.9, "2026-01-01T12:00:00+0000")
+    summary = json.loads((tmp_path / "fits" / "taskb033" / "summary.json").read_text())
+    summary["settings"]["task"] = "sst2_sample"  # another task's prompt of the same seed: not a transfer target
+    (tmp_path / "fits" / "taskb033" / "summary.json").write_text(json.dumps(summary))
+
+    def attack_args(name: str, recipe: str):
+        argv = render_command(sweeps[name], {"from_run": anchors[0], "recipe": recipe})
+        argv = fill_attack_fields(argv[argv.index("attack") + 1:])
+        return build_parser().parse_args(argv)
+
+    dwb, noise = attack_args("attack", "deepwordbug"), attack_args("attack_noise", "noise")
+    assert dwb.transfer_runs == [f"{tmp_path}/fits?backbone=tiny-roberta&task=marker&seed=34"] and dwb.min_fooled == 1
+    from skill_neurons.runs import find_fit_run
+
+    assert find_fit_run(dwb.transfer_runs[0]).resolve() == other.resolve()
+    assert dwb.keep == "successful" and dwb.max_examples == 32  # AdvGLUE keeps the transferable rows only
+    assert dwb.out == Path("A/tiny-roberta/marker/transfer/deepwordbug.jsonl")
+    assert noise.match == dwb.out and noise.out == Path("A/tiny-roberta/marker/transfer/noise.jsonl")
+    assert noise.transfer_runs == [] and noise.max_examples == 32
+    # every seed's prompt reads the task x backbone's sets, in its evaluation and under suppression
+    for name in ("evaluate_attacks", "suppression"):
+        for run in (anchor, other):
+            argv = render_command(sweeps[name], {"from_run": str(run)})
+            (sets,) = [a for a in fill_prompt_fields(argv, run) if a.startswith("--data.extra_adversarial=")]
+            assert yaml.safe_load(sets.split("=", 1)[1]) == {
+                "deepwordbug": {"file": str(dwb.out)}, "noise": {"file": str(noise.out)}}
+
+
+def test_the_paper_scale_suppresses_generated_sets_with_the_clean_neurons_and_keeps_own_apart(tmp_path):
+    made = make_configs("--prompt_runs", "grid/runs", "--out", str(tmp_path / "s"), "--attacks", "A")
+    assert made.returncode == 0, made.stderr
+    suppression = yaml.safe_load((tmp_path / "s" / "suppression.yaml").read_text())
+    own = yaml.safe_load((tmp_path / "s" / "suppression_own.yaml").read_text())
+    assert suppression["parameters"]["suppression.adversarial_neurons"] == {"values": ["clean"]}
+    assert own["parameters"]["suppression.adversarial_neurons"] == {"values": ["own"]}
+    assert any(a.startswith("--data.extra_adversarial=") for a in suppression["command"])
+    assert not any(a.startswith("--data.extra_adversarial=") for a in own["command"])
+    # the two split the tracked sweep's trials: the same prompts, rates and selections
+    tracked = yaml.safe_load((ROOT / "sweeps" / "suppression.yaml").read_text())
+    for key, values in tracked["parameters"].items():
+        if key not in ("from_run", "suppression.adversarial_neurons"):
+            assert suppression["parameters"][key] == own["parameters"][key] == values
+    assert len(suppression["parameters"]["from_run"]["values"]) == len(tracked["parameters"]["from_run"]["values"])
+    assert tracked["parameters"]["suppression.adversarial_neurons"] == {"values": ["clean", "own"]}
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--attack_transfer", "1"), "give --attacks DIR too"),
+    (("--attacks", "A", "--attack_transfer", "5"), "give k between 1 and 4"),
+    (("--attacks", "A", "--attack_transfer", "0"), "give k between 1 and 4"),
+])
+def test_a_bad_transfer_filter_is_refused_in_one_line_before_anything_is_written(tmp_path, args, message):
+    refused = make_configs("--prompt_runs", "grid/runs", "--out", str(tmp_path / "s"), *args)
+    assert refused.returncode != 0 and message in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
 
 
 # ------------------------------------------------------------------------------ the report's attacks table

@@ -84,7 +84,9 @@ def test_make_configs_p1_code_writes_the_suppression_runs_of_p1s_curves(tmp_path
         assert config["project"] == "skill-neurons" and config["name"] == path.stem
         assert {k.split(".", 1)[1] for k in config["parameters"] if k.startswith("suppression.")} <= options
         if not path.stem.startswith("suppression_p1"):
-            assert path.read_text().replace(str(tmp_path / "p1"), "OUT") == \
+            # the same sweep; its header's make_configs command names the option that wrote it
+            assert f"--out {tmp_path / 'p1'} --p1_code`)" in path.read_text().splitlines()[0]
+            assert path.read_text().replace(" --p1_code`", "`").replace(str(tmp_path / "p1"), "OUT") == \
                 (tmp_path / "plain" / path.name).read_text().replace(str(tmp_path / "plain"), "OUT")
             continue
         parameters = {k: v["values"] for k, v in config["parameters"].items()}
