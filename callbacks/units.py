@@ -110,6 +110,7 @@ class UnitChoice:
             "neurons_from": [str(s) for s in sources], "eval_set": self.eval_set,
             "adversarial_neurons": self.adversarial_neurons, "neuron_source": self.neuron_source,
             "selected_units": {s.name: int(mask.sum()) for s, mask in zip(sets, self.masks)},
+            "neuron_files": {s.name: list(files) for s, files in zip(sets, self.files)},  # whose scores, per set
         }
 
     def _checkpoint_run(self, trainer) -> Path:

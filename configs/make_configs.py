@@ -6,6 +6,10 @@ the user names (never over the tracked files):
     python configs/make_configs.py --prompt_runs grid/runs --out my-sweeps  # my-sweeps/{suppression,transfer}.yaml
     python configs/make_configs.py --scale tiny --prompt_runs tiny/fit/runs --out tiny/sweeps \\
         --attacks tiny/attacks                                              # the tiny pipeline (with attack.yaml)
+    python configs/make_configs.py --prompt_runs grid/runs --out my-sweeps \\
+        --attacks attacks --attack_transfer 2                               # one transfer-filtered set per task
+
+The sweeps' text lives in experiment_sweeps.py and attack_sweeps.py, P1's shared values in paper_setup.py.
 
 Every paper value below is read from P1's repository (LeonAckermann/Robust-Neurons) and cited in each config's
 header.

@@ -244,6 +244,16 @@ def test_a_generated_set_goes_through_validate_the_neuron_analysis_and_the_repor
     assert rows and all(r["success"] for r in rows)
     # every kept row fools the prompt it was made against: the validate's accuracy on it is 0
     assert evaluation["validate_metrics"]["adv/deepwordbug/acc"] == 0.0
+    # a generated set's own skill neurons are those of the validate run that analysed it: suppressing them
+    evaluated = only_run_dir(tmp_path / "w" / "evaluate")
+    cli_in_process(["validate", "--from_run", str(fit), *QUICK, "--runs_dir=w/suppressed", "--suppression.rate=10",
+                    f"--suppression.neurons=[{evaluated}]", "--suppression.adversarial_neurons=own",
+                    f"--data.extra_adversarial={sets}"], cwd=tmp_path, check=True)
+    suppressed = summary_of(only_run_dir(tmp_path / "w" / "suppressed"))
+    assert {name: [Path(f).name for f in files] for name, files in suppressed["suppression"]["neuron_files"].items()
+            } == {name: [f"{name}.safetensors"] for name in ("validation", "marker_typo", "deepwordbug", "noise")}
+    assert all(Path(f).parent.parent == evaluated for files in suppressed["suppression"]["neuron_files"].values()
+               for f in files)
 
     cli_in_process(["report", "w", "--out", "w/report"], cwd=tmp_path, check=True)
     report = json.loads((tmp_path / "w" / "report" / "report.json").read_text())

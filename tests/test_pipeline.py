@@ -188,7 +188,7 @@ def test_the_tiny_pipeline_runs_end_to_end_and_fills_every_report_section(tmp_pa
     tiny = tmp_path / "tiny"
     states = {name: json.loads((tiny / name / "state.json").read_text())
               for name in ("fit", "attack", "evaluate", "suppression", "transfer", "intervention")}
-    assert {name: len(s["trials"]) for name, s in states.items()} == {"fit": 8, "attack": 4, "evaluate": 2,
+    assert {name: len(s["trials"]) for name, s in states.items()} == {"fit": 8, "attack": 8, "evaluate": 4,
                                                                       "suppression": 24, "transfer": 8,
                                                                       "intervention": 4}
     assert all(t["state"] == "finished" for s in states.values() for t in s["trials"])
@@ -221,14 +221,22 @@ def test_the_tiny_pipeline_runs_end_to_end_and_fills_every_report_section(tmp_pa
     assert {r["backbone"] for r in report["paper_suppression"]["rows"]} == {"tiny-roberta", "tiny-t5"}
     for backbone in ("tiny-roberta", "tiny-t5"):
         assert sorted(report["transfer"]["backbones"][backbone]["tasks"]) == ["marker", "sst2_sample"]
-    # the attack step: each seed-33 marker prompt's generated and noise sets, beside marker_typo, in the report
+    # the attack step: each marker prompt's generated and noise sets, beside marker_typo, in the report
     sources = {(r["backbone"], r["set"]): r["source"] for r in report["accuracy"]["rows"] if r["task"] == "marker"}
     for backbone in ("tiny-roberta", "tiny-t5"):
         assert {s: sources[(backbone, s)] for s in ("marker_typo", "deepwordbug", "noise")} == {
             "marker_typo": "declared", "deepwordbug": "generated", "noise": "noise"}
-        assert (tiny / "attacks" / backbone / "marker" / "seed33" / "deepwordbug.jsonl.meta.json").is_file()
+        for seed in (33, 34):
+            assert (tiny / "attacks" / backbone / "marker" / f"seed{seed}" / "deepwordbug.jsonl.meta.json").is_file()
     assert {(r["backbone"], r["recipe"]) for r in report["attacks"]["rows"]} == {
         (b, r) for b in ("tiny-roberta", "tiny-t5") for r in ("deepwordbug", "noise")}
     assert {r["set"] for r in report["paper_overlap"]["rows"]} >= {"deepwordbug", "noise"}
+    # suppression evaluated the generated sets too: a curve per set, over both seeds' prompts of each backbone
+    suppressed = {(r["backbone"], r["set"], r["selection"], r["rate"]): r["seeds"]
+                  for r in report["paper_suppression"]["rows"]}
+    for backbone in ("tiny-roberta", "tiny-t5"):
+        for name in ("validation", "marker_typo", "deepwordbug", "noise"):
+            assert all(sorted(suppressed[(backbone, name, selection, rate)]) == [33, 34]
+                       for selection in ("skill", "random") for rate in (0.0, 5.0, 15.0)), (backbone, name)
     for figure in report["accuracy"]["figures"]:
         assert (tiny / "report" / figure["file"]).is_file()
