@@ -113,13 +113,18 @@ class WandbLogger(lightning_wandb.WandbLogger):
         self.experiment.log_artifact(artifact, aliases=aliases)
 
     def use_prompt_artifact(self, ref: str) -> dict[str, Any]:
-        """Declare the prompt artifact version ``ref`` as used by this run (``run.use_artifact``: the lineage graph
-        links the evaluation to the fit); W&B refuses it offline, so an offline run says so instead."""
-        run = self.experiment
-        if run.settings.mode in ("offline", "dryrun"):
-            return {"ref": ref, "declared": False, "why": OFFLINE_USE}
-        try:
-            run.use_artifact(ref, type=ARTIFACT_TYPE)
-        except Exception as err:  # not on the server (an offline fit not synced yet), another project
-            return {"ref": ref, "declared": False, "why": f"{type(err).__name__}: {str(err).strip()[:200]}"}
-        return {"ref": ref, "declared": True, "why": None}
+        """Declare the prompt artifact version ``ref`` as used by this run (:func:`declare_prompt_use`)."""
+        return declare_prompt_use(self.experiment, ref)
+
+
+def declare_prompt_use(run: Any, ref: str) -> dict[str, Any]:
+    """Declare the prompt artifact version ``ref`` as used by the W&B ``run`` (``run.use_artifact``: the lineage
+    graph links what the run made — an evaluation, an adversarial set — to the fit); W&B refuses it offline, so an
+    offline run says so instead. Returns what happened: ``{"ref", "declared", "why"}``."""
+    if run.settings.mode in ("offline", "dryrun"):
+        return {"ref": ref, "declared": False, "why": OFFLINE_USE}
+    try:
+        run.use_artifact(ref, type=ARTIFACT_TYPE)
+    except Exception as err:  # not on the server (an offline fit not synced yet), another project
+        return {"ref": ref, "declared": False, "why": f"{type(err).__name__}: {str(err).strip()[:200]}"}
+    return {"ref": ref, "declared": True, "why": None}

@@ -267,6 +267,39 @@ def test_the_transfer_sweeps_make_one_set_that_fools_every_seeds_prompt(fitted):
 
 
 @pytest.mark.slow
+def test_the_attack_forwards_in_the_runs_precision_as_validate_does(fitted):
+    """A run trained under bf16-mixed is attacked under bf16 autocast, as validate's Trainer evaluates it: the
+    attack's label probabilities equal the module's predict_step inside the Trainer's own precision context, and
+    differ from the fp32 ones; the set records the precision."""
+    import numpy as np
+    from lightning.pytorch import Trainer
+
+    from skill_neurons.attack.model import PromptModel
+
+    work, run = fitted
+    bf16 = work / "bf16" / run.name
+    shutil.copytree(run, bf16, ignore=shutil.ignore_patterns("wandb"))
+    config = yaml.safe_load((bf16 / "config.yaml").read_text())
+    config["trainer"]["precision"] = "bf16-mixed"
+    (bf16 / "config.yaml").write_text(yaml.safe_dump(config))
+    texts = [{"sentence": r["sentence"]} for r in rows_of(work / "dwb_all.jsonl")[:16]]
+    model = PromptModel(bf16, "cpu", batch_size=16)
+    assert model.precision == "bf16-mixed" and PromptModel(run, "cpu").precision == "32-true"
+    encoded = model.encode(texts)
+    got = model.probabilities(encoded, [0] * len(encoded))
+    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False)
+    batch = model.collate([{**e, "label": 0, "idx": i} for i, e in enumerate(encoded)])
+    with torch.inference_mode(), trainer.precision_plugin.forward_context():
+        expected = model.model.predict_step(batch, 0)["probabilities"].float().numpy()
+    assert np.array_equal(got, expected)
+    fp32 = PromptModel(bf16, "cpu", batch_size=16, precision="32").probabilities(encoded, [0] * len(encoded))
+    assert not np.allclose(fp32, got, rtol=0, atol=1e-5)  # the precision matters for these numbers
+    attack(work, bf16, "bf16.jsonl", "--max_examples", "8", "--keep", "all")
+    assert json.loads((work / "bf16.jsonl.meta.json").read_text())["settings"]["precision"] == "bf16-mixed"
+
+
+@pytest.mark.slow
 def test_a_killed_attack_resumes_to_the_file_of_an_uninterrupted_one(fitted, monkeypatch):
     from skill_neurons.attack import command
     from skill_neurons.attack.output import AttackFile
@@ -326,6 +359,23 @@ def test_an_attack_needs_no_network(fitted, monkeypatch):
     logs = [log.read_bytes() for log in Path(os.environ["WANDB_DIR"]).glob("**/offline-run-*/*.wandb")]
     assert any(b"attack-tiny-roberta-marker-deepwordbug" in log and f"run-{run.name}".encode() in log
                and b"dataset" in log for log in logs)
+    # the attack's run declares the prompt's artifact (the fit logged it) as used — which W&B cannot record offline,
+    # and the sidecar says so; a prompt without an artifact has nothing to link to
+    from lightning_modules.tracking import OFFLINE_USE
+    from skill_neurons.attack.tracking import NO_PROMPT_ARTIFACT
+
+    prompt = json.loads((run / "prompt_artifact" / "run.json").read_text())["artifact"]["name"]
+    assert prompt.startswith("prompt-tiny-roberta-marker-")
+    assert json.loads((work / "offline.jsonl.meta.json").read_text())["wandb"] == {
+        "artifact": "attack-tiny-roberta-marker-deepwordbug",
+        "prompt_artifact": {"ref": f"{prompt}:run-{run.name}", "declared": False, "why": OFFLINE_USE}}
+    bare = work / "bare" / run.name
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("wandb", "prompt_artifact"))
+    done = cli_in_process(["attack", "--from_run", str(bare), "--out", str(work / "bare.jsonl"), "--max_examples", "4"],
+                          cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((work / "bare.jsonl.meta.json").read_text())["wandb"]["prompt_artifact"] == {
+        "ref": None, "declared": False, "why": NO_PROMPT_ARTIFACT}
 
 
 def refused(work: Path, *args: str) -> str:
@@ -363,6 +413,10 @@ def test_bad_input_is_refused_with_one_line_before_anything_is_written(fitted):
     (other_task / "summary.json").write_text(json.dumps(summary))
     assert "its task is 'sst2', the attacked run's 'marker'" in refused(
         work, "--from_run", str(run), "--transfer_runs", str(other_task))
+    assert "precision 'fp8': the attack reproduces 32-true" in refused(work, "--from_run", str(run), "--precision",
+                                                                       "fp8")
+    assert "16-mixed runs on a GPU only" in refused(work, "--from_run", str(run), "--precision", "16-mixed",
+                                                    "--device", "cpu")
     (work / "taken.jsonl").write_text("{}\n")
     done = cli_in_process(["attack", "--from_run", str(run), "--out", str(work / "taken.jsonl")], cwd=work)
     assert done.returncode == 2 and "no attack wrote it" in done.stderr

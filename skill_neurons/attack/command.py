@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_size", type=int, default=64, help="texts per forward (default 64)")
     add("--chunk", type=int, default=32, help="examples attacked together and written at once (default 32)")
     add("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    add("--precision", help="the forwards' precision, a --trainer.precision value (32-true, bf16-mixed, 16-mixed, "
+        "bf16-true, 16-true, 64-true; default: the run's, as validate --from_run evaluates it)")
     add("--allow_incomplete", action="store_true", help="attack the best prompt of a run that is not finished")
     add("--wandb", choices=("auto", "off"), default="auto", help="log the set as a W&B dataset artifact (auto: "
         "offline without credentials) or not")
@@ -117,7 +119,7 @@ def transfer_prompts(model: PromptModel, specs: list[str], allow: bool) -> tuple
     prompts, records = [], []
     for spec in specs:
         run = best_prompt_run(spec, allow, option="--transfer_runs")
-        other = type(model)(run, batch_size=model.batch_size)
+        other = type(model)(run, str(model.device), model.batch_size, model.precision)
         mine, theirs = model.settings, other.settings
         for name in ("task", "backbone", "layout"):
             if getattr(mine, name) != getattr(theirs, name):
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from skill_neurons.attack.tracking import log_dataset
 
     run = best_prompt_run(args.from_run, args.allow_incomplete)
-    model = PromptModel(run, args.device, args.batch_size)
+    model = PromptModel(run, args.device, args.batch_size, args.precision)
     noise = args.recipe in MODEL_FREE
     task = model.task
     scored, extra = task.scored_words(model.data.family, model.data.layout)
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 "split": args.split, "rows": len(rows), "constraints": constraints.to_json(), "keep": args.keep,
                 "transfer_runs": transfer, "min_fooled": args.min_fooled if transfer else None,
                 "match": sha256_of(args.match) if args.match else None, "batch_size": args.batch_size,
+                "precision": model.precision,
                 "chunk": args.chunk}
     file = AttackFile(args.out, settings)
     earlier = file.check()
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
           f"attacked examples fooled; {counts['queries']} queries ({summary['queries_per_second']:.1f}/s)"
           if not noise else f"{args.out}: {counts['rows_written']} noisy rows (no model queries)")
     if args.wandb != "off":
-        log_dataset(args.out, file.meta, model)
+        file.finish({"wandb": log_dataset(args.out, file.meta, model)})  # the artifact, and the prompt it links to
     return 0
 
 

@@ -31,6 +31,33 @@ from skill_neurons.attack import AttackError
 from skill_neurons.attack.output import sha256_of
 
 LINKED = ("backbone", "prompt_length", "layout")  # model options the CLI links to the data
+# Lightning's --trainer.precision values the attack's forward reproduces, and the short spellings Lightning accepts
+PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
+PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+
+
+def precision_name(value) -> str:
+    """A ``trainer.precision`` value (or Lightning's short spelling) as one of ``PRECISIONS``."""
+    name = PRECISION_ALIASES.get(str(value), str(value))
+    if name not in PRECISIONS:
+        raise AttackError(f"precision {value!r}: the attack reproduces {', '.join(PRECISIONS)} — give one of them "
+                          "with --precision")
+    return name
+
+
+def precision_plugin(name: str, device: torch.device):
+    """The Lightning precision plugin validate's Trainer uses for ``name``: the attack applies its
+    ``convert_module`` to the model and its ``forward_context`` to every forward."""
+    from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+
+    if name.endswith("-mixed"):
+        if name == "16-mixed" and device.type == "cpu":
+            raise AttackError("precision 16-mixed runs on a GPU only (as in Lightning) — give --device cuda, or "
+                              "--precision bf16-mixed (or 32-true) on the CPU")
+        return MixedPrecision(name, device.type)
+    if name in ("bf16-true", "16-true"):
+        return HalfPrecision(name)
+    return DoublePrecision() if name == "64-true" else Precision()
 
 
 def _class(class_path: str):
@@ -39,9 +66,10 @@ def _class(class_path: str):
 
 
 class PromptModel:
-    """One fit run's prompt on its frozen backbone (``run``: the run's folder), on ``device``."""
+    """One fit run's prompt on its frozen backbone (``run``: the run's folder), on ``device``, in ``precision`` (a
+    ``trainer.precision`` value; default the run's config's, as ``validate --from_run`` evaluates it)."""
 
-    def __init__(self, run: Path, device: str | None = None, batch_size: int = 64):
+    def __init__(self, run: Path, device: str | None = None, batch_size: int = 64, precision: str | None = None):
         self.run = Path(run)
         self.config = yaml.safe_load((self.run / CONFIG_FILE).read_text()) or {}
         self.summary = read_summary(self.run)
@@ -57,6 +85,9 @@ class PromptModel:
         self._model_class, self._init_args = model_cfg.get("class_path"), init_args
         self._model = None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        configured = (self.config.get("trainer") or {}).get("precision")
+        self.precision = precision_name(precision or configured or "32-true")
+        self.plugin = None  # built with the model (noise needs neither)
 
     # ------------------------------------------------------------------ the task's side (no model needed)
     @property
@@ -92,6 +123,7 @@ class PromptModel:
     def model(self):
         """The prompt-tuning module with the run's best prompt, built on first use (``noise`` never needs it)."""
         if self._model is None:
+            plugin = precision_plugin(self.precision, self.device)  # refused before the backbone loads
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = _class(self._model_class)(**self._init_args)
@@ -99,7 +131,8 @@ class PromptModel:
             model.on_load_checkpoint(checkpoint)
             model.load_state_dict(checkpoint["state_dict"], strict=False)
             model.take_verbalizer(self.data)
-            self._model = model.to(self.device).eval()
+            self.plugin = plugin
+            self._model = plugin.convert_module(model).to(self.device).eval()
         return self._model
 
     def prompt_of(self, run: Path) -> torch.Tensor:
@@ -122,12 +155,13 @@ class PromptModel:
     @torch.inference_mode()
     def probabilities(self, encoded: list[dict], labels: list[int]) -> np.ndarray:
         """The softmax over the scored words of each encoded text (N, C), ``batch_size`` texts per forward."""
-        out = []
+        out, model = [], self.model  # built first: its precision plugin comes with it
         for start in range(0, len(encoded), self.batch_size):
             chunk = range(start, min(start + self.batch_size, len(encoded)))
             examples = [{**encoded[i], "label": labels[i], "idx": i} for i in chunk]
             batch = {k: v.to(self.device) for k, v in self.collate(examples).items()}
-            out.append(self.model.predict_step(batch, 0)["probabilities"].float().cpu().numpy())
+            with self.plugin.forward_context():  # validate's autocast (bf16-mixed ...) or half/double dtype
+                out.append(model.predict_step(batch, 0)["probabilities"].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.data.label_token_ids)))
 
     @property
