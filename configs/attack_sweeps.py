@@ -33,6 +33,17 @@ def attack_files(attacks: str, scale: Scale, transfer: bool = False) -> str:
     return f"--data.extra_adversarial={{{sets}}}"
 
 
+def _attack_sweep(what: str, name: str, runs: str, root: str, scale: Scale, out: str | None, recipes: tuple,
+                  options: str, out_file: str) -> str:
+    """A sweep of ``skill-neurons attack`` trials: ``runs`` x ``recipes``, with the fixed ``options`` (YAML list
+    lines) and ``--out=out_file``; no metric (an attack writes no run summary)."""
+    limit = f"  - --max_examples={scale.attack_max_examples}\n" if scale.attack_max_examples else ""
+    return _header(what, name, runs, root, scale, out, metric=False) + f"""\
+  recipe:
+    values: {_flow(recipes)}
+""" + ATTACK_COMMAND.format(extra=limit + options, out=out_file)
+
+
 def attacked_seeds(scale: Scale) -> tuple:
     return tuple(scale.attack_seeds or scale.seeds)
 
@@ -57,14 +68,10 @@ def attack_sweeps(root: str, attacks: str, scale: Scale = PAPER, out: str | None
     if transfer is not None:
         return transfer_attack_sweeps(root, attacks, scale, out, transfer)
     runs = prompt_runs(root, scale, tasks=scale.attack_tasks, seeds=scale.attack_seeds)
-    limit = f"  - --max_examples={scale.attack_max_examples}\n" if scale.attack_max_examples else ""
-    limit += f"  - --keep={scale.attack_keep}\n" if scale.attack_keep else ""
-    attack = _header("Attacks: every trained prompt's validation split attacked by each recipe (skill-neurons "
-                     "attack), one set per task x backbone x seed x recipe", "attack", runs, root, scale, out,
-                     metric=False) + f"""\
-  recipe:
-    values: {_flow(scale.attack_recipes)}
-""" + ATTACK_COMMAND.format(extra=limit, out=ATTACK_FILE.format(attacks=attacks, recipe="{recipe}"))
+    attack = _attack_sweep("Attacks: every trained prompt's validation split attacked by each recipe (skill-neurons "
+                           "attack), one set per task x backbone x seed x recipe", "attack", runs, root, scale, out,
+                           scale.attack_recipes, f"  - --keep={scale.attack_keep}\n" if scale.attack_keep else "",
+                           ATTACK_FILE.format(attacks=attacks, recipe="{recipe}"))
     evaluate = _header("The attacked prompts evaluated on their generated sets beside the task's own adversarial "
                        "sets (run after attack.yaml)", "evaluate_attacks", runs, root, scale, out) + \
         command_with(attack_files(attacks, scale))
@@ -98,25 +105,18 @@ def transfer_attack_sweeps(root: str, attacks: str, scale: Scale, out: str | Non
         raise SystemExit("make_configs.py: --attack_transfer filters model-in-the-loop attacks, and the scale has "
                          f"none ({', '.join(scale.attack_recipes)}) — add one (deepwordbug, pruthi)")
     anchors = prompt_runs(root, scale, tasks=scale.attack_tasks, seeds=(anchor,))
-    limit = f"  - --max_examples={scale.attack_max_examples}\n" if scale.attack_max_examples else ""
     targets = "".join(f'  - "{root}?backbone={{backbone}}&task={{task}}&seed={seed}"\n' for seed in others)
     transfer_file = TRANSFER_FILE.format(attacks=attacks, recipe="{recipe}")
-    sweeps = {"attack": _header(
+    sweeps = {"attack": _attack_sweep(
         f"Attacks with the transfer filter: each task x backbone's seed-{anchor} prompt attacked by each "
         f"recipe, a row kept when it also fools {k} of the seeds {', '.join(map(str, others))}' prompts (one set "
-        "per task x backbone x recipe)", "attack", anchors, root, scale, out, metric=False) + f"""\
-  recipe:
-    values: {_flow(model)}
-""" + ATTACK_COMMAND.format(extra=f"{limit}  - --min_fooled={k}\n  - --transfer_runs\n{targets}", out=transfer_file)}
+        "per task x backbone x recipe)", "attack", anchors, root, scale, out, model,
+        f"  - --min_fooled={k}\n  - --transfer_runs\n{targets}", transfer_file)}
     if free:
-        sweeps["attack_noise"] = _header(
+        sweeps["attack_noise"] = _attack_sweep(
             f"The noise baseline of each transfer-filtered set (run after attack.yaml): the rows of its "
             f"{model[0]} set, as many random edits per word, no model queried", "attack_noise", anchors, root, scale,
-            out, metric=False) + f"""\
-  recipe:
-    values: {_flow(free)}
-""" + ATTACK_COMMAND.format(extra=f"{limit}  - --match={TRANSFER_FILE.format(attacks=attacks, recipe=model[0])}\n",
-                            out=transfer_file)
+            out, free, f"  - --match={TRANSFER_FILE.format(attacks=attacks, recipe=model[0])}\n", transfer_file)
     sweeps["evaluate_attacks"] = _header(
         "Every prompt of the attacked tasks evaluated on its task x backbone's transfer-filtered sets beside the "
         "task's own adversarial sets (run after attack.yaml and attack_noise.yaml)", "evaluate_attacks",

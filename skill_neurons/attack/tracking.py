@@ -63,8 +63,8 @@ def log_dataset(out: Path, meta: dict, model) -> dict:
         artifact.add_file(str(out) + ".meta.json", name=out.name + ".meta.json")
         aliases = ["latest", f"run-{source}", *[f"seed-{seed}"] * (seed is not None)]
         run.log_artifact(artifact, aliases=aliases)
-        run.summary.update({f"attack/{k}": v for k, v in meta.items() if isinstance(v, (int, float))})
-        run.summary.update({"prompt_artifact": used})
+        run.summary.update({**{f"attack/{k}": v for k, v in meta.items() if isinstance(v, (int, float))},
+                            "prompt_artifact": used})
     finally:
         run.finish()
     return {"artifact": name, "prompt_artifact": used}
